@@ -1,0 +1,166 @@
+"""Pier's one family of errors.
+
+Each error carries VDSM's numeric code and name (so VDSM clients see what they always saw), a
+human message, the HTTP status the REST facade answers with, and optional structured `data`.
+Code anywhere in Pier raises these; only a transport's single error mapper turns one into wire
+form. JSON-RPC protocol errors keep their standard codes (-32700 ... -32603).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class PierError(Exception):
+    """Base of every error a caller may see. Subclasses set `code`, `name`, `message`."""
+
+    code: int = 16
+    name: str = "unexpected"
+    message: str = "Unexpected exception"
+    http_status: int = 500
+
+    def __init__(self, message: str | None = None, *, data: Any = None) -> None:
+        if message is not None:
+            self.message = message
+        self.data = data
+        super().__init__(self.message)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The error as a plain mapping: code, name, message and data when present."""
+        out: dict[str, Any] = {"code": self.code, "name": self.name, "message": self.message}
+        if self.data is not None:
+            out["data"] = self.data
+        return out
+
+
+# -- JSON-RPC protocol errors (standard codes) ---------------------------------------------
+
+
+class ParseError(PierError):
+    code, name, message, http_status = -32700, "ParseError", "Parse error", 400
+
+
+class InvalidRequest(PierError):
+    code, name, message, http_status = -32600, "InvalidRequest", "Invalid request", 400
+
+
+class MethodNotFound(PierError):
+    code, name, message, http_status = -32601, "MethodNotFound", "Method not found", 404
+
+
+class InvalidParams(PierError):
+    code, name, message, http_status = -32602, "InvalidParams", "Invalid params", 400
+
+
+class InternalError(PierError):
+    code, name, message, http_status = -32603, "InternalError", "Internal error", 500
+
+
+class RequestTooLarge(PierError):
+    code, name, message, http_status = -32600, "RequestTooLarge", "Request too large", 413
+
+
+# -- VDSM's errors ----------------------------------------------------------------------------
+
+
+class NoVM(PierError):
+    code, name, message, http_status = 1, "noVM", "Virtual machine does not exist", 404
+
+
+class VMExists(PierError):
+    code, name, message, http_status = 4, "exist", "Virtual machine already exists", 409
+
+
+class VMDown(PierError):
+    code, name, message, http_status = 6, "down", "Virtual machine is down", 409
+
+
+class CreateError(PierError):
+    code, name, message, http_status = 9, "createErr", "Error creating the requested VM", 422
+
+
+class MissingParam(PierError):
+    code, name, message, http_status = 11, "MissParam", "Missing required parameter", 400
+
+
+class ImageError(PierError):
+    code, name, message, http_status = 13, "imageErr", "Drive image file could not be found", 422
+
+
+class GuestTimeout(PierError):
+    code, name, message, http_status = 19, "nonresp", "Guest did not respond in time", 504
+
+
+class Unexpected(PierError):
+    code, name, message, http_status = 16, "unexpected", "Unexpected exception", 500
+
+
+class Unavailable(PierError):
+    code, name, message, http_status = 40, "unavail", "Resource unavailable", 503
+
+
+class DestroyError(PierError):
+    code, name, message, http_status = 42, "destroyErr", "Virtual machine destroy error", 409
+
+
+class NotImplementedVerb(PierError):
+    code, name, message, http_status = 44, "noimpl", "Not implemented", 501
+
+
+class UnsupportedOperation(PierError):
+    code, name, message, http_status = 75, "unsupportedOperationErr", "Operation not supported", 409
+
+
+class NoSuchJob(PierError):
+    code, name, message, http_status = 66, "NoSuchJob", "Job Id does not exists", 404
+
+
+class HardwareInfoError(PierError):
+    code, name, message, http_status = 57, "hwInfoErr", "Failed to read hardware information", 500
+
+
+class JobNotDone(PierError):
+    code, name, message, http_status = 68, "JobNotDone", "Job status is not done", 409
+
+
+class Recovering(PierError):
+    code, name, message, http_status = 99, "recovery", "Recovering from crash or Initializing", 503
+
+
+class UnknownTask(PierError):
+    code, name, message, http_status = 401, "UnknownTask", "Task id unknown", 404
+
+
+class TaskCancelled(PierError):
+    code, name, message, http_status = 411, "TaskAborted", "Task was aborted", 409
+
+
+class EventsExpired(PierError):
+    """The caller's cursor points before the oldest event still kept; `data` says which."""
+
+    code, name, message, http_status = 1001, "eventsExpired", "Events were dropped", 410
+
+
+class LibvirtUnavailable(Unavailable):
+    """libvirtd cannot be reached right now; the call may be retried."""
+
+    message = "libvirtd is not reachable"
+
+
+def all_error_classes() -> list[type[PierError]]:
+    """Every concrete error class, for the schema's `errors:` lists and generated docs."""
+    found: list[type[PierError]] = []
+    pending = [PierError]
+    while pending:
+        cls = pending.pop()
+        found.append(cls)
+        pending.extend(cls.__subclasses__())
+    return found
+
+
+def error_by_name(name: str) -> type[PierError]:
+    """The error class whose VDSM `name` (or Python class name) is `name`."""
+    for cls in all_error_classes():
+        if name in (cls.name, cls.__name__):
+            return cls
+    raise KeyError(name)

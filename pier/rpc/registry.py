@@ -1,0 +1,191 @@
+"""The verb registry: binds each declared verb to one handler and dispatches calls.
+
+Handlers live in `pier/api/`, as methods marked with `@verb("Namespace.name")` on objects the
+daemon builds. The registry refuses to start when a declared verb has no handler, a handler has
+no declaration, or a handler's signature does not take the declared params. Every transport calls
+`Registry.call(name, params, context)`: params are validated against the schema first, changing
+calls on one target run one at a time, slow verbs become tasks, and every failure comes out as a
+`PierError`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from typing import Any
+
+from pier.rpc.errors import MethodNotFound, PierError, Unexpected
+from pier.rpc.schema import Schema, Verb
+
+log = logging.getLogger("pier.rpc")
+
+_VERB_ATTR = "__pier_verb__"
+_RECONCILER_ATTR = "__pier_reconciles__"
+
+
+def verb(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Mark a method as the handler of the declared verb `name`."""
+
+    def mark(func: Callable[..., Any]) -> Callable[..., Any]:
+        setattr(func, _VERB_ATTR, name)
+        return func
+
+    return mark
+
+
+def reconciler(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Mark a method that tells, after a restart, whether a task of verb `name` took effect.
+
+    It is called with the task's params and returns True (the effect is there) or False.
+    """
+
+    def mark(func: Callable[..., Any]) -> Callable[..., Any]:
+        setattr(func, _RECONCILER_ATTR, name)
+        return func
+
+    return mark
+
+
+@dataclass(frozen=True)
+class CallContext:
+    """Who is calling and through what; the first argument of every handler."""
+
+    transport: str
+    peer: str = ""
+    identity: str | None = None
+    session: Any = None
+    task: Any = None
+
+    def describe(self) -> str:
+        return f"{self.transport} {self.peer}".strip()
+
+
+class TargetLocks:
+    """One lock per target (a VM id, ...): changing operations on one target run one at a time."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: dict[str, list[Any]] = {}
+
+    @contextmanager
+    def hold(self, target: str) -> Iterator[None]:
+        with self._guard:
+            entry = self._locks.setdefault(target, [threading.Lock(), 0])
+            entry[1] += 1
+        try:
+            with entry[0]:
+                yield
+        finally:
+            with self._guard:
+                entry[1] -= 1
+                if entry[1] == 0:
+                    del self._locks[target]
+
+
+class Registry:
+    """Declared verbs bound to handlers; `call` is the single entry point of every transport."""
+
+    def __init__(self, schema: Schema, handlers: Iterable[object], tasks: Any = None) -> None:
+        self.schema = schema
+        self.tasks = tasks
+        self.locks = TargetLocks()
+        self._handlers: dict[str, Callable[..., Any]] = {}
+        self.reconcilers: dict[str, Callable[[dict[str, Any]], bool]] = {}
+        for owner in handlers:
+            self._bind(owner)
+        missing = sorted(set(schema.verbs) - set(self._handlers))
+        if missing:
+            raise RuntimeError(f"declared verbs without a handler: {', '.join(missing)}")
+        if any(self.schema.verbs[name].task for name in self._handlers) and tasks is None:
+            raise RuntimeError("task verbs are declared but no task manager was given")
+
+    @property
+    def verbs(self) -> dict[str, Verb]:
+        return self.schema.verbs
+
+    def _bind(self, owner: object) -> None:
+        for _, member in inspect.getmembers(owner, callable):
+            name = getattr(member, _VERB_ATTR, None)
+            if name is not None:
+                declared = self.schema.verbs.get(name)
+                if declared is None:
+                    raise RuntimeError(f"handler {member.__qualname__} is bound to undeclared verb {name}")
+                if name in self._handlers:
+                    raise RuntimeError(f"verb {name} has two handlers")
+                _check_signature(declared, member)
+                self._handlers[name] = member
+            reconciles = getattr(member, _RECONCILER_ATTR, None)
+            if reconciles is not None:
+                self.reconcilers[reconciles] = member
+
+    def call(self, name: str, params: Any, context: CallContext) -> Any:
+        """Validate `params` for verb `name` (or a legacy alias) and run its handler.
+
+        Returns the handler's JSON-safe result (`True` when it returns nothing), or the task's
+        description for a task verb. Raises a PierError on any failure.
+        """
+        declared = self.schema.resolve(name)
+        if declared is None:
+            raise MethodNotFound(f"Method not found: {name}", data={"method": name})
+        params = declared.validate(params)
+        handler = self._handlers[declared.name]
+        target = params.get(declared.target) if declared.target else None
+        started = time.perf_counter()
+        try:
+            if declared.task:
+                result = self._submit_task(declared, handler, params, context, target)
+            elif target is not None and not declared.readonly:
+                with self.locks.hold(target):
+                    result = handler(context, **params)
+            else:
+                result = handler(context, **params)
+        except PierError as exc:
+            _log_call(declared, target, context, started, exc)
+            raise
+        except Exception as exc:
+            reference = uuid.uuid4().hex[:12]
+            log.exception("%s failed unexpectedly (reference %s, %s)", declared.name, reference, context.describe())
+            raise Unexpected(f"Unexpected error in {declared.name}; reference {reference} in the agent's log",
+                             data={"reference": reference}) from exc
+        if not declared.readonly:
+            _log_call(declared, target, context, started, None)
+        return True if result is None else result
+
+    def _submit_task(self, declared: Verb, handler: Callable[..., Any], params: dict[str, Any],
+                     context: CallContext, target: str | None) -> dict[str, Any]:
+        def run(task: Any) -> Any:
+            return handler(replace(context, task=task), **params)
+
+        guard = (lambda: self.locks.hold(target)) if target is not None else None
+        return self.tasks.submit(declared.name, target, params, run, guard=guard)
+
+
+def _check_signature(declared: Verb, handler: Callable[..., Any]) -> None:
+    signature = inspect.signature(handler)
+    accepted = list(signature.parameters.values())[1:]  # the first is the CallContext
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted)
+    names = {p.name for p in accepted}
+    unknown = [p for p in declared.params if p not in names and not takes_any]
+    undeclared = [p.name for p in accepted
+                  if p.default is inspect.Parameter.empty and p.kind is not inspect.Parameter.VAR_KEYWORD
+                  and p.name not in declared.params]
+    if unknown or undeclared:
+        raise RuntimeError(f"handler of {declared.name} does not match its declaration: "
+                           f"takes no {unknown}, requires undeclared {undeclared}")
+
+
+def _log_call(declared: Verb, target: str | None, context: CallContext, started: float,
+              error: PierError | None) -> None:
+    elapsed_ms = (time.perf_counter() - started) * 1000
+    on = f" {declared.target}={target}" if target else ""
+    if error is None:
+        log.info("%s%s done in %.1f ms (%s)", declared.name, on, elapsed_ms, context.describe())
+    else:
+        log.warning("%s%s failed: %s (%s %s; %s)", declared.name, on, error.message, error.name,
+                    error.code, context.describe())

@@ -1,0 +1,213 @@
+"""Loading `pier-api.yml`: the one place where verbs are declared.
+
+A `Schema` holds one `Verb` per declared verb with its params (as JSON Schema, compiled once
+with fastjsonschema), returns, errors, legacy names, task flag, role and REST routes. The
+registry, the transports, the REST facade, OpenAPI, the CLI and the docs all read it from here.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import fastjsonschema
+import yaml
+
+from pier.rpc.errors import InvalidParams, error_by_name
+
+SCHEMA_PATH = Path(__file__).parent / "schema" / "pier-api.yml"
+ROLES = ("viewer", "operator", "admin")
+_YamlLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_PLACEHOLDER = re.compile(r"\{(\w+)\}")
+
+
+@dataclass(frozen=True)
+class Route:
+    """One REST route of a verb, relative to /api/v1."""
+
+    method: str
+    path: str
+    body: str | None = None
+    status: int = 200
+    stream: str | None = None
+
+    @property
+    def path_params(self) -> list[str]:
+        return _PLACEHOLDER.findall(self.path)
+
+
+@dataclass(frozen=True)
+class LegacyName:
+    """A VDSM XML-RPC name of a verb and the envelope key its payload went under."""
+
+    name: str
+    payload: str | None = None
+
+
+@dataclass
+class Verb:
+    """One declared verb."""
+
+    name: str
+    summary: str
+    role: str
+    readonly: bool
+    target: str | None
+    params: dict[str, dict[str, Any]]
+    required: list[str]
+    returns: dict[str, Any]
+    errors: list[str]
+    legacy: list[LegacyName]
+    task: bool
+    rest: list[Route]
+    params_schema: dict[str, Any] = field(repr=False)
+    _validator: Callable[[Any], Any] = field(repr=False)
+
+    @property
+    def namespace(self) -> str:
+        return self.name.split(".", 1)[0]
+
+    def validate(self, params: Any) -> dict[str, Any]:
+        """Check `params` (by name, or by position in declared order) and fill defaults.
+
+        Raises InvalidParams naming the offending field.
+        """
+        if params is None:
+            params = {}
+        elif isinstance(params, list):
+            params = self.positional_to_named(params)
+        elif not isinstance(params, dict):
+            raise InvalidParams("params must be an object or an array", data={"field": "params"})
+        else:
+            params = dict(params)
+        try:
+            return self._validator(params)
+        except fastjsonschema.JsonSchemaValueException as exc:
+            raise InvalidParams(_describe(exc), data={"field": _field(exc), "verb": self.name}) from None
+
+    def positional_to_named(self, values: list[Any]) -> dict[str, Any]:
+        names = list(self.params)
+        if len(values) > len(names):
+            raise InvalidParams(
+                f"{self.name} takes at most {len(names)} positional params, got {len(values)}",
+                data={"field": "params"},
+            )
+        # A null in an optional position means "not given", as XML-RPC clients send it.
+        return {name: value for name, value in zip(names, values, strict=False)
+                if value is not None or name in self.required}
+
+
+def _field(exc: fastjsonschema.JsonSchemaValueException) -> str:
+    return "params" + (exc.name[len("data"):] if exc.name.startswith("data") else "." + exc.name)
+
+
+def _describe(exc: fastjsonschema.JsonSchemaValueException) -> str:
+    message = exc.message
+    if message.startswith("data"):
+        message = "params" + message[len("data"):]
+    if exc.rule == "required":
+        missing = [name for name in exc.rule_definition if not _has(exc.value, name)]
+        where = _field(exc)
+        return f"{where} is missing required field {', '.join(repr(m) for m in missing)}"
+    if exc.rule == "additionalProperties":
+        return message.replace("must not contain", "has unknown field(s)").replace(" properties", "")
+    return message
+
+
+def _has(value: Any, name: str) -> bool:
+    return isinstance(value, dict) and name in value
+
+
+class Schema:
+    """Every verb declared in the schema file, plus the shared type definitions."""
+
+    def __init__(self, document: dict[str, Any]) -> None:
+        self.info: dict[str, Any] = document.get("info", {})
+        self.defs: dict[str, Any] = document.get("$defs", {})
+        self.verbs: dict[str, Verb] = {}
+        self.legacy: dict[str, tuple[Verb, LegacyName]] = {}
+        for name, spec in (document.get("verbs") or {}).items():
+            verb = self._build(name, spec or {})
+            self.verbs[name] = verb
+            for legacy in verb.legacy:
+                if legacy.name in self.legacy or legacy.name in document["verbs"]:
+                    raise ValueError(f"legacy name {legacy.name!r} of {name} is declared twice")
+                self.legacy[legacy.name] = (verb, legacy)
+
+    @classmethod
+    def load(cls, path: Path = SCHEMA_PATH) -> Schema:
+        with open(path, encoding="utf-8") as stream:
+            return cls(yaml.load(stream, Loader=_YamlLoader))
+
+    def resolve(self, name: str) -> Verb | None:
+        """The verb called `name`, directly or by one of its legacy names."""
+        verb = self.verbs.get(name)
+        if verb is None and name in self.legacy:
+            verb = self.legacy[name][0]
+        return verb
+
+    def _reachable_defs(self, node: Any) -> dict[str, Any]:
+        """The `$defs` entries `node` refers to, directly or through other entries."""
+        found: dict[str, Any] = {}
+        pending = [node]
+        while pending:
+            item = pending.pop()
+            if isinstance(item, dict):
+                ref = item.get("$ref", "")
+                if ref.startswith("#/$defs/") and ref[8:] not in found:
+                    found[ref[8:]] = self.defs[ref[8:]]
+                    pending.append(self.defs[ref[8:]])
+                pending.extend(item.values())
+            elif isinstance(item, list):
+                pending.extend(item)
+        return found
+
+    def _build(self, name: str, spec: dict[str, Any]) -> Verb:
+        role = spec.get("role", "admin")
+        if role not in ROLES:
+            raise ValueError(f"{name}: role {role!r} is not one of {ROLES}")
+        params: dict[str, dict[str, Any]] = {}
+        required: list[str] = []
+        for pname, pschema in (spec.get("params") or {}).items():
+            pschema = dict(pschema or {})
+            optional = pschema.pop("optional", False)
+            if not optional and "default" not in pschema:
+                required.append(pname)
+            params[pname] = pschema
+        for error in spec.get("errors", []):
+            error_by_name(error)  # fails start-up on a typo
+        params_schema = {
+            "type": "object",
+            "properties": params,
+            "required": required,
+            "additionalProperties": False,
+            "$defs": self._reachable_defs(params),
+        }
+        routes = [Route(**route) for route in spec.get("rest", [])]
+        for route in routes:
+            unknown = [p for p in route.path_params if p not in params]
+            if unknown or (route.body and route.body not in params):
+                raise ValueError(f"{name}: route {route.path} names unknown params {unknown or route.body}")
+        target = spec.get("target")
+        if target and target not in params:
+            raise ValueError(f"{name}: target {target!r} is not a param")
+        return Verb(
+            name=name,
+            summary=spec.get("summary", ""),
+            role=role,
+            readonly=bool(spec.get("readonly", False)),
+            target=target,
+            params=params,
+            required=required,
+            returns=spec.get("returns", {"const": True}),
+            errors=list(spec.get("errors", [])),
+            legacy=[LegacyName(**legacy) for legacy in spec.get("legacy", [])],
+            task=bool(spec.get("task", False)),
+            rest=routes,
+            params_schema=params_schema,
+            _validator=fastjsonschema.compile(copy.deepcopy(params_schema)),
+        )

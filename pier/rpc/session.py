@@ -1,0 +1,77 @@
+"""Event push for connection-oriented transports (WebSocket, STOMP).
+
+A transport that can push gives each connection a `PushSession` with a `push(event)` callable
+that writes one event to the wire. `Events.subscribe` attaches a subscription to the session;
+the session's own thread then follows the event log from the subscription's cursor and pushes
+each event in order, so a slow client never holds up the publisher or other clients. Closing
+the session (when the connection ends) stops and joins that thread.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+from collections.abc import Callable
+
+from pier.rpc.errors import EventsExpired
+from pier.rpc.events import Event, Subscription
+
+log = logging.getLogger("pier.events")
+
+_ids = itertools.count(1)
+EVENTS_LOST = "|pier|events_lost|"
+
+
+class PushSession:
+    """One connection's event subscription and the thread that pushes it."""
+
+    def __init__(self, push: Callable[[Event], None], peer: str = "") -> None:
+        self._push = push
+        self.peer = peer
+        self._lock = threading.Lock()
+        self._subscription: Subscription | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def subscribed(self) -> bool:
+        return self._subscription is not None
+
+    def attach(self, subscription: Subscription) -> None:
+        """Push the events `subscription` yields, replacing any earlier subscription."""
+        self.detach()
+        with self._lock:
+            self._subscription = subscription
+            self._thread = threading.Thread(target=self._pump, args=(subscription,),
+                                            name=f"events-push-{next(_ids)}", daemon=True)
+            self._thread.start()
+
+    def detach(self) -> None:
+        """Stop pushing; returns once the push thread has ended."""
+        with self._lock:
+            subscription, thread = self._subscription, self._thread
+            self._subscription = self._thread = None
+        if subscription is not None:
+            subscription.close()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+
+    close = detach
+
+    def _pump(self, subscription: Subscription) -> None:
+        while not subscription.closed:
+            try:
+                event = subscription.next(timeout=0.5)
+            except EventsExpired as exc:
+                self._push(Event(0, EVENTS_LOST, dict(exc.data or {}), 0.0))
+                log.warning("subscriber %s fell behind the event retention window: %s", self.peer, exc.message)
+                subscription.close()
+                return
+            if event is None:
+                continue
+            try:
+                self._push(event)
+            except Exception as exc:  # the connection is gone; its owner will close us
+                log.debug("stopped pushing events to %s: %s", self.peer, exc)
+                subscription.close()
+                return

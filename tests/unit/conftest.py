@@ -1,0 +1,56 @@
+"""Unit-test fixtures: the real registry, event log and task manager over a fake node."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from pier.api import handlers
+from pier.rpc.events import EventLog
+from pier.rpc.jsonrpc import JsonRpc
+from pier.rpc.registry import CallContext, Registry
+from pier.rpc.schema import Schema
+from pier.rpc.tasks import TaskManager
+from tests.fakes import FakeNode
+
+VM_ID = "6f1e3e4c-1111-4222-8333-444455556666"
+
+
+@dataclass
+class Stack:
+    node: FakeNode
+    events: EventLog
+    tasks: TaskManager
+    registry: Registry
+    jsonrpc: JsonRpc
+    db: Path
+
+    def call(self, verb: str, **params: object) -> object:
+        return self.registry.call(verb, params, CallContext("test"))
+
+
+@pytest.fixture(scope="session")
+def schema() -> Schema:
+    return Schema.load()
+
+
+def build_stack(schema: Schema, db: Path, vms: dict[str, dict[str, object]] | None = None) -> Stack:
+    """The real rpc parts over a FakeNode holding `vms`, with the task manager started."""
+    events = EventLog(str(db))
+    tasks = TaskManager(str(db), events.publish, workers=4)
+    node = FakeNode(events.publish)
+    node.vms = vms or {}
+    registry = Registry(schema, handlers(node, tasks, events, lambda: {"name": "pier"}), tasks)
+    tasks.start(registry.reconcilers)
+    return Stack(node, events, tasks, registry, JsonRpc(registry), db)
+
+
+@pytest.fixture
+def stack(schema: Schema, tmp_path: Path) -> Iterator[Stack]:
+    built = build_stack(schema, tmp_path / "state.db")
+    yield built
+    built.tasks.stop()
+    built.events.close()

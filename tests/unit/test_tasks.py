@@ -1,0 +1,143 @@
+"""Tasks: run, progress, wait, cancel, clear, VDSM views, and reconciliation after a restart."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from pier.rpc.errors import JobNotDone, UnknownTask
+from pier.rpc.events import EventLog
+from pier.rpc.tasks import TaskManager
+from tests.unit.conftest import VM_ID, Stack, build_stack
+
+
+@pytest.fixture
+def manager(tmp_path: Path):
+    events = EventLog(str(tmp_path / "s.db"))
+    tasks = TaskManager(str(tmp_path / "s.db"), events.publish, workers=2)
+    tasks.start({})
+    yield tasks, events
+    tasks.stop()
+    events.close()
+
+
+def test_task_runs_reports_progress_and_succeeds(manager) -> None:
+    tasks, events = manager
+
+    def work(task):
+        task.progress(50, "half way")
+        return {"answer": 42}
+
+    info = tasks.submit("VM.shutdown", VM_ID, {}, work)
+    done = tasks.wait(info["taskID"], 5)
+    assert done["state"] == "succeeded" and done["result"] == {"answer": 42} and done["progress"] == 100
+    states = [e.params[info["taskID"]]["state"] for e, in zip(events.read(0)[0])]
+    assert states[0] == "pending" and states[-1] == "succeeded"
+    assert any(e.params[info["taskID"]]["message"] == "half way" for e in events.read(0)[0])
+    assert tasks.vdsm_status(info["taskID"])["taskState"] == "finished"
+    assert tasks.vdsm_status(info["taskID"])["taskResult"] == "success"
+    assert tasks.vdsm_jobs()[info["taskID"]]["status"] == "done"
+
+
+def test_wait_returns_early_when_the_wait_runs_out(manager) -> None:
+    tasks, _ = manager
+    release = threading.Event()
+    info = tasks.submit("VM.shutdown", None, {}, lambda task: release.wait(10))
+    started = time.monotonic()
+    assert tasks.wait(info["taskID"], 0.2)["state"] in ("pending", "running")
+    assert time.monotonic() - started < 2
+    release.set()
+    assert tasks.wait(info["taskID"], 5)["state"] == "succeeded"
+
+
+def test_stop_cancels_a_running_task(manager) -> None:
+    tasks, _ = manager
+
+    def work(task):
+        task.cancelled.wait(10)
+        task.check_cancelled()
+
+    info = tasks.submit("VM.shutdown", None, {}, work)
+    time.sleep(0.1)
+    tasks.stop_task(info["taskID"])
+    done = tasks.wait(info["taskID"], 5)
+    assert done["state"] == "cancelled"
+    assert tasks.vdsm_jobs()[info["taskID"]]["status"] == "aborted"
+
+
+def test_failure_is_recorded_with_its_vdsm_error(manager) -> None:
+    tasks, _ = manager
+    from pier.rpc.errors import NoVM
+
+    def work(task):
+        raise NoVM("no such VM")
+
+    info = tasks.submit("VM.shutdown", None, {}, work)
+    done = tasks.wait(info["taskID"], 5)
+    assert done["state"] == "failed" and done["error"]["code"] == 1
+    assert tasks.vdsm_status(info["taskID"])["code"] == 1
+
+
+def test_clear_only_ended_tasks(manager) -> None:
+    tasks, _ = manager
+    release = threading.Event()
+    info = tasks.submit("VM.shutdown", None, {}, lambda task: release.wait(10))
+    with pytest.raises(JobNotDone):
+        tasks.clear(info["taskID"])
+    release.set()
+    tasks.wait(info["taskID"], 5)
+    tasks.clear(info["taskID"])
+    with pytest.raises(UnknownTask):
+        tasks.get(info["taskID"])
+
+
+def test_tasks_on_one_target_run_one_at_a_time(stack: Stack) -> None:
+    stack.call("VM.create", vmID=VM_ID, vmParams={"vmName": "a"})
+    first = stack.call("VM.shutdown", vmID=VM_ID, timeout=1)
+    second = stack.call("VM.shutdown", vmID=VM_ID, timeout=1)
+    a = stack.tasks.wait(first["taskID"], 10)
+    b = stack.tasks.wait(second["taskID"], 10)
+    assert a["ended"] <= b["started"]
+
+
+def test_shutdown_task_through_the_registry(stack: Stack) -> None:
+    stack.call("VM.create", vmID=VM_ID, vmParams={"vmName": "a"})
+    stubborn = stack.tasks.wait(stack.call("VM.shutdown", vmID=VM_ID, timeout=0)["taskID"], 5)
+    assert stubborn["state"] == "failed" and stubborn["error"]["name"] == "nonresp"
+    forced = stack.tasks.wait(stack.call("VM.shutdown", vmID=VM_ID, timeout=0, force=True)["taskID"], 5)
+    assert forced["state"] == "succeeded"
+    assert stack.call("VM.getInfo", vmID=VM_ID)["status"] == "Down"
+
+
+def test_reconcile_after_restart(schema, tmp_path: Path) -> None:
+    first = build_stack(schema, tmp_path / "s.db")
+    first.call("VM.create", vmID=VM_ID, vmParams={"vmName": "a"})
+    running = first.call("VM.shutdown", vmID=VM_ID, timeout=60)
+    time.sleep(0.2)
+    first.tasks.stop()  # the agent stops while the guest is still shutting down
+    first.events.close()
+
+    second = build_stack(schema, tmp_path / "s.db", vms={VM_ID: {"vmId": VM_ID, "status": "Up"}})
+    try:
+        info = second.tasks.get(running["taskID"])
+        assert info["state"] == "failed" and "effect is not there" in info["error"]["message"]
+    finally:
+        second.tasks.stop()
+        second.events.close()
+
+    third_db = tmp_path / "t.db"
+    third = build_stack(schema, third_db)
+    third.call("VM.create", vmID=VM_ID, vmParams={"vmName": "a"})
+    pending = third.call("VM.shutdown", vmID=VM_ID, timeout=60)
+    time.sleep(0.2)
+    third.tasks.stop()
+    third.events.close()
+    fourth = build_stack(schema, third_db, vms={VM_ID: {"vmId": VM_ID, "status": "Down"}})
+    try:
+        assert fourth.tasks.get(pending["taskID"])["state"] == "succeeded"
+    finally:
+        fourth.tasks.stop()
+        fourth.events.close()
