@@ -85,6 +85,7 @@ class EventLog:
         self._changed = threading.Condition(self._lock)
         self._recent: collections.deque[Event] = collections.deque(maxlen=_RECENT)
         self._closed = False
+        self._waits_allowed = True
         self._last = self._query_last()
         self._oldest = self._query_oldest()
         self._next_prune = 0.0
@@ -109,7 +110,7 @@ class EventLog:
                 self._oldest = event.seq
             self._recent.append(event)
             self._changed.notify_all()
-        if now >= self._next_prune:
+        if now >= self._next_prune or event.seq - self._oldest >= self.max_events * 1.1:
             self.prune()
         return event
 
@@ -177,10 +178,10 @@ class EventLog:
         while True:
             events, after = self.read(after, types, limit)
             remaining = deadline - time.monotonic()
-            if events or remaining <= 0 or self._closed:
+            if events or remaining <= 0 or self._closed or not self._waits_allowed:
                 return events, after
             with self._changed:
-                if self._last <= after and not self._closed and not (stop and stop()):
+                if self._last <= after and not self._closed and self._waits_allowed and not (stop and stop()):
                     self._changed.wait(remaining)
             if stop and stop():
                 return [], after
@@ -190,6 +191,12 @@ class EventLog:
         start = self._last if after is None else after
         self.read(start, None, 1)  # raises EventsExpired now rather than on the first next()
         return Subscription(self, start, normalize_types(types))
+
+    def end_waits(self) -> None:
+        """Make every wait, now and later, return at once (the daemon is stopping)."""
+        with self._changed:
+            self._waits_allowed = False
+            self._changed.notify_all()
 
     def wake(self) -> None:
         """Wake every waiting reader (one of them was closed)."""

@@ -135,6 +135,12 @@ class TaskManager:
         self._stopping = False
         self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="task-worker")
 
+    def end_waits(self) -> None:
+        """Refuse new tasks and make every wait return at once (the agent is stopping)."""
+        with self._changed:
+            self._stopping = True
+            self._changed.notify_all()
+
     def stop(self, timeout: float = 10.0) -> None:
         """Ask running tasks to stop, wait for the workers, close sqlite.
 

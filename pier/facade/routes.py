@@ -1,0 +1,289 @@
+"""REST routes made from the schema: every declared `rest:` route calls its verb.
+
+Nothing here knows a verb. For each `Route` of each verb: `{param}` placeholders become bottle
+wildcards; on GET and DELETE the other params come from the query string, coerced by their JSON
+Schema type (integer, number, boolean as true/false/1/0, arrays as repeated keys or comma
+separated); on POST, PUT and PATCH the JSON body is the params object, or, when the route says
+`body: <param>`, the body is that one param and the other params come from the query string.
+The params then go through `Registry.call`, which validates them against the schema. Success
+answers with the route's status (202 for a task verb unless the route says otherwise) and, for
+201 and 202, a `Location` naming the GET route that reads the same kind of object.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl, quote
+
+import bottle
+
+from pier.facade.problems import problem_response, unexpected
+from pier.rpc.errors import InvalidParams, InvalidRequest, ParseError, PierError, RequestTooLarge
+from pier.rpc.registry import CallContext, Registry
+from pier.rpc.schema import Route, Verb
+
+API_PREFIX = "/api/v1"
+MAX_BODY = 1 << 20
+# A body over the limit but under this size is read and dropped, so that the client, still
+# sending, gets the 413 instead of a broken connection.
+DRAIN_MAX = 4 << 20
+JSON = "application/json"
+BODY_METHODS = ("POST", "PUT", "PATCH")
+_PLACEHOLDER = re.compile(r"\{(\w+)\}")
+_BOOLEANS = {"true": True, "1": True, "false": False, "0": False}
+
+# A route whose `stream:` kind has an opener answers `Accept: text/event-stream` through it.
+StreamOpener = Callable[[Verb, dict[str, Any], Mapping[str, Any]], bottle.HTTPResponse]
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One declared route of one verb, and the GET route that reads what it creates."""
+
+    verb: Verb
+    route: Route
+    location: Route | None = None
+
+    @property
+    def path(self) -> str:
+        return API_PREFIX + self.route.path
+
+    @property
+    def bottle_path(self) -> str:
+        return API_PREFIX + _PLACEHOLDER.sub(r"<\1>", self.route.path)
+
+    @property
+    def status(self) -> int:
+        return 202 if self.verb.task and self.route.status == 200 else self.route.status
+
+
+def endpoints(verbs: Mapping[str, Verb]) -> list[Endpoint]:
+    """Every route the schema declares, in declaration order."""
+    readers = [(verb, route) for verb in verbs.values() for route in verb.rest
+               if route.method == "GET" and route.path_params and not route.stream]
+    found = []
+    for verb in verbs.values():
+        for route in verb.rest:
+            location = next((r for v, r in readers if v is not verb and v.returns == verb.returns), None)
+            found.append(Endpoint(verb, route, location))
+    return found
+
+
+def install(app: bottle.Bottle, registry: Registry, streams: Mapping[str, StreamOpener], *,
+            max_body: int = MAX_BODY) -> list[Endpoint]:
+    """Add a bottle route for every schema route to `app`; returns what was added."""
+    made = endpoints(registry.verbs)
+    for endpoint in made:
+        opener = None
+        if endpoint.route.stream:
+            if endpoint.route.stream not in streams:
+                raise RuntimeError(f"{endpoint.verb.name}: no stream of kind {endpoint.route.stream!r}")
+            opener = streams[endpoint.route.stream]
+        app.route(endpoint.bottle_path, endpoint.route.method,
+                  _handler(endpoint, registry, opener, max_body), name=f"{endpoint.verb.name} {endpoint.path}")
+    return made
+
+
+def _handler(endpoint: Endpoint, registry: Registry, opener: StreamOpener | None,
+             max_body: int) -> Callable[..., bottle.HTTPResponse]:
+    verb = endpoint.verb
+    defs = registry.schema.defs
+
+    def handle(**path_args: str) -> bottle.HTTPResponse:
+        environ = bottle.request.environ
+        try:
+            params = read_params(endpoint, path_args, environ, defs, max_body)
+            if opener is not None and wants_event_stream(environ):
+                return opener(verb, params, environ)
+            result = registry.call(verb.name, params, CallContext("rest", peer=_peer(environ)))
+            return _success(endpoint, result)
+        except PierError as exc:
+            return problem_response(exc)
+        except Exception as exc:
+            return problem_response(unexpected(exc, f"{environ.get('REQUEST_METHOD')} {environ.get('PATH_INFO')}"))
+
+    return handle
+
+
+def wants_event_stream(environ: Mapping[str, Any]) -> bool:
+    accept = environ.get("HTTP_ACCEPT", "")
+    return any(part.split(";")[0].strip().lower() == "text/event-stream" for part in accept.split(","))
+
+
+def _peer(environ: Mapping[str, Any]) -> str:
+    address, port = environ.get("REMOTE_ADDR", ""), environ.get("REMOTE_PORT", "")
+    return f"{address}:{port}" if port else address
+
+
+def _success(endpoint: Endpoint, result: Any) -> bottle.HTTPResponse:
+    headers = {"Content-Type": JSON}
+    status = endpoint.status
+    if status in (201, 202) and endpoint.location is not None:
+        location = _fill(endpoint.location, result)
+        if location:
+            headers["Location"] = location
+    return bottle.HTTPResponse(body=json.dumps(result, separators=(",", ":")), status=status, headers=headers)
+
+
+def _fill(route: Route, result: Any) -> str | None:
+    """`route`'s path with each placeholder taken from the same-named field of `result`."""
+    if not isinstance(result, dict):
+        return None
+    by_lower = {str(key).lower(): value for key, value in result.items()}
+    path = route.path
+    for name in route.path_params:
+        value = result.get(name, by_lower.get(name.lower()))
+        if value is None:
+            return None
+        path = path.replace("{" + name + "}", quote(str(value), safe=""))
+    return API_PREFIX + path
+
+
+# -- reading params -------------------------------------------------------------------------
+
+
+def read_params(endpoint: Endpoint, path_args: Mapping[str, str], environ: Mapping[str, Any],
+                defs: Mapping[str, Any], max_body: int = MAX_BODY) -> dict[str, Any]:
+    """The verb's params from the request's path, query string and body (not yet validated)."""
+    verb, route = endpoint.verb, endpoint.route
+    params: dict[str, Any] = {}
+    if route.method in BODY_METHODS:
+        field = f"params.{route.body}" if route.body else "params"
+        body = read_json_body(environ, max_body, field)
+        if route.body:
+            if body is not None:
+                params[route.body] = body
+        elif isinstance(body, dict):
+            params.update(body)
+        elif body is not None:
+            raise InvalidParams(f"the request body must be a JSON object of params, not {_json_type(body)}",
+                                data={"field": "params"})
+    for name, values in query_values(environ).items():
+        if name in params:
+            raise InvalidParams(f"params.{name} is given both in the body and in the query string",
+                                data={"field": f"params.{name}"})
+        params[name] = coerce(values, verb.params.get(name), defs)
+    for name, text in path_args.items():
+        value = coerce([text], verb.params.get(name), defs)
+        if name in params and params[name] != value:
+            raise InvalidParams(f"params.{name} is {params[name]!r} in the request but {text!r} in the path",
+                                data={"field": f"params.{name}"})
+        params[name] = value
+    return params
+
+
+def query_values(environ: Mapping[str, Any]) -> dict[str, list[str]]:
+    """Each query-string key with all the values it was given, in order."""
+    values: dict[str, list[str]] = {}
+    for key, value in parse_qsl(environ.get("QUERY_STRING", ""), keep_blank_values=True):
+        values.setdefault(key, []).append(value)
+    return values
+
+
+def read_json_body(environ: Mapping[str, Any], max_body: int, field: str) -> Any:
+    """The request body parsed as JSON, or None when there is none."""
+    length_text = environ.get("CONTENT_LENGTH") or ""
+    stream = environ.get("wsgi.input")
+    if length_text:
+        try:
+            length = int(length_text)
+        except ValueError:
+            raise InvalidRequest(f"Content-Length {length_text!r} is not a number") from None
+        if length > max_body:
+            if length <= DRAIN_MAX and stream is not None:
+                _drain(stream, length)
+            raise RequestTooLarge(f"the request body is {length} bytes; at most {max_body} are accepted",
+                                  data={"limit": max_body})
+        raw = stream.read(length) if length > 0 and stream is not None else b""
+    elif "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower() and stream is not None:
+        raw = stream.read(max_body + 1)
+        if len(raw) > max_body:
+            _drain(stream, DRAIN_MAX - len(raw))
+            raise RequestTooLarge(f"the request body is over {max_body} bytes", data={"limit": max_body})
+    else:
+        raw = b""
+    if not raw.strip():
+        return None
+    media_type = environ.get("CONTENT_TYPE", "").split(";")[0].strip().lower()
+    if media_type != JSON and not media_type.endswith("+json"):
+        raise InvalidParams(f"the request body must be JSON sent with Content-Type: {JSON}, "
+                            f"not {media_type or 'without a Content-Type'}",
+                            data={"field": field, "contentType": media_type})
+    try:
+        return json.loads(raw)
+    except ValueError as exc:
+        raise ParseError(f"the request body is not valid JSON: {exc}", data={"field": field}) from None
+
+
+def _drain(stream: Any, size: int) -> None:
+    while size > 0:
+        chunk = stream.read(min(size, 1 << 16))
+        if not chunk:
+            return
+        size -= len(chunk)
+
+
+def coerce(values: list[str], schema: Mapping[str, Any] | None, defs: Mapping[str, Any]) -> Any:
+    """Turn query-string text into the JSON value `schema` expects.
+
+    Text that does not fit is passed on as it is, so that validation names the field.
+    """
+    schema = _resolve(schema or {}, defs)
+    types = _types(schema)
+    if "array" in types:
+        items = [item for value in values for item in value.split(",") if item != ""]
+        item_schema = schema.get("items") if isinstance(schema.get("items"), dict) else None
+        return [coerce([item], item_schema, defs) for item in items]
+    if len(values) > 1:
+        return values
+    return _scalar(values[0], types)
+
+
+def _scalar(text: str, types: list[str]) -> Any:
+    if "boolean" in types and text.lower() in _BOOLEANS:
+        return _BOOLEANS[text.lower()]
+    if "integer" in types or "number" in types:
+        try:
+            return int(text)
+        except ValueError:
+            pass
+    if "number" in types:
+        try:
+            return float(text)
+        except ValueError:
+            pass
+    if "null" in types and text in ("", "null"):
+        return None
+    if "object" in types and text.startswith("{"):
+        try:
+            return json.loads(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _resolve(schema: Mapping[str, Any], defs: Mapping[str, Any]) -> Mapping[str, Any]:
+    seen = 0
+    while isinstance(schema.get("$ref"), str) and schema["$ref"].startswith("#/$defs/") and seen < 32:
+        schema = {**defs.get(schema["$ref"][len("#/$defs/"):], {}),
+                  **{k: v for k, v in schema.items() if k != "$ref"}}
+        seen += 1
+    return schema
+
+
+def _types(schema: Mapping[str, Any]) -> list[str]:
+    declared = schema.get("type")
+    if isinstance(declared, str):
+        return [declared]
+    if isinstance(declared, list):
+        return [t for t in declared if isinstance(t, str)]
+    return []
+
+
+def _json_type(value: Any) -> str:
+    return {list: "an array", str: "a string", bool: "a boolean", int: "a number", float: "a number"}.get(
+        type(value), "null")

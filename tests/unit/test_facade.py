@@ -1,0 +1,470 @@
+"""The REST facade, driven in-process as a WSGI app over the real registry and a FakeNode."""
+
+from __future__ import annotations
+
+import http.client
+import io
+import json
+import threading
+import time
+import wsgiref.util
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import bottle
+import pytest
+from cheroot import wsgi
+
+from pier.facade import make_app
+from pier.facade.routes import endpoints
+from pier.rpc.events import EventLog
+from pier.rpc.schema import Schema
+from tests.unit.conftest import VM_ID, Stack
+
+OTHER_ID = "6f1e3e4c-1111-4222-8333-777777777777"
+TASK_ID = "0a0a0a0a-1111-4222-8333-444455556666"
+VM_PARAMS = {"vmId": VM_ID, "vmName": "a", "memSize": 32}
+ROUTES = endpoints(Schema.load().verbs)
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: dict[str, str]
+    body: bytes = b""
+    chunks: Iterator[bytes] | None = field(default=None, repr=False)
+    iterable: Any = field(default=None, repr=False)
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    def header(self, name: str) -> str | None:
+        return next((v for k, v in self.headers.items() if k.lower() == name.lower()), None)
+
+    def close(self) -> None:
+        """What a WSGI server does when it is done with a response."""
+        if hasattr(self.iterable, "close"):
+            self.iterable.close()
+
+
+def request(app: bottle.Bottle, method: str, target: str, body: Any = None, *,
+            content_type: str = "application/json", headers: dict[str, str] | None = None,
+            stream: bool = False) -> Reply:
+    """Call `app` as a WSGI app; with `stream` the body is left to read from `Reply.chunks`."""
+    environ: dict[str, Any] = {}
+    wsgiref.util.setup_testing_defaults(environ)
+    path, _, query = target.partition("?")
+    environ.update(REQUEST_METHOD=method, PATH_INFO=path, QUERY_STRING=query,
+                   REMOTE_ADDR="127.0.0.1", REMOTE_PORT="40000")
+    if body is not None:
+        raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+        environ.update({"wsgi.input": io.BytesIO(raw), "CONTENT_LENGTH": str(len(raw)),
+                        "CONTENT_TYPE": content_type})
+    for name, value in (headers or {}).items():
+        environ["HTTP_" + name.upper().replace("-", "_")] = value
+    started: dict[str, Any] = {}
+
+    def start_response(status: str, headerlist: list[tuple[str, str]], exc_info: Any = None) -> None:
+        started.update(status=int(status.split()[0]), headers=dict(headerlist))
+
+    chunks = app(environ, start_response)
+    if stream:
+        return Reply(started["status"], started["headers"], chunks=iter(chunks), iterable=chunks)
+    try:
+        return Reply(started["status"], started["headers"], b"".join(chunks))
+    finally:
+        if hasattr(chunks, "close"):
+            chunks.close()
+
+
+def frames(reply: Reply, count: int, timeout: float = 5.0) -> list[dict[str, str]]:
+    """The next `count` event frames of a stream (comments skipped), as field dicts."""
+    found: list[dict[str, str]] = []
+    deadline = time.monotonic() + timeout
+    buffer = ""
+    while len(found) < count:
+        assert time.monotonic() < deadline, f"only {len(found)} of {count} frames arrived"
+        buffer += next(reply.chunks).decode()
+        while "\n\n" in buffer:
+            block, buffer = buffer.split("\n\n", 1)
+            fields = dict(line.split(": ", 1) for line in block.split("\n") if line and not line.startswith(":")
+                          and ": " in line)
+            if "data" in fields:
+                found.append(fields)
+    return found
+
+
+def assert_problem(reply: Reply, status: int, name: str | None = None) -> dict[str, Any]:
+    assert reply.status == status, reply.body
+    assert reply.header("Content-Type") == "application/problem+json"
+    problem = reply.json()
+    assert problem["status"] == status
+    assert problem["type"] == "https://pier.invalid/errors/" + problem["name"]
+    assert problem["title"] == problem["name"]
+    assert isinstance(problem["code"], int) and problem["detail"]
+    if name is not None:
+        assert problem["name"] == name
+    return problem
+
+
+@pytest.fixture
+def app(stack: Stack) -> bottle.Bottle:
+    return make_app(stack.registry, stack.events, stream_keepalive=0.2)
+
+
+# -- the route table --------------------------------------------------------------------------
+
+
+def test_route_table_is_the_schema(app: bottle.Bottle, schema: Schema) -> None:
+    declared = {(route.method, "/api/v1" + route.path.replace("{", "<").replace("}", ">"))
+                for verb in schema.verbs.values() for route in verb.rest}
+    served = {(route.method, route.rule) for route in app.routes}
+    assert served == declared | {("GET", "/api/v1/openapi.json")}
+
+
+@pytest.mark.parametrize("endpoint", ROUTES, ids=[f"{e.route.method} {e.path}" for e in ROUTES])
+def test_every_route_reaches_its_verb(stack: Stack, endpoint: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[tuple[str, dict[str, Any], Any]] = []
+
+    def spy(name: str, params: Any, context: Any) -> Any:
+        seen.append((name, params, context))
+        return {"taskID": TASK_ID, "vmId": VM_ID}
+
+    monkeypatch.setattr(stack.registry, "call", spy)
+    app = make_app(stack.registry, stack.events)
+    values = {name: VM_ID for name in endpoint.route.path_params}
+    path = endpoint.path
+    for name, value in values.items():
+        path = path.replace("{" + name + "}", value)
+    body = {} if endpoint.route.method in ("POST", "PUT") else None
+    reply = request(app, endpoint.route.method, path, body)
+    assert reply.status == endpoint.status
+    assert [(name, params) for name, params, _ in seen] == [
+        (endpoint.verb.name, {**values, **({endpoint.route.body: {}} if endpoint.route.body else {})})]
+    assert seen[0][2].transport == "rest" and seen[0][2].peer == "127.0.0.1:40000"
+
+
+# -- resources and verbs ----------------------------------------------------------------------
+
+
+def test_agent_info_at_the_root(app: bottle.Bottle) -> None:
+    for path in ("/api/v1", "/api/v1/"):
+        reply = request(app, "GET", path)
+        assert (reply.status, reply.json()) == (200, {"name": "pier"})
+        assert reply.header("Content-Type") == "application/json"
+
+
+def test_vm_lifecycle(app: bottle.Bottle) -> None:
+    created = request(app, "POST", "/api/v1/vms", VM_PARAMS)
+    assert created.status == 201
+    assert created.json()["vmId"] == VM_ID
+    assert created.header("Location") == f"/api/v1/vms/{VM_ID}"
+    assert request(app, "GET", created.header("Location")).json()["status"] == "Up"
+    assert request(app, "GET", "/api/v1/vms").json() == [{"vmId": VM_ID, "status": "Up"}]
+    assert request(app, "GET", "/api/v1/vms?onlyUUID=true").json() == [VM_ID]
+    assert request(app, "GET", f"/api/v1/vms?vmList={OTHER_ID},{VM_ID}&onlyUUID=1").json() == [VM_ID]
+    assert request(app, "GET", f"/api/v1/vms?vmList={OTHER_ID}&vmList={VM_ID}&onlyUUID=1").json() == [VM_ID]
+    assert request(app, "GET", f"/api/v1/vms?vmList={OTHER_ID}").json() == []
+    assert request(app, "POST", f"/api/v1/vms/{VM_ID}/pause").json()["status"] == "Paused"
+    assert request(app, "POST", f"/api/v1/vms/{VM_ID}/cont", {}).json()["status"] == "Up"
+    assert assert_problem(request(app, "POST", "/api/v1/vms", VM_PARAMS), 409, "exist")["code"] == 4
+    deleted = request(app, "DELETE", f"/api/v1/vms/{VM_ID}?gracefulAttempts=2")
+    assert (deleted.status, deleted.json()) == (200, True)
+    assert_problem(request(app, "GET", f"/api/v1/vms/{VM_ID}"), 404, "noVM")
+
+
+def test_create_takes_other_params_from_the_query(app: bottle.Bottle) -> None:
+    params = {"vmName": "b", "memSize": 32}
+    assert request(app, "POST", f"/api/v1/vms?vmID={VM_ID}", params).status == 201
+    assert request(app, "POST", f"/api/v1/vms/{VM_ID}/destroy").json() is True
+
+
+def test_unknown_vm_is_a_vdsm_problem(app: bottle.Bottle) -> None:
+    problem = assert_problem(request(app, "POST", f"/api/v1/vms/{OTHER_ID}/reset"), 404, "noVM")
+    assert problem["code"] == 1
+    assert problem["data"] == {"vmId": OTHER_ID}
+
+
+@pytest.mark.parametrize("method, target, body, content_type, field", [
+    ("GET", "/api/v1/vms?fullStatus=maybe", None, "", "params.fullStatus"),
+    ("GET", "/api/v1/events?after=x", None, "", "params.after"),
+    ("GET", "/api/v1/events?wait=1&wait=2", None, "", "params.wait"),
+    ("GET", "/api/v1/vms/not-a-uuid", None, "", "params.vmID"),
+    ("GET", "/api/v1/vms?color=red", None, "", "params"),
+    ("POST", "/api/v1/vms", None, "", "params"),
+    ("POST", "/api/v1/vms", {"memSize": "lots"}, "application/json", "params.vmParams.memSize"),
+    ("POST", f"/api/v1/vms/{VM_ID}/shutdown", {"timeout": "soon"}, "application/json", "params.timeout"),
+    ("POST", f"/api/v1/vms/{VM_ID}/shutdown", b'{"force": tru', "application/json", "params"),
+    ("POST", f"/api/v1/vms/{VM_ID}/shutdown", b'{"force": true}', "text/plain", "params"),
+    ("POST", "/api/v1/vms", b'{"vmName": "a"}', "application/x-www-form-urlencoded", "params.vmParams"),
+    ("POST", f"/api/v1/vms/{VM_ID}/shutdown", [1, 2], "application/json", "params"),
+    ("POST", f"/api/v1/vms/{VM_ID}/shutdown", {"vmID": OTHER_ID}, "application/json", "params.vmID"),
+    ("POST", f"/api/v1/vms/{VM_ID}/shutdown?force=true", {"force": False}, "application/json", "params.force"),
+])
+def test_invalid_params_name_the_field(app: bottle.Bottle, method: str, target: str, body: Any,
+                                       content_type: str, field: str) -> None:
+    problem = assert_problem(request(app, method, target, body, content_type=content_type), 400)
+    assert problem["data"]["field"] == field
+    assert problem["name"] in ("InvalidParams", "ParseError")
+
+
+def test_unknown_route_and_wrong_method(app: bottle.Bottle) -> None:
+    assert_problem(request(app, "GET", "/api/v1/nowhere"), 404)
+    assert_problem(request(app, "GET", "/elsewhere"), 404)
+    reply = request(app, "PUT", "/api/v1/vms", {})
+    assert_problem(reply, 405)
+    assert set(reply.header("Allow").split(",")) == {"GET", "POST"}
+    assert reply.json()["data"]["allow"] == reply.header("Allow").split(",")
+
+
+def test_body_over_the_limit_is_413(app: bottle.Bottle) -> None:
+    big = {"vmName": "a", "xml": "x" * (1 << 20)}
+    problem = assert_problem(request(app, "POST", f"/api/v1/vms?vmID={VM_ID}", big), 413, "RequestTooLarge")
+    assert problem["data"] == {"limit": 1 << 20}
+
+
+def test_chunked_body_over_the_limit_is_413(app: bottle.Bottle) -> None:
+    raw = json.dumps({"xml": "x" * (1 << 20)}).encode()
+    environ: dict[str, Any] = {}
+    wsgiref.util.setup_testing_defaults(environ)
+    environ.update(REQUEST_METHOD="POST", PATH_INFO="/api/v1/vms", CONTENT_TYPE="application/json",
+                   HTTP_TRANSFER_ENCODING="chunked", **{"wsgi.input": io.BytesIO(raw)})
+    statuses: list[str] = []
+    body = b"".join(app(environ, lambda status, headers, exc_info=None: statuses.append(status)))
+    assert statuses == ["413 Request Entity Too Large"]
+    assert json.loads(body)["name"] == "RequestTooLarge"
+
+
+def test_unexpected_errors_leak_nothing(stack: Stack, monkeypatch: pytest.MonkeyPatch,
+                                        caplog: pytest.LogCaptureFixture) -> None:
+    def broken(name: str, params: Any, context: Any) -> Any:
+        raise RuntimeError("secret internals")
+
+    monkeypatch.setattr(stack.registry, "call", broken)
+    app = make_app(stack.registry, stack.events)
+    app.route("/api/v1/boom", "GET", lambda: 1 / 0)
+    for target in ("/api/v1/host/ping", "/api/v1/boom"):
+        reply = request(app, "GET", target)
+        problem = assert_problem(reply, 500, "unexpected")
+        assert "secret" not in reply.body.decode() and "Traceback" not in reply.body.decode()
+        assert problem["data"]["reference"] in caplog.text
+
+
+def test_result_that_is_not_json_is_a_500_problem(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(stack.registry, "call", lambda name, params, context: {"when": object()})
+    assert_problem(request(make_app(stack.registry, stack.events), "GET", "/api/v1/host"), 500, "unexpected")
+
+
+# -- tasks --------------------------------------------------------------------------------------
+
+
+def test_task_verb_answers_202_and_where_to_wait(app: bottle.Bottle, stack: Stack) -> None:
+    stack.node.guest_obeys_shutdown = True
+    request(app, "POST", "/api/v1/vms", VM_PARAMS)
+    accepted = request(app, "POST", f"/api/v1/vms/{VM_ID}/shutdown", {"timeout": 5})
+    assert accepted.status == 202
+    task = accepted.json()
+    assert accepted.header("Location") == f"/api/v1/tasks/{task['taskID']}"
+    ended = request(app, "GET", accepted.header("Location") + "?wait=5")
+    assert ended.status == 200
+    assert ended.json()["state"] == "succeeded"
+    assert ended.json()["result"] == {"vmId": VM_ID, "status": "Down"}
+    assert request(app, "GET", accepted.header("Location") + "/status").json()["taskResult"] == "success"
+    assert task["taskID"] in request(app, "GET", "/api/v1/tasks").json()
+    assert request(app, "DELETE", accepted.header("Location")).json() is True
+    assert_problem(request(app, "GET", accepted.header("Location")), 404, "UnknownTask")
+
+
+# -- events: long-poll ------------------------------------------------------------------------
+
+
+def test_events_long_poll(app: bottle.Bottle, stack: Stack) -> None:
+    stack.events.publish("|virt|VM_status|a", {"a": {"status": "Up"}})
+    stack.events.publish("|jobs|status|b", {})
+    batch = request(app, "GET", "/api/v1/events?after=0&types=virt.VM_status").json()
+    assert [e["name"] for e in batch["events"]] == ["|virt|VM_status|a"]
+    assert batch["last"] == 2 and batch["oldest"] == 1
+    threading.Timer(0.2, stack.events.publish, ("|virt|VM_status|c", {})).start()
+    started = time.monotonic()
+    waited = request(app, "GET", "/api/v1/events?after=2&types=|virt|VM_status|,|jobs|&wait=5").json()
+    assert time.monotonic() - started < 3
+    assert [e["seq"] for e in waited["events"]] == [3]
+
+
+def test_events_long_poll_expired_cursor_is_410(app: bottle.Bottle, stack: Stack) -> None:
+    stack.events.max_events = 3
+    for n in range(10):
+        stack.events.publish(f"|virt|VM_status|{n}", {})
+    stack.events.prune()
+    problem = assert_problem(request(app, "GET", "/api/v1/events?after=1"), 410, "eventsExpired")
+    assert problem["data"]["oldest"] == stack.events.oldest_seq == 8
+
+
+# -- events: server-sent events ---------------------------------------------------------------
+
+SSE = {"Accept": "text/event-stream"}
+
+
+def test_event_stream_frames_and_resume(app: bottle.Bottle, stack: Stack) -> None:
+    for n in range(3):
+        stack.events.publish(f"|virt|VM_status|{n}", {"n": n})
+    stack.events.publish("|jobs|status|x", {})
+    reply = request(app, "GET", "/api/v1/events?after=0&types=virt.VM_status", headers=SSE, stream=True)
+    try:
+        assert reply.status == 200 and reply.header("Content-Type") == "text/event-stream"
+        got = frames(reply, 3)
+        assert [f["id"] for f in got] == ["1", "2", "3"]
+        assert got[0]["event"] == "|virt|VM_status|0"
+        assert json.loads(got[2]["data"])["params"]["n"] == 2
+        stack.events.publish("|virt|VM_status|live", {})
+        assert frames(reply, 1)[0]["id"] == "5"
+    finally:
+        reply.close()
+    resumed = request(app, "GET", "/api/v1/events?after=0", headers={**SSE, "Last-Event-ID": "3"}, stream=True)
+    try:
+        assert [f["id"] for f in frames(resumed, 2)] == ["4", "5"]
+    finally:
+        resumed.close()
+    assert app.config["pier.streams"].open_streams == 0
+
+
+def test_event_stream_sends_keepalives(app: bottle.Bottle) -> None:
+    reply = request(app, "GET", "/api/v1/events", headers=SSE, stream=True)
+    try:
+        assert next(reply.chunks).startswith(b"retry:")
+        assert next(reply.chunks) == b": keepalive\n\n"
+    finally:
+        reply.close()
+
+
+def test_event_stream_expired_cursor_is_410(stack: Stack, tmp_path: Path) -> None:
+    events = EventLog(str(tmp_path / "small.db"), max_events=3)
+    try:
+        for n in range(10):
+            events.publish(f"|virt|VM_status|{n}", {})
+        events.prune()
+        app = make_app(stack.registry, events)
+        for headers in ({}, {"Last-Event-ID": "2"}):
+            reply = request(app, "GET", "/api/v1/events?after=0", headers={**SSE, **headers})
+            assert assert_problem(reply, 410, "eventsExpired")["data"]["oldest"] == 8
+        assert app.config["pier.streams"].open_streams == 0
+    finally:
+        events.close()
+
+
+def test_event_stream_that_falls_behind_says_so_and_ends(stack: Stack, tmp_path: Path) -> None:
+    events = EventLog(str(tmp_path / "small.db"), max_events=3)
+    try:
+        app = make_app(stack.registry, events, stream_keepalive=0.2)
+        reply = request(app, "GET", "/api/v1/events", headers=SSE, stream=True)
+        next(reply.chunks)
+        for n in range(10):
+            events.publish(f"|virt|VM_status|{n}", {})
+        events.prune()
+        lost = frames(reply, 1)[0]
+        assert "id" not in lost
+        assert lost["event"] == "|pier|events_lost|"
+        assert json.loads(lost["data"])["params"]["oldest"] == 8
+        assert list(reply.chunks) == []
+        reply.close()
+        assert app.config["pier.streams"].open_streams == 0
+    finally:
+        events.close()
+
+
+def test_event_stream_bad_params(app: bottle.Bottle) -> None:
+    assert_problem(request(app, "GET", "/api/v1/events?after=-1", headers=SSE), 400, "InvalidParams")
+    assert_problem(request(app, "GET", "/api/v1/events", headers={**SSE, "Last-Event-ID": "x"}), 400)
+
+
+def test_event_streams_are_capped(stack: Stack) -> None:
+    app = make_app(stack.registry, stack.events, max_streams=2, stream_keepalive=0.2)
+    open_ = [request(app, "GET", "/api/v1/events", headers=SSE, stream=True) for _ in range(2)]
+    try:
+        refused = request(app, "GET", "/api/v1/events", headers=SSE)
+        assert_problem(refused, 503, "unavail")
+        assert refused.header("Retry-After")
+        assert request(app, "GET", "/api/v1/events").status == 200  # long-poll still served
+    finally:
+        for reply in open_:
+            reply.close()
+    again = request(app, "GET", "/api/v1/events", headers=SSE, stream=True)
+    assert again.status == 200
+    again.close()
+
+
+def test_event_stream_ends_when_stopping(stack: Stack) -> None:
+    stopping = threading.Event()
+    app = make_app(stack.registry, stack.events, stopping=stopping, stream_keepalive=60)
+    reply = request(app, "GET", "/api/v1/events", headers=SSE, stream=True)
+    next(reply.chunks)
+    threading.Timer(0.2, stopping.set).start()
+    started = time.monotonic()
+    assert list(reply.chunks) == []
+    assert time.monotonic() - started < 2
+    reply.close()
+    assert_problem(request(app, "GET", "/api/v1/events", headers=SSE), 503)
+
+
+def test_openapi_document_is_served(stack: Stack) -> None:
+    app = make_app(stack.registry, stack.events, info=lambda: {"hostId": "h"})
+    document = request(app, "GET", "/api/v1/openapi.json").json()
+    assert document["openapi"] == "3.1.0"
+    assert document["info"]["x-pier-agent"] == {"hostId": "h"}
+    assert "/api/v1/vms/{vmID}" in document["paths"]
+
+
+# -- a real server ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def served(stack: Stack) -> Iterator[tuple[wsgi.Server, threading.Event]]:
+    stopping = threading.Event()
+    server = wsgi.Server(("127.0.0.1", 0), make_app(stack.registry, stack.events, stopping=stopping,
+                                                    stream_keepalive=60), numthreads=4)
+    server.prepare()
+    thread = threading.Thread(target=server.serve, name="test-cheroot", daemon=True)
+    thread.start()
+    yield server, stopping
+    stopping.set()
+    server.stop()
+    thread.join(5)
+
+
+def test_real_server_stops_with_a_stream_open(served: tuple[wsgi.Server, threading.Event], stack: Stack) -> None:
+    server, stopping = served
+    host, port = server.bind_addr[:2]
+    plain = http.client.HTTPConnection(host, port, timeout=5)
+    plain.request("POST", "/api/v1/vms", body=json.dumps(VM_PARAMS), headers={"Content-Type": "application/json"})
+    created = plain.getresponse()
+    assert created.status == 201 and json.loads(created.read())["vmId"] == VM_ID
+    plain.close()
+    streaming = http.client.HTTPConnection(host, port, timeout=5)
+    streaming.request("GET", "/api/v1/events?after=0", headers=SSE)
+    response = streaming.getresponse()
+    assert response.status == 200 and response.getheader("Content-Type") == "text/event-stream"
+    assert response.readline().startswith(b"retry:")
+    assert b"id: 1" in b"".join(response.readline() for _ in range(4))
+    stopping.set()
+    stopper = threading.Thread(target=server.stop, name="test-stop")
+    started = time.monotonic()
+    stopper.start()
+    stopper.join(5)
+    assert not stopper.is_alive(), "cheroot did not stop with an event stream open"
+    assert time.monotonic() - started < 3
+    streaming.close()
+
+
+def test_real_server_answers_413_and_keeps_the_connection(served: tuple[wsgi.Server, threading.Event]) -> None:
+    server, _ = served
+    connection = http.client.HTTPConnection(*server.bind_addr[:2], timeout=5)
+    connection.request("POST", "/api/v1/vms", body=b"x" * (2 << 20), headers={"Content-Type": "application/json"})
+    refused = connection.getresponse()
+    assert refused.status == 413
+    assert refused.getheader("Content-Type") == "application/problem+json"
+    refused.read()
+    connection.request("GET", "/api/v1/host/ping")
+    assert connection.getresponse().read() == b"true"
+    connection.close()
