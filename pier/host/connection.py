@@ -1,0 +1,316 @@
+"""The libvirt connection: one process-wide event loop, and a connection that heals itself.
+
+`EventLoop` runs libvirt's default event implementation on one thread
+(`libvirt-event-loop`), shared by every `Connection` in the process and kept alive while at
+least one of them is started. `Connection` opens the URI, registers the domain callbacks and
+a close callback, and when the connection dies a `libvirt-reconnect` thread opens it again
+with exponential backoff. Callbacks only hand a small tuple to `on_event`, which must only
+enqueue. Broken connections are recognised by libvirt error code and domain, never by text.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import libvirt
+
+from pier.rpc.errors import LibvirtUnavailable
+
+log = logging.getLogger(__name__)
+
+BACKOFF_START = 0.2
+BACKOFF_CAP = 5.0
+KEEPALIVE = (1, 2)  # interval s, missed count: a hung libvirtd is noticed in ~3 s
+
+EventSink = Callable[[tuple[Any, ...]], None]
+"""Receives ("lifecycle", uuid, name, event, detail, when), ("reboot", uuid, name, when),
+("device_removed", uuid, name, alias), ("connected", first) and ("disconnected", reason)."""
+
+
+def silence_libvirt() -> None:
+    """Stop libvirt from printing every error on stderr; callers branch on error codes."""
+    libvirt.registerErrorHandler(lambda *args: None, None)
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    """True when `exc` says the connection to libvirtd is gone (not that a call failed)."""
+    if not isinstance(exc, libvirt.libvirtError):
+        return False
+    code, domain = exc.get_error_code(), exc.get_error_domain()
+    if code in (libvirt.VIR_ERR_NO_CONNECT, libvirt.VIR_ERR_INVALID_CONN):
+        return True
+    return domain in (libvirt.VIR_FROM_REMOTE, libvirt.VIR_FROM_RPC) and code in (
+        libvirt.VIR_ERR_SYSTEM_ERROR,
+        libvirt.VIR_ERR_INTERNAL_ERROR,
+        libvirt.VIR_ERR_RPC,
+        libvirt.VIR_ERR_AUTH_FAILED,
+    )
+
+
+class EventLoop:
+    """The single thread running `virEventRunDefaultImpl()`, reference counted."""
+
+    THREAD_NAME = "libvirt-event-loop"
+    _lock = threading.Lock()
+    _registered = False
+    _users = 0
+    _thread: threading.Thread | None = None
+    _stop: threading.Event | None = None
+
+    @classmethod
+    def acquire(cls) -> None:
+        """Register the default implementation (once per process) and run the loop."""
+        with cls._lock:
+            if not cls._registered:
+                silence_libvirt()
+                libvirt.virEventRegisterDefaultImpl()
+                cls._registered = True
+            cls._users += 1
+            if cls._thread is None:
+                cls._stop = threading.Event()
+                cls._thread = threading.Thread(
+                    target=cls._run, args=(cls._stop,), name=cls.THREAD_NAME, daemon=True
+                )
+                cls._thread.start()
+
+    @classmethod
+    def release(cls) -> None:
+        """Drop one user; the last one stops the loop and joins its thread."""
+        with cls._lock:
+            cls._users = max(0, cls._users - 1)
+            if cls._users or cls._thread is None:
+                return
+            thread, stop = cls._thread, cls._stop
+            cls._thread = cls._stop = None
+            assert stop is not None
+            stop.set()
+            libvirt.virEventAddTimeout(0, _remove_timer, None)  # wakes the loop at once
+            thread.join(2.0)
+
+    @classmethod
+    def call_soon(cls, fn: Callable[[], None]) -> bool:
+        """Run `fn` on the loop thread after what the loop already has pending (False if
+        no loop runs)."""
+        if cls._thread is None:
+            return False
+
+        def fire(timer: int, opaque: Any) -> None:
+            libvirt.virEventRemoveTimeout(timer)
+            fn()
+
+        libvirt.virEventAddTimeout(0, fire, None)
+        return True
+
+    @staticmethod
+    def _run(stop: threading.Event) -> None:
+        # A periodic timer bounds how long one iteration can block, so `stop` is seen soon.
+        tick = libvirt.virEventAddTimeout(200, lambda timer, opaque: None, None)
+        try:
+            while not stop.is_set():
+                try:
+                    libvirt.virEventRunDefaultImpl()
+                except libvirt.libvirtError:
+                    log.exception("libvirt event loop iteration failed")
+                    stop.wait(0.1)
+        finally:
+            libvirt.virEventRemoveTimeout(tick)
+
+
+def _remove_timer(timer: int, opaque: Any) -> None:
+    libvirt.virEventRemoveTimeout(timer)
+
+
+class Connection:
+    """One libvirt connection that reconnects by itself; see the module docstring."""
+
+    def __init__(self, uri: str, on_event: EventSink,
+                 on_connect: Callable[[libvirt.virConnect], None] | None = None) -> None:
+        self._uri = uri
+        self._on_event = on_event
+        self._on_connect = on_connect
+        self._lock = threading.Lock()
+        self._conn: libvirt.virConnect | None = None
+        self._dead: list[libvirt.virConnect] = []
+        self._callback_ids: list[int] = []
+        self._generation = 0
+        self._need = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._started = False
+
+    @property
+    def uri(self) -> str:
+        return self._uri
+
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None
+
+    @property
+    def is_test(self) -> bool:
+        return self._uri.startswith("test:")
+
+    def start(self) -> None:
+        """Try to connect now; if libvirtd is away, keep trying in the background."""
+        if self._started:
+            return
+        self._started = True
+        EventLoop.acquire()
+        self._stopping.clear()
+        self._thread = threading.Thread(target=self._reconnect_loop, name="libvirt-reconnect",
+                                        daemon=True)
+        self._thread.start()
+        try:
+            self._connect()
+        except libvirt.libvirtError as exc:
+            log.warning("cannot connect to %s yet (%s); retrying in the background",
+                        self._uri, exc.get_error_message() or exc)
+            self._need.set()
+
+    def stop(self) -> None:
+        """Stop reconnecting, drop the callbacks, close the connection, release the loop."""
+        if not self._started:
+            return
+        self._started = False
+        self._stopping.set()
+        self._need.set()
+        if self._thread is not None:
+            self._thread.join(3.0)
+            self._thread = None
+        with self._lock:
+            conn, self._conn = self._conn, None
+            ids, self._callback_ids = self._callback_ids, []
+            dead, self._dead = self._dead, []
+        if conn is not None:
+            self._close(conn, ids)
+        for old in dead:
+            self._close(old, [])
+        EventLoop.release()
+
+    def current(self) -> libvirt.virConnect | None:
+        """The live connection, or None (for callers that can do without libvirt)."""
+        return self._conn
+
+    def get(self) -> libvirt.virConnect:
+        """The live connection, or LibvirtUnavailable at once when there is none."""
+        conn = self._conn
+        if conn is None:
+            raise LibvirtUnavailable(f"libvirtd is not reachable at {self._uri}")
+        return conn
+
+    def lost(self, conn: libvirt.virConnect | None = None) -> None:
+        """Mark the connection dead (a call saw a connection error) and start reconnecting."""
+        with self._lock:
+            if self._conn is None or (conn is not None and conn is not self._conn):
+                return
+            self._dead.append(self._conn)
+            self._conn = None
+            self._callback_ids = []
+        self._on_event(("disconnected", "error"))
+        self._need.set()
+
+    def check(self, exc: libvirt.libvirtError, conn: libvirt.virConnect | None = None) -> None:
+        """Raise LibvirtUnavailable if `exc` is a connection error (after marking it lost)."""
+        if is_connection_error(exc):
+            self.lost(conn)
+            raise LibvirtUnavailable(
+                f"lost the connection to libvirtd: {exc.get_error_message() or exc}"
+            ) from None
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _connect(self) -> None:
+        conn = libvirt.open(self._uri)
+        ids: list[int] = []
+        try:
+            if not self.is_test:
+                try:
+                    conn.setKeepAlive(*KEEPALIVE)
+                except libvirt.libvirtError as exc:  # only the remote driver has keepalive
+                    if exc.get_error_code() != libvirt.VIR_ERR_NO_SUPPORT:
+                        raise
+            conn.registerCloseCallback(self._on_close, None)
+            ids.append(conn.domainEventRegisterAny(
+                None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle, None))
+            ids.append(conn.domainEventRegisterAny(
+                None, libvirt.VIR_DOMAIN_EVENT_ID_REBOOT, self._on_reboot, None))
+            ids.append(conn.domainEventRegisterAny(
+                None, libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED, self._on_device_removed, None))
+            if self._on_connect is not None:
+                self._on_connect(conn)
+        except Exception:
+            self._close(conn, ids)
+            raise
+        with self._lock:
+            self._conn = conn
+            self._callback_ids = ids
+            self._generation += 1
+            first = self._generation == 1
+        log.info("connected to %s", self._uri)
+        self._on_event(("connected", first))
+
+    def _close(self, conn: libvirt.virConnect, ids: list[int]) -> None:
+        for cb_id in ids:
+            try:
+                conn.domainEventDeregisterAny(cb_id)
+            except libvirt.libvirtError:
+                pass
+        try:
+            conn.unregisterCloseCallback()
+        except libvirt.libvirtError:
+            pass
+        try:
+            conn.close()
+        except libvirt.libvirtError:
+            pass
+
+    def _reconnect_loop(self) -> None:
+        while not self._stopping.is_set():
+            self._need.wait()
+            self._need.clear()
+            with self._lock:
+                dead, self._dead = self._dead, []
+            for old in dead:
+                self._close(old, [])
+            delay = BACKOFF_START
+            while self._conn is None and not self._stopping.is_set():
+                try:
+                    self._connect()
+                except Exception as exc:  # libvirtError, or on_connect failing on a bad link
+                    log.debug("reconnect to %s failed: %s; next try in %.1fs",
+                              self._uri, exc, delay)
+                    self._stopping.wait(delay)
+                    delay = min(delay * 2, BACKOFF_CAP)
+
+    # -- libvirt callbacks: run on the libvirt-event-loop thread; they only enqueue ------------
+
+    def _on_close(self, conn: libvirt.virConnect, reason: int, opaque: Any) -> None:
+        """Thread: libvirt-event-loop."""
+        with self._lock:
+            if conn is not self._conn and self._conn is not None:
+                return
+            if self._conn is not None:
+                self._dead.append(self._conn)
+            self._conn = None
+            self._callback_ids = []
+        self._on_event(("disconnected", reason))
+        self._need.set()
+
+    def _on_lifecycle(self, conn: Any, dom: libvirt.virDomain, event: int, detail: int,
+                      opaque: Any) -> None:
+        """Thread: libvirt-event-loop."""
+        self._on_event(("lifecycle", dom.UUIDString(), dom.name(), event, detail,
+                        time.monotonic()))
+
+    def _on_reboot(self, conn: Any, dom: libvirt.virDomain, opaque: Any) -> None:
+        """Thread: libvirt-event-loop."""
+        self._on_event(("reboot", dom.UUIDString(), dom.name(), time.monotonic()))
+
+    def _on_device_removed(self, conn: Any, dom: libvirt.virDomain, alias: str,
+                           opaque: Any) -> None:
+        """Thread: libvirt-event-loop."""
+        self._on_event(("device_removed", dom.UUIDString(), dom.name(), alias))

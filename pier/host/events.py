@@ -1,0 +1,313 @@
+"""libvirt events -> VDSM events, on one dispatcher thread (`libvirt-events`).
+
+libvirt callbacks and verbs put small tuples on the dispatcher's queue (see
+`connection.EventSink`, plus ("status", vm_id, status, when) from verbs and ("barrier", Event)).
+The dispatcher alone turns them into VM status changes: it updates the VM cache and calls the
+event sink with `|virt|VM_status|<vmId>` and `{vmId: {...}, "notify_time": ...}` as VDSM does.
+
+A VM that stops is reported Down only after a short grace: if it starts again meanwhile it
+was a reboot (RebootInProgress then Up), as nova does. After a (re)connect the dispatcher
+resyncs: it compares the cache with libvirt's states and reports what changed meanwhile.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import libvirt
+
+from pier.host.vmstate import (
+    DOWN,
+    EXIT_ERROR,
+    PAUSED,
+    POWERING_DOWN,
+    POWERING_UP,
+    REBOOT_IN_PROGRESS,
+    UP,
+    WAIT_FOR_LAUNCH,
+    VmCache,
+    VmRecord,
+    exit_details,
+    started_at,
+    state_status,
+)
+
+log = logging.getLogger(__name__)
+
+Emit = Callable[[str, dict], None]
+REBOOT_GRACE = 0.5
+
+_STOP_DETAILS = {
+    libvirt.VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN: exit_details("user shutdown"),
+    libvirt.VIR_DOMAIN_EVENT_STOPPED_DESTROYED: exit_details("admin shutdown"),
+    libvirt.VIR_DOMAIN_EVENT_STOPPED_CRASHED: exit_details("generic error", EXIT_ERROR,
+                                                           "VM crashed"),
+    libvirt.VIR_DOMAIN_EVENT_STOPPED_MIGRATED: exit_details("migration succeeded"),
+    libvirt.VIR_DOMAIN_EVENT_STOPPED_SAVED: exit_details("save state succeeded"),
+    libvirt.VIR_DOMAIN_EVENT_STOPPED_FAILED: exit_details("lost qemu connection", EXIT_ERROR),
+    libvirt.VIR_DOMAIN_EVENT_STOPPED_FROM_SNAPSHOT: exit_details("success"),
+}
+_SUSPEND_CODES = {
+    libvirt.VIR_DOMAIN_EVENT_SUSPENDED_PAUSED: "NOERR",
+    libvirt.VIR_DOMAIN_EVENT_SUSPENDED_IOERROR: "EIO",
+    libvirt.VIR_DOMAIN_EVENT_SUSPENDED_MIGRATED: "NOERR",
+    libvirt.VIR_DOMAIN_EVENT_SUSPENDED_POSTCOPY: "POSTCOPY",
+}
+# Statuses that are a finer "Up" Pier sets itself: a resync seeing "running" keeps them.
+_UP_LIKE = {UP, POWERING_DOWN, POWERING_UP, REBOOT_IN_PROGRESS, WAIT_FOR_LAUNCH}
+
+
+def event_time() -> int:
+    """VDSM's notify_time: monotonic milliseconds plus INT_MAX (old engines need > INT_MAX)."""
+    return int(time.monotonic() * 1000) + 2**31 - 1
+
+
+def status_event(vm_id: str, status: str, details: dict[str, Any]) -> tuple[str, dict]:
+    """The (name, params) of a VDSM VM_status event."""
+    body = {"status": status, **details}
+    return f"|virt|VM_status|{vm_id}", {vm_id: body, "notify_time": event_time()}
+
+
+class EventDispatcher:
+    """Owns the `libvirt-events` thread; see the module docstring."""
+
+    THREAD_NAME = "libvirt-events"
+
+    def __init__(self, cache: VmCache, emit: Emit,
+                 read_states: Callable[[], dict[str, tuple[str, int, int]]],
+                 on_vms_changed: Callable[[], None] | None = None,
+                 reboot_grace: float = REBOOT_GRACE) -> None:
+        self._cache = cache
+        self._emit = emit
+        self._read_states = read_states
+        self._on_vms_changed = on_vms_changed or (lambda: None)
+        self._grace = reboot_grace
+        self._queue: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+        self._pending: dict[str, tuple[float, str, dict[str, Any], float]] = {}
+        self._when = 0.0  # when the news being handled happened (monotonic)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def put(self, item: tuple[Any, ...]) -> None:
+        """Enqueue an item; safe from any thread, including libvirt callbacks."""
+        self._queue.put(item)
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name=self.THREAD_NAME, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._thread is None:
+            return
+        self._stop.set()
+        self._queue.put(("wake",))
+        self._thread.join(2.0)
+        self._thread = None
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until everything queued before this call has been handled."""
+        done = threading.Event()
+        self._queue.put(("barrier", done))
+        return done.wait(timeout)
+
+    # -- the thread ----------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            timeout = 0.5
+            if self._pending:
+                timeout = max(0.0, min(p[0] for p in self._pending.values()) - time.monotonic())
+            try:
+                item = self._queue.get(timeout=timeout)
+            except queue.Empty:
+                item = None
+            try:
+                self._fire_due()
+                if item is not None:
+                    self._handle(item)
+            except Exception:
+                log.exception("failed to handle libvirt event %r", item)
+
+    def _handle(self, item: tuple[Any, ...]) -> None:
+        kind = item[0]
+        self._when = time.monotonic()
+        if kind == "lifecycle":
+            if len(item) > 5:
+                self._when = item[5]
+            self._lifecycle(*item[1:5])
+        elif kind == "reboot":
+            if len(item) > 3:
+                self._when = item[3]
+            self._reboot(item[1])
+        elif kind == "device_removed":
+            rec = self._cache.find(item[1])
+            if rec is not None:
+                rec.invalidate()
+                self._emit(f"|virt|VM_device_removed|{item[1]}",
+                           {item[1]: {"alias": item[3]}, "notify_time": event_time()})
+        elif kind == "status":
+            # A verb's announcement (e.g. Powering down); libvirt's own events may have
+            # overtaken it, so it only applies to a VM that still runs.
+            if len(item) > 3:
+                self._when = item[3]
+            rec = self._cache.get(item[1])
+            if rec is not None and rec.status in _UP_LIKE and item[1] not in self._pending:
+                self._set(rec, item[2], {})
+        elif kind == "connected":
+            self._resync(first=item[1])
+        elif kind == "disconnected":
+            log.warning("lost the connection to libvirtd (reason %s)", item[1])
+        elif kind == "barrier":
+            self._fire_due(force=True)
+            item[1].set()
+
+    def _set(self, rec: VmRecord, status: str, details: dict[str, Any], *,
+             update: bool = True) -> None:
+        """Record a status (unless a verb recorded newer news) and emit it unless it is the
+        one last emitted: events tell the history, the cache the present."""
+        if update:
+            self._cache.set_status(rec, status, details, self._when)
+        if status == rec.emitted:
+            return
+        rec.emitted = status
+        name, params = status_event(rec.vm_id, status, details)
+        self._emit(name, params)
+
+    def _fire_due(self, force: bool = False) -> None:
+        now = time.monotonic()
+        for vm_id, (deadline, _status, _details, _when) in list(self._pending.items()):
+            if force or deadline <= now:
+                self._flush(vm_id)
+
+    def _flush(self, vm_id: str) -> None:
+        pending = self._pending.pop(vm_id, None)
+        rec = self._cache.find(vm_id)
+        if pending is not None and rec is not None:
+            when, self._when = self._when, pending[3]
+            try:
+                self._set(rec, pending[1], pending[2])
+            finally:
+                self._when = when
+
+    # -- translation ---------------------------------------------------------------------------
+
+    def _lifecycle(self, vm_id: str, name: str, event: int, detail: int) -> None:
+        if event == libvirt.VIR_DOMAIN_EVENT_UNDEFINED:
+            self._flush(vm_id)
+            rec = self._cache.find(vm_id)
+            if rec is not None and rec.emitted not in (None, DOWN):
+                details = rec.final or exit_details("libvirt domain missing", EXIT_ERROR)
+                self._set(rec, DOWN, details, update=False)
+            self._cache.remove(vm_id, keep_tombstone=False)
+            self._on_vms_changed()
+            return
+
+        rec = self._cache.find(vm_id)
+        if rec is None:
+            if event == libvirt.VIR_DOMAIN_EVENT_STOPPED:
+                return  # a transient domain we never saw; nothing to report
+            rec = self._cache.add(VmRecord(vm_id, name, status=DOWN, emitted=DOWN))
+            self._on_vms_changed()
+        rec.invalidate()
+
+        if event == libvirt.VIR_DOMAIN_EVENT_DEFINED:
+            if rec.announce_launch and rec.emitted is None:
+                rec.announce_launch = False
+                self._set(rec, WAIT_FOR_LAUNCH, {}, update=False)
+            return
+
+        if event == libvirt.VIR_DOMAIN_EVENT_STARTED:
+            if vm_id in self._pending and self._pending[vm_id][1] == DOWN:
+                del self._pending[vm_id]  # stopped and started again at once: a reboot
+                self._set(rec, REBOOT_IN_PROGRESS, {})
+                self._set(rec, UP, {})
+            elif rec.launch_paused and rec.emitted in (None, WAIT_FOR_LAUNCH):
+                self._set(rec, PAUSED, {"pauseCode": "NOERR"})
+            else:
+                self._set(rec, UP, {})
+            self._on_vms_changed()
+            return
+
+        self._flush(vm_id)
+        if event == libvirt.VIR_DOMAIN_EVENT_STOPPED:
+            details = _STOP_DETAILS.get(detail, exit_details("success"))
+            if rec.destroying:
+                rec.destroying = False
+                self._set(rec, DOWN, exit_details("admin shutdown"))
+            elif detail in (libvirt.VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN,
+                            libvirt.VIR_DOMAIN_EVENT_STOPPED_DESTROYED,
+                            libvirt.VIR_DOMAIN_EVENT_STOPPED_CRASHED):
+                self._pending[vm_id] = (time.monotonic() + self._grace, DOWN, details,
+                                        self._when)
+            else:
+                self._set(rec, DOWN, details)
+        elif event == libvirt.VIR_DOMAIN_EVENT_SUSPENDED:
+            self._set(rec, PAUSED, {"pauseCode": _SUSPEND_CODES.get(detail, "EOTHER")})
+        elif event == libvirt.VIR_DOMAIN_EVENT_RESUMED:
+            self._set(rec, UP, {})
+        elif event == libvirt.VIR_DOMAIN_EVENT_SHUTDOWN:
+            if not rec.destroying:  # qemu reports a destroy's SIGTERM as a host shutdown
+                self._set(rec, POWERING_DOWN, {})
+        elif event == libvirt.VIR_DOMAIN_EVENT_PMSUSPENDED:
+            self._set(rec, PAUSED, {"pauseCode": "NOERR"})
+        elif event == libvirt.VIR_DOMAIN_EVENT_CRASHED:
+            self._set(rec, DOWN, exit_details("generic error", EXIT_ERROR, "guest crashed"))
+
+    def _reboot(self, vm_id: str) -> None:
+        rec = self._cache.find(vm_id)
+        if rec is None:
+            return
+        self._flush(vm_id)
+        self._set(rec, REBOOT_IN_PROGRESS, {})
+        self._pending[vm_id] = (time.monotonic() + self._grace, UP, {}, self._when)
+
+    # -- resync --------------------------------------------------------------------------------
+
+    def _resync(self, first: bool) -> None:
+        """Bring the cache in line with libvirt; report changes unless this is the first load."""
+        try:
+            states = self._read_states()
+        except Exception as exc:  # the new connection died already; the next one resyncs
+            log.warning("resync failed: %s", exc)
+            return
+        for rec in self._cache.records():
+            if rec.vm_id in states or rec.creating:
+                continue
+            self._pending.pop(rec.vm_id, None)
+            if not first and rec.emitted != DOWN:
+                self._set(rec, DOWN, exit_details("libvirt domain missing", EXIT_ERROR),
+                          update=False)
+            self._cache.remove(rec.vm_id, keep_tombstone=False)
+        for vm_id, (name, state, reason) in states.items():
+            status, details = state_status(state, reason)
+            rec = self._cache.get(vm_id)
+            if rec is None:
+                # Report a VM found running; one found defined-but-off has no news to tell.
+                quiet = first or status == DOWN
+                rec = VmRecord(vm_id, name, status=status, details=details,
+                               emitted=status if quiet else None)
+                if status != DOWN:
+                    rec.started_at = started_at(name)
+                self._cache.add(rec)
+                if not quiet:
+                    self._set(rec, status, details)
+                continue
+            rec.invalidate()
+            if vm_id in self._pending:
+                continue
+            same = status == rec.status or (status == UP and rec.status in _UP_LIKE)
+            if not same:
+                if first:
+                    self._cache.set_status(rec, status, details)
+                    rec.emitted = status
+                else:
+                    self._set(rec, status, details)
+        self._on_vms_changed()

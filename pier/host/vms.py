@@ -1,0 +1,396 @@
+"""The VM verbs, a thin wrapper over libvirt that keeps `pier.host.vmstate.VmCache` current.
+
+Reads are answered from the cache, so they work while libvirtd is away. `Vms` runs the verbs: create (define, start, undo on failure), destroy (power off and undefine), shutdown,
+reboot, reset, pause, cont. libvirt errors become Pier errors here.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, NoReturn
+
+import libvirt
+
+from pier.host.capabilities import guest_domain_types
+from pier.host.connection import Connection
+from pier.host.devices import as_bool
+from pier.host.domxml import DomainXml, build_domain, domain_from_raw, normalize_uuid
+from pier.host.vmstate import (
+    DOWN,
+    EXIT_ERROR,
+    PAUSED,
+    POWERING_DOWN,
+    UP,
+    WAIT_FOR_LAUNCH,
+    VmCache,
+    VmRecord,
+    error_text,
+    exit_details,
+    qemu_pid,
+    state_status,
+)
+from pier.rpc.errors import (
+    CreateError,
+    DestroyError,
+    ImageError,
+    InvalidParams,
+    MissingParam,
+    NoVM,
+    Unexpected,
+    VMDown,
+    VMExists,
+)
+
+log = logging.getLogger(__name__)
+
+class Vms:
+    """The VM verbs. `notify` hands a synthetic item to the event dispatcher."""
+
+    def __init__(self, connection: Connection, cache: VmCache,
+                 notify: Callable[[tuple[Any, ...]], None]) -> None:
+        self._connection = connection
+        self._cache = cache
+        self._notify = notify
+        self._lock = threading.Lock()
+        self._busy: set[str] = set()
+        self._orphans: set[str] = set()
+        self._domain_types: tuple[int, set[str]] | None = None
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    def definition(self, vm_id: str) -> dict[str, Any]:
+        """VmDefinition: the parsed domain XML (cached) plus status, pid and exit details."""
+        rec = self._cache.require(vm_id)
+        static = rec.definition
+        if static is None:
+            version = rec.def_version
+            static = self._load_definition(rec)
+            if static is not None and rec.def_version == version:
+                rec.definition = static
+        out = dict(static or {"vmId": rec.vm_id, "vmName": rec.name, "vmType": "kvm"})
+        out["status"] = rec.status
+        out.update(rec.details)
+        out["pid"] = qemu_pid(rec.name) if rec.status != DOWN else 0
+        return out
+
+    def _load_definition(self, rec: VmRecord) -> dict[str, Any] | None:
+        try:
+            conn = self._connection.get()
+            dom = conn.lookupByUUIDString(rec.vm_id)
+            return DomainXml.parse(dom.XMLDesc(0)).to_definition()
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                try:
+                    self._connection.check(exc)
+                except Exception:
+                    pass
+            return None
+        except Exception:  # LibvirtUnavailable, or XML libvirt gave us that we cannot read
+            return None
+
+    def list(self, vm_ids: Iterable[str] | None = None, full: bool = False
+             ) -> list[dict[str, Any]]:
+        if vm_ids is None:
+            recs = self._cache.records()
+        else:
+            recs = [r for r in (self._cache.get(v) for v in vm_ids) if r is not None]
+        if full:
+            out = []
+            for rec in recs:
+                try:
+                    out.append(self.definition(rec.vm_id))
+                except NoVM:
+                    continue
+            return out
+        return [{"vmId": r.vm_id, "status": r.status} for r in recs]
+
+    def status(self, vm_id: str) -> str:
+        return self._cache.require(vm_id).status
+
+    # -- create / destroy ------------------------------------------------------------------------
+
+    def create(self, vm_id: str, params: dict[str, Any]) -> dict[str, Any]:
+        """Define and start a VM from vmParams (or vmParams["xml"]); nothing stays on failure.
+
+        Without a `vm_id`, vmParams["vmId"] or the raw XML's <uuid> names the VM."""
+        if not isinstance(params, dict):
+            raise InvalidParams("vmParams: expected an object")
+        if not vm_id:
+            vm_id = params.get("vmId") or ""
+            if not vm_id and params.get("xml"):
+                vm_id = DomainXml.parse(params["xml"], "vmParams.xml").uuid
+            if not vm_id:
+                raise MissingParam("vmId: missing (give it, or a <uuid> in vmParams.xml)")
+        vm_id = normalize_uuid(vm_id)
+        launch_paused = as_bool(params.get("launchPaused"), "vmParams.launchPaused")
+        conn = self._connection.get()
+        if params.get("xml"):
+            dom_xml = domain_from_raw(vm_id, params["xml"])
+        else:
+            dom_xml = build_domain(vm_id, params, domain_type=self._domain_type(conn, params))
+        with self._lock:
+            if vm_id in self._busy:
+                raise VMExists(f"Virtual machine {vm_id} is being created")
+            self._busy.add(vm_id)
+        try:
+            self._check_free(conn, vm_id, dom_xml.name)
+            for path in dom_xml.local_image_paths():
+                if not os.path.exists(path):
+                    raise ImageError(f"Drive image file {path} could not be found",
+                                     data={"path": path})
+            rec = self._cache.add(VmRecord(vm_id, dom_xml.name, status=WAIT_FOR_LAUNCH,
+                                           creating=True, launch_paused=launch_paused,
+                                           announce_launch=True))
+            try:
+                self._define_and_start(conn, rec, dom_xml.to_string(), launch_paused)
+            except BaseException:
+                self._cache.remove(vm_id)
+                raise
+            rec.creating = False
+            self._cache.set_status(rec, PAUSED if launch_paused else UP,
+                                   {"pauseCode": "NOERR"} if launch_paused else {})
+            return self.definition(vm_id)
+        finally:
+            with self._lock:
+                self._busy.discard(vm_id)
+
+    def _check_free(self, conn: libvirt.virConnect, vm_id: str, name: str) -> None:
+        if self._cache.get(vm_id) is not None:
+            raise VMExists(f"Virtual machine {vm_id} already exists")
+        for lookup, key in ((conn.lookupByUUIDString, vm_id), (conn.lookupByName, name)):
+            try:
+                dom = lookup(key)
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                    continue
+                self._fail(exc, conn, None, CreateError, "create")
+            raise VMExists(f"Virtual machine {dom.UUIDString()} ({dom.name()}) already exists")
+
+    def _define_and_start(self, conn: libvirt.virConnect, rec: VmRecord, xml: str,
+                          launch_paused: bool) -> None:
+        try:
+            dom = conn.defineXML(xml)
+        except libvirt.libvirtError as exc:
+            self._fail(exc, conn, None, CreateError, "define")
+        try:
+            self._start(dom, launch_paused)
+        except BaseException as exc:
+            rec.final = exit_details("libvirt start failed", EXIT_ERROR, error_text(exc))
+            self._undo_define(conn, dom, rec.vm_id)
+            if isinstance(exc, libvirt.libvirtError):
+                self._connection.check(exc, conn)
+                raise CreateError(f"cannot start VM {rec.vm_id}: {error_text(exc)}",
+                                  data={"libvirtCode": exc.get_error_code()}) from None
+            raise
+
+    @staticmethod
+    def _start(dom: libvirt.virDomain, paused: bool) -> None:
+        if not paused:
+            dom.create()
+            return
+        try:
+            dom.createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() not in (libvirt.VIR_ERR_INVALID_ARG,
+                                            libvirt.VIR_ERR_NO_SUPPORT):
+                raise
+            dom.create()  # drivers without START_PAUSED (the test driver)
+            dom.suspend()
+
+    def _undo_define(self, conn: libvirt.virConnect, dom: libvirt.virDomain, vm_id: str) -> None:
+        try:
+            if dom.isActive():
+                dom.destroy()
+            self._undefine(dom)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                return
+            log.warning("VM %s: could not undefine after a failed create (%s); will retry "
+                        "after reconnecting", vm_id, error_text(exc))
+            with self._lock:
+                self._orphans.add(vm_id)
+
+    @staticmethod
+    def _undefine(dom: libvirt.virDomain) -> None:
+        flag_sets = (
+            libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+            | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+            | libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA
+            | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM,
+            libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+            | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA,
+        )
+        for flags in flag_sets:
+            try:
+                dom.undefineFlags(flags)
+                return
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() not in (libvirt.VIR_ERR_INVALID_ARG,
+                                                libvirt.VIR_ERR_NO_SUPPORT):
+                    raise
+        dom.undefine()
+
+    def cleanup_orphans(self, conn: libvirt.virConnect) -> None:
+        """Undefine VMs a failed create left behind while libvirtd was away (on reconnect)."""
+        with self._lock:
+            orphans, self._orphans = set(self._orphans), set()
+        for vm_id in orphans:
+            try:
+                dom = conn.lookupByUUIDString(vm_id)
+                if dom.isActive():
+                    dom.destroy()
+                self._undefine(dom)
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                    log.warning("VM %s: still cannot undefine (%s)", vm_id,
+                                error_text(exc))
+
+    def destroy(self, vm_id: str) -> None:
+        """Power the VM off if it runs, then undefine it: afterwards it is gone."""
+        conn, dom, rec = self._lookup(vm_id)
+        rec.destroying = True
+        rec.final = exit_details("admin shutdown")
+        try:
+            self._power_off(conn, dom)
+            try:
+                self._undefine(dom)
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() not in (libvirt.VIR_ERR_NO_DOMAIN,
+                                                libvirt.VIR_ERR_OPERATION_INVALID):
+                    self._fail(exc, conn, None, DestroyError, "undefine")
+        except BaseException:
+            rec.destroying = False
+            rec.final = None
+            raise
+        self._cache.remove(rec.vm_id)
+
+    def poweroff(self, vm_id: str) -> None:
+        """Power the VM off hard and keep it defined (Down); nothing to do if it is off."""
+        conn, dom, rec = self._lookup(vm_id)
+        rec.destroying = True
+        try:
+            self._power_off(conn, dom)
+        except BaseException:
+            rec.destroying = False
+            raise
+        self._cache.set_status(rec, DOWN, exit_details("admin shutdown"))
+
+    def _power_off(self, conn: libvirt.virConnect, dom: libvirt.virDomain) -> None:
+        for attempt in range(3):
+            try:
+                if not dom.isActive():
+                    return
+                dom.destroy()
+                return
+            except libvirt.libvirtError as exc:
+                code = exc.get_error_code()
+                if code in (libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_OPERATION_INVALID):
+                    return
+                self._connection.check(exc, conn)
+                if code != libvirt.VIR_ERR_SYSTEM_ERROR or attempt == 2:
+                    raise DestroyError(f"cannot power off: {error_text(exc)}") from None
+                time.sleep(0.5)  # qemu did not die from SIGTERM/SIGKILL yet ("busy")
+
+    # -- running-VM verbs ------------------------------------------------------------------------
+
+    def shutdown(self, vm_id: str) -> None:
+        conn, dom, rec = self._lookup(vm_id, running=True)
+        self._with_fallback(conn, dom, "shutdown", dom.shutdownFlags,
+                            libvirt.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN)
+        self._notify(("status", rec.vm_id, POWERING_DOWN, time.monotonic()))
+
+    def reboot(self, vm_id: str) -> None:
+        conn, dom, _ = self._lookup(vm_id, running=True)
+        self._with_fallback(conn, dom, "reboot", dom.reboot,
+                            libvirt.VIR_DOMAIN_REBOOT_ACPI_POWER_BTN)
+
+    def reset(self, vm_id: str) -> None:
+        conn, dom, _ = self._lookup(vm_id, running=True)
+        try:
+            dom.reset(0)
+        except libvirt.libvirtError as exc:
+            self._fail(exc, conn, dom, Unexpected, "reset")
+
+    def pause(self, vm_id: str) -> dict[str, Any]:
+        conn, dom, rec = self._lookup(vm_id, running=True)
+        try:
+            dom.suspend()
+        except libvirt.libvirtError as exc:
+            self._fail(exc, conn, dom, Unexpected, "pause")
+        self._cache.set_status(rec, PAUSED, {"pauseCode": "NOERR"})
+        return self.definition(rec.vm_id)
+
+    def cont(self, vm_id: str) -> dict[str, Any]:
+        conn, dom, rec = self._lookup(vm_id, running=True)
+        try:
+            dom.resume()
+        except libvirt.libvirtError as exc:
+            self._fail(exc, conn, dom, Unexpected, "cont")
+        self._cache.set_status(rec, UP)
+        return self.definition(rec.vm_id)
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _lookup(self, vm_id: str, running: bool = False
+                ) -> tuple[libvirt.virConnect, libvirt.virDomain, VmRecord]:
+        vm_id = normalize_uuid(vm_id)
+        conn = self._connection.get()
+        rec = self._cache.get(vm_id)
+        try:
+            dom = conn.lookupByUUIDString(vm_id)
+            active = dom.isActive() if running else True
+            if rec is None:  # not loaded into the cache yet: learn it quietly
+                status, details = state_status(*dom.state())
+                rec = self._cache.add(VmRecord(vm_id, dom.name(), status=status,
+                                               details=details, emitted=status))
+        except libvirt.libvirtError as exc:
+            self._fail(exc, conn, None, Unexpected, "lookup")
+        if not active:
+            raise VMDown(f"Virtual machine {vm_id} is down")
+        return conn, dom, rec
+
+    def _with_fallback(self, conn: libvirt.virConnect, dom: libvirt.virDomain, verb: str,
+                       method: Callable[[int], Any], flags: int) -> None:
+        try:
+            try:
+                method(flags)
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() not in (libvirt.VIR_ERR_INVALID_ARG,
+                                                libvirt.VIR_ERR_NO_SUPPORT):
+                    raise
+                method(0)
+        except libvirt.libvirtError as exc:
+            self._fail(exc, conn, dom, Unexpected, verb)
+
+    def _fail(self, exc: libvirt.libvirtError, conn: libvirt.virConnect,
+              dom: libvirt.virDomain | None, error: type[Exception], verb: str) -> NoReturn:
+        """Turn a libvirt error into a Pier error; always raises."""
+        self._connection.check(exc, conn)
+        code = exc.get_error_code()
+        if code == libvirt.VIR_ERR_NO_DOMAIN:
+            raise NoVM("Virtual machine does not exist") from None
+        if dom is not None:
+            try:
+                active = dom.isActive()
+            except libvirt.libvirtError:
+                active = True
+            if not active:
+                raise VMDown("Virtual machine is down") from None
+        raise error(f"{verb} failed: {error_text(exc)}",
+                    data={"libvirtCode": code}) from None
+
+    def _domain_type(self, conn: libvirt.virConnect, params: dict[str, Any]) -> str:
+        """kvm when the host offers it (and kvmEnable allows), else qemu, else what there is
+        (the test driver offers only "test")."""
+        if self._domain_types is None or self._domain_types[0] != id(conn):
+            self._domain_types = (id(conn), guest_domain_types(conn.getCapabilities()))
+        types = self._domain_types[1]
+        kvm = as_bool(params.get("kvmEnable"), "vmParams.kvmEnable", default=True)
+        for wanted in (("kvm", "qemu") if kvm else ("qemu",)):
+            if wanted in types:
+                return wanted
+        return sorted(types)[0] if types else "qemu"

@@ -1,0 +1,597 @@
+"""pier.host.node.Node driven directly: on libvirt's test driver (a private `test:///<file>` per
+test) and on the real libvirtd (`qemu:///system`, small diskless guests).
+
+The reconnect test that kills libvirtd runs only with PIER_DISRUPTIVE=1.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import libvirt
+import pytest
+
+from pier.host.node import Node
+from pier.rpc.errors import (
+    CreateError,
+    ImageError,
+    InvalidParams,
+    LibvirtUnavailable,
+    NoVM,
+    VMDown,
+    VMExists,
+)
+
+DATA = Path(__file__).parent / "data"
+OWN_THREADS = {"libvirt-event-loop", "libvirt-events", "libvirt-reconnect", "stats-sampler"}
+
+
+class Events:
+    """Collects what a Node emits; waits for a VM to reach a status."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[str, dict[str, Any]]] = []
+        self.threads: set[str] = set()
+        self._cond = threading.Condition()
+
+    def __call__(self, name: str, params: dict[str, Any]) -> None:
+        with self._cond:
+            self.threads.add(threading.current_thread().name)
+            self.items.append((name, params))
+            self._cond.notify_all()
+
+    def statuses(self, vm_id: str) -> list[str]:
+        with self._cond:
+            return [p[vm_id]["status"] for n, p in self.items
+                    if n == f"|virt|VM_status|{vm_id}"]
+
+    def last(self, vm_id: str) -> dict[str, Any]:
+        return [p[vm_id] for n, p in self.items if n == f"|virt|VM_status|{vm_id}"][-1]
+
+    def wait_for(self, vm_id: str, statuses: list[str], timeout: float = 10.0) -> list[str]:
+        """Wait until the VM's statuses end with `statuses`; return them all."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self.statuses(vm_id)[-len(statuses):] != statuses:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            return self.statuses(vm_id)
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def own_threads() -> list[str]:
+    return sorted(t.name for t in threading.enumerate() if t.name in OWN_THREADS)
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 10.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.02)
+    return predicate()
+
+
+def defined_names(node: Node) -> list[str]:
+    return sorted(d.name() for d in node._connection.get().listAllDomains())
+
+
+# -- the test driver ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def test_uri(tmp_path: Path) -> str:
+    path = tmp_path / "testnode.xml"
+    shutil.copy(DATA / "testnode.xml", path)
+    return f"test://{path}"
+
+
+@pytest.fixture
+def events() -> Events:
+    return Events()
+
+
+@pytest.fixture
+def node(test_uri: str, events: Events) -> Iterator[Node]:
+    n = Node(test_uri, events, stats_interval=0.1, slow_stats_interval=0.3)
+    n.start()
+    assert n.connected
+    yield n
+    n.stop()
+    assert own_threads() == []
+
+
+@pytest.fixture
+def image(tmp_path: Path) -> str:
+    path = tmp_path / "disk.img"
+    path.write_bytes(b"\0" * 4096)
+    return str(path)
+
+
+def vm_params(name: str, image: str | None = None, **extra: Any) -> dict[str, Any]:
+    devices: list[dict[str, Any]] = [
+        {"deviceType": "interface", "device": "network", "network": "default",
+         "macAddr": "52:54:00:12:34:56", "nicModel": "virtio"},
+        {"deviceType": "graphics", "device": "vnc", "port": "-1"},
+    ]
+    if image:
+        devices.insert(0, {"deviceType": "disk", "device": "disk", "path": image,
+                           "format": "raw", "iface": "virtio"})
+    return {"vmName": name, "memSize": 64, "smp": "1", "devices": devices, **extra}
+
+
+def test_create_pause_cont_destroy_with_events_in_order(node: Node, events: Events,
+                                                        image: str) -> None:
+    vm_id = new_id()
+    info = node.create_vm(vm_id, vm_params("pier-test-a", image))
+    assert (info["vmId"], info["vmName"], info["status"], info["memSize"]) == (
+        vm_id, "pier-test-a", "Up", 64)
+    assert {d["deviceType"] for d in info["devices"]} >= {"disk", "interface", "graphics"}
+    disk = next(d for d in info["devices"] if d["deviceType"] == "disk")
+    assert (disk["path"], disk["name"]) == (image, "vda")
+    assert node.list_vms() == [{"vmId": vm_id, "status": "Up"}]
+    assert node.list_vms(full=True)[0]["vmName"] == "pier-test-a"
+    assert node.vm_status(vm_id) == "Up"
+
+    assert node.pause_vm(vm_id)["status"] == "Paused"
+    assert node.vm_status(vm_id) == "Paused"
+    assert node.cont_vm(vm_id)["status"] == "Up"
+    node.destroy_vm(vm_id)
+    assert node.flush_events()
+
+    assert events.statuses(vm_id) == ["WaitForLaunch", "Up", "Paused", "Up", "Down"]
+    assert events.last(vm_id)["exitReason"] == 6
+    assert events.threads == {"libvirt-events"}
+    with pytest.raises(NoVM):
+        node.vm_info(vm_id)
+    assert node.list_vms() == [] and defined_names(node) == []
+
+
+def test_create_from_raw_xml_fills_in_the_uuid(node: Node, image: str) -> None:
+    vm_id = new_id()
+    xml = f"""<domain type='test'><name>pier-test-raw</name><memory unit='MiB'>32</memory>
+      <os><type>hvm</type></os><devices><disk type='file' device='disk'>
+      <source file='{image}'/><target dev='vdb' bus='virtio'/></disk></devices></domain>"""
+    info = node.create_vm(vm_id, {"xml": xml})
+    assert info["vmId"] == vm_id and info["status"] == "Up"
+    assert node._connection.get().lookupByName("pier-test-raw").UUIDString() == vm_id
+    with pytest.raises(InvalidParams, match=vm_id):
+        node.create_vm(vm_id, {"xml": xml.replace("<name>", f"<uuid>{new_id()}</uuid><name>")})
+    other = new_id()
+    named = xml.replace("<name>pier-test-raw", f"<uuid>{other}</uuid><name>pier-test-raw2")
+    assert node.create_vm(None, {"xml": named})["vmId"] == other
+
+
+def test_launch_paused_starts_paused(node: Node, events: Events) -> None:
+    vm_id = new_id()
+    info = node.create_vm(vm_id, vm_params("pier-test-paused", launchPaused=True))
+    assert info["status"] == "Paused"
+    assert node.flush_events()
+    assert events.statuses(vm_id) == ["WaitForLaunch", "Paused"]
+    assert node.cont_vm(vm_id)["status"] == "Up"
+
+
+def test_duplicate_id_or_name_is_vm_exists(node: Node) -> None:
+    vm_id = new_id()
+    node.create_vm(vm_id, vm_params("pier-test-dup"))
+    with pytest.raises(VMExists):
+        node.create_vm(vm_id, vm_params("pier-test-other"))
+    with pytest.raises(VMExists, match="pier-test-dup"):
+        node.create_vm(new_id(), vm_params("pier-test-dup"))
+    assert defined_names(node) == ["pier-test-dup"]
+
+
+@pytest.mark.parametrize("verb", ["vm_info", "vm_status", "vm_stats", "destroy_vm", "poweroff_vm",
+                                  "shutdown_vm", "reboot_vm", "reset_vm", "pause_vm", "cont_vm"])
+def test_unknown_vm_is_no_vm(node: Node, verb: str) -> None:
+    with pytest.raises(NoVM):
+        getattr(node, verb)(new_id())
+
+
+def test_missing_image_is_image_error_naming_the_path(node: Node, tmp_path: Path) -> None:
+    missing = str(tmp_path / "nowhere.img")
+    with pytest.raises(ImageError, match="nowhere.img") as err:
+        node.create_vm(new_id(), vm_params("pier-test-noimg", missing))
+    assert err.value.data == {"path": missing}
+    assert defined_names(node) == [] and node.list_vms() == []
+
+
+def test_xml_libvirt_rejects_leaves_nothing_defined(node: Node) -> None:
+    xml = """<domain type='test'><name>pier-test-bad</name><memory unit='MiB'>32</memory>
+      <os><type>hvm</type></os><devices><disk type='file' device='disk'>
+      <target dev='vda' bus='bogus'/></disk></devices></domain>"""
+    with pytest.raises(CreateError, match="bogus"):
+        node.create_vm(new_id(), {"xml": xml})
+    assert defined_names(node) == [] and node.list_vms() == []
+
+
+def test_a_failed_start_is_undefined_again(node: Node, events: Events,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(self: libvirt.virDomain) -> int:
+        raise libvirt.libvirtError("start refused by the test")
+
+    monkeypatch.setattr(libvirt.virDomain, "create", refuse)
+    vm_id = new_id()
+    with pytest.raises(CreateError, match="cannot start"):
+        node.create_vm(vm_id, vm_params("pier-test-nostart"))
+    assert defined_names(node) == [] and node.list_vms() == []
+    assert node.flush_events()
+    assert events.statuses(vm_id) == ["WaitForLaunch", "Down"]
+    assert events.last(vm_id)["exitReason"] == 3
+    assert "refused by the test" in events.last(vm_id)["exitMessage"]
+
+
+def test_shutdown_goes_down_and_destroy_then_removes(node: Node, events: Events) -> None:
+    vm_id = new_id()
+    node.create_vm(vm_id, vm_params("pier-test-shut"))
+    node.shutdown_vm(vm_id)
+    assert node.wait_vm_status(vm_id, {"Down"}, 5.0) == "Down"
+    assert events.wait_for(vm_id, ["Down"])[-1] == "Down"
+    assert events.last(vm_id)["exitReason"] == 7
+    assert node.vm_info(vm_id)["status"] == "Down"
+    with pytest.raises(VMDown):
+        node.pause_vm(vm_id)
+    with pytest.raises(VMDown):
+        node.shutdown_vm(vm_id)
+    node.destroy_vm(vm_id)
+    assert node.flush_events()
+    assert events.statuses(vm_id).count("Down") == 1
+    assert defined_names(node) == []
+
+
+def test_poweroff_keeps_the_vm_defined_and_down(node: Node, events: Events) -> None:
+    vm_id = new_id()
+    node.create_vm(vm_id, vm_params("pier-test-poweroff"))
+    node.poweroff_vm(vm_id)
+    assert node.vm_status(vm_id) == "Down"
+    assert events.wait_for(vm_id, ["Down"]) == ["WaitForLaunch", "Up", "Down"]
+    assert events.last(vm_id)["exitReason"] == 6
+    node.poweroff_vm(vm_id)  # already off: nothing to do
+    assert defined_names(node) == ["pier-test-poweroff"]
+    node.destroy_vm(vm_id)
+    assert node.flush_events() and events.statuses(vm_id).count("Down") == 1
+
+
+def test_stats_are_sampled_for_a_running_vm(node: Node, image: str) -> None:
+    vm_id = new_id()
+    node.create_vm(vm_id, vm_params("pier-test-stats", image))
+    stats = wait_until(lambda: node._sampler.stats(vm_id))
+    assert stats["vmId"] == vm_id and stats["status"] == "Up"
+    for key in ("vmName", "cpuUser", "cpuSys", "elapsedTime", "memUsage", "balloonInfo",
+                "disks", "network", "monitorResponse", "statsAge", "statusTime"):
+        assert key in stats, key
+    assert float(stats["statsAge"]) < 5
+    assert [s["vmId"] for s in node.all_vm_stats()] == [vm_id]
+    node.pause_vm(vm_id)
+    assert node.vm_stats(vm_id)["status"] == "Paused"
+    node.destroy_vm(vm_id)
+    assert wait_until(lambda: node.all_vm_stats() == [])
+
+
+def test_host_facts(node: Node) -> None:
+    caps = node.capabilities()
+    for key in ("cpuModel", "cpuCores", "cpuSockets", "cpuThreads", "onlineCpus", "cpuSpeed",
+                "cpuFlags", "memSize", "numaNodes", "numaNodeDistance", "kvmEnabled",
+                "packages2", "operatingSystem", "uuid", "emulatedMachines", "vmTypes",
+                "software_version"):
+        assert key in caps, key
+    assert caps["uuid"] == node.host_uuid() == node.host_uuid()
+    assert int(caps["memSize"]) > 0 and caps["packages2"]["libvirt"]["version"]
+    assert set(node.hardware_info()) == {"systemManufacturer", "systemProductName",
+                                         "systemVersion", "systemSerialNumber", "systemUUID",
+                                         "systemFamily"}
+    stats = node.host_stats()
+    for key in ("cpuUser", "cpuSys", "cpuIdle", "cpuLoad", "memFree", "memUsed", "swapTotal",
+                "swapFree", "elapsedTime", "dateTime", "vmCount", "cpuStatistics",
+                "numaNodeMemFree", "bootTime"):
+        assert key in stats, key
+
+
+def test_start_stop_start_leaves_no_thread_behind(test_uri: str, events: Events) -> None:
+    n = Node(test_uri, events, stats_interval=0.1)
+    for _ in range(2):
+        started = time.monotonic()
+        n.start()
+        assert own_threads() == sorted(OWN_THREADS)
+        n.stop()
+        assert time.monotonic() - started < 3
+        assert own_threads() == []
+
+
+def test_lost_connection_serves_reads_fails_verbs_fast_and_resyncs(node: Node, events: Events
+                                                                    ) -> None:
+    vm_id = new_id()
+    node.create_vm(vm_id, vm_params("pier-test-lost"))
+    wait_until(lambda: node._sampler.stats(vm_id))
+    node._connection.lost()
+    assert not node.connected or node.flush_events()
+    # Reads keep answering from the cache while the link is down (it may be back already).
+    assert node.list_vms()[0]["vmId"] == vm_id
+    assert node.vm_stats(vm_id)["vmId"] == vm_id
+    # The reconnected test driver starts from its file again: the VM is gone, and the resync
+    # reports it.
+    assert wait_until(lambda: node.connected, 5)
+    assert events.wait_for(vm_id, ["Down"])[-1] == "Down"
+    assert events.last(vm_id)["exitReason"] == 9
+    assert wait_until(lambda: node.list_vms() == [])
+
+
+def test_verbs_fail_fast_while_disconnected(test_uri: str, events: Events,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(uri: str) -> libvirt.virConnect:
+        raise libvirt.libvirtError("libvirtd is away (test)")
+
+    monkeypatch.setattr(libvirt, "open", refuse)
+    n = Node(test_uri, events)
+    started = time.monotonic()
+    n.start()
+    try:
+        assert not n.connected
+        with pytest.raises(LibvirtUnavailable):
+            n.create_vm(new_id(), vm_params("pier-test-away"))
+        with pytest.raises(LibvirtUnavailable):
+            n.destroy_vm(new_id())
+        with pytest.raises(NoVM):
+            n.vm_status(new_id())
+        assert n.list_vms() == [] and n.all_vm_stats() == []
+        assert n.capabilities()["memSize"]
+        assert time.monotonic() - started < 1.0
+    finally:
+        n.stop()
+    assert own_threads() == []
+
+
+def test_all_vm_stats_with_1000_vms_is_cheap(node: Node) -> None:
+    conn = node._connection.get()
+    for i in range(1000):
+        dom = conn.defineXML(f"<domain type='test'><name>pier-test-{i}</name>"
+                             "<memory unit='MiB'>32</memory><os><type>hvm</type></os></domain>")
+        dom.create()
+    assert wait_until(lambda: len(node.all_vm_stats()) == 1000, 20)
+    times = []
+    for _ in range(20):
+        started = time.perf_counter()
+        result = node.all_vm_stats()
+        times.append(time.perf_counter() - started)
+    assert len(result) == 1000
+    best, worst = min(times), max(times)
+    print(f"all_vm_stats, 1000 VMs: best {best * 1000:.2f} ms, worst {worst * 1000:.2f} ms")
+    assert worst < 0.05
+
+
+# -- a private libvirtd (serving its test driver) that this test may kill -----------------------
+
+
+class PrivateLibvirtd:
+    """An unprivileged session libvirtd of our own, in a temporary directory: killing it
+    disturbs nobody else. Clients reach its embedded test driver via test+unix://."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.socket = base / "run" / "libvirt" / "libvirt-sock"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def uri(self) -> str:
+        return f"test+unix:///default?socket={self.socket}"
+
+    def start(self) -> None:
+        env = {"HOME": str(self.base / "home"), "XDG_RUNTIME_DIR": str(self.base / "run"),
+               "XDG_CONFIG_HOME": str(self.base / "config"),
+               "XDG_CACHE_HOME": str(self.base / "cache"), "PATH": os.environ["PATH"]}
+        self.proc = subprocess.Popen(["libvirtd", "--timeout", "0"], env=env, user=65534,
+                                     group=65534, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        wait_until(self._answers, 10)
+
+    def _answers(self) -> bool:
+        try:
+            libvirt.open(self.uri).close()
+            return True
+        except libvirt.libvirtError:
+            return False
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(5)
+            self.proc = None
+
+
+@pytest.fixture
+def private_libvirtd() -> Iterator[PrivateLibvirtd]:
+    if os.geteuid() != 0 or not shutil.which("libvirtd"):
+        pytest.skip("needs root (to run libvirtd as nobody) and the libvirtd binary")
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(prefix="pier-libvirtd-"))
+    for sub in ("home", "run", "config", "cache"):
+        (base / sub).mkdir()
+    for path in [base, *base.iterdir()]:
+        os.chown(path, 65534, 65534)
+    daemon = PrivateLibvirtd(base)
+    daemon.start()
+    if not daemon._answers():
+        daemon.kill()
+        pytest.skip("a private libvirtd did not come up")
+    yield daemon
+    daemon.kill()
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def test_libvirtd_restart_reconnects_serves_cache_and_resyncs(private_libvirtd: PrivateLibvirtd,
+                                                              events: Events) -> None:
+    n = Node(private_libvirtd.uri, events, stats_interval=0.1, slow_stats_interval=0.2)
+    n.start()
+    try:
+        assert n.connected
+        preexisting = {v["vmId"] for v in n.list_vms()}  # the test driver's own "test" VM
+        vm_id = new_id()
+        n.create_vm(vm_id, vm_params("pier-test-private"))
+        assert wait_until(lambda: n._sampler.stats(vm_id))
+
+        private_libvirtd.kill()
+        assert wait_until(lambda: not n.connected, 5), "the close callback marks it dead"
+        started = time.monotonic()
+        with pytest.raises(LibvirtUnavailable):
+            n.pause_vm(vm_id)
+        with pytest.raises(LibvirtUnavailable):
+            n.create_vm(new_id(), vm_params("pier-test-private-2"))
+        assert time.monotonic() - started < 0.5, "verbs fail fast while libvirtd is away"
+        assert n.vm_status(vm_id) == "Up"
+        assert {v["vmId"] for v in n.list_vms()} == preexisting | {vm_id}
+        assert any(s["vmId"] == vm_id for s in n.all_vm_stats())
+        assert n.vm_info(vm_id)["vmName"] == "pier-test-private"
+
+        private_libvirtd.start()
+        assert wait_until(lambda: n.connected, 10), "reconnected with backoff"
+        # The restarted daemon's test driver forgot our VM: the resync reports it gone, and
+        # says nothing about the VM that is there before and after.
+        assert events.wait_for(vm_id, ["Down"])[-1] == "Down"
+        assert events.last(vm_id)["exitReason"] == 9
+        assert all(events.statuses(v) == [] for v in preexisting)
+        assert wait_until(lambda: {v["vmId"] for v in n.list_vms()} == preexisting)
+        vm2 = new_id()
+        assert n.create_vm(vm2, vm_params("pier-test-private-3"))["status"] == "Up"
+        assert events.wait_for(vm2, ["Up"])[-1] == "Up", "callbacks registered again"
+    finally:
+        n.stop()
+    assert own_threads() == []
+
+
+# -- the real libvirtd ---------------------------------------------------------------------------
+
+
+def _system_libvirt() -> str | None:
+    """Why qemu:///system cannot be used here, or None when it can."""
+    try:
+        conn = libvirt.open("qemu:///system")
+    except libvirt.libvirtError as exc:
+        return f"qemu:///system is not reachable: {exc.get_error_message()}"
+    try:
+        net = conn.networkLookupByName("default")
+        if not net.isActive():
+            return "libvirt network 'default' is not active"
+    except libvirt.libvirtError:
+        return "libvirt network 'default' does not exist"
+    finally:
+        conn.close()
+    return None
+
+
+@pytest.fixture
+def kvm_node(events: Events) -> Iterator[Node]:
+    reason = _system_libvirt()
+    if reason:
+        pytest.skip(reason)
+    n = Node("qemu:///system", events, stats_interval=0.5, slow_stats_interval=1.0)
+    n.start()
+    created: list[str] = []
+    n.created = created  # type: ignore[attr-defined]
+    yield n
+    for vm_id in created:
+        try:
+            n.destroy_vm(vm_id)
+        except NoVM:
+            pass
+    n.stop()
+
+
+def diskless(name: str, **extra: Any) -> dict[str, Any]:
+    return {"vmName": name, "memSize": 32, "smp": "1",
+            "kvmEnable": "true" if os.path.exists("/dev/kvm") else "false",
+            "devices": [
+                {"deviceType": "interface", "device": "network", "network": "default",
+                 "nicModel": "virtio"},
+                {"deviceType": "graphics", "device": "vnc", "port": "-1",
+                 "listen": "127.0.0.1"},
+            ], **extra}
+
+
+def virsh_names() -> str:
+    return subprocess.run(["virsh", "-c", "qemu:///system", "list", "--all", "--name"],
+                          capture_output=True, text=True, check=False).stdout
+
+
+@pytest.mark.kvm
+def test_kvm_guest_create_pause_cont_destroy(kvm_node: Node, events: Events) -> None:
+    vm_id = new_id()
+    name = f"pier-test-kvm-{vm_id[:8]}"
+    kvm_node.created.append(vm_id)  # type: ignore[attr-defined]
+    started = time.monotonic()
+    info = kvm_node.create_vm(vm_id, diskless(name))
+    created_in = time.monotonic() - started
+    assert info["status"] == "Up" and info["pid"] > 0
+    assert info["kvmEnable"] is os.path.exists("/dev/kvm")
+    assert info["display"] == "vnc" and info["displayPort"] >= 5900
+    nic = next(d for d in info["devices"] if d["deviceType"] == "interface")
+    assert nic["network"] == "default" and nic["alias"] and nic["macAddr"]
+
+    assert kvm_node.pause_vm(vm_id)["status"] == "Paused"
+    assert kvm_node.cont_vm(vm_id)["status"] == "Up"
+    stats = wait_until(lambda: (s := kvm_node._sampler.stats(vm_id)) and s.get("cpuActual")
+                       and s, 10)
+    assert stats and "balloonInfo" in stats and stats["network"]
+    started = time.monotonic()
+    kvm_node.destroy_vm(vm_id)
+    destroyed_in = time.monotonic() - started
+    statuses = events.wait_for(vm_id, ["Down"])
+    assert statuses == ["WaitForLaunch", "Up", "Paused", "Up", "Down"]
+    assert name not in virsh_names()
+    print(f"KVM guest: create {created_in:.2f} s, destroy {destroyed_in:.2f} s")
+
+
+@pytest.mark.kvm
+def test_kvm_failed_start_leaves_nothing_defined(kvm_node: Node) -> None:
+    vm_id = new_id()
+    name = f"pier-test-kvm-{vm_id[:8]}"
+    params = diskless(name)
+    params["devices"][0]["network"] = "pier-test-no-such-network"
+    with pytest.raises(CreateError, match="pier-test-no-such-network"):
+        kvm_node.create_vm(vm_id, params)
+    assert name not in virsh_names()
+    with pytest.raises(NoVM):
+        kvm_node.vm_info(vm_id)
+
+
+@pytest.mark.kvm
+@pytest.mark.disruptive
+@pytest.mark.skipif(os.environ.get("PIER_DISRUPTIVE") != "1",
+                    reason="kills libvirtd, which other tests share; set PIER_DISRUPTIVE=1")
+def test_kvm_libvirtd_restart_reconnects_and_resyncs(kvm_node: Node, events: Events) -> None:
+    vm_id = new_id()
+    kvm_node.created.append(vm_id)  # type: ignore[attr-defined]
+    kvm_node.create_vm(vm_id, diskless(f"pier-test-kvm-{vm_id[:8]}"))
+    pid = int(Path("/run/libvirtd.pid").read_text().strip())
+    os.kill(pid, signal.SIGKILL)
+    try:
+        assert wait_until(lambda: not kvm_node.connected, 5)
+        assert kvm_node.vm_status(vm_id) == "Up"
+        assert kvm_node.list_vms([vm_id]) == [{"vmId": vm_id, "status": "Up"}]
+        started = time.monotonic()
+        with pytest.raises(LibvirtUnavailable):
+            kvm_node.pause_vm(vm_id)
+        assert time.monotonic() - started < 0.5
+    finally:
+        subprocess.run(["libvirtd", "-d"], check=False)
+    assert wait_until(lambda: kvm_node.connected, 10)
+    # qemu kept running: the resync finds nothing changed, and events flow on the new link.
+    subprocess.run(["virsh", "-c", "qemu:///system", "suspend", vm_id], check=False,
+                   capture_output=True)
+    assert events.wait_for(vm_id, ["Paused"]) == ["WaitForLaunch", "Up", "Paused"]
+    assert kvm_node.vm_status(vm_id) == "Paused"

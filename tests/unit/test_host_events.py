@@ -1,0 +1,158 @@
+"""The event dispatcher: libvirt lifecycle events become VDSM VM_status events, reboots are not
+reported Down, and a resync after a reconnect reports what changed meanwhile."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import libvirt
+import pytest
+
+from pier.host.events import EventDispatcher
+from pier.host.vmstate import DOWN, PAUSED, UP, VmCache, VmRecord
+
+A, B, C, D = (f"{n}0000000-0000-4000-8000-000000000000" for n in "abcd")
+E = libvirt
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.events: list[tuple[str, dict[str, Any]]] = []
+        self.threads: set[str] = set()
+
+    def __call__(self, name: str, params: dict[str, Any]) -> None:
+        self.threads.add(threading.current_thread().name)
+        self.events.append((name, params))
+
+    def statuses(self, vm_id: str) -> list[str]:
+        return [p[vm_id]["status"] for n, p in self.events if n == f"|virt|VM_status|{vm_id}"]
+
+    def last(self, vm_id: str) -> dict[str, Any]:
+        return [p[vm_id] for n, p in self.events if n.endswith(vm_id)][-1]
+
+
+@pytest.fixture
+def setup() -> Iterator[tuple[EventDispatcher, VmCache, Recorder, dict]]:
+    cache = VmCache()
+    rec = Recorder()
+    states: dict[str, tuple[str, int, int]] = {}
+    disp = EventDispatcher(cache, rec, lambda: dict(states), reboot_grace=0.1)
+    disp.start()
+    yield disp, cache, rec, states
+    disp.stop()
+
+
+def life(vm_id: str, event: int, detail: int = 0) -> tuple[Any, ...]:
+    return ("lifecycle", vm_id, "vm-" + vm_id[0], event, detail)
+
+
+def test_create_pause_cont_destroy_in_order_and_nothing_after_down(setup) -> None:
+    disp, cache, rec, _ = setup
+    record = cache.add(VmRecord(A, "vm-a", status="WaitForLaunch", announce_launch=True))
+    for item in (life(A, E.VIR_DOMAIN_EVENT_DEFINED), life(A, E.VIR_DOMAIN_EVENT_STARTED),
+                 life(A, E.VIR_DOMAIN_EVENT_SUSPENDED), life(A, E.VIR_DOMAIN_EVENT_RESUMED)):
+        disp.put(item)
+    assert disp.flush()
+    record.destroying = True
+    disp.put(life(A, E.VIR_DOMAIN_EVENT_STOPPED, E.VIR_DOMAIN_EVENT_STOPPED_DESTROYED))
+    disp.put(life(A, E.VIR_DOMAIN_EVENT_UNDEFINED))
+    assert disp.flush()
+    assert rec.statuses(A) == ["WaitForLaunch", UP, PAUSED, UP, DOWN]
+    down = rec.last(A)
+    assert (down["exitCode"], down["exitReason"]) == (0, 6)
+    assert rec.threads == {"libvirt-events"}
+    assert cache.find(A) is None
+    assert all(p["notify_time"] > 2**31 - 1 for _, p in rec.events)
+
+
+def test_stop_then_start_at_once_is_a_reboot_not_down(setup) -> None:
+    disp, cache, rec, _ = setup
+    cache.add(VmRecord(A, "vm-a", status=UP, emitted=UP))
+    disp.put(life(A, E.VIR_DOMAIN_EVENT_STOPPED, E.VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN))
+    disp.put(life(A, E.VIR_DOMAIN_EVENT_STARTED, E.VIR_DOMAIN_EVENT_STARTED_BOOTED))
+    time.sleep(0.25)
+    assert disp.flush()
+    assert rec.statuses(A) == ["RebootInProgress", UP]
+
+
+def test_a_guest_shutdown_is_reported_down_after_the_grace(setup) -> None:
+    disp, cache, rec, _ = setup
+    cache.add(VmRecord(A, "vm-a", status=UP, emitted=UP))
+    disp.put(life(A, E.VIR_DOMAIN_EVENT_SHUTDOWN, E.VIR_DOMAIN_EVENT_SHUTDOWN_GUEST))
+    disp.put(life(A, E.VIR_DOMAIN_EVENT_STOPPED, E.VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN))
+    deadline = time.monotonic() + 2
+    while DOWN not in rec.statuses(A) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert rec.statuses(A) == ["Powering down", DOWN]
+    assert rec.last(A)["exitReason"] == 7
+    assert cache.get(A).status == DOWN
+
+
+def test_reboot_event_reports_reboot_in_progress_then_up(setup) -> None:
+    disp, cache, rec, _ = setup
+    cache.add(VmRecord(A, "vm-a", status=UP, emitted=UP))
+    disp.put(("reboot", A, "vm-a"))
+    time.sleep(0.25)
+    assert disp.flush()
+    assert rec.statuses(A) == ["RebootInProgress", UP]
+
+
+def test_a_verb_announcement_overtaken_by_libvirt_is_dropped(setup) -> None:
+    disp, cache, rec, _ = setup
+    cache.add(VmRecord(A, "vm-a", status=UP, emitted=UP))
+    disp.put(life(A, E.VIR_DOMAIN_EVENT_STOPPED, E.VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN))
+    disp.put(("status", A, "Powering down"))
+    assert disp.flush()
+    assert rec.statuses(A) == [DOWN]
+
+
+def test_first_load_is_silent_and_a_resync_reports_changes(setup) -> None:
+    disp, cache, rec, states = setup
+    running = (E.VIR_DOMAIN_RUNNING, E.VIR_DOMAIN_RUNNING_BOOTED)
+    states.update({A: ("vm-a", *running), B: ("vm-b", E.VIR_DOMAIN_PAUSED, 1),
+                   C: ("vm-c", *running)})
+    disp.put(("connected", True))
+    assert disp.flush()
+    assert rec.events == []
+    assert [cache.get(v).status for v in (A, B, C)] == [UP, PAUSED, UP]
+
+    states.clear()
+    states.update({A: ("vm-a", E.VIR_DOMAIN_SHUTOFF, E.VIR_DOMAIN_SHUTOFF_SHUTDOWN),
+                   B: ("vm-b", *running), D: ("vm-d", *running)})
+    disp.put(("disconnected", 0))
+    disp.put(("connected", False))
+    assert disp.flush()
+    assert rec.statuses(A) == [DOWN] and rec.last(A)["exitReason"] == 7
+    assert rec.statuses(B) == [UP]
+    assert rec.statuses(C) == [DOWN] and rec.last(C)["exitReason"] == 9
+    assert rec.statuses(D) == [UP]
+    assert cache.get(C) is None and cache.get(D).status == UP
+
+    disp.put(("connected", False))
+    assert disp.flush()
+    assert len(rec.events) == 4, "an unchanged resync reports nothing"
+
+
+def test_wait_status_wakes_on_a_change(setup) -> None:
+    disp, cache, _, _ = setup
+    cache.add(VmRecord(A, "vm-a", status=UP, emitted=UP))
+    threading.Timer(0.05, disp.put, [life(A, E.VIR_DOMAIN_EVENT_SUSPENDED)]).start()
+    assert cache.wait_status(A, {PAUSED}, 2.0) == PAUSED
+    assert cache.wait_status(A, {DOWN}, 0.05) is None
+    cancelled = threading.Event()
+    cancelled.set()
+    assert cache.wait_status(A, {DOWN}, 5.0, cancelled) is None
+
+
+def test_an_event_older_than_a_verbs_change_is_emitted_but_does_not_undo_it(setup) -> None:
+    disp, cache, rec, _ = setup
+    record = cache.add(VmRecord(A, "vm-a", status=UP, emitted=UP))
+    paused_at = time.monotonic()
+    cache.set_status(record, UP)  # cont ran after the pause; its events are still queued
+    disp.put(life(A, E.VIR_DOMAIN_EVENT_SUSPENDED) + (paused_at,))
+    assert disp.flush()
+    assert rec.statuses(A) == [PAUSED]
+    assert cache.get(A).status == UP

@@ -1,0 +1,86 @@
+"""Turning libvirt bulk stats into VDSM VmStats figures, and the libvirt state -> VmStatus map."""
+
+from __future__ import annotations
+
+import libvirt
+import pytest
+
+from pier.host.stats import HostStats, balloon_info, cpu_stats, disk_stats, nic_stats, stamp_all
+from pier.host.vmstate import state_status
+
+
+def test_cpu_percentages_come_from_two_samples() -> None:
+    first = (10.0, {"cpu.time": 1_000_000_000, "cpu.user": 100_000_000, "cpu.system": 0})
+    # 2 s later: 1 s of cpu in total, of which 0.2 s is qemu's own (user + system).
+    last = (12.0, {"cpu.time": 2_000_000_000, "cpu.user": 200_000_000,
+                   "cpu.system": 100_000_000})
+    out = cpu_stats(first, last)
+    assert out == {"cpuUser": "40.00", "cpuSys": "10.00", "cpuActual": True,
+                   "cpuUsage": "300000000"}
+    assert cpu_stats(None, last)["cpuActual"] is False
+    assert cpu_stats(None, None) == {"cpuUser": "0.00", "cpuSys": "0.00", "cpuActual": False}
+
+
+def test_disk_rates_match_devices_by_name_not_index() -> None:
+    first = (0.0, {"block.count": 2, "block.0.name": "sda", "block.1.name": "vda",
+                   "block.1.rd.bytes": 1000, "block.1.rd.reqs": 10, "block.1.rd.times": 1000})
+    last = (2.0, {"block.count": 2, "block.0.name": "vda", "block.1.name": "sda",
+                  "block.0.rd.bytes": 5000, "block.0.rd.reqs": 20, "block.0.rd.times": 6000,
+                  "block.0.capacity": 1 << 20, "block.0.physical": 4096})
+    out = disk_stats(first, last)
+    assert out["vda"]["readRate"] == "2000.0"
+    assert out["vda"]["readLatency"] == "500"
+    assert (out["vda"]["readOps"], out["vda"]["readBytes"]) == ("20", "5000")
+    assert (out["vda"]["apparentsize"], out["vda"]["truesize"]) == (str(1 << 20), "4096")
+    assert out["sda"]["readRate"] == "0.0"
+
+
+def test_nic_counters_and_rates() -> None:
+    first = (0.0, {"net.count": 1, "net.0.name": "vnet0", "net.0.rx.bytes": 0})
+    last = (1.0, {"net.count": 1, "net.0.name": "vnet0", "net.0.rx.bytes": 1_250_000,
+                  "net.0.tx.bytes": 7, "net.0.rx.errs": 1})
+    nic = nic_stats(first, last)["vnet0"]
+    assert nic["rxRate"] == "1.00"  # 10 Mbit/s of a 1000 Mbit/s link
+    assert (nic["rx"], nic["tx"], nic["rxErrors"], nic["speed"]) == ("1250000", "7", "1", "1000")
+
+
+def test_balloon_only_when_reported() -> None:
+    assert balloon_info(None) == {}
+    info = balloon_info((0.0, {"balloon.current": 1024, "balloon.maximum": 2048}))
+    assert (info["balloon_cur"], info["balloon_max"]) == ("1024", "2048")
+
+
+def test_stamping_sets_age_and_status_time() -> None:
+    entries = [{"vmId": "a"}, {"vmId": "b"}]
+    stamp_all(entries, 0.0)
+    assert all(e["statsAge"] == "0.00" and int(e["statusTime"]) > 2**31 for e in entries)
+
+
+@pytest.mark.parametrize("state, reason, status, detail", [
+    (libvirt.VIR_DOMAIN_RUNNING, 1, "Up", {}),
+    (libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PAUSED_USER, "Paused", {"pauseCode": "NOERR"}),
+    (libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PAUSED_IOERROR, "Paused", {"pauseCode": "EIO"}),
+    (libvirt.VIR_DOMAIN_SHUTDOWN, 0, "Powering down", {}),
+    (libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_SHUTOFF_SHUTDOWN, "Down", {"exitReason": 7}),
+    (libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_SHUTOFF_DESTROYED, "Down", {"exitReason": 6}),
+    (libvirt.VIR_DOMAIN_CRASHED, 0, "Down", {"exitCode": 1}),
+])
+def test_libvirt_states_map_to_vdsm_statuses(state: int, reason: int, status: str,
+                                             detail: dict) -> None:
+    got, details = state_status(state, reason)
+    assert got == status
+    assert detail.items() <= details.items()
+
+
+def test_host_stats_have_vdsm_names_and_types() -> None:
+    stats = HostStats(lambda: (3, 2, 0))
+    first = stats.get()
+    assert (first["vmCount"], first["vmActive"], first["vmMigrating"]) == (3, 2, 0)
+    for key in ("cpuUser", "cpuSys", "cpuIdle", "cpuLoad", "memUsed", "elapsedTime"):
+        assert isinstance(first[key], str), key
+    for key in ("memFree", "swapTotal", "swapFree", "memShared"):
+        assert isinstance(first[key], int), key
+    assert first["cpuStatistics"] and all(
+        set(v) == {"cpuUser", "cpuSys", "cpuIdle", "nodeIndex"}
+        for v in first["cpuStatistics"].values())
+    assert first["dateTime"].endswith(" GMT")
