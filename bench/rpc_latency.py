@@ -1,0 +1,105 @@
+"""Round-trip latency of Pier's transports, each beside a bare server of the same library.
+
+  Host.ping2 over WebSocket         vs a bare websockets echo server (threaded, no compression)
+  Host.ping2 over POST /jsonrpc     vs a bare bottle-on-cheroot POST handler
+  GET /api/v1/host                  vs a bare bottle-on-cheroot GET handler
+plus pierd's readiness time and idle RSS. Targets: ratio <= 1.5 at p50 for both JSON-RPC
+transports; all listeners ready within 1.5 s; idle RSS under 60 MB.
+
+Run: .venv/bin/python bench/rpc_latency.py [--count N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import time
+
+from common import PierdProcess, interleaved, report, spawn_floor
+from websockets.sync.client import connect
+
+WS_ECHO = """
+import threading
+from websockets.sync.server import serve
+def echo(ws):
+    for message in ws:
+        ws.send('{"jsonrpc":"2.0","result":true,"id":1}')
+server = serve(echo, "127.0.0.1", 0, compression=None)
+print(server.socket.getsockname()[1], flush=True)
+server.serve_forever()
+"""
+
+BOTTLE_BARE = """
+import json, bottle, cheroot.wsgi
+app = bottle.Bottle()
+@app.post("/jsonrpc")
+def rpc():
+    bottle.request.body.read()
+    bottle.response.content_type = "application/json"
+    return '{"jsonrpc":"2.0","result":true,"id":1}'
+@app.get("/api/v1/host")
+def host():
+    bottle.response.content_type = "application/json"
+    return json.dumps({"uuid": "x", "cpuCores": "2"})
+server = cheroot.wsgi.Server(("127.0.0.1", 0), app, numthreads=16)
+server.prepare()
+print(server.bind_addr[1], flush=True)
+server.serve()
+"""
+
+PING = json.dumps({"jsonrpc": "2.0", "method": "Host.ping2", "id": 1})
+
+
+def ws_caller(url: str):
+    connection = connect(url, compression=None)
+
+    def call() -> None:
+        connection.send(PING)
+        connection.recv()
+
+    return call
+
+
+def http_caller(port: int, method: str, path: str, body: str | None = None):
+    connection = http.client.HTTPConnection("127.0.0.1", port)
+    headers = {"Content-Type": "application/json"} if body else {}
+
+    def call() -> None:
+        connection.request(method, path, body=body, headers=headers)
+        response = connection.getresponse()
+        response.read()
+        assert response.status == 200, response.status
+
+    return call
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--count", type=int, default=5000)
+    args = parser.parse_args()
+
+    pierd = PierdProcess()
+    ws_floor, ws_port = spawn_floor(WS_ECHO)
+    http_floor, http_port = spawn_floor(BOTTLE_BARE)
+    try:
+        pierd_port = int(pierd.http.rsplit(":", 1)[1])
+        print(f"pierd listeners ready after {pierd.ready_after:.2f} s from spawn (target 1.5 s)")
+        time.sleep(2)
+        print(f"pierd idle RSS {pierd.rss_mib():.1f} MiB (target < 60 MB)")
+        subject, floor = interleaved(ws_caller(pierd.ws), ws_caller(f"ws://127.0.0.1:{ws_port}/"), args.count)
+        report("Host.ping2 over WebSocket", subject, floor, "ratio <= 1.5 at p50")
+        subject, floor = interleaved(http_caller(pierd_port, "POST", "/jsonrpc", PING),
+                                     http_caller(http_port, "POST", "/jsonrpc", PING), args.count)
+        report("Host.ping2 over POST /jsonrpc", subject, floor, "ratio <= 1.5 at p50")
+        subject, floor = interleaved(http_caller(pierd_port, "GET", "/api/v1/host"),
+                                     http_caller(http_port, "GET", "/api/v1/host"), args.count)
+        report("GET /api/v1/host", subject, floor)
+    finally:
+        pierd.stop()
+        ws_floor.terminate()
+        http_floor.terminate()
+
+
+if __name__ == "__main__":
+    main()

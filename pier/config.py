@@ -1,0 +1,87 @@
+"""pierd's settings: defaults, a TOML file, then command-line flags, each overriding the last."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tomllib
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+DEFAULT_HTTP = "127.0.0.1:8042"
+DEFAULT_WS = "127.0.0.1:8043"
+
+
+def default_state_dir() -> str:
+    if os.geteuid() == 0:
+        return "/var/lib/pier"
+    return str(Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state")) / "pier")
+
+
+@dataclass
+class Settings:
+    libvirt_uri: str = "auto"
+    http: str = DEFAULT_HTTP
+    ws: str = DEFAULT_WS
+    state_dir: str = ""
+    log_level: str = "INFO"
+    event_retention: float = 86400.0
+    max_events: int = 100_000
+    task_workers: int = 8
+    http_threads: int = 16
+    stats_interval: float = 2.0
+    slow_stats_interval: float = 15.0
+
+    def __post_init__(self) -> None:
+        if not self.state_dir:
+            self.state_dir = default_state_dir()
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """'HOST:PORT', '[v6]:PORT' or ':PORT' -> (host, port); raises ValueError on anything else."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{text!r} is not HOST:PORT")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def argument_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pierd", description="Pier node agent: serves this host's API.")
+    parser.add_argument("--config", metavar="FILE", help="TOML file with the same keys as these flags")
+    parser.add_argument("--libvirt-uri", help="libvirt URI; 'auto' (default) uses qemu:///system when "
+                        "libvirtd answers, else libvirt's embedded test driver")
+    parser.add_argument("--http", metavar="HOST:PORT", help=f"REST facade and JSON-RPC over HTTP (default {DEFAULT_HTTP})")
+    parser.add_argument("--ws", metavar="HOST:PORT", help=f"JSON-RPC over WebSocket (default {DEFAULT_WS})")
+    parser.add_argument("--state-dir", metavar="DIR", help="where events and tasks are kept")
+    parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper)
+    return parser
+
+
+def load_settings(argv: list[str] | None = None) -> Settings:
+    """Settings from defaults, then `--config FILE`, then flags. Exits with a message on bad input."""
+    parser = argument_parser()
+    args = parser.parse_args(argv)
+    values: dict[str, Any] = {}
+    known = {f.name for f in fields(Settings)}
+    if args.config:
+        try:
+            with open(args.config, "rb") as stream:
+                document = tomllib.load(stream)
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            parser.error(f"cannot read --config {args.config}: {exc}")
+        document = {key.replace("-", "_"): value for key, value in document.items()}
+        unknown = sorted(set(document) - known)
+        if unknown:
+            parser.error(f"unknown key(s) in {args.config}: {', '.join(unknown)}")
+        values.update(document)
+    for key in ("libvirt_uri", "http", "ws", "state_dir", "log_level"):
+        if getattr(args, key) is not None:
+            values[key] = getattr(args, key)
+    settings = Settings(**values)
+    for key in ("http", "ws"):
+        try:
+            parse_address(getattr(settings, key))
+        except ValueError as exc:
+            parser.error(f"--{key}: {exc}")
+    return settings

@@ -1,0 +1,93 @@
+"""JSON-RPC 2.0 over WebSocket, with events pushed on the same connection.
+
+The threaded websockets server runs one handler thread per connection; each message is answered
+in order on that thread. `Events.subscribe` gives the connection a push thread (see
+`pier.rpc.session`) so events never wait for calls, nor calls for events. Compression is off (it
+costs more than it saves on small frames) and every accepted socket has TCP_NODELAY.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl as ssl_module
+import threading
+
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.server import Server, ServerConnection, serve
+
+from pier.rpc.events import Event
+from pier.rpc.jsonrpc import JsonRpc
+from pier.rpc.registry import CallContext
+from pier.rpc.session import PushSession
+
+log = logging.getLogger("pier.transports.ws")
+
+# Messages between the JSON-RPC limit and this get a JSON-RPC error; larger ones close the
+# connection with 1009 before they are read into memory.
+FRAME_LIMIT = 4 << 20
+
+
+class WebSocketListener:
+    """Owns the WebSocket server and the thread that accepts connections."""
+
+    def __init__(self, jsonrpc: JsonRpc, host: str, port: int, *, ssl: ssl_module.SSLContext | None = None) -> None:
+        self._jsonrpc = jsonrpc
+        self._host = host
+        self._port = port
+        self._ssl = ssl
+        self._server: Server | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def address(self) -> str:
+        host, port = self._server.socket.getsockname()[:2] if self._server else (self._host, self._port)
+        return f"{'wss' if self._ssl else 'ws'}://{_bracket(host)}:{port}/"
+
+    def start(self) -> None:
+        self._server = serve(
+            self._serve_connection, self._host, self._port, ssl=self._ssl, compression=None,
+            max_size=FRAME_LIMIT, ping_interval=20, ping_timeout=20,
+            logger=logging.getLogger("pier.transports.ws.server"),
+        )
+        self._thread = threading.Thread(target=self._server.serve_forever, name="ws-listener", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop accepting, close every connection (1001), and wait for their handlers."""
+        if self._server is not None:
+            self._server.shutdown()
+        if self._thread is not None:
+            self._thread.join()
+        self._server = self._thread = None
+
+    def _serve_connection(self, connection: ServerConnection) -> None:
+        peer = _peer(connection)
+
+        def push(event: Event) -> None:
+            connection.send(self._jsonrpc.notification(event))
+
+        session = PushSession(push, peer)
+        context = CallContext("ws", peer, session=session)
+        log.debug("connection from %s", peer)
+        try:
+            for message in connection:
+                reply = self._jsonrpc.handle(message, context)
+                if reply is not None:
+                    connection.send(reply)
+        except ConnectionClosed:
+            pass
+        finally:
+            session.close()
+            log.debug("connection from %s closed", peer)
+
+
+def _peer(connection: ServerConnection) -> str:
+    try:
+        host, port = connection.remote_address[:2]
+        return f"{_bracket(host)}:{port}"
+    except (OSError, TypeError, ValueError):
+        return "unknown"
+
+
+def _bracket(host: str) -> str:
+    return f"[{host}]" if ":" in host else host

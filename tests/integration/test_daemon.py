@@ -1,0 +1,65 @@
+"""pierd as a process: flags and config file, readiness lines, clean SIGTERM, restarts."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.integration.clients import http_request
+from tests.integration.conftest import Pierd, new_vm_id
+from tests.integration.test_verbs import vm_params
+
+
+def test_logs_one_line_per_listener_and_stops_cleanly(pierd: Pierd) -> None:
+    assert pierd.logged("REST facade on http://127.0.0.1:")
+    assert pierd.logged("JSON-RPC over WebSocket on ws://127.0.0.1:")
+    assert pierd.stop() == 0
+    assert pierd.logged("pierd stopped")
+
+
+def test_config_file_sets_the_same_keys(tmp_path: Path, test_uri: str) -> None:
+    config = tmp_path / "pierd.toml"
+    config.write_text(f'libvirt_uri = "{test_uri}"\nlog_level = "DEBUG"\n')
+    daemon = Pierd(tmp_path / "state", test_uri, "--config", str(config))
+    try:
+        assert daemon.logged(" DEBUG ")
+    finally:
+        assert daemon.stop() == 0
+
+
+def test_bad_flags_and_config_are_refused_clearly(tmp_path: Path) -> None:
+    bad = subprocess.run([sys.executable, "-m", "pier.daemon", "--http", "nowhere"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "--http" in bad.stderr and "HOST:PORT" in bad.stderr
+    config = tmp_path / "pierd.toml"
+    config.write_text("colour = 'blue'\n")
+    bad = subprocess.run([sys.executable, "-m", "pier.daemon", "--config", str(config)], capture_output=True, text=True)
+    assert bad.returncode == 2 and "colour" in bad.stderr
+
+
+def test_events_and_tasks_survive_a_restart(tmp_path: Path, test_uri: str) -> None:
+    first = Pierd(tmp_path / "state", test_uri)
+    vm_id = new_vm_id()
+    http_request("POST", first.http + "/api/v1/vms", vm_params(vm_id))
+    task = json.loads(http_request("POST", f"{first.http}/api/v1/vms/{vm_id}/shutdown",
+                                   {"timeout": 0, "force": True})[2])
+    http_request("GET", f"{first.http}/api/v1/tasks/{task['taskID']}?wait=10")
+    last = json.loads(http_request("GET", first.http + "/api/v1/events")[2])["last"]
+    assert first.stop() == 0
+    second = Pierd(tmp_path / "state", test_uri)
+    try:
+        kept = json.loads(http_request("GET", second.http + "/api/v1/events?after=0")[2])
+        assert kept["events"] and kept["last"] >= last
+        again = json.loads(http_request("GET", f"{second.http}/api/v1/tasks/{task['taskID']}")[2])
+        assert again["state"] == "succeeded"
+    finally:
+        assert second.stop() == 0
+
+
+def test_taken_port_fails_with_a_clear_message(pierd: Pierd, tmp_path: Path, test_uri: str) -> None:
+    port = pierd.http.rsplit(":", 1)[1]
+    clash = subprocess.run([sys.executable, "-m", "pier.daemon", "--libvirt-uri", test_uri, "--http",
+                            f"127.0.0.1:{port}", "--ws", "127.0.0.1:0", "--state-dir", str(tmp_path / "other")],
+                           capture_output=True, text=True, timeout=30)
+    assert clash.returncode == 2 and "cannot start" in clash.stderr
