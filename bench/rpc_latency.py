@@ -52,7 +52,7 @@ PING = json.dumps({"jsonrpc": "2.0", "method": "Host.ping2", "id": 1})
 
 
 def ws_caller(url: str):
-    connection = connect(url, compression=None)
+    connection = connect(url, compression=None).__enter__()  # closed when the process ends
 
     def call() -> None:
         connection.send(PING)

@@ -50,7 +50,7 @@ def main() -> None:
     pierd = PierdProcess(uri)
     try:
         print(f"pierd with {args.vms} VMs ready after {pierd.ready_after:.2f} s; RSS {pierd.rss_mib():.1f} MiB")
-        ws = connect(pierd.ws, compression=None, max_size=64 << 20)
+        ws = connect(pierd.ws, compression=None, max_size=64 << 20).__enter__()  # closed when the process ends
         request = json.dumps({"jsonrpc": "2.0", "method": "Host.getAllVmStats", "id": 1})
         deadline = time.monotonic() + 60
         while True:

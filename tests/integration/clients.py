@@ -7,6 +7,7 @@ call raises `CallFailed` carrying the VDSM code and name, whatever the wire.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import urllib.error
@@ -75,7 +76,9 @@ class WsClient:
     transport = "ws"
 
     def __init__(self, url: str) -> None:
-        self.connection = connect(url, compression=None, max_size=8 << 20, open_timeout=10)
+        self._stack = contextlib.ExitStack()
+        self.connection = self._stack.enter_context(connect(url, compression=None, max_size=8 << 20,
+                                                            open_timeout=10))
         self._ids = itertools.count(1)
         self.notifications: list[dict[str, Any]] = []
 
@@ -100,7 +103,7 @@ class WsClient:
         return json.loads(self.connection.recv(timeout=timeout))
 
     def close(self) -> None:
-        self.connection.close()
+        self._stack.close()
 
 
 class RestClient:

@@ -63,7 +63,7 @@ def test_events_long_poll_sse_and_expired_cursor(tmp_path, test_uri) -> None:
         last = batch["last"]
         assert batch["events"] and batch["oldest"] > 1
         status, headers, body = http_request("GET", f"{api}/events?after=0")
-        assert status == 410 and json.loads(body)["data"]["oldest"] == batch["oldest"]
+        assert status == 410 and json.loads(body)["data"]["oldest"] >= batch["oldest"]
         vm_id = new_vm_id()
         http_request("POST", f"{api}/vms", vm_params(vm_id))
         frames = _read_sse(daemon.http, "/api/v1/events?types=virt.VM_status", last,
