@@ -18,6 +18,8 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+from prometheus_client import make_wsgi_app
+
 from pier.api import handlers
 from pier.config import Settings, load_settings, parse_address
 from pier.facade.app import make_app
@@ -25,6 +27,7 @@ from pier.host.node import Node
 from pier.host.testdriver import make_test_uri, unusable_reason
 from pier.rpc.events import EventLog
 from pier.rpc.jsonrpc import JsonRpc
+from pier.rpc.metrics import METRICS, gauge
 from pier.rpc.registry import Registry
 from pier.rpc.schema import Schema
 from pier.rpc.tasks import TaskManager
@@ -85,17 +88,25 @@ class Daemon:
         jsonrpc = JsonRpc(self.registry)
         facade = make_app(self.registry, self.events, info=self.about, stopping=self.stopping,
                           max_streams=max(1, settings.http_threads // 2))
-        http = HttpListener(parse_address(settings.http), {"/jsonrpc": jsonrpc_app(jsonrpc)}, facade,
+        self._register_gauges()
+        mounts = {"/jsonrpc": jsonrpc_app(jsonrpc), "/metrics": make_wsgi_app(METRICS)}
+        http = HttpListener(parse_address(settings.http), mounts, facade,
                             threads=settings.http_threads, before_stop=self._end_waits)
         ws_host, ws_port = parse_address(settings.ws)
         ws = WebSocketListener(jsonrpc, ws_host, ws_port)
         for name, listener in (("http", http), ("ws", ws)):
             listener.start()
             self.listeners[name] = listener
-        log.info("REST facade on %s/api/v1 and JSON-RPC on %s/jsonrpc", http.address, http.address)
+        log.info("REST facade on %s/api/v1, JSON-RPC on %s/jsonrpc, metrics on %s/metrics", http.address,
+                 http.address, http.address)
         log.info("JSON-RPC over WebSocket on %s", ws.address)
         log.info("pierd %s ready in %.2f s: %d verbs, libvirt %s, state in %s", agent_version(),
                  time.time() - self.started_at, len(self.registry.verbs), self.node.uri, settings.state_dir)
+
+    def _register_gauges(self) -> None:
+        gauge("pier_events_last_seq", "Sequence number of the newest event.", lambda: self.events.last_seq)
+        gauge("pier_libvirt_connected", "1 while the libvirt connection is up.", lambda: int(self.node.connected))
+        gauge("pier_vms", "VMs defined on this host.", lambda: len(self.node.list_vms()))
 
     def _end_waits(self) -> None:
         """Release every long-poll and stream so the listeners' workers can finish."""

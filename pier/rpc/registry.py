@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from pier.rpc.errors import MethodNotFound, PierError, Unexpected
+from pier.rpc.metrics import CALL_SECONDS, CALLS
 from pier.rpc.schema import Schema, Verb
 
 log = logging.getLogger("pier.rpc")
@@ -146,15 +147,20 @@ class Registry:
             else:
                 result = handler(context, **params)
         except PierError as exc:
-            _log_call(declared, target, context, started, exc)
+            _log_call(declared, target, context, time.perf_counter() - started, exc)
+            CALLS.labels(declared.name, context.transport, exc.name).inc()
             raise
         except Exception as exc:
             reference = uuid.uuid4().hex[:12]
             log.exception("%s failed unexpectedly (reference %s, %s)", declared.name, reference, context.describe())
+            CALLS.labels(declared.name, context.transport, Unexpected.name).inc()
             raise Unexpected(f"Unexpected error in {declared.name}; reference {reference} in the agent's log",
                              data={"reference": reference}) from exc
+        elapsed = time.perf_counter() - started
+        CALLS.labels(declared.name, context.transport, "ok").inc()
+        CALL_SECONDS.labels(declared.name).observe(elapsed)
         if not declared.readonly:
-            _log_call(declared, target, context, started, None)
+            _log_call(declared, target, context, elapsed, None)
         return True if result is None else result
 
     def _submit_task(self, declared: Verb, handler: Callable[..., Any], params: dict[str, Any],
@@ -180,9 +186,9 @@ def _check_signature(declared: Verb, handler: Callable[..., Any]) -> None:
                            f"takes no {unknown}, requires undeclared {undeclared}")
 
 
-def _log_call(declared: Verb, target: str | None, context: CallContext, started: float,
+def _log_call(declared: Verb, target: str | None, context: CallContext, elapsed: float,
               error: PierError | None) -> None:
-    elapsed_ms = (time.perf_counter() - started) * 1000
+    elapsed_ms = elapsed * 1000
     on = f" {declared.target}={target}" if target else ""
     if error is None:
         log.info("%s%s done in %.1f ms (%s)", declared.name, on, elapsed_ms, context.describe())

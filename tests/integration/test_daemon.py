@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import http.client as http_client
 import json
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
-from tests.integration.clients import http_request
+from pier.config import Settings
+from pier.daemon import Daemon
+from tests.integration.clients import WsClient, http_request
 from tests.integration.conftest import Pierd, new_vm_id
 from tests.integration.test_verbs import vm_params
 
@@ -63,3 +67,25 @@ def test_taken_port_fails_with_a_clear_message(pierd: Pierd, tmp_path: Path, tes
                             f"127.0.0.1:{port}", "--ws", "127.0.0.1:0", "--state-dir", str(tmp_path / "other")],
                            capture_output=True, text=True, timeout=30)
     assert clash.returncode == 2 and "cannot start" in clash.stderr
+
+
+def test_stop_joins_every_thread_even_with_clients_connected(tmp_path: Path, test_uri: str) -> None:
+    before = set(threading.enumerate())
+    daemon = Daemon(Settings(libvirt_uri=test_uri, http="127.0.0.1:0", ws="127.0.0.1:0",
+                             state_dir=str(tmp_path / "state")))
+    daemon.start()
+    http = daemon.listeners["http"].address
+    watcher = WsClient(daemon.listeners["ws"].address)
+    watcher.call("Events.subscribe")
+    stream = http_client.HTTPConnection(*http.removeprefix("http://").rsplit(":", 1), timeout=10)
+    stream.request("GET", "/api/v1/events", headers={"Accept": "text/event-stream"})
+    assert stream.getresponse().status == 200
+    poller = threading.Thread(target=http_request, args=("GET", http + "/api/v1/events?wait=60"))
+    poller.start()
+    daemon.stop()
+    poller.join(10)
+    left = [t.name for t in threading.enumerate() if t not in before and t.is_alive()]
+    assert left == []
+    assert daemon.events.closed
+    watcher.close()
+    stream.close()

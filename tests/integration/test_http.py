@@ -107,3 +107,14 @@ def _read_sse(base: str, path: str, last_event_id: int, until) -> list[dict[str,
         frame[key] = value.strip()
     connection.close()
     return frames
+
+
+def test_metrics_count_calls_per_verb(pierd: Pierd) -> None:
+    http_request("POST", pierd.http + "/jsonrpc", {"jsonrpc": "2.0", "method": "Host.ping2", "id": 1})
+    http_request("GET", f"{pierd.http}/api/v1/vms/{new_vm_id()}")
+    status, headers, body = http_request("GET", pierd.http + "/metrics")
+    text = body.decode()
+    assert status == 200 and headers["Content-Type"].startswith("text/plain")
+    assert 'pier_calls_total{outcome="ok",transport="http",verb="Host.ping2"} 1.0' in text
+    assert 'pier_calls_total{outcome="noVM",transport="rest",verb="VM.getInfo"} 1.0' in text
+    assert "pier_libvirt_connected 1.0" in text and "pier_vms 0.0" in text
