@@ -89,3 +89,15 @@ def test_stop_joins_every_thread_even_with_clients_connected(tmp_path: Path, tes
     assert daemon.events.closed
     watcher.close()
     stream.close()
+
+
+def test_auto_falls_back_to_the_test_driver_and_says_so(tmp_path: Path, monkeypatch, caplog) -> None:
+    import pier.daemon
+
+    monkeypatch.setattr(pier.daemon, "unusable_reason", lambda uri: "Failed to connect socket: No such file")
+    uri = pier.daemon.resolve_libvirt_uri(Settings(state_dir=str(tmp_path)))
+    assert uri == f"test://{tmp_path / 'testnode.xml'}"
+    assert "libvirtd is not reachable at qemu:///system (Failed to connect socket" in caplog.text
+    assert "test driver" in caplog.text and "simulated" in caplog.text
+    monkeypatch.setattr(pier.daemon, "unusable_reason", lambda uri: None)
+    assert pier.daemon.resolve_libvirt_uri(Settings(state_dir=str(tmp_path))) == "qemu:///system"
