@@ -65,13 +65,15 @@ def _host_uuid() -> str:
 class HostFacts:
     """Answers capabilities(), hardware_info() and host_uuid(); caches what cannot change."""
 
-    def __init__(self) -> None:
-        self._uuid: str | None = None
+    def __init__(self, uri: str = "") -> None:
+        # A test-driver node is a simulated host of its own, with an id of its own.
+        self._uuid: str | None = str(uuidlib.uuid5(uuidlib.NAMESPACE_URL, uri)) if uri.startswith("test:") else None
         self._caps: dict[str, Any] | None = None
         self._hw: dict[str, str] | None = None
 
     def host_uuid(self) -> str:
-        """The host's id: from /etc/machine-id, else the SMBIOS UUID, else the FQDN."""
+        """The host's id: from /etc/machine-id, else the SMBIOS UUID, else the FQDN (the test
+        driver: from its URI)."""
         if self._uuid is None:
             self._uuid = _host_uuid()
         return self._uuid

@@ -39,7 +39,7 @@ class Node:
         self._sampler = StatsSampler(self._connection, self._cache, stats_interval,
                                      slow_stats_interval)
         self._cache.on_change = self._sampler.patch_status
-        self._facts = HostFacts()
+        self._facts = HostFacts(uri)
         self._host_stats = HostStats(self._cache.counts)
         self._running = False
 
