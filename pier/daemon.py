@@ -33,6 +33,7 @@ from pier.rpc.schema import Schema
 from pier.rpc.tasks import TaskManager
 from pier.transports.http import HttpListener, jsonrpc_app
 from pier.transports.websocket import WebSocketListener
+from pier.transports.xmlrpc import xmlrpc_app
 
 log = logging.getLogger("pier.daemon")
 
@@ -89,7 +90,8 @@ class Daemon:
         facade = make_app(self.registry, self.events, info=self.about, stopping=self.stopping,
                           max_streams=max(1, settings.http_threads // 2))
         self._register_gauges()
-        mounts = {"/jsonrpc": jsonrpc_app(jsonrpc), "/metrics": make_wsgi_app(METRICS)}
+        mounts = {"/jsonrpc": jsonrpc_app(jsonrpc), "/RPC2": xmlrpc_app(self.registry),
+                  "/metrics": make_wsgi_app(METRICS)}
         http = HttpListener(parse_address(settings.http), mounts, facade,
                             threads=settings.http_threads, before_stop=self._end_waits)
         ws_host, ws_port = parse_address(settings.ws)
@@ -97,8 +99,8 @@ class Daemon:
         for name, listener in (("http", http), ("ws", ws)):
             listener.start()
             self.listeners[name] = listener
-        log.info("REST facade on %s/api/v1, JSON-RPC on %s/jsonrpc, metrics on %s/metrics", http.address,
-                 http.address, http.address)
+        log.info("REST facade on %s/api/v1, JSON-RPC on %s/jsonrpc, XML-RPC on %s/RPC2, metrics on %s/metrics",
+                 http.address, http.address, http.address, http.address)
         log.info("JSON-RPC over WebSocket on %s", ws.address)
         log.info("pierd %s ready in %.2f s: %d verbs, libvirt %s, state in %s", agent_version(),
                  time.time() - self.started_at, len(self.registry.verbs), self.node.uri, settings.state_dir)

@@ -1,7 +1,8 @@
 """docs/api.md, generated from the schema: every verb, its params, returns, errors and routes, then the types.
 
-`render_api_markdown(Schema.load())` is deterministic. `python -m pier.docs` writes docs/api.md;
-`python -m pier.docs --check` exits 1 when the committed file differs from what the schema gives.
+`render_api_markdown(Schema.load())` is deterministic. `python -m pier.docs` writes docs/api.md and
+docs/migrating-from-vdsm.md (`pier.docs_migration`); `python -m pier.docs --check` exits 1 when a
+committed file differs from what the schema gives.
 The helpers describing a JSON Schema in words (`type_text`, `requirement_text`, `route_text`, ...) are
 shared with `pier help VERB`, so the CLI and the docs always say the same thing.
 """
@@ -280,18 +281,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="exit 1 when the file is stale instead of writing it")
     parser.add_argument("--output", type=Path, default=API_DOC_PATH, help=f"default {API_DOC_PATH}")
     args = parser.parse_args(argv)
+    status = 0
+    if args.output == API_DOC_PATH:  # the default run covers every generated document
+        from pier.docs_migration import GUIDE_PATH, write_or_check
+
+        status = write_or_check(GUIDE_PATH, args.check)
     text = render_api_markdown(Schema.load())
     current = args.output.read_text(encoding="utf-8") if args.output.exists() else None
     if args.check:
         if current != text:
             print(f"{args.output} is stale; run: python -m pier.docs", file=sys.stderr)
             return 1
-        return 0
+        return status
     if current != text:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(text, encoding="utf-8")
         print(f"wrote {args.output}")
-    return 0
+    return status
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Handlers of the Events namespace: subscribe a connection, or poll the log by sequence."""
+"""Handlers of the Events namespace: subscribe a connection, or read the log by sequence."""
 
 from __future__ import annotations
 
@@ -30,6 +30,13 @@ class EventsApi:
              limit: int = 1000) -> dict[str, Any]:
         if after is None:
             after = self._events.oldest_seq - 1
+        return self._batch(after, types, limit, wait)
+
+    @verb("Events.replay")
+    def replay(self, ctx: CallContext, after: int, types: list[str] | None = None, limit: int = 1000) -> dict[str, Any]:
+        return self._batch(after, types, limit, 0)
+
+    def _batch(self, after: int, types: list[str] | None, limit: int, wait: float) -> dict[str, Any]:
         events, reached = self._events.wait(after, normalize_types(types), limit, wait)
         return {"events": [event.as_dict() for event in events], "last": reached,
                 "oldest": self._events.oldest_seq}
@@ -38,6 +45,6 @@ class EventsApi:
 def _push_session(ctx: CallContext) -> Any:
     if ctx.session is None:
         raise UnsupportedOperation(
-            f"{ctx.transport} cannot push events; subscribe over WebSocket or STOMP, "
-            "or poll GET /api/v1/events", data={"transport": ctx.transport})
+            f"{ctx.transport} cannot push events on the connection; subscribe over WebSocket, consume the "
+            "STOMP events topic, or poll GET /api/v1/events", data={"transport": ctx.transport})
     return ctx.session

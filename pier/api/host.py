@@ -22,6 +22,10 @@ class HostApi:
     def ping2(self, ctx: CallContext) -> None:
         return None
 
+    @verb("Host.ping")
+    def ping(self, ctx: CallContext) -> None:
+        return None
+
     @verb("Host.getCapabilities")
     def capabilities(self, ctx: CallContext) -> dict[str, Any]:
         return self._node.capabilities()

@@ -1,0 +1,278 @@
+"""XML-RPC at /RPC2: VDSM's legacy names and envelope, over a real cheroot listener and the real registry."""
+
+from __future__ import annotations
+
+import http.client
+import io
+import json
+import xmlrpc.client
+from collections.abc import Iterator
+from urllib.parse import urlsplit
+
+import pytest
+
+from pier.rpc.registry import CallContext
+from pier.rpc.schema import Schema
+from pier.transports.http import HttpListener
+from pier.transports.xmlrpc import XmlRpc, to_wire, xmlrpc_app
+from tests.unit.conftest import VM_ID, Stack
+
+UNKNOWN_VM = "00000000-0000-4000-8000-0000000000ff"
+DONE = {"code": 0, "message": "Done"}
+LIMIT = 64 * 1024
+
+# The payload key of each legacy name Pier serves, as VDSM's reference (vdsm-compat.md) gives it.
+VDSM_PAYLOAD_KEYS = {
+    "getVdsCapabilities": "info", "getVdsHardwareInfo": "info", "getVdsStats": "info", "list": "vmList",
+    "getAllVmStats": "statsList", "getHostJobs": "jobs", "getAllTasks": "tasks",
+    "getAllTasksStatuses": "allTasksStatus", "getAllTasksInfo": "allTasksInfo", "create": "vmList",
+    "pause": "vmList", "cont": "vmList", "getVmStats": "statsList", "getTaskInfo": "TaskInfo",
+    "getTaskStatus": "taskStatus", "destroy": None, "shutdown": None, "reset": None, "stopTask": None,
+    "clearTask": None, "ping": None,
+}
+
+
+def _not_found(environ: dict, start_response) -> list[bytes]:
+    start_response("404 Not Found", [("Content-Type", "text/plain")])
+    return [b"not here"]
+
+
+@pytest.fixture
+def url(stack: Stack) -> Iterator[str]:
+    listener = HttpListener(("127.0.0.1", 0), {"/RPC2": xmlrpc_app(stack.registry, max_bytes=LIMIT)}, _not_found,
+                            threads=4)
+    listener.start()
+    yield listener.address + "/RPC2"
+    listener.stop()
+
+
+@pytest.fixture
+def vdsm(url: str) -> Iterator[xmlrpc.client.ServerProxy]:
+    with xmlrpc.client.ServerProxy(url, allow_none=True) as proxy:
+        yield proxy
+
+
+def with_vm(vdsm: xmlrpc.client.ServerProxy, vm_id: str = VM_ID) -> dict:
+    res = vdsm.create({"vmId": vm_id, "vmName": "db", "memSize": 64})
+    assert res["status"] == DONE
+    return res
+
+
+def post(url: str, body: bytes, method: str = "POST") -> tuple[int, dict[str, str], bytes]:
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+    try:
+        conn.request(method, parts.path, body=body if method == "POST" else None,
+                     headers={"Content-Type": "text/xml"})
+        response = conn.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+    finally:
+        conn.close()
+
+
+def fault_of(body: bytes) -> xmlrpc.client.Fault:
+    with pytest.raises(xmlrpc.client.Fault) as caught:
+        xmlrpc.client.loads(body)
+    return caught.value
+
+
+# -- the envelope -----------------------------------------------------------------------------
+
+
+def test_the_schema_declares_vdsm_payload_keys(schema: Schema) -> None:
+    declared = {name: legacy.payload for name, (_, legacy) in schema.legacy.items()}
+    assert declared == VDSM_PAYLOAD_KEYS
+
+
+def test_every_legacy_name_answers_the_envelope_with_its_payload_key(vdsm, schema: Schema, stack: Stack) -> None:
+    stack.node.guest_obeys_shutdown = True
+    with_vm(vdsm)
+    with_vm(vdsm, UNKNOWN_VM)
+    task = stack.call("VM.shutdown", vmID=UNKNOWN_VM, timeout=0, force=True)
+    stack.tasks.wait(task["taskID"], 10)
+    args = {"vmID": VM_ID, "taskID": task["taskID"]}
+    changing = ["pause", "cont", "reset", "stopTask", "clearTask", "shutdown", "destroy"]
+    names = sorted(set(schema.legacy) - set(changing) - {"create"}) + changing
+    assert set(names) | {"create"} == set(schema.legacy)
+    for name in names:
+        verb, legacy = schema.legacy[name]
+        res = getattr(vdsm, name)(*[args[param] for param in verb.required])
+        assert res["status"] == DONE, (name, res)
+        assert set(res) == {"status"} | ({legacy.payload} if legacy.payload else set()), (name, res)
+
+
+def test_a_vm_life_cycle_the_vdsm_way(vdsm) -> None:
+    created = with_vm(vdsm)
+    assert created["vmList"]["vmId"] == VM_ID
+    assert [vm["vmId"] for vm in vdsm.list()["vmList"]] == [VM_ID]
+    assert vdsm.getVmStats(VM_ID)["statsList"][0]["status"] == "Up"
+    assert vdsm.pause(VM_ID)["vmList"]["status"] == "Paused"
+    assert vdsm.cont(VM_ID)["vmList"]["status"] == "Up"
+    assert vdsm.destroy(VM_ID) == {"status": DONE}
+    assert vdsm.list()["vmList"] == []
+
+
+def test_an_error_is_the_envelope_with_vdsm_code_and_no_payload(vdsm) -> None:
+    res = vdsm.getVmStats(UNKNOWN_VM)
+    assert res["status"]["code"] == 1 and "does not exist" in res["status"]["message"]
+    assert set(res) == {"status"}
+    with_vm(vdsm)
+    again = vdsm.create({"vmId": VM_ID, "vmName": "db"})
+    assert again["status"]["code"] == 4 and set(again) == {"status"}
+
+
+def test_bad_params_are_an_envelope_naming_the_field(vdsm) -> None:
+    res = vdsm.getVmStats("not-a-uuid")
+    assert res["status"]["code"] == -32602 and "vmID" in res["status"]["message"]
+    too_many = vdsm.ping(1)
+    assert too_many["status"]["code"] == -32602 and set(too_many) == {"status"}
+
+
+def test_none_in_an_optional_position_is_absent(vdsm) -> None:
+    with_vm(vdsm)
+    assert vdsm.list(None, None, True)["vmList"] == [VM_ID]
+    assert vdsm.list(True, None)["vmList"][0]["vmName"] == "db"
+    assert vdsm.list(False, [UNKNOWN_VM])["vmList"] == []
+    res = vdsm.shutdown(VM_ID, None, None, None, 0, True)
+    assert res == {"status": DONE}
+
+
+def test_the_verbs_own_names_answer_too(vdsm, stack: Stack) -> None:
+    with_vm(vdsm)
+    assert getattr(vdsm, "Host.ping2")() == {"status": DONE}
+    assert getattr(vdsm, "Host.getVMList")(False, None, True) == {"status": DONE, "vmList": [VM_ID]}
+    assert getattr(vdsm, "Host.getAgentInfo")() == {"status": DONE, "result": {"name": "pier"}}
+    task = getattr(vdsm, "VM.shutdown")(VM_ID, 0, "", False, 0, True)["result"]
+    assert task["verb"] == "VM.shutdown"
+    assert stack.tasks.wait(task["taskID"], 10)["state"] == "succeeded"
+    status = vdsm.getTaskStatus(task["taskID"])["taskStatus"]
+    assert status["taskState"] == "finished" and status["taskResult"] == "success"
+
+
+def test_legacy_names_are_callable_over_json_rpc_with_a_bare_result(stack: Stack) -> None:
+    reply = json.loads(stack.jsonrpc.handle('{"jsonrpc": "2.0", "method": "getVdsStats", "id": 1}', CallContext("t")))
+    assert "cpuIdle" in reply["result"]
+
+
+# -- values ---------------------------------------------------------------------------------
+
+
+def test_integers_beyond_32_bits_travel_as_strings(vdsm, stack: Stack, monkeypatch) -> None:
+    stats = {"memTotal": 2**40, "swapFree": -(2**35), "vmCount": 3, "ksmState": True, "load": 0.5,
+             "numa": {0: {"free": 2**31}, 1: {"free": 2**31 - 1}}, "sizes": [2**32, 7], "none": None}
+    monkeypatch.setattr(stack.node, "host_stats", lambda: stats)
+    info = vdsm.getVdsStats()["info"]
+    assert info == {"memTotal": str(2**40), "swapFree": str(-(2**35)), "vmCount": 3, "ksmState": True,
+                    "load": 0.5, "numa": {"0": {"free": "2147483648"}, "1": {"free": 2**31 - 1}},
+                    "sizes": ["4294967296", 7], "none": None}
+
+
+def test_to_wire_leaves_what_fits_alone() -> None:
+    assert to_wire([True, False, 2**31 - 1, -(2**31), -(2**31) - 1, (1, 2**63)]) == [
+        True, False, 2**31 - 1, -(2**31), str(-(2**31) - 1), [1, str(2**63)]]
+
+
+def test_digit_strings_are_read_as_numbers_where_the_schema_wants_one(vdsm, stack: Stack) -> None:
+    res = vdsm.create({"vmId": VM_ID, "vmName": "12", "memSize": "4294967296"})
+    assert res["status"] == DONE
+    assert stack.node.vms[VM_ID]["vmName"] == "12"
+    assert vdsm.destroy(VM_ID, "1") == {"status": DONE}
+
+
+def test_a_result_that_cannot_be_marshalled_is_an_unexpected_error(vdsm, stack: Stack, monkeypatch) -> None:
+    monkeypatch.setattr(stack.node, "host_stats", lambda: {"odd": {1, 2}})
+    res = vdsm.getVdsStats()
+    assert res["status"]["code"] == 16 and set(res) == {"status"}
+
+
+# -- introspection ----------------------------------------------------------------------------
+
+
+def test_list_methods_lists_legacy_names_verb_names_and_system(vdsm, schema: Schema) -> None:
+    names = vdsm.system.listMethods()
+    assert set(names) == set(schema.legacy) | set(schema.verbs) | {
+        "system.listMethods", "system.methodHelp", "system.methodSignature"}
+
+
+def test_method_help_and_signature_come_from_the_schema(vdsm) -> None:
+    text = vdsm.system.methodHelp("list")
+    assert "Host.getVMList" in text and "'vmList'" in text and "fullStatus" in text
+    assert vdsm.system.methodSignature("list") == [
+        ["struct"], ["struct", "boolean"], ["struct", "boolean", "array"], ["struct", "boolean", "array", "boolean"]]
+    assert vdsm.system.methodSignature("getVmStats") == [["struct", "string"]]
+    assert vdsm.system.methodSignature("create")[0] == ["struct", "struct"]
+    assert vdsm.system.methodSignature("system.methodHelp") == [["string", "string"]]
+    assert "slow" in vdsm.system.methodHelp("shutdown")
+
+
+def test_introspection_of_an_unknown_method_is_a_fault(vdsm) -> None:
+    with pytest.raises(xmlrpc.client.Fault) as caught:
+        vdsm.system.methodHelp("fly")
+    assert caught.value.faultCode == -32601
+
+
+# -- what is not a call -------------------------------------------------------------------------
+
+
+def test_an_unknown_method_is_a_fault_like_vdsm(vdsm) -> None:
+    with pytest.raises(xmlrpc.client.Fault) as caught:
+        vdsm.fly(VM_ID)
+    assert caught.value.faultCode == -32601
+    assert caught.value.faultString == 'method "fly" is not supported'
+    assert vdsm.ping() == {"status": DONE}
+
+
+@pytest.mark.parametrize("body, code", [
+    (b"<methodCall><methodName>ping</methodName", -32700),
+    (b"not xml at all", -32700),
+    (b"", -32700),
+    (b"<methodCall><methodName>ping</methodName><params><param><value><int>x</int></value></param>"
+     b"</params></methodCall>", -32700),
+    (b"<methodResponse><params><param><value><int>1</int></value></param></params></methodResponse>", -32600),
+    (b'<?xml version="1.0"?><!DOCTYPE l [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;">]>'
+     b"<methodCall><methodName>&b;</methodName></methodCall>", -32700),
+    (b'<?xml version="1.0"?><!DOCTYPE l [<!ENTITY e SYSTEM "file:///etc/passwd">]>'
+     b"<methodCall><methodName>&e;</methodName></methodCall>", -32700),
+])
+def test_a_body_that_is_not_a_method_call_is_a_fault(url: str, vdsm, body: bytes, code: int) -> None:
+    status, headers, reply = post(url, body)
+    assert status == 200 and headers["Content-Type"].startswith("text/xml")
+    assert fault_of(reply).faultCode == code
+    assert vdsm.ping() == {"status": DONE}
+
+
+def test_an_oversized_body_is_refused_and_the_server_keeps_serving(url: str, vdsm) -> None:
+    big = {"vmId": VM_ID, "vmName": "x" * (LIMIT + 1)}
+    with pytest.raises(xmlrpc.client.ProtocolError) as caught:
+        vdsm.create(big)
+    assert caught.value.errcode == 413
+    status, _, reply = post(url, xmlrpc.client.dumps((big,), "create").encode())
+    assert status == 413 and "exceeds the limit" in fault_of(reply).faultString
+    with xmlrpc.client.ServerProxy(url, allow_none=True) as fresh:
+        assert fresh.ping() == {"status": DONE}
+
+
+def test_an_oversized_chunked_body_is_refused(stack: Stack) -> None:
+    app = xmlrpc_app(stack.registry, max_bytes=16)
+    seen: list[str] = []
+    environ = {"REQUEST_METHOD": "POST", "wsgi.input": io.BytesIO(b"x" * 17), "REMOTE_ADDR": "127.0.0.1"}
+    app(environ, lambda status, headers: seen.append(status))
+    assert seen == ["413 Payload Too Large"]
+
+
+def test_get_is_not_allowed(url: str) -> None:
+    status, headers, _ = post(url, b"", method="GET")
+    assert status == 405 and headers["Allow"] == "POST"
+
+
+def test_the_endpoint_answers_bytes_in_process(stack: Stack) -> None:
+    endpoint = XmlRpc(stack.registry)
+    reply = endpoint.handle(xmlrpc.client.dumps((), "getVdsCapabilities").encode(), CallContext("test"))
+    (res,), _ = xmlrpc.client.loads(reply)
+    assert res["status"] == DONE and res["info"]["cpuCores"] == "2"
+
+
+def test_introspection_with_the_wrong_number_of_params_is_a_fault(vdsm) -> None:
+    with pytest.raises(xmlrpc.client.Fault) as caught:
+        vdsm.system.methodHelp()
+    assert caught.value.faultCode == -32602 and "takes 1 param" in caught.value.faultString
