@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import tomllib
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,18 @@ class Settings:
     http_threads: int = 16
     stats_interval: float = 2.0
     slow_stats_interval: float = 15.0
+    stomp_broker: str = ""
+    stomp_login: str = ""
+    stomp_passcode: str = field(default="", repr=False)  # settings are logged at DEBUG
+    stomp_vhost: str = "/"
+    stomp_prefix: str = "pier"
+    stomp_tls: bool = False
+    stomp_ca: str = ""
+    stomp_cert: str = ""
+    stomp_key: str = ""
+    stomp_workers: int = 8
+    stomp_reply_ttl: float = 300.0
+    stomp_max_age: float = 180.0
 
     def __post_init__(self) -> None:
         if not self.state_dir:
@@ -55,6 +68,20 @@ def argument_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ws", metavar="HOST:PORT", help=f"JSON-RPC over WebSocket (default {DEFAULT_WS})")
     parser.add_argument("--state-dir", metavar="DIR", help="where events and tasks are kept")
     parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper)
+    stomp = parser.add_argument_group("STOMP", "JSON-RPC through a message broker, for a management engine "
+                                      "(off unless --stomp-broker is given)")
+    stomp.add_argument("--stomp-broker", metavar="HOST:PORT", help="the broker's STOMP port, e.g. 127.0.0.1:61613")
+    stomp.add_argument("--stomp-login", metavar="USER")
+    stomp.add_argument("--stomp-passcode", metavar="SECRET",
+                       help="better in the --config file: other users can read a command line")
+    stomp.add_argument("--stomp-vhost", metavar="VHOST", help="the broker's virtual host (default /)")
+    stomp.add_argument("--stomp-prefix", metavar="PREFIX",
+                       help="destinations are /queue/PREFIX.<hostId>.requests and /topic/PREFIX.<hostId>.events.* "
+                       "(default pier)")
+    stomp.add_argument("--stomp-tls", action="store_true", default=None, help="connect with TLS")
+    stomp.add_argument("--stomp-ca", metavar="FILE", help="CA certificates to check the broker's certificate with")
+    stomp.add_argument("--stomp-cert", metavar="FILE", help="client certificate (mutual TLS)")
+    stomp.add_argument("--stomp-key", metavar="FILE", help="client certificate's key")
     return parser
 
 
@@ -75,13 +102,16 @@ def load_settings(argv: list[str] | None = None) -> Settings:
         if unknown:
             parser.error(f"unknown key(s) in {args.config}: {', '.join(unknown)}")
         values.update(document)
-    for key in ("libvirt_uri", "http", "ws", "state_dir", "log_level"):
-        if getattr(args, key) is not None:
-            values[key] = getattr(args, key)
+    values.update({key: value for key, value in vars(args).items() if key != "config" and value is not None})
     settings = Settings(**values)
-    for key in ("http", "ws"):
+    addresses = {"http": settings.http, "ws": settings.ws}
+    if settings.stomp_broker:
+        addresses["stomp-broker"] = settings.stomp_broker
+    for flag, address in addresses.items():
         try:
-            parse_address(getattr(settings, key))
+            parse_address(address)
         except ValueError as exc:
-            parser.error(f"--{key}: {exc}")
+            parser.error(f"--{flag}: {exc}")
+    if not re.fullmatch(r"[\w-]+(\.[\w-]+)*", settings.stomp_prefix):
+        parser.error(f"--stomp-prefix: {settings.stomp_prefix!r} is not a name like 'pier' or 'dc1.pier'")
     return settings

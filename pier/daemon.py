@@ -1,9 +1,9 @@
 """`pierd`: reads its settings, builds the parts, starts them in order and stops them in reverse.
 
 Order of start: the event log, the libvirt node (its threads), the task manager (reconciling what
-a previous run left), the registry, then the listeners. Stop runs backwards: listeners first (so
-no call arrives at a part that is gone), then tasks, the node, and the event log. SIGTERM and
-SIGINT stop it cleanly.
+a previous run left), the registry, then the listeners (HTTP, WebSocket, and STOMP when a broker
+is configured). Stop runs backwards: listeners first (so no call arrives at a part that is gone),
+then tasks, the node, and the event log. SIGTERM and SIGINT stop it cleanly.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from pier.rpc.registry import Registry
 from pier.rpc.schema import Schema
 from pier.rpc.tasks import TaskManager
 from pier.transports.http import HttpListener, jsonrpc_app
+from pier.transports.stomp import StompListener, StompOptions
 from pier.transports.websocket import WebSocketListener
 from pier.transports.xmlrpc import xmlrpc_app
 
@@ -102,6 +103,10 @@ class Daemon:
         log.info("REST facade on %s/api/v1, JSON-RPC on %s/jsonrpc, XML-RPC on %s/RPC2, metrics on %s/metrics",
                  http.address, http.address, http.address, http.address)
         log.info("JSON-RPC over WebSocket on %s", ws.address)
+        if settings.stomp_broker:
+            stomp = StompListener(jsonrpc, self.events, db, stomp_options(settings, self.node.host_uuid()))
+            stomp.start()  # connects in the background: a broker that is down delays nothing else
+            self.listeners["stomp"] = stomp
         log.info("pierd %s ready in %.2f s: %d verbs, libvirt %s, state in %s", agent_version(),
                  time.time() - self.started_at, len(self.registry.verbs), self.node.uri, settings.state_dir)
 
@@ -142,6 +147,16 @@ class Daemon:
             "verbs": len(self.registry.verbs) if self.registry else 0,
             "lastEventSeq": self.events.last_seq if self.events else 0,
         }
+
+
+def stomp_options(settings: Settings, host_id: str) -> StompOptions:
+    """The STOMP listener's options from pierd's settings."""
+    host, port = parse_address(settings.stomp_broker)
+    return StompOptions(host=host, port=port, host_id=host_id, login=settings.stomp_login,
+                        passcode=settings.stomp_passcode, vhost=settings.stomp_vhost, prefix=settings.stomp_prefix,
+                        tls=settings.stomp_tls, ca=settings.stomp_ca, cert=settings.stomp_cert, key=settings.stomp_key,
+                        workers=settings.stomp_workers, reply_ttl=settings.stomp_reply_ttl,
+                        max_age=settings.stomp_max_age)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,8 +1,9 @@
 """One client per transport, all with the same `call(verb, **params)` surface.
 
 The integration suite is written once and run over every transport: JSON-RPC over WebSocket,
-JSON-RPC over HTTP, and the REST facade (which finds each verb's route in the schema). A failed
-call raises `CallFailed` carrying the VDSM code and name, whatever the wire.
+JSON-RPC over HTTP, the REST facade (which finds each verb's route in the schema), and JSON-RPC
+over STOMP through the broker. A failed call raises `CallFailed` carrying the VDSM code and name,
+whatever the wire.
 """
 
 from __future__ import annotations
@@ -10,11 +11,16 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import socket
+import threading
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import uuid
 from typing import Any
 
+import stomp
 from websockets.sync.client import connect
 
 from pier.rpc.schema import Schema
@@ -140,3 +146,102 @@ class RestClient:
 
     def close(self) -> None:
         pass
+
+
+class StompClient:
+    """JSON-RPC over STOMP, as an engine calls a host through the broker.
+
+    Requests go to the host's request queue with `reply-to` set to a temporary queue of this
+    connection (RabbitMQ's `/temp-queue/`), a fresh `correlation-id`, `persistent:true` and an
+    `expires` deadline; replies are matched by `correlation-id` (and the id of a single request).
+    `subscribe` collects the frames of another destination, e.g. the events topic.
+    """
+
+    transport = "stomp"
+
+    def __init__(self, broker: tuple[str, int], requests: str, *, timeout: float = 30) -> None:
+        self.requests = requests
+        self.timeout = timeout
+        self.reply_to = f"/temp-queue/pier-test-{uuid.uuid4().hex[:12]}"
+        self._changed = threading.Condition()
+        self._replies: dict[str, str] = {}
+        self._receipts: set[str] = set()
+        self.frames: dict[str, list[tuple[dict[str, str], str]]] = {}
+        self.connection = stomp.Connection12([broker], vhost="/", heartbeats=(10000, 10000), timeout=5,
+                                             reconnect_attempts_max=1)
+        self.connection.set_listener("test", self)
+        self.connection.connect("guest", "guest", wait=True, with_connect_command=True)
+
+    # stomp.py callbacks, on its receiver thread
+    def on_connecting(self, host_and_port: tuple[str, int]) -> None:
+        self.connection.transport.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def on_message(self, frame: Any) -> None:
+        subscription = frame.headers.get("subscription", "")
+        with self._changed:
+            if subscription.startswith("/temp-queue/"):
+                self._replies[frame.headers.get("correlation-id", "")] = frame.body
+            else:
+                self.frames.setdefault(subscription, []).append((frame.headers, frame.body))
+                if frame.headers.get("ack"):
+                    self.connection.ack(frame.headers["ack"])
+            self._changed.notify_all()
+
+    def on_receipt(self, frame: Any) -> None:
+        with self._changed:
+            self._receipts.add(frame.headers.get("receipt-id", ""))
+            self._changed.notify_all()
+
+    def send_frame(self, body: str | bytes, headers: dict[str, str] | None = None) -> str:
+        """Send one request frame as given; returns its correlation-id."""
+        correlation = uuid.uuid4().hex
+        base = {"reply-to": self.reply_to, "correlation-id": correlation, "persistent": "true",
+                "expires": str(int(time.time() * 1000 + 60_000))}
+        self.connection.send(self.requests, body, content_type="application/json", headers={**base, **(headers or {})})
+        return correlation
+
+    def reply(self, correlation: str, timeout: float | None = None) -> str | None:
+        """The reply with `correlation`, or None when none came within `timeout`."""
+        with self._changed:
+            self._changed.wait_for(lambda: correlation in self._replies, self.timeout if timeout is None else timeout)
+            return self._replies.pop(correlation, None)
+
+    def send(self, message: Any, timeout: float | None = None) -> Any:
+        body = message if isinstance(message, (str, bytes)) else json.dumps(message)
+        raw = self.reply(self.send_frame(body), timeout)
+        if raw is None:
+            raise TimeoutError(f"no reply from {self.requests} within {timeout or self.timeout} s")
+        return json.loads(raw)
+
+    def call(self, verb: str, timeout: float | None = None, **params: Any) -> Any:
+        request_id = str(uuid.uuid4())
+        reply = self.send({"jsonrpc": "2.0", "method": verb, "params": params, "id": request_id}, timeout)
+        assert reply["id"] == request_id, reply
+        if "error" in reply:
+            _raise_jsonrpc(reply["error"])
+        return reply["result"]
+
+    def subscribe(self, destination: str, subscription: str | None = None, **headers: str) -> str:
+        """Collect the frames sent to `destination` in `frames[subscription]` (acked as they come);
+        returns once the broker has the subscription."""
+        subscription = subscription or f"sub-{uuid.uuid4().hex[:8]}"
+        receipt = f"subscribed-{subscription}"
+        with self._changed:
+            self.frames.setdefault(subscription, [])
+        self.connection.subscribe(destination, subscription, ack="client-individual",
+                                  headers={**headers, "receipt": receipt})
+        with self._changed:
+            if not self._changed.wait_for(lambda: receipt in self._receipts, self.timeout):
+                raise TimeoutError(f"no receipt for the subscription to {destination}")
+        return subscription
+
+    def wait_frames(self, subscription: str, until: Any, timeout: float = 10) -> list[tuple[dict[str, str], str]]:
+        """The frames of `subscription` once `until(frames)` holds (or `timeout` passes)."""
+        with self._changed:
+            self._changed.wait_for(lambda: until(self.frames[subscription]), timeout)
+            return list(self.frames[subscription])
+
+    def close(self) -> None:
+        """Disconnect and wait for stomp.py's receiver thread to end."""
+        with contextlib.suppress(Exception):
+            self.connection.disconnect(receipt=f"bye-{uuid.uuid4().hex[:8]}")

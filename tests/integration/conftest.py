@@ -1,10 +1,18 @@
-"""Integration fixtures: a real `pierd` process on its own libvirt test-driver file or on qemu:///system."""
+"""Integration fixtures: a real `pierd` process on its own libvirt test-driver file or on qemu:///system.
+
+The `client` fixture runs a test over each transport; for `stomp` the test's pierd is a client of
+the real RabbitMQ on 127.0.0.1:61613 (PIER_STOMP_BROKER to change it), under the destination
+prefix `piertest`. Without a reachable broker the stomp cases are skipped, or fail when
+PIER_REQUIRE_BROKER=1.
+"""
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -14,13 +22,22 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import stomp
 
+from pier.config import parse_address
 from pier.host.testdriver import make_test_uri, unusable_reason
-from tests.integration.clients import HttpRpcClient, RestClient, WsClient
+from tests.integration.clients import HttpRpcClient, RestClient, StompClient, WsClient
 
 READY = re.compile(r"pierd \S+ ready")
 HTTP_LINE = re.compile(r"REST facade on (http://\S+)/api/v1")
 WS_LINE = re.compile(r"WebSocket on (ws://\S+)")
+STOMP_LINE = re.compile(r"STOMP: requests on (/queue/\S+), events on (/topic/\S+)\.<namespace>")
+BROKER = parse_address(os.environ.get("PIER_STOMP_BROKER", "127.0.0.1:61613"))
+STOMP_PREFIX = "piertest"
+
+
+def stomp_flags(broker: tuple[str, int] = BROKER) -> list[str]:
+    return ["--stomp-broker", f"{broker[0]}:{broker[1]}", "--stomp-prefix", STOMP_PREFIX]
 
 
 class Pierd:
@@ -31,6 +48,8 @@ class Pierd:
         self.uri = uri
         self.log: list[str] = []
         self.http = self.ws = ""
+        self.requests = self.events = ""
+        self._changed = threading.Condition()
         command = [sys.executable, "-m", "pier.daemon", "--libvirt-uri", uri, "--http", "127.0.0.1:0",
                    "--ws", "127.0.0.1:0", "--state-dir", str(state_dir), *extra]
         self.started = time.monotonic()
@@ -45,16 +64,25 @@ class Pierd:
 
     def _read(self) -> None:
         for line in self.process.stderr:
-            self.log.append(line)
             if match := HTTP_LINE.search(line):
                 self.http = match.group(1)
             if match := WS_LINE.search(line):
                 self.ws = match.group(1)
+            if match := STOMP_LINE.search(line):
+                self.requests, self.events = match.groups()
+            with self._changed:
+                self.log.append(line)
+                self._changed.notify_all()
             if READY.search(line):
                 self._ready.set()
 
     def logged(self, text: str) -> bool:
         return any(text in line for line in self.log)
+
+    def wait_logged(self, text: str, timeout: float = 10) -> bool:
+        """Wait until a line contains `text`."""
+        with self._changed:
+            return self._changed.wait_for(lambda: self.logged(text), timeout)
 
     def stop(self, timeout: float = 15) -> int:
         """SIGTERM, and the exit status once it has stopped (killing it after `timeout`)."""
@@ -71,7 +99,14 @@ class Pierd:
 
     def client(self, transport: str):
         return {"ws": lambda: WsClient(self.ws), "http": lambda: HttpRpcClient(self.http),
-                "rest": lambda: RestClient(self.http)}[transport]()
+                "rest": lambda: RestClient(self.http),
+                "stomp": lambda: StompClient(BROKER, self.requests)}[transport]()
+
+    def kill(self) -> None:
+        """SIGKILL: no clean-up of any kind."""
+        self.process.kill()
+        self.process.wait()
+        self._reader.join(5)
 
 
 @pytest.fixture
@@ -80,14 +115,68 @@ def test_uri(tmp_path: Path) -> str:
     return make_test_uri(tmp_path / "testnode.xml")
 
 
+def broker_unreachable(broker: tuple[str, int] = BROKER) -> str | None:
+    """Why no STOMP session can be opened with `broker`, or None."""
+    try:
+        socket.create_connection(broker, 3).close()
+    except OSError as exc:
+        return str(exc)
+    connection = stomp.Connection12([broker], vhost="/", timeout=3, reconnect_attempts_max=1)
+    try:
+        connection.connect("guest", "guest", wait=True, with_connect_command=True)
+    except Exception as exc:
+        return f"{type(exc).__name__} {exc}".strip()
+    connection.disconnect()
+    return None
+
+
+@pytest.fixture(scope="session")
+def stomp_broker() -> tuple[str, int]:
+    """The broker's (host, port); skips (or fails with PIER_REQUIRE_BROKER=1) when it is unreachable."""
+    reason = broker_unreachable()
+    if reason is not None:
+        message = f"no STOMP broker at {BROKER[0]}:{BROKER[1]} ({reason}); start RabbitMQ with rabbitmq_stomp"
+        if os.environ.get("PIER_REQUIRE_BROKER") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    if shutil.which("rabbitmqctl") and os.geteuid() == 0:
+        # Each test's pierd has a host id, hence a durable request queue, of its own: let the
+        # broker delete those queues once unused for a while instead of keeping them forever.
+        subprocess.run(["rabbitmqctl", "-q", "set_policy", "pier-test-queues", rf"^{STOMP_PREFIX}\.",
+                        '{"expires": 120000}', "--apply-to", "queues"], capture_output=True, timeout=60)
+    return BROKER
+
+
+def start_stomp_pierd(state_dir: Path, uri: str, *extra: str) -> Pierd:
+    """A pierd that serves STOMP too, once it has said it consumes its request queue."""
+    daemon = Pierd(state_dir, uri, *stomp_flags(), *extra)
+    if not daemon.wait_logged("STOMP: requests on", 15):
+        daemon.stop()
+        raise RuntimeError("pierd did not connect to the broker:\n" + "".join(daemon.log))
+    return daemon
+
+
 @pytest.fixture
-def pierd(tmp_path: Path, test_uri: str) -> Iterator[Pierd]:
-    daemon = Pierd(tmp_path / "state", test_uri)
+def pierd(request: pytest.FixtureRequest, tmp_path: Path, test_uri: str) -> Iterator[Pierd]:
+    callspec = getattr(request.node, "callspec", None)
+    if callspec is not None and callspec.params.get("client") == "stomp":  # the `client` fixture's stomp case
+        request.getfixturevalue("stomp_broker")
+        daemon = start_stomp_pierd(tmp_path / "state", test_uri)
+    else:
+        daemon = Pierd(tmp_path / "state", test_uri)
     yield daemon
     assert daemon.stop() == 0, "pierd did not exit cleanly:\n" + "".join(daemon.log[-30:])
 
 
-@pytest.fixture(params=["ws", "http", "rest"])
+@pytest.fixture
+def stomp_pierd(stomp_broker: tuple[str, int], tmp_path: Path, test_uri: str) -> Iterator[Pierd]:
+    """A pierd serving STOMP through the broker."""
+    daemon = start_stomp_pierd(tmp_path / "state", test_uri)
+    yield daemon
+    assert daemon.stop() == 0, "pierd did not exit cleanly:\n" + "".join(daemon.log[-30:])
+
+
+@pytest.fixture(params=["ws", "http", "rest", "stomp"])
 def client(request: pytest.FixtureRequest, pierd: Pierd):
     """The same calls, over each transport in turn."""
     made = pierd.client(request.param)

@@ -259,7 +259,10 @@ def test_poweroff_keeps_the_vm_defined_and_down(node: Node, events: Events) -> N
     node.create_vm(vm_id, vm_params("pier-test-poweroff"))
     node.poweroff_vm(vm_id)
     assert node.vm_status(vm_id) == "Down"
-    assert events.wait_for(vm_id, ["Down"]) == ["WaitForLaunch", "Up", "Down"]
+    seen = events.wait_for(vm_id, ["Down"])
+    # Under load the dispatcher may reach the start event after the VM is already off, and then
+    # reports what is true now rather than a stale Up.
+    assert seen[0] == "WaitForLaunch" and seen[-1] == "Down" and seen.count("Down") == 1, seen
     assert events.last(vm_id)["exitReason"] == 6
     node.poweroff_vm(vm_id)  # already off: nothing to do
     assert defined_names(node) == ["pier-test-poweroff"]

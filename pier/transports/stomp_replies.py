@@ -1,0 +1,215 @@
+"""What pierd answers to one STOMP request frame, and the reply cache that makes a request the
+broker delivers twice run once.
+
+A request frame is acknowledged only after its reply is sent, so the broker delivers it again
+when pierd dies (or loses the broker) in between. Each request that changes something is
+recorded in sqlite (table `stomp_requests`) before it runs and its reply after, keyed by the
+frame's `reply-to` and the request object itself (id, method and params, so a client that reuses
+an id for another request is not answered with the old reply); a batch is recorded element by
+element. A request delivered again whose reply is known gets that reply again; one started by an
+earlier pierd process that has no reply (pierd died while running it) is not run again but
+answered with error 99 (`recovery`) telling the caller to check the state. Entries expire after
+`ttl` seconds. Read-only verbs skip the cache: running them twice is harmless and costs less
+than two sqlite writes. Everything else is `JsonRpc.handle`, the wire's one error mapper.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import sqlite3
+import threading
+import time
+import uuid
+from typing import Any
+
+from pier.rpc.errors import InternalError, Recovering
+from pier.rpc.jsonrpc import JsonRpc, error_object
+from pier.rpc.registry import CallContext
+
+log = logging.getLogger("pier.transports.stomp")
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def request_key(reply_to: str, request: dict[str, Any]) -> str:
+    """The cache key of one JSON-RPC request object sent with `reply_to`."""
+    text = json.dumps(request, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(f"{reply_to}\0{text}".encode()).hexdigest()
+
+
+class Started:
+    """`ReplyCache.begin` found the request started, by this process (`here`) or an earlier one."""
+
+    def __init__(self, at: float, here: bool) -> None:
+        self.at = at
+        self.here = here
+
+
+class ReplyCache:
+    """Requests seen in the last `ttl` seconds and their replies, in sqlite at `db_path`."""
+
+    def __init__(self, db_path: str, *, ttl: float = 300.0) -> None:
+        self.ttl = ttl
+        self.instance = uuid.uuid4().hex
+        self._db = sqlite3.connect(db_path, check_same_thread=False, isolation_level=None, timeout=10)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("CREATE TABLE IF NOT EXISTS stomp_requests (key TEXT PRIMARY KEY, started REAL NOT NULL,"
+                         " instance TEXT NOT NULL, reply TEXT)")
+        self._lock = threading.Lock()
+        self._running: dict[str, threading.Event] = {}
+        self._next_prune = 0.0
+
+    def begin(self, key: str) -> str | Started | None:
+        """Record request `key` as started and return None; or, when it was seen before, its
+        reply (a str) or `Started` when it has none yet."""
+        now = time.time()
+        with self._lock:
+            if now >= self._next_prune:
+                self._prune(now)
+            row = self._db.execute("SELECT started, instance, reply FROM stomp_requests WHERE key = ? AND started >= ?",
+                                   (key, now - self.ttl)).fetchone()
+            if row is None:
+                self._db.execute("INSERT OR REPLACE INTO stomp_requests (key, started, instance) VALUES (?, ?, ?)",
+                                 (key, now, self.instance))
+                self._running[key] = threading.Event()
+                return None
+        started, instance, reply = row
+        return reply if reply is not None else Started(started, instance == self.instance)
+
+    def finish(self, key: str, reply: str) -> None:
+        """Record the reply of a request `begin` recorded."""
+        with self._lock:
+            self._db.execute("UPDATE stomp_requests SET reply = ? WHERE key = ?", (reply, key))
+            done = self._running.pop(key, None)
+        if done is not None:
+            done.set()
+
+    def wait(self, key: str, timeout: float) -> str | None:
+        """The reply of a request this process is running, once it has one (None on timeout)."""
+        with self._lock:
+            running = self._running.get(key)
+        if running is not None and not running.wait(timeout):
+            return None
+        with self._lock:
+            row = self._db.execute("SELECT reply FROM stomp_requests WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def _prune(self, now: float) -> None:
+        self._next_prune = now + min(60.0, self.ttl / 4)
+        deleted = self._db.execute("DELETE FROM stomp_requests WHERE started < ?", (now - self.ttl,)).rowcount
+        if deleted:
+            log.debug("reply cache: dropped %d entries older than %.0f s", deleted, self.ttl)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+class Replies:
+    """Answers request frames: JsonRpc's answer, through the reply cache for requests that change something."""
+
+    def __init__(self, jsonrpc: JsonRpc, db_path: str, *, ttl: float = 300.0, max_age: float = 180.0) -> None:
+        self._jsonrpc = jsonrpc
+        self._cache = ReplyCache(db_path, ttl=ttl)
+        self.max_age = max_age
+        self._stopping = threading.Event()
+
+    def stop(self) -> None:
+        """Stop waiting for replies of requests delivered twice (pierd is stopping)."""
+        self._stopping.set()
+
+    def close(self) -> None:
+        self._cache.close()
+
+    def stale(self, headers: dict[str, str]) -> str | None:
+        """Why a request frame is too old to run (`expires`, or `timestamp` older than `max_age`), or None."""
+        now = time.time() * 1000
+        expires = _number(headers.get("expires"))
+        if expires and now > expires:
+            return f"its deadline (expires) passed {(now - expires) / 1000:.1f} s ago"
+        sent = _number(headers.get("timestamp"))
+        if sent and self.max_age and now - sent > self.max_age * 1000:
+            return f"it was sent {(now - sent) / 1000:.0f} s ago, more than {self.max_age:.0f} s"
+        return None
+
+    def answer(self, body: bytes, reply_to: str, context: CallContext) -> str | None:
+        """The reply to a frame's body (None when there is nothing to send back)."""
+        message = self._parse(body)
+        items = message if isinstance(message, list) else [message]
+        if not any(self._changes(item) for item in items):
+            return self._jsonrpc.handle(body, context)
+        if not isinstance(message, list):
+            return self._answer_item(message, reply_to, context)
+        answers = [answer for answer in (self._answer_item(item, reply_to, context) for item in items) if answer]
+        return "[" + ",".join(answers) + "]" if answers else None
+
+    def _parse(self, body: bytes) -> Any:
+        """The message, or None when JsonRpc alone answers it (not JSON, too large, a bad batch)."""
+        if len(body) > self._jsonrpc.max_bytes:
+            return None
+        try:
+            message = json.loads(body)
+        except (ValueError, RecursionError):
+            return None
+        if isinstance(message, list) and not 0 < len(message) <= self._jsonrpc.max_batch:
+            return None
+        return message
+
+    def _changes(self, item: Any) -> bool:
+        """Whether `item` is a request (it has an id) of a verb that changes something."""
+        if not isinstance(item, dict) or "id" not in item or not isinstance(item.get("method"), str):
+            return False
+        declared = self._jsonrpc.registry.schema.resolve(item["method"])
+        return declared is not None and not declared.readonly
+
+    def _answer_item(self, item: Any, reply_to: str, context: CallContext) -> str | None:
+        if not isinstance(item, dict):
+            answer = self._jsonrpc.handle(_dumps([item]), context)  # a batch of one: its error, inside [...]
+            return answer[1:-1] if answer else None
+        if not self._changes(item):
+            return self._jsonrpc.handle(_dumps(item), context)
+        method, request_id = item["method"], item["id"]
+        key = request_key(reply_to, item)
+        known = self._cache.begin(key)
+        if known is None:
+            answer = _dumps(error_object(InternalError("the request failed"), request_id))
+            try:
+                answer = self._jsonrpc.handle(_dumps(item), context) or answer
+            finally:
+                self._cache.finish(key, answer)
+            return answer
+        if isinstance(known, Started) and known.here:
+            log.info("STOMP: %s (id %r) was delivered again while it runs; waiting for its reply", method, request_id)
+            known = self._wait(key)
+            if known is None:
+                return _dumps(error_object(InternalError(f"{method} with this id is still running"), request_id))
+        if isinstance(known, str):
+            log.info("STOMP: %s (id %r) was delivered again; sending its reply again", method, request_id)
+            return known
+        started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(known.at))
+        log.warning("STOMP: %s (id %r) was delivered again after the agent restarted while running it; "
+                    "not running it again", method, request_id)
+        error = Recovering(f"the agent restarted while running {method} (started {started}); it may or may not "
+                           "have taken effect: check the state before calling it again",
+                           data={"method": method, "started": started})
+        return _dumps(error_object(error, request_id))
+
+    def _wait(self, key: str) -> str | None:
+        deadline = time.monotonic() + self._cache.ttl
+        while not self._stopping.is_set() and time.monotonic() < deadline:
+            reply = self._cache.wait(key, 1.0)
+            if reply is not None:
+                return reply
+        return None
+
+
+def _number(text: str | None) -> float:
+    try:
+        return float(text) if text else 0.0
+    except ValueError:
+        return 0.0
