@@ -6,6 +6,7 @@ these machines are noisy, so only figures taken together compare.
 
 from __future__ import annotations
 
+import os
 import re
 import statistics
 import subprocess
@@ -106,12 +107,35 @@ class PierdProcess:
         self.process.wait(30)
 
 
-def spawn_floor(code: str) -> tuple[subprocess.Popen, int]:
+def spawn_floor(code: str, *args: str) -> tuple[subprocess.Popen, int]:
     """Run a bare server (Python source printing its port on the first line) in its own process."""
-    process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    process = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, text=True)
     port = int(process.stdout.readline())
     return process, port
 
 
 def median(values: list[float]) -> float:
     return statistics.median(values)
+
+
+def broker_cpu_seconds() -> float:
+    """CPU time (user + system) used so far by the local RabbitMQ (its beam.smp process)."""
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            cmdline = (stat.parent / "cmdline").read_bytes()
+            if b"beam" not in cmdline or b"rabbit" not in cmdline:
+                continue
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def delete_queues(prefix: str) -> None:
+    """Remove the durable request queues a benchmark's pierds left in the local RabbitMQ."""
+    listed = subprocess.run(["rabbitmqctl", "-q", "list_queues", "name"], capture_output=True, text=True)
+    for name in listed.stdout.split():
+        if name.startswith(prefix + "."):
+            subprocess.run(["rabbitmqctl", "-q", "delete_queue", name], capture_output=True)

@@ -3,6 +3,8 @@
   Host.ping2 over WebSocket         vs a bare websockets echo server (threaded, no compression)
   Host.ping2 over POST /jsonrpc     vs a bare bottle-on-cheroot POST handler
   GET /api/v1/host                  vs a bare bottle-on-cheroot GET handler
+  Host.ping2 over XML-RPC /RPC2     vs a bare bottle-on-cheroot handler doing the stdlib's XML-RPC
+                                       (un)marshalling
 plus pierd's readiness time and idle RSS. Targets: ratio <= 1.5 at p50 for both JSON-RPC
 transports; all listeners ready within 1.5 s; idle RSS under 60 MB.
 
@@ -15,6 +17,7 @@ import argparse
 import http.client
 import json
 import time
+import xmlrpc.client
 
 from common import PierdProcess, interleaved, report, spawn_floor
 from websockets.sync.client import connect
@@ -31,13 +34,18 @@ server.serve_forever()
 """
 
 BOTTLE_BARE = """
-import json, bottle, cheroot.wsgi
+import json, xmlrpc.client, bottle, cheroot.wsgi
 app = bottle.Bottle()
 @app.post("/jsonrpc")
 def rpc():
     bottle.request.body.read()
     bottle.response.content_type = "application/json"
     return '{"jsonrpc":"2.0","result":true,"id":1}'
+@app.post("/RPC2")
+def rpc2():
+    xmlrpc.client.loads(bottle.request.body.read())
+    bottle.response.content_type = "text/xml"
+    return xmlrpc.client.dumps(({"status": {"code": 0, "message": "Done"}},), methodresponse=True)
 @app.get("/api/v1/host")
 def host():
     bottle.response.content_type = "application/json"
@@ -49,6 +57,7 @@ server.serve()
 """
 
 PING = json.dumps({"jsonrpc": "2.0", "method": "Host.ping2", "id": 1})
+XMLRPC_PING = xmlrpc.client.dumps((), "Host.ping2")
 
 
 def ws_caller(url: str):
@@ -61,15 +70,18 @@ def ws_caller(url: str):
     return call
 
 
-def http_caller(port: int, method: str, path: str, body: str | None = None):
+def http_caller(port: int, method: str, path: str, body: str | None = None,
+                content_type: str = "application/json", decode=None):
     connection = http.client.HTTPConnection("127.0.0.1", port)
-    headers = {"Content-Type": "application/json"} if body else {}
+    headers = {"Content-Type": content_type} if body else {}
 
     def call() -> None:
         connection.request(method, path, body=body, headers=headers)
         response = connection.getresponse()
-        response.read()
+        payload = response.read()
         assert response.status == 200, response.status
+        if decode is not None:
+            decode(payload)
 
     return call
 
@@ -95,6 +107,10 @@ def main() -> None:
         subject, floor = interleaved(http_caller(pierd_port, "GET", "/api/v1/host"),
                                      http_caller(http_port, "GET", "/api/v1/host"), args.count)
         report("GET /api/v1/host", subject, floor)
+        subject, floor = interleaved(
+            http_caller(pierd_port, "POST", "/RPC2", XMLRPC_PING, "text/xml", xmlrpc.client.loads),
+            http_caller(http_port, "POST", "/RPC2", XMLRPC_PING, "text/xml", xmlrpc.client.loads), args.count)
+        report("Host.ping2 over XML-RPC /RPC2", subject, floor)
     finally:
         pierd.stop()
         ws_floor.terminate()

@@ -10,6 +10,9 @@ is not executed twice. A frame without `reply-to` is executed and its answer dro
 that waited in the queue past their deadline (`expires`, ms since the epoch, or `timestamp` older
 than `max_age`) are dropped with a log line. Events go out through the outbox (`stomp_outbox`).
 
+Every pierd behind a broker also answers requests sent to the topic `/topic/<prefix>.discovery`,
+so that an engine can find the hosts there: one request, one reply from each host.
+
 stomp.py never reconnects by itself: one thread of ours connects, subscribes, waits until the
 connection is lost, and connects again with backoff (a fresh stomp.py connection each time, so
 no state of a dead one is reused), until `stop()`.
@@ -44,6 +47,7 @@ CONNECT_TIMEOUT = 3.0
 FIRST_DELAY, MAX_DELAY = 0.2, 4.0  # a 5 s cap could not promise "back within 5 s of the broker"
 JOIN_TIMEOUT = 2.0
 _SUBSCRIPTION = "pier-requests"
+_DISCOVERY_SUBSCRIPTION = "pier-discovery"
 
 
 @dataclass
@@ -140,6 +144,7 @@ class StompListener:
         self.options = options
         base = f"{options.prefix}.{options.host_id}"
         self.requests = f"/queue/{base}.requests"
+        self.discovery = f"/topic/{options.prefix}.discovery"
         self.events = f"/topic/{base}.events"
         self._replies = Replies(jsonrpc, db_path, ttl=options.reply_ttl, max_age=options.max_age)
         self._outbox = EventOutbox(events, db_path, jsonrpc, self.events)
@@ -250,6 +255,7 @@ class StompListener:
         self._link = link  # before the first request arrives: requests are acknowledged on their own link
         receipt = f"subscribed-{id(link)}"
         try:
+            connection.subscribe(self.discovery, _DISCOVERY_SUBSCRIPTION, ack="auto")
             connection.subscribe(self.requests, _SUBSCRIPTION, ack="client-individual",
                                  headers={"prefetch-count": str(options.workers * 2), "receipt": receipt})
         except Exception as exc:
