@@ -500,6 +500,8 @@ def _system_libvirt() -> str | None:
 @pytest.fixture
 def kvm_node(events: Events) -> Iterator[Node]:
     reason = _system_libvirt()
+    if reason and os.environ.get("PIER_REQUIRE_KVM") == "1":
+        pytest.fail(f"qemu:///system is required but unusable: {reason}")
     if reason:
         pytest.skip(reason)
     n = Node("qemu:///system", events, stats_interval=0.5, slow_stats_interval=1.0)
