@@ -79,8 +79,10 @@ class PierdProcess:
                    *extra]
         self.started = time.perf_counter()
         self.process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, cwd=ROOT)
-        self.http = self.ws = ""
+        self.http = self.ws = self.vdsm_stomp = ""
         for line in self.process.stderr:
+            if m := re.search(r"VDSM-compatible STOMP on (stomp://\S+)", line):
+                self.vdsm_stomp = m.group(1)
             if m := re.search(r"REST facade on (http://\S+)/api/v1", line):
                 self.http = m.group(1)
             if m := re.search(r"WebSocket on (ws://\S+)", line):

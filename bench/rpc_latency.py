@@ -5,6 +5,8 @@
   GET /api/v1/host                  vs a bare bottle-on-cheroot GET handler
   Host.ping2 over XML-RPC /RPC2     vs a bare bottle-on-cheroot handler doing the stdlib's XML-RPC
                                        (un)marshalling
+  Host.ping2 over VDSM's STOMP      vs a bare threaded socket server that splits frames at NUL and
+                                       answers each SEND with a canned MESSAGE
 plus pierd's readiness time and idle RSS. Targets: ratio <= 1.5 at p50 for both JSON-RPC
 transports; all listeners ready within 1.5 s; idle RSS under 60 MB.
 
@@ -16,7 +18,9 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import socket
 import time
+import uuid
 import xmlrpc.client
 
 from common import PierdProcess, interleaved, report, spawn_floor
@@ -56,6 +60,29 @@ print(server.bind_addr[1], flush=True)
 server.serve()
 """
 
+STOMP_BARE = """
+import socket, socketserver
+REPLY = b'MESSAGE\\ndestination:r\\ncontent-type:application/json\\nsubscription:s\\ncontent-length:40\\n\\n[{"jsonrpc":"2.0","result":true,"id":"1"}]\\0'
+class Handler(socketserver.BaseRequestHandler):
+    def handle(self):
+        self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        buffer = b""
+        while chunk := self.request.recv(65536):
+            buffer += chunk
+            *frames, buffer = buffer.split(b"\\0")
+            for frame in frames:
+                frame = frame.lstrip(b"\\n")
+                if frame.startswith(b"CONNECT"):
+                    self.request.sendall(b"CONNECTED\\nversion:1.2\\nheart-beat:0,0\\n\\n\\0")
+                elif frame.startswith(b"SEND"):
+                    self.request.sendall(REPLY)
+class Server(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+server = Server(("127.0.0.1", 0), Handler)
+print(server.server_address[1], flush=True)
+server.serve_forever()
+"""
+
 PING = json.dumps({"jsonrpc": "2.0", "method": "Host.ping2", "id": 1})
 XMLRPC_PING = xmlrpc.client.dumps((), "Host.ping2")
 
@@ -66,6 +93,29 @@ def ws_caller(url: str):
     def call() -> None:
         connection.send(PING)
         connection.recv()
+
+    return call
+
+
+def vdsm_stomp_caller(port: int):
+    """A VDSM-like STOMP client: CONNECT, SUBSCRIBE a reply destination, then SEND one-element batches."""
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    reply = str(uuid.uuid4())
+    sock.sendall(b"CONNECT\naccept-version:1.2\nheart-beat:0,0\n\n\0"
+                 + f"SUBSCRIBE\ndestination:{reply}\nack:auto\nid:{uuid.uuid4()}\n\n\0".encode())
+    received = b""
+    while b"\0" not in received:
+        received += sock.recv(65536)
+    body = b'[{"jsonrpc":"2.0","method":"Host.ping2","params":{},"id":"1"}]'
+    frame = (f"SEND\ndestination:jms.topic.vdsm_requests\ncontent-type:application/json\nreply-to:{reply}\n"
+             f"content-length:{len(body)}\n\n").encode() + body + b"\0"
+
+    def call() -> None:
+        sock.sendall(frame)
+        data = b""
+        while not data.endswith(b"\0"):
+            data += sock.recv(65536)
 
     return call
 
@@ -91,7 +141,8 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=5000)
     args = parser.parse_args()
 
-    pierd = PierdProcess()
+    pierd = PierdProcess(None, None, "--vdsm-stomp", "127.0.0.1:0")
+    stomp_floor, stomp_port = spawn_floor(STOMP_BARE)
     ws_floor, ws_port = spawn_floor(WS_ECHO)
     http_floor, http_port = spawn_floor(BOTTLE_BARE)
     try:
@@ -111,10 +162,14 @@ def main() -> None:
             http_caller(pierd_port, "POST", "/RPC2", XMLRPC_PING, "text/xml", xmlrpc.client.loads),
             http_caller(http_port, "POST", "/RPC2", XMLRPC_PING, "text/xml", xmlrpc.client.loads), args.count)
         report("Host.ping2 over XML-RPC /RPC2", subject, floor)
+        subject, floor = interleaved(vdsm_stomp_caller(int(pierd.vdsm_stomp.rsplit(":", 1)[1])),
+                                     vdsm_stomp_caller(stomp_port), args.count)
+        report("Host.ping2 over VDSM's STOMP", subject, floor)
     finally:
         pierd.stop()
         ws_floor.terminate()
         http_floor.terminate()
+        stomp_floor.terminate()
 
 
 if __name__ == "__main__":

@@ -45,6 +45,7 @@ class Settings:
     stomp_workers: int = 8
     stomp_reply_ttl: float = 300.0
     stomp_max_age: float = 180.0
+    vdsm_stomp: str = ""
 
     def __post_init__(self) -> None:
         if not self.state_dir:
@@ -68,6 +69,9 @@ def argument_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ws", metavar="HOST:PORT", help=f"JSON-RPC over WebSocket (default {DEFAULT_WS})")
     parser.add_argument("--state-dir", metavar="DIR", help="where events and tasks are kept")
     parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper)
+    parser.add_argument("--vdsm-stomp", metavar="HOST:PORT",
+                        help="also serve VDSM's own STOMP dialect here, for unchanged VDSM clients "
+                        "(off by default; VDSM's port is 54321)")
     stomp = parser.add_argument_group("STOMP", "JSON-RPC through a message broker, for a management engine "
                                       "(off unless --stomp-broker is given)")
     stomp.add_argument("--stomp-broker", metavar="HOST:PORT", help="the broker's STOMP port, e.g. 127.0.0.1:61613")
@@ -107,6 +111,8 @@ def load_settings(argv: list[str] | None = None) -> Settings:
     addresses = {"http": settings.http, "ws": settings.ws}
     if settings.stomp_broker:
         addresses["stomp-broker"] = settings.stomp_broker
+    if settings.vdsm_stomp:
+        addresses["vdsm-stomp"] = settings.vdsm_stomp
     for flag, address in addresses.items():
         try:
             parse_address(address)

@@ -1,8 +1,8 @@
 """`pierd`: reads its settings, builds the parts, starts them in order and stops them in reverse.
 
 Order of start: the event log, the libvirt node (its threads), the task manager (reconciling what
-a previous run left), the registry, then the listeners (HTTP, WebSocket, and STOMP when a broker
-is configured). Stop runs backwards: listeners first (so no call arrives at a part that is gone),
+a previous run left), the registry, then the listeners (HTTP, WebSocket, VDSM's STOMP dialect when
+asked for, and the broker link when a broker is configured). Stop runs backwards: listeners first (so no call arrives at a part that is gone),
 then tasks, the node, and the event log. SIGTERM and SIGINT stop it cleanly.
 """
 
@@ -33,6 +33,7 @@ from pier.rpc.schema import Schema
 from pier.rpc.tasks import TaskManager
 from pier.transports.http import HttpListener, jsonrpc_app
 from pier.transports.stomp import StompListener, StompOptions
+from pier.transports.vdsm_stomp import VdsmStompListener
 from pier.transports.websocket import WebSocketListener
 from pier.transports.xmlrpc import xmlrpc_app
 
@@ -97,12 +98,17 @@ class Daemon:
                             threads=settings.http_threads, before_stop=self._end_waits)
         ws_host, ws_port = parse_address(settings.ws)
         ws = WebSocketListener(jsonrpc, ws_host, ws_port)
-        for name, listener in (("http", http), ("ws", ws)):
+        own = [("http", http), ("ws", ws)]
+        if settings.vdsm_stomp:
+            own.append(("vdsm-stomp", VdsmStompListener(jsonrpc, self.events, *parse_address(settings.vdsm_stomp))))
+        for name, listener in own:
             listener.start()
             self.listeners[name] = listener
         log.info("REST facade on %s/api/v1, JSON-RPC on %s/jsonrpc, XML-RPC on %s/RPC2, metrics on %s/metrics",
                  http.address, http.address, http.address, http.address)
         log.info("JSON-RPC over WebSocket on %s", ws.address)
+        if "vdsm-stomp" in self.listeners:
+            log.info("VDSM-compatible STOMP on %s", self.listeners["vdsm-stomp"].address)
         if settings.stomp_broker:
             stomp = StompListener(jsonrpc, self.events, db, stomp_options(settings, self.node.host_uuid()))
             stomp.start()  # connects in the background: a broker that is down delays nothing else

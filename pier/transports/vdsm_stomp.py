@@ -1,0 +1,173 @@
+"""The VDSM-compatible STOMP endpoint: JSON-RPC over STOMP 1.2 with no broker, as VDSM serves it.
+
+VDSM's clients (its Python `vdsm.client`/`yajsonrpc` and the engine's Java client) connect to
+port 54321, send `CONNECT` (accept-version 1.2, heart-beat 0,24000), subscribe to a reply
+destination of their own and to `jms.queue.events`, and SEND JSON-RPC batches to
+`jms.topic.vdsm_requests`. This listener answers each request with a MESSAGE to the SEND's
+`reply-to` (a batch is answered with an array, as JSON-RPC says; both VDSM clients accept it),
+pushes every event of the event log to `jms.queue.events` subscribers, and refuses bad input
+with an ERROR frame, closing the connection when the stream cannot go on. VDSM's dialect is in
+`vdsm_stomp_connection`, one connection's socket, threads and bounds in `stomp_wire`, frames in
+`stomp_frames`.
+
+The listener owns the accepting thread, the request worker pool and every connection; `stop()`
+closes them all and joins their threads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import select
+import socket
+import ssl as ssl_module
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from pier.rpc.events import EventLog
+from pier.rpc.jsonrpc import JsonRpc
+from pier.transports.vdsm_stomp_connection import Connection, Endpoint, Subscriptions, error_frame
+
+log = logging.getLogger("pier.transports.vdsm_stomp")
+
+DEFAULT_PORT = 54321
+
+
+class VdsmStompListener:
+    """Owns the listening socket, its accept thread, the worker pool and the connections."""
+
+    def __init__(self, jsonrpc: JsonRpc, events: EventLog, host: str, port: int = DEFAULT_PORT, *,
+                 ssl_context: ssl_module.SSLContext | None = None, max_frame: int = 1 << 20,
+                 max_connections: int = 256, workers: int = 8, max_in_flight: int = 8) -> None:
+        self._jsonrpc = jsonrpc
+        self._events = events
+        self._host = host
+        self._port = port
+        self._ssl = ssl_context
+        self._max_frame = max_frame
+        self._max_connections = max_connections
+        self._workers = workers
+        self._max_in_flight = max_in_flight
+        self._lock = threading.Lock()
+        self._connections: set[Connection] = set()
+        self._numbers = itertools.count(1)
+        self._bound: tuple[str, int] | None = None
+        self._sock: socket.socket | None = None
+        self._wake: tuple[socket.socket, socket.socket] | None = None
+        self._thread: threading.Thread | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._endpoint: Endpoint | None = None
+
+    @property
+    def address(self) -> str:
+        host, port = self._bound or (self._host, self._port)
+        host = f"[{host}]" if ":" in host else host
+        return f"{'stomp+ssl' if self._ssl else 'stomp'}://{host}:{port}"
+
+    @property
+    def connections(self) -> int:
+        """How many clients are connected now."""
+        with self._lock:
+            return len(self._connections)
+
+    def start(self) -> None:
+        """Bind (raising at once if the address is taken) and accept on a thread."""
+        family, _, _, _, address = socket.getaddrinfo(self._host, self._port, type=socket.SOCK_STREAM,
+                                                      flags=socket.AI_PASSIVE)[0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(address)
+            sock.listen(min(self._max_connections, 128))
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
+        self._sock = sock
+        self._bound = sock.getsockname()[:2]
+        self._wake = socket.socketpair()
+        self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="vdsm-stomp-worker")
+        self._endpoint = Endpoint(self._jsonrpc, self._events, Subscriptions(), self._pool.submit,
+                                  self._max_frame, self._max_in_flight, out_limit=max(self._max_frame, 1 << 20),
+                                  closed=self._forget)
+        self._thread = threading.Thread(target=self._accept_loop, name="vdsm-stomp-listener", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop accepting, close every connection, wait for running requests and every thread."""
+        if self._thread is None or self._wake is None or self._sock is None:
+            return
+        with contextlib.suppress(OSError):
+            self._wake[1].send(b"x")
+        self._thread.join()
+        self._sock.close()
+        for end in self._wake:
+            end.close()
+        self._thread = self._sock = self._wake = None
+        with self._lock:
+            connections = list(self._connections)
+        for connection in connections:
+            connection.abort()
+        for connection in connections:
+            connection.join()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+        for connection in connections:  # a call may have subscribed a session while its connection ended
+            connection.session.close()
+
+    def _accept_loop(self) -> None:
+        assert self._sock is not None and self._wake is not None
+        poller = select.poll()
+        poller.register(self._sock, select.POLLIN)
+        poller.register(self._wake[0], select.POLLIN)
+        wake_fd = self._wake[0].fileno()
+        while True:
+            if any(fd == wake_fd for fd, _ in poller.poll()):
+                return
+            try:
+                client, address = self._sock.accept()
+            except BlockingIOError:
+                continue
+            except OSError as exc:  # out of file descriptors, or the like: wait a moment
+                log.warning("accepting a STOMP connection failed: %s", exc)
+                time.sleep(0.05)
+                continue
+            try:
+                self._admit(client, address)
+            except OSError as exc:
+                log.debug("a STOMP connection from %s ended at once: %s", address, exc)
+                client.close()
+
+    def _admit(self, client: socket.socket, address: tuple[str, int]) -> None:
+        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        client.setblocking(False)
+        host = f"[{address[0]}]" if ":" in address[0] else address[0]
+        peer = f"{host}:{address[1]}"
+        with self._lock:
+            full = len(self._connections) >= self._max_connections
+        if full:
+            log.warning("refused a STOMP connection from %s: %d clients are connected", peer, self._max_connections)
+            if self._ssl is None:
+                with contextlib.suppress(OSError):
+                    client.send(error_frame("Too many connections",
+                                            f"at most {self._max_connections} clients at a time"))
+                    client.recv(65536)  # what the client sent, so that closing does not reset the ERROR away
+            client.close()
+            return
+        if self._ssl is not None:
+            client = self._ssl.wrap_socket(client, server_side=True, do_handshake_on_connect=False)
+        assert self._endpoint is not None
+        connection = Connection(client, peer, next(self._numbers), self._endpoint)
+        with self._lock:
+            self._connections.add(connection)
+        connection.start()
+        log.debug("STOMP connection from %s", peer)
+
+    def _forget(self, connection: Connection) -> None:
+        with self._lock:
+            self._connections.discard(connection)
+

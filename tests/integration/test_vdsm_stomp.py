@@ -1,0 +1,45 @@
+"""pierd's VDSM-compatible STOMP endpoint, driven by a client that acts exactly as VDSM's does."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import Pierd, new_vm_id
+from tests.integration.test_verbs import vm_params
+from tests.unit.vdsm_stomp_client import EVENTS, ServerError, VdsmLikeClient, address_of
+
+
+@pytest.fixture
+def vdsm_pierd(tmp_path: Path, test_uri: str) -> Iterator[Pierd]:
+    daemon = Pierd(tmp_path / "state", test_uri, "--vdsm-stomp", "127.0.0.1:0")
+    yield daemon
+    assert daemon.stop() == 0
+
+
+def test_vdsm_client_calls_verbs_and_receives_events(vdsm_pierd: Pierd) -> None:
+    address = next(line.split(" on ")[-1].strip() for line in vdsm_pierd.log if "VDSM-compatible STOMP on" in line)
+    client = VdsmLikeClient(address_of(address), timeout=20)
+    try:
+        client.subscribe(EVENTS)
+        assert client.call("Host.ping2") is True
+        caps = client.call("Host.getCapabilities")
+        assert caps["uuid"] and "cpuCores" in caps
+        assert client.call("Host.getVMList") == []
+        vm_id = new_vm_id()
+        created = client.call("VM.create", vmID=vm_id, vmParams=vm_params(vm_id))
+        assert created["vmId"] == vm_id
+        assert [vm["vmId"] for vm in client.call("Host.getVMList")] == [vm_id]
+        assert client.call("VM.destroy", vmID=vm_id) is True
+        down = client.wait_event(lambda e: e["method"] == f"|virt|VM_status|{vm_id}"
+                                 and e["params"][vm_id]["status"] == "Down")
+        assert down["params"]["seq"] > 0 and down["params"]["notify_time"] > 2**31 - 1
+        with pytest.raises(ServerError) as gone:
+            client.call("VM.getInfo", vmID=vm_id)
+        assert gone.value.code == 1
+        info = client.call("Host.getAgentInfo")
+        assert info["transports"]["vdsm-stomp"] == address
+    finally:
+        client.close()
