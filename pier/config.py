@@ -12,6 +12,7 @@ from typing import Any
 
 DEFAULT_HTTP = "127.0.0.1:8042"
 DEFAULT_WS = "127.0.0.1:8043"
+VDSM_PORT = 54321
 
 
 def default_state_dir() -> str:
@@ -69,9 +70,9 @@ def argument_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ws", metavar="HOST:PORT", help=f"JSON-RPC over WebSocket (default {DEFAULT_WS})")
     parser.add_argument("--state-dir", metavar="DIR", help="where events and tasks are kept")
     parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper)
-    parser.add_argument("--vdsm-stomp", metavar="HOST:PORT",
+    parser.add_argument("--vdsm-stomp", metavar="HOST[:PORT]",
                         help="also serve VDSM's own STOMP dialect here, for unchanged VDSM clients "
-                        "(off by default; VDSM's port is 54321)")
+                        f"(off by default; the port defaults to VDSM's, {VDSM_PORT})")
     stomp = parser.add_argument_group("STOMP", "JSON-RPC through a message broker, for a management engine "
                                       "(off unless --stomp-broker is given)")
     stomp.add_argument("--stomp-broker", metavar="HOST:PORT", help="the broker's STOMP port, e.g. 127.0.0.1:61613")
@@ -108,6 +109,8 @@ def load_settings(argv: list[str] | None = None) -> Settings:
         values.update(document)
     values.update({key: value for key, value in vars(args).items() if key != "config" and value is not None})
     settings = Settings(**values)
+    if settings.vdsm_stomp and not re.search(r":\d+$", settings.vdsm_stomp):
+        settings.vdsm_stomp += f":{VDSM_PORT}"  # VDSM's own port when none is given
     addresses = {"http": settings.http, "ws": settings.ws}
     if settings.stomp_broker:
         addresses["stomp-broker"] = settings.stomp_broker

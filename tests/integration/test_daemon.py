@@ -101,3 +101,10 @@ def test_auto_falls_back_to_the_test_driver_and_says_so(tmp_path: Path, monkeypa
     assert "test driver" in caplog.text and "simulated" in caplog.text
     monkeypatch.setattr(pier.daemon, "unusable_reason", lambda uri: None)
     assert pier.daemon.resolve_libvirt_uri(Settings(state_dir=str(tmp_path))) == "qemu:///system"
+
+
+def test_vdsm_stomp_port_defaults_to_vdsms() -> None:
+    from pier.config import load_settings
+
+    assert load_settings(["--vdsm-stomp", "127.0.0.1"]).vdsm_stomp == "127.0.0.1:54321"
+    assert load_settings(["--vdsm-stomp", "127.0.0.1:6000"]).vdsm_stomp == "127.0.0.1:6000"
