@@ -5,7 +5,11 @@ Written the way VDSM's users wrote theirs: the standard library's ServerProxy wi
 legacy verb names with positional params, `res['status']['code'] == 0` checks, and the payload
 read from its key (`info`, `vmList`, `statsList`). The VM needs no disk and no guest OS.
 
-    python3 contrib/vdsm_xmlrpc_example.py [http://127.0.0.1:8042/RPC2]
+    python3 contrib/vdsm_xmlrpc_example.py http://vdsm:$PIER_TOKEN@127.0.0.1:8042/RPC2
+
+Pier wants credentials where VDSM took any client: ServerProxy sends the URL's user and password as
+HTTP Basic credentials, and Pier reads the password as a bearer token (`pier token create --role
+operator`); with TLS, an https:// URL and a trusted client certificate work as they did with VDSM.
 
 Exits 0 when every step did what VDSM would have done. The test suite runs it against a real pierd.
 """

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import re
 import tomllib
@@ -47,10 +48,37 @@ class Settings:
     stomp_reply_ttl: float = 300.0
     stomp_max_age: float = 180.0
     vdsm_stomp: str = ""
+    stomp_role: str = "admin"
+    insecure_loopback: bool = False
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_ca: str = ""
+    unix_socket: str = ""
+    admin_group: str = "pier-admin"
+    rate_limit: float = 100.0
+    rate_burst: int = 200
+    max_client_connections: int = 32
+    audit_retention_days: float = 90.0
 
     def __post_init__(self) -> None:
         if not self.state_dir:
             self.state_dir = default_state_dir()
+        if not self.unix_socket:
+            self.unix_socket = default_unix_socket(self.state_dir)
+
+
+def default_unix_socket(state_dir: str) -> str:
+    """Where the local socket goes: /run/pier for root, the state directory otherwise."""
+    return "/run/pier/pier.sock" if os.geteuid() == 0 else str(Path(state_dir) / "pier.sock")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -70,6 +98,16 @@ def argument_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ws", metavar="HOST:PORT", help=f"JSON-RPC over WebSocket (default {DEFAULT_WS})")
     parser.add_argument("--state-dir", metavar="DIR", help="where events and tasks are kept")
     parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper)
+    security = parser.add_argument_group("security", "TCP listeners speak TLS; the unix socket trusts local root")
+    security.add_argument("--insecure-loopback", action="store_true", default=None,
+                          help="plain HTTP/WS/STOMP without TLS, allowed only on 127.0.0.1 and ::1")
+    security.add_argument("--tls-cert", metavar="FILE", help="server certificate (default: made at first start "
+                          "in STATE_DIR/tls, like 'pier init-tls')")
+    security.add_argument("--tls-key", metavar="FILE", help="server key")
+    security.add_argument("--tls-ca", metavar="FILE", help="CA that signs client certificates")
+    security.add_argument("--unix-socket", metavar="PATH", help="local socket for the CLI and local admins "
+                          "(default /run/pier/pier.sock as root; 'off' to disable)")
+    security.add_argument("--rate-limit", type=float, metavar="CALLS", help="calls a second per caller (0: no limit)")
     parser.add_argument("--vdsm-stomp", metavar="HOST[:PORT]",
                         help="also serve VDSM's own STOMP dialect here, for unchanged VDSM clients "
                         f"(off by default; the port defaults to VDSM's, {VDSM_PORT})")
@@ -118,9 +156,15 @@ def load_settings(argv: list[str] | None = None) -> Settings:
         addresses["vdsm-stomp"] = settings.vdsm_stomp
     for flag, address in addresses.items():
         try:
-            parse_address(address)
+            host, _ = parse_address(address)
         except ValueError as exc:
             parser.error(f"--{flag}: {exc}")
+        if settings.insecure_loopback and flag != "stomp-broker" and not is_loopback(host):
+            parser.error(f"--{flag} {address}: --insecure-loopback serves plain text on 127.0.0.1 or ::1 only")
+    if bool(settings.tls_cert) != bool(settings.tls_key):
+        parser.error("--tls-cert and --tls-key go together")
+    if settings.stomp_role not in ("viewer", "operator", "admin"):
+        parser.error(f"stomp_role {settings.stomp_role!r} is not viewer, operator or admin")
     if not re.fullmatch(r"[\w-]+(\.[\w-]+)*", settings.stomp_prefix):
         parser.error(f"--stomp-prefix: {settings.stomp_prefix!r} is not a name like 'pier' or 'dc1.pier'")
     return settings

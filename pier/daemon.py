@@ -25,14 +25,18 @@ from pier.config import Settings, load_settings, parse_address
 from pier.facade.app import make_app
 from pier.host.node import Node
 from pier.host.testdriver import make_test_uri, unusable_reason
+from pier.rpc.audit import AuditLog
+from pier.rpc.auth import Authenticator, Credentials
 from pier.rpc.events import EventLog
 from pier.rpc.jsonrpc import JsonRpc
+from pier.rpc.limits import RateLimiter
 from pier.rpc.metrics import METRICS, gauge
 from pier.rpc.registry import Registry
 from pier.rpc.schema import Schema
 from pier.rpc.tasks import TaskManager
 from pier.transports.http import HttpListener, jsonrpc_app
 from pier.transports.stomp import StompListener, StompOptions
+from pier.transports.tls import CertificateState, ServerTls
 from pier.transports.vdsm_stomp import VdsmStompListener
 from pier.transports.websocket import WebSocketListener
 from pier.transports.xmlrpc import xmlrpc_app
@@ -74,6 +78,9 @@ class Daemon:
         self.node: Node | None = None
         self.tasks: TaskManager | None = None
         self.registry: Registry | None = None
+        self.credentials: Credentials | None = None
+        self.audit: AuditLog | None = None
+        self.tls: ServerTls | None = None
         self.listeners: dict[str, Any] = {}
 
     def start(self) -> None:
@@ -82,39 +89,103 @@ class Daemon:
         os.makedirs(settings.state_dir, exist_ok=True)
         db = str(Path(settings.state_dir) / "pier.db")
         self.events = EventLog(db, retention=settings.event_retention, max_events=settings.max_events)
+        self.credentials = Credentials(db)
+        self.audit = AuditLog(db, retention=settings.audit_retention_days * 86400)
+        self.tls = self._server_tls()
         self.node = Node(resolve_libvirt_uri(settings), self.events.publish,
                          stats_interval=settings.stats_interval, slow_stats_interval=settings.slow_stats_interval)
         self.node.start()
         self.tasks = TaskManager(db, self.events.publish, workers=settings.task_workers)
-        self.registry = Registry(Schema.load(), handlers(self.node, self.tasks, self.events, self.about), self.tasks)
+        limiter = RateLimiter(settings.rate_limit, settings.rate_burst) if settings.rate_limit > 0 else None
+        self.registry = Registry(Schema.load(), handlers(self.node, self.tasks, self.events, self.about,
+                                                         self.credentials, self.audit),
+                                 self.tasks, audit=self.audit, limiter=limiter, credentials=self.credentials)
         self.tasks.start(self.registry.reconcilers)
-        jsonrpc = JsonRpc(self.registry)
+        self._start_listeners(JsonRpc(self.registry), db)
+        log.info("pierd %s ready in %.2f s: %d verbs, libvirt %s, state in %s", agent_version(),
+                 time.time() - self.started_at, len(self.registry.verbs), self.node.uri, settings.state_dir)
+
+    def _server_tls(self) -> ServerTls | None:
+        """The TCP listeners' TLS, from the configured files or those made at the first start."""
+        settings = self.settings
+        if settings.insecure_loopback:
+            log.warning("--insecure-loopback: TCP listeners speak plain text on loopback; callers still need "
+                        "a token (or the local socket)")
+            return None
+        if settings.tls_cert:
+            cert, key, ca = settings.tls_cert, settings.tls_key, settings.tls_ca
+        else:
+            from pier.tlsfiles import TlsFiles, init_tls  # cryptography: 13 MB, only when certificates are made
+
+            files = TlsFiles(Path(settings.state_dir) / "tls")
+            if not files.exist():
+                init_tls(files.directory)
+                self.credentials.trust(files.client.read_text(), "admin", "pier-admin (made at first start)")
+                log.warning("made a CA and certificates in %s for TLS; %s (key %s) is a client certificate "
+                            "trusted as admin", files.directory, files.client, files.client_key)
+            cert, key, ca = str(files.server), str(files.server_key), str(files.ca)
+        tls = ServerTls(cert, key, ca, self.credentials.trusted_pems())
+        self.credentials.on_trust = tls.trust
+        self._warn_expiry(tls.state)
+        return tls
+
+    def _warn_expiry(self, state: CertificateState) -> None:
+        described = state.describe()
+        if "warning" in described:
+            log.warning("%s", described["warning"])
+
+    def reload_tls(self) -> None:
+        """SIGHUP: load the certificate files again; open connections keep theirs."""
+        if self.tls is None:
+            log.info("SIGHUP: no TLS to reload (--insecure-loopback)")
+            return
+        try:
+            state = self.tls.reload()
+        except (OSError, ValueError) as exc:
+            log.error("SIGHUP: could not reload the TLS certificate, keeping the old one: %s", exc)
+            return
+        log.info("SIGHUP: reloaded the TLS certificate %s (valid until %s)", self.tls.cert, state.not_after)
+        self._warn_expiry(state)
+
+    def _start_listeners(self, jsonrpc: JsonRpc, db: str) -> None:
+        settings = self.settings
+        authenticator = Authenticator(self.credentials, admin_group=settings.admin_group)
+        context = self.tls.context if self.tls else None
         facade = make_app(self.registry, self.events, info=self.about, stopping=self.stopping,
                           max_streams=max(1, settings.http_threads // 2))
         self._register_gauges()
         mounts = {"/jsonrpc": jsonrpc_app(jsonrpc), "/RPC2": xmlrpc_app(self.registry),
                   "/metrics": make_wsgi_app(METRICS)}
-        http = HttpListener(parse_address(settings.http), mounts, facade,
-                            threads=settings.http_threads, before_stop=self._end_waits)
-        ws_host, ws_port = parse_address(settings.ws)
-        ws = WebSocketListener(jsonrpc, ws_host, ws_port)
-        own = [("http", http), ("ws", ws)]
+        own: list[tuple[str, Any]] = [
+            ("http", HttpListener(parse_address(settings.http), mounts, facade, authenticator, tls=self.tls,
+                                  threads=settings.http_threads, before_stop=self._end_waits,
+                                  max_per_client=settings.max_client_connections)),
+            ("ws", WebSocketListener(jsonrpc, *parse_address(settings.ws), authenticator, ssl=context,
+                                     max_per_client=settings.max_client_connections)),
+        ]
+        if settings.unix_socket != "off":
+            own.append(("unix", HttpListener(settings.unix_socket, mounts, facade, authenticator,
+                                             threads=4, before_stop=self._end_waits)))
         if settings.vdsm_stomp:
-            own.append(("vdsm-stomp", VdsmStompListener(jsonrpc, self.events, *parse_address(settings.vdsm_stomp))))
+            own.append(("vdsm-stomp", VdsmStompListener(jsonrpc, self.events, *parse_address(settings.vdsm_stomp),
+                                                        authenticator=authenticator, ssl_context=context,
+                                                        max_per_client=settings.max_client_connections)))
         for name, listener in own:
             listener.start()
             self.listeners[name] = listener
+        http = self.listeners["http"]
         log.info("REST facade on %s/api/v1, JSON-RPC on %s/jsonrpc, XML-RPC on %s/RPC2, metrics on %s/metrics",
                  http.address, http.address, http.address, http.address)
-        log.info("JSON-RPC over WebSocket on %s", ws.address)
+        log.info("JSON-RPC over WebSocket on %s", self.listeners["ws"].address)
+        if "unix" in self.listeners:
+            log.info("local socket (REST and JSON-RPC, for root and %s) on %s", settings.admin_group,
+                     self.listeners["unix"].address)
         if "vdsm-stomp" in self.listeners:
             log.info("VDSM-compatible STOMP on %s", self.listeners["vdsm-stomp"].address)
         if settings.stomp_broker:
             stomp = StompListener(jsonrpc, self.events, db, stomp_options(settings, self.node.host_uuid()))
             stomp.start()  # connects in the background: a broker that is down delays nothing else
             self.listeners["stomp"] = stomp
-        log.info("pierd %s ready in %.2f s: %d verbs, libvirt %s, state in %s", agent_version(),
-                 time.time() - self.started_at, len(self.registry.verbs), self.node.uri, settings.state_dir)
 
     def _register_gauges(self) -> None:
         gauge("pier_events_last_seq", "Sequence number of the newest event.", lambda: self.events.last_seq)
@@ -137,8 +208,9 @@ class Daemon:
             self.tasks.stop()
         if self.node is not None:
             self.node.stop()
-        if self.events is not None:
-            self.events.close()
+        for store in (self.events, self.credentials, self.audit):
+            if store is not None:
+                store.close()
         log.info("pierd stopped")
 
     def about(self) -> dict[str, Any]:
@@ -151,6 +223,7 @@ class Daemon:
             "libvirtConnected": bool(self.node and self.node.connected),
             "transports": {name: listener.address for name, listener in self.listeners.items()},
             "verbs": len(self.registry.verbs) if self.registry else 0,
+            "tls": self.tls.state.describe() if self.tls else {"insecureLoopback": True},
             "lastEventSeq": self.events.last_seq if self.events else 0,
         }
 
@@ -162,7 +235,7 @@ def stomp_options(settings: Settings, host_id: str) -> StompOptions:
                         passcode=settings.stomp_passcode, vhost=settings.stomp_vhost, prefix=settings.stomp_prefix,
                         tls=settings.stomp_tls, ca=settings.stomp_ca, cert=settings.stomp_cert, key=settings.stomp_key,
                         workers=settings.stomp_workers, reply_ttl=settings.stomp_reply_ttl,
-                        max_age=settings.stomp_max_age)
+                        max_age=settings.stomp_max_age, role=settings.stomp_role)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -174,10 +247,15 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     daemon = Daemon(settings)
+    signal.signal(signal.SIGHUP, lambda *_: daemon.reload_tls())
     try:
         daemon.start()
     except OSError as exc:
         log.error("cannot start: %s", exc)
+        daemon.stop()
+        return 2
+    except Exception:
+        log.exception("cannot start")
         daemon.stop()
         return 2
     stop.wait()

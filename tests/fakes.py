@@ -112,3 +112,13 @@ class FakeNode:
                 if status in statuses or remaining <= 0 or (cancelled is not None and cancelled.is_set()):
                     return status if status in statuses else None
                 self.changed.wait(min(remaining, 0.05))
+
+
+class FixedAuthenticator:
+    """Stands in for `pier.rpc.auth.Authenticator`: everyone is `identity`."""
+
+    def __init__(self, identity: Any) -> None:
+        self.identity = identity
+
+    def identify(self, **credentials: Any) -> Any:
+        return self.identity

@@ -12,10 +12,13 @@ from typing import Any
 
 from pier.api.events import EventsApi
 from pier.api.host import HostApi
+from pier.api.security import SecurityApi
 from pier.api.task import TaskApi
 from pier.api.vm import VmApi
 
 
-def handlers(node: Any, tasks: Any, events: Any, about: Callable[[], dict[str, Any]]) -> list[object]:
+def handlers(node: Any, tasks: Any, events: Any, about: Callable[[], dict[str, Any]], credentials: Any,
+             audit: Any) -> list[object]:
     """Every handler object, ready for `Registry(schema, handlers(...))`."""
-    return [HostApi(node, tasks, about), VmApi(node), TaskApi(tasks), EventsApi(events)]
+    return [HostApi(node, tasks, about), VmApi(node), TaskApi(tasks), EventsApi(events),
+            SecurityApi(credentials, audit)]

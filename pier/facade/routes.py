@@ -97,9 +97,11 @@ def _handler(endpoint: Endpoint, registry: Registry, opener: StreamOpener | None
         environ = bottle.request.environ
         try:
             params = read_params(endpoint, path_args, environ, defs, max_body)
+            context = CallContext.for_wsgi(environ, "rest")
             if opener is not None and wants_event_stream(environ):
+                registry.admit(verb.name, context)
                 return opener(verb, params, environ)
-            result = registry.call(verb.name, params, CallContext("rest", peer=_peer(environ)))
+            result = registry.call(verb.name, params, context)
             return _success(endpoint, result)
         except PierError as exc:
             return problem_response(exc)
@@ -112,11 +114,6 @@ def _handler(endpoint: Endpoint, registry: Registry, opener: StreamOpener | None
 def wants_event_stream(environ: Mapping[str, Any]) -> bool:
     accept = environ.get("HTTP_ACCEPT", "")
     return any(part.split(";")[0].strip().lower() == "text/event-stream" for part in accept.split(","))
-
-
-def _peer(environ: Mapping[str, Any]) -> str:
-    address, port = environ.get("REMOTE_ADDR", ""), environ.get("REMOTE_PORT", "")
-    return f"{address}:{port}" if port else address
 
 
 def _success(endpoint: Endpoint, result: Any) -> bottle.HTTPResponse:

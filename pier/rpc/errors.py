@@ -60,6 +60,20 @@ class RequestTooLarge(PierError):
     code, name, message, http_status = -32600, "RequestTooLarge", "Request too large", 413
 
 
+class Unauthenticated(PierError):
+    """No credentials, or credentials that prove nothing (codes from JSON-RPC's server range)."""
+
+    code, name, message, http_status = -32001, "unauthenticated", "Authentication required", 401
+
+
+class Forbidden(PierError):
+    code, name, message, http_status = -32003, "forbidden", "Not allowed for this caller", 403
+
+
+class TooManyRequests(PierError):
+    code, name, message, http_status = -32029, "tooManyRequests", "Too many requests", 429
+
+
 # -- VDSM's errors ----------------------------------------------------------------------------
 
 

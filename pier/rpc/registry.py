@@ -3,9 +3,10 @@
 Handlers live in `pier/api/`, as methods marked with `@verb("Namespace.name")` on objects the
 daemon builds. The registry refuses to start when a declared verb has no handler, a handler has
 no declaration, or a handler's signature does not take the declared params. Every transport calls
-`Registry.call(name, params, context)`: params are validated against the schema first, changing
-calls on one target run one at a time, slow verbs become tasks, and every failure comes out as a
-`PierError`.
+`Registry.call(name, params, context)`: the caller's identity (set by the transport) must hold
+the verb's role, params are validated against the schema, changing calls on one target run one
+at a time and are written to the audit log, slow verbs become tasks, and every failure comes out
+as a `PierError`.
 """
 
 from __future__ import annotations
@@ -20,7 +21,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
-from pier.rpc.errors import MethodNotFound, PierError, Unexpected
+from pier.rpc.audit import AuditLog, redact
+from pier.rpc.auth import WSGI_AUTH_ERROR, WSGI_IDENTITY, Credentials, Identity
+from pier.rpc.errors import Forbidden, MethodNotFound, PierError, Unauthenticated, Unexpected
+from pier.rpc.limits import RateLimiter
 from pier.rpc.metrics import CALL_SECONDS, CALLS
 from pier.rpc.schema import Schema, Verb
 
@@ -59,12 +63,21 @@ class CallContext:
 
     transport: str
     peer: str = ""
-    identity: str | None = None
+    identity: Identity | None = None
     session: Any = None
     task: Any = None
+    auth_error: PierError | None = None  # why the transport could not tell who is calling
 
     def describe(self) -> str:
-        return f"{self.transport} {self.peer}".strip()
+        who = f"{self.identity.name} " if self.identity else ""
+        return f"{who}via {self.transport} {self.peer}".strip()
+
+    @classmethod
+    def for_wsgi(cls, environ: dict[str, Any], transport: str) -> CallContext:
+        """The context of a WSGI request, with what the HTTP listener learnt of its caller."""
+        host, port = environ.get("REMOTE_ADDR", ""), environ.get("REMOTE_PORT", "")
+        return cls(transport, f"{host}:{port}" if port else host or "local",
+                   identity=environ.get(WSGI_IDENTITY), auth_error=environ.get(WSGI_AUTH_ERROR))
 
 
 class TargetLocks:
@@ -92,9 +105,14 @@ class TargetLocks:
 class Registry:
     """Declared verbs bound to handlers; `call` is the single entry point of every transport."""
 
-    def __init__(self, schema: Schema, handlers: Iterable[object], tasks: Any = None) -> None:
+    def __init__(self, schema: Schema, handlers: Iterable[object], tasks: Any = None, *,
+                 audit: AuditLog | None = None, limiter: RateLimiter | None = None,
+                 credentials: Credentials | None = None) -> None:
         self.schema = schema
         self.tasks = tasks
+        self.audit = audit
+        self.limiter = limiter
+        self.credentials = credentials
         self.locks = TargetLocks()
         self._handlers: dict[str, Callable[..., Any]] = {}
         self.reconcilers: dict[str, Callable[[dict[str, Any]], bool]] = {}
@@ -126,7 +144,7 @@ class Registry:
                 self.reconcilers[reconciles] = member
 
     def call(self, name: str, params: Any, context: CallContext) -> Any:
-        """Validate `params` for verb `name` (or a legacy alias) and run its handler.
+        """Check the caller, validate `params` for verb `name` (or a legacy alias), run its handler.
 
         Returns the handler's JSON-safe result (`True` when it returns nothing), or the task's
         description for a task verb. Raises a PierError on any failure.
@@ -134,9 +152,10 @@ class Registry:
         declared = self.schema.resolve(name)
         if declared is None:
             raise MethodNotFound(f"Method not found: {name}", data={"method": name})
+        self._admit(declared, params, context)
         params = declared.validate(params)
         handler = self._handlers[declared.name]
-        target = params.get(declared.target) if declared.target else None
+        target = declared.target_of(params)
         started = time.perf_counter()
         try:
             if declared.task:
@@ -147,21 +166,64 @@ class Registry:
             else:
                 result = handler(context, **params)
         except PierError as exc:
-            _log_call(declared, target, context, time.perf_counter() - started, exc)
-            CALLS.labels(declared.name, context.transport, exc.name).inc()
+            self._finished(declared, params, target, context, started, exc)
             raise
         except Exception as exc:
             reference = uuid.uuid4().hex[:12]
             log.exception("%s failed unexpectedly (reference %s, %s)", declared.name, reference, context.describe())
-            CALLS.labels(declared.name, context.transport, Unexpected.name).inc()
-            raise Unexpected(f"Unexpected error in {declared.name}; reference {reference} in the agent's log",
-                             data={"reference": reference}) from exc
-        elapsed = time.perf_counter() - started
-        CALLS.labels(declared.name, context.transport, "ok").inc()
-        CALL_SECONDS.labels(declared.name).observe(elapsed)
-        if not declared.readonly:
-            _log_call(declared, target, context, elapsed, None)
+            error = Unexpected(f"Unexpected error in {declared.name}; reference {reference} in the agent's log",
+                               data={"reference": reference})
+            self._finished(declared, params, target, context, started, error)
+            raise error from exc
+        self._finished(declared, params, target, context, started, None, result)
         return True if result is None else result
+
+    def admit(self, name: str, context: CallContext) -> None:
+        """Raise unless the caller may call verb `name` now (for work that bypasses `call`, like a stream)."""
+        declared = self.schema.resolve(name)
+        if declared is None:
+            raise MethodNotFound(f"Method not found: {name}", data={"method": name})
+        self._admit(declared, {}, context)
+
+    def _admit(self, declared: Verb, params: Any, context: CallContext) -> None:
+        """Refuse a caller without an identity, over its rate, or without the verb's role."""
+        identity = context.identity
+        if identity is None:
+            raise context.auth_error or Unauthenticated("no credentials were presented")
+        if self.credentials is not None:
+            identity = self.credentials.current(identity)  # a token revoked since the connection opened
+        if self.limiter is not None:
+            self.limiter.take(identity.name)
+        if not identity.allows(declared.role):
+            error = Forbidden(f"{declared.name} needs the {declared.role} role; {identity.name} is a {identity.role}",
+                              data={"needs": declared.role, "role": identity.role})
+            log.warning("%s refused to %s (%s)", declared.name, identity.name, context.describe())
+            if not declared.readonly and self.audit is not None:
+                self._audit(declared, params if isinstance(params, dict) else {"params": params}, None, context,
+                            None, error)
+            raise error
+
+    def _finished(self, declared: Verb, params: dict[str, Any], target: str | None, context: CallContext,
+                  started: float, error: PierError | None, result: Any = None) -> None:
+        """Log, count and (for a changing verb) audit a call that ran."""
+        elapsed = time.perf_counter() - started
+        CALLS.labels(declared.name, context.transport, error.name if error else "ok").inc()
+        if error is None:
+            CALL_SECONDS.labels(declared.name).observe(elapsed)
+        if declared.readonly:
+            return
+        _log_call(declared, target, context, elapsed, error)
+        if self.audit is not None:
+            message = f"task {result['taskID']}" if declared.task and error is None else ""
+            self._audit(declared, params, target, context, elapsed, error, message)
+
+    def _audit(self, declared: Verb, params: dict[str, Any], target: str | None, context: CallContext,
+               elapsed: float | None, error: PierError | None, message: str = "") -> None:
+        identity = context.identity
+        self.audit.record(who=identity.name, role=identity.role, via=context.transport, peer=context.peer,
+                          verb=declared.name, target=target, params=redact(params, declared.secrets),
+                          outcome=error.name if error else "ok", message=error.message if error else message,
+                          ms=None if elapsed is None else round(elapsed * 1000, 3))
 
     def _submit_task(self, declared: Verb, handler: Callable[..., Any], params: dict[str, Any],
                      context: CallContext, target: str | None) -> dict[str, Any]:
@@ -189,7 +251,7 @@ def _check_signature(declared: Verb, handler: Callable[..., Any]) -> None:
 def _log_call(declared: Verb, target: str | None, context: CallContext, elapsed: float,
               error: PierError | None) -> None:
     elapsed_ms = elapsed * 1000
-    on = f" {declared.target}={target}" if target else ""
+    on = f" {declared.target.split('|')[0]}={target}" if target else ""
     if error is None:
         log.info("%s%s done in %.1f ms (%s)", declared.name, on, elapsed_ms, context.describe())
     else:

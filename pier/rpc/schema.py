@@ -64,12 +64,23 @@ class Verb:
     legacy: list[LegacyName]
     task: bool
     rest: list[Route]
+    secrets: list[str]
     params_schema: dict[str, Any] = field(repr=False)
     _validator: Callable[[Any], Any] = field(repr=False)
 
     @property
     def namespace(self) -> str:
         return self.name.split(".", 1)[0]
+
+    def target_of(self, params: dict[str, Any]) -> str | None:
+        """The object this call acts on: the first of the `target` paths ('vmID|vmParams.vmId') given."""
+        for path in (self.target or "").split("|"):
+            value: Any = params
+            for key in path.split("."):
+                value = value.get(key) if isinstance(value, dict) else None
+            if isinstance(value, str) and value:
+                return value
+        return None
 
     def validate(self, params: Any) -> dict[str, Any]:
         """Check `params` (by name, or by position in declared order) and fill defaults.
@@ -172,9 +183,12 @@ class Schema:
             raise ValueError(f"{name}: role {role!r} is not one of {ROLES}")
         params: dict[str, dict[str, Any]] = {}
         required: list[str] = []
+        secrets: list[str] = []
         for pname, pschema in (spec.get("params") or {}).items():
             pschema = dict(pschema or {})
             optional = pschema.pop("optional", False)
+            if pschema.pop("secret", False):
+                secrets.append(pname)
             if not optional and "default" not in pschema:
                 required.append(pname)
             params[pname] = pschema
@@ -193,8 +207,9 @@ class Schema:
             if unknown or (route.body and route.body not in params):
                 raise ValueError(f"{name}: route {route.path} names unknown params {unknown or route.body}")
         target = spec.get("target")
-        if target and target not in params:
-            raise ValueError(f"{name}: target {target!r} is not a param")
+        for path in (target or "").split("|"):
+            if path and path.split(".")[0] not in params:
+                raise ValueError(f"{name}: target {path!r} is not a param")
         return Verb(
             name=name,
             summary=spec.get("summary", ""),
@@ -208,6 +223,7 @@ class Schema:
             legacy=[LegacyName(**legacy) for legacy in spec.get("legacy", [])],
             task=bool(spec.get("task", False)),
             rest=routes,
+            secrets=secrets,
             params_schema=params_schema,
             _validator=fastjsonschema.compile(copy.deepcopy(params_schema)),
         )

@@ -33,6 +33,7 @@ from typing import Any
 import stomp
 from stomp.utils import Frame
 
+from pier.rpc.auth import Identity
 from pier.rpc.errors import InternalError
 from pier.rpc.events import EventLog
 from pier.rpc.jsonrpc import JsonRpc, error_object
@@ -68,6 +69,7 @@ class StompOptions:
     workers: int = 8
     reply_ttl: float = 300.0
     max_age: float = 180.0
+    role: str = "admin"  # whoever the broker lets send to our queue; the broker's ACLs decide who that is
 
 
 def _dumps(value: Any) -> str:
@@ -153,6 +155,7 @@ class StompListener:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._link: _Link | None = None
+        self._identity = Identity(f"broker {self._broker}", options.role, "broker")
 
     @property
     def address(self) -> str:
@@ -293,7 +296,7 @@ class StompListener:
     def _serve(self, link: _Link, frame: Frame) -> None:
         headers = frame.headers
         reply_to = headers.get("reply-to", "")
-        context = CallContext("stomp", reply_to or "no reply-to")
+        context = CallContext("stomp", reply_to or "no reply-to", identity=self._identity)
         sent = True
         try:
             stale = self._replies.stale(headers)

@@ -40,6 +40,15 @@ _WOULD_BLOCK = (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 class StompWire:
     """One client's socket, its reader and writer threads, and what waits to be sent."""
 
+    def peer_certificate(self) -> bytes | None:
+        """The client's TLS certificate (DER), when it presented one."""
+        if not self._tls:
+            return None
+        try:
+            return self._sock.getpeercert(binary_form=True)
+        except (ValueError, OSError):
+            return None
+
     def __init__(self, sock: socket.socket, peer: str, name: str, *, max_frame: int, out_limit: int) -> None:
         self.peer = peer
         self.state = OPEN

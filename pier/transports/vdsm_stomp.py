@@ -25,6 +25,7 @@ import ssl as ssl_module
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from pier.rpc.events import EventLog
 from pier.rpc.jsonrpc import JsonRpc
@@ -39,15 +40,18 @@ class VdsmStompListener:
     """Owns the listening socket, its accept thread, the worker pool and the connections."""
 
     def __init__(self, jsonrpc: JsonRpc, events: EventLog, host: str, port: int = DEFAULT_PORT, *,
-                 ssl_context: ssl_module.SSLContext | None = None, max_frame: int = 1 << 20,
-                 max_connections: int = 256, workers: int = 8, max_in_flight: int = 8) -> None:
+                 authenticator: Any, ssl_context: ssl_module.SSLContext | None = None, max_frame: int = 1 << 20,
+                 max_connections: int = 256, max_per_client: int = 32, workers: int = 8,
+                 max_in_flight: int = 8) -> None:
         self._jsonrpc = jsonrpc
+        self._authenticator = authenticator
         self._events = events
         self._host = host
         self._port = port
         self._ssl = ssl_context
         self._max_frame = max_frame
         self._max_connections = max_connections
+        self._max_per_client = max_per_client
         self._workers = workers
         self._max_in_flight = max_in_flight
         self._lock = threading.Lock()
@@ -91,7 +95,7 @@ class VdsmStompListener:
         self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="vdsm-stomp-worker")
         self._endpoint = Endpoint(self._jsonrpc, self._events, Subscriptions(), self._pool.submit,
                                   self._max_frame, self._max_in_flight, out_limit=max(self._max_frame, 1 << 20),
-                                  closed=self._forget)
+                                  closed=self._forget, authenticator=self._authenticator)
         self._thread = threading.Thread(target=self._accept_loop, name="vdsm-stomp-listener", daemon=True)
         self._thread.start()
 
@@ -148,13 +152,18 @@ class VdsmStompListener:
         host = f"[{address[0]}]" if ":" in address[0] else address[0]
         peer = f"{host}:{address[1]}"
         with self._lock:
-            full = len(self._connections) >= self._max_connections
-        if full:
-            log.warning("refused a STOMP connection from %s: %d clients are connected", peer, self._max_connections)
+            from_client = sum(1 for c in self._connections if c.peer.rsplit(":", 1)[0] == host)
+            if len(self._connections) >= self._max_connections:
+                refusal = f"at most {self._max_connections} clients at a time"
+            elif from_client >= self._max_per_client:
+                refusal = f"at most {self._max_per_client} connections from one client ({host})"
+            else:
+                refusal = ""
+        if refusal:
+            log.warning("refused a STOMP connection from %s: %s", peer, refusal)
             if self._ssl is None:
                 with contextlib.suppress(OSError):
-                    client.send(error_frame("Too many connections",
-                                            f"at most {self._max_connections} clients at a time"))
+                    client.send(error_frame("Too many connections", refusal))
                     client.recv(65536)  # what the client sent, so that closing does not reset the ERROR away
             client.close()
             return

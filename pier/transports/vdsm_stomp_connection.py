@@ -18,9 +18,10 @@ import logging
 import socket
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
+from pier.rpc.errors import PierError
 from pier.rpc.events import Event, EventLog
 from pier.rpc.jsonrpc import JsonRpc
 from pier.rpc.registry import CallContext
@@ -42,6 +43,12 @@ MAX_SUBSCRIPTIONS = 100
 def covers(subscribed: str, destination: str) -> bool:
     """Whether a subscription to `subscribed` receives what is sent to `destination`."""
     return destination == subscribed or destination.startswith(subscribed + ".")
+
+
+def _overlaps_served(destination: str) -> bool:
+    """True when a subscription to `destination` would receive events or other clients' requests."""
+    return any(covers(destination, served) or covers(served, destination)
+               for served in (*REQUEST_DESTINATIONS, EVENTS_DESTINATION))
 
 
 def is_request_destination(destination: str) -> bool:
@@ -89,6 +96,7 @@ class Endpoint:
     max_in_flight: int
     out_limit: int
     closed: Callable[[Connection], None]
+    authenticator: Any
 
 
 def error_frame(message: str, detail: str = "", receipt: str | None = None) -> bytes:
@@ -161,10 +169,23 @@ class Connection(StompWire):
         if frame.headers.get("accept-version") != "1.2":
             self.fail("Version unsupported")
             return
+        self._identify(frame)
         can_send, wants = parse_heart_beat(frame.headers.get("heart-beat"))
         self.heart_beats(wants / 1000, can_send / 1000)
         self.offer(encode_frame("CONNECTED", {"version": "1.2", "heart-beat": f"{wants},{can_send}"}), force=True)
         log.debug("%s connected (heart-beats: ours every %d ms, theirs every %d ms)", self.peer, wants, can_send)
+
+    def _identify(self, frame: Frame) -> None:
+        """Who connected: the TLS client certificate (VDSM's way), or a bearer token as the passcode."""
+        try:
+            identity = self._end.authenticator.identify(
+                certificate=self.peer_certificate(),
+                authorization=f"Bearer {frame.headers['passcode']}" if frame.headers.get("passcode") else None)
+        except PierError as exc:
+            self._context = replace(self._context, auth_error=exc)
+            log.info("STOMP connection from %s is not authenticated: %s", self.peer, exc.message)
+        else:
+            self._context = replace(self._context, identity=identity)
 
     def _subscribe(self, frame: Frame) -> None:
         destination, sub_id = frame.headers.get("destination"), frame.headers.get("id")
@@ -177,6 +198,9 @@ class Connection(StompWire):
             self._error("Unsupported ack mode", "only ack:auto is served", receipt)
         elif len(self._subs) >= MAX_SUBSCRIPTIONS:
             self._error("Too many subscriptions", f"at most {MAX_SUBSCRIPTIONS} on one connection", receipt)
+        elif self._context.identity is None and _overlaps_served(destination):
+            self._error("Authentication required", "events and requests are for authenticated connections only",
+                        receipt)
         else:
             with self.cond:
                 self._subs[sub_id] = destination

@@ -8,13 +8,19 @@ costs more than it saves on small frames) and every accepted socket has TCP_NODE
 
 from __future__ import annotations
 
+import collections
+import contextlib
+import http
 import logging
 import ssl as ssl_module
 import threading
+from typing import Any
 
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.server import Server, ServerConnection, serve
 
+from pier.rpc.auth import Identity
+from pier.rpc.errors import PierError
 from pier.rpc.events import Event
 from pier.rpc.jsonrpc import JsonRpc
 from pier.rpc.registry import CallContext
@@ -30,8 +36,13 @@ FRAME_LIMIT = 4 << 20
 class WebSocketListener:
     """Owns the WebSocket server and the thread that accepts connections."""
 
-    def __init__(self, jsonrpc: JsonRpc, host: str, port: int, *, ssl: ssl_module.SSLContext | None = None) -> None:
+    def __init__(self, jsonrpc: JsonRpc, host: str, port: int, authenticator: Any, *,
+                 ssl: ssl_module.SSLContext | None = None, max_per_client: int = 32) -> None:
         self._jsonrpc = jsonrpc
+        self._authenticator = authenticator
+        self._max_per_client = max_per_client
+        self._per_client: collections.Counter[str] = collections.Counter()
+        self._count_lock = threading.Lock()
         self._host = host
         self._port = port
         self._ssl = ssl
@@ -46,6 +57,7 @@ class WebSocketListener:
     def start(self) -> None:
         self._server = serve(
             self._serve_connection, self._host, self._port, ssl=self._ssl, compression=None,
+            process_request=self._refuse_beyond_limit,
             max_size=FRAME_LIMIT, ping_interval=20, ping_timeout=20,
             logger=logging.getLogger("pier.transports.ws.server"),
         )
@@ -60,14 +72,36 @@ class WebSocketListener:
             self._thread.join()
         self._server = self._thread = None
 
+    def _refuse_beyond_limit(self, connection: ServerConnection, request: Any) -> Any:
+        """Before the handshake: a client with too many connections open gets 429."""
+        host = _peer(connection).rsplit(":", 1)[0]
+        with self._count_lock:
+            if self._per_client[host] < self._max_per_client:
+                return None
+        log.warning("refused a WebSocket connection from %s: %d are open", host, self._max_per_client)
+        return connection.respond(http.HTTPStatus.TOO_MANY_REQUESTS,
+                                  f"at most {self._max_per_client} connections from one client\n")
+
     def _serve_connection(self, connection: ServerConnection) -> None:
         peer = _peer(connection)
+        host = peer.rsplit(":", 1)[0]
+        with self._count_lock:
+            self._per_client[host] += 1
+        try:
+            self._serve_calls(connection, peer)
+        finally:
+            with self._count_lock:
+                self._per_client[host] -= 1
+                if not self._per_client[host]:
+                    del self._per_client[host]
 
+    def _serve_calls(self, connection: ServerConnection, peer: str) -> None:
         def push(event: Event) -> None:
             connection.send(self._jsonrpc.notification(event))
 
         session = PushSession(push, peer)
-        context = CallContext("ws", peer, session=session)
+        identity, error = self._identify(connection)
+        context = CallContext("ws", peer, identity=identity, session=session, auth_error=error)
         log.debug("connection from %s", peer)
         try:
             for message in connection:
@@ -79,6 +113,19 @@ class WebSocketListener:
         finally:
             session.close()
             log.debug("connection from %s closed", peer)
+
+
+    def _identify(self, connection: ServerConnection) -> tuple[Identity | None, PierError | None]:
+        """Who opened this connection: its client certificate or the handshake's Authorization header."""
+        certificate = None
+        if self._ssl is not None:
+            with contextlib.suppress(AttributeError, ValueError):
+                certificate = connection.socket.getpeercert(binary_form=True)
+        try:
+            return self._authenticator.identify(authorization=connection.request.headers.get("Authorization"),
+                                                certificate=certificate), None
+        except PierError as exc:
+            return None, exc
 
 
 def _peer(connection: ServerConnection) -> str:

@@ -270,7 +270,7 @@ def xmlrpc_app(registry: Registry, *, max_bytes: int = MAX_BYTES) -> WsgiApp:
             log.warning("XML-RPC request from %s refused: %s", peer_of(environ), error.message)
             start_response("413 Payload Too Large", [*_XML, ("Connection", "close")])
             return [_fault(error)]
-        reply = endpoint.handle(body, CallContext("xmlrpc", peer_of(environ)))
+        reply = endpoint.handle(body, CallContext.for_wsgi(environ, "xmlrpc"))
         start_response("200 OK", [*_XML, ("Content-Length", str(len(reply)))])
         return [reply]
 

@@ -9,9 +9,11 @@ whatever the wire.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import itertools
 import json
 import socket
+import ssl
 import threading
 import time
 import urllib.error
@@ -34,18 +36,45 @@ class CallFailed(Exception):
         self.code, self.name, self.message, self.status, self.data = code, name, message, status, data
 
 
+# The bearer token of the pierd under test; the Pierd fixture sets it, and every helper here sends
+# it unless a test passes its own Authorization header ("" for none).
+TOKEN: dict[str, str] = {"value": ""}
+
+
+def auth_headers(token: str | None = None) -> dict[str, str]:
+    token = TOKEN["value"] if token is None else token
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
 def http_request(method: str, url: str, body: Any = None, headers: dict[str, str] | None = None,
-                 raw: bytes | None = None, timeout: float = 30) -> tuple[int, dict[str, str], bytes]:
-    """One HTTP request; returns (status, headers, body) for any status."""
+                 raw: bytes | None = None, timeout: float = 30,
+                 context: ssl.SSLContext | None = None) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP request (with the test's token unless `headers` say otherwise); returns
+    (status, headers, body) for any status."""
     data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-    request = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+    headers = {**auth_headers(), **(headers or {})}
+    headers = {name: value for name, value in headers.items() if value}
+    request = urllib.request.Request(url, data=data, method=method, headers=headers)
     if data is not None and "Content-Type" not in request.headers:
         request.add_header("Content-Type", "application/json")
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
             return response.status, dict(response.headers), response.read()
     except urllib.error.HTTPError as exc:
         return exc.code, dict(exc.headers), exc.read()
+
+
+def unix_request(socket_path: str, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    """One request to pierd's local socket (where root is an admin without a token)."""
+    connection = http.client.HTTPConnection("localhost", timeout=30)
+    connection.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    connection.sock.connect(socket_path)
+    raw = json.dumps(body).encode() if body is not None else None
+    connection.request(method, path, body=raw, headers={"Content-Type": "application/json"} if raw else {})
+    response = connection.getresponse()
+    payload = response.read()
+    connection.close()
+    return response.status, json.loads(payload) if payload else None
 
 
 class JsonRpcError(CallFailed):
@@ -60,12 +89,13 @@ def _raise_jsonrpc(error: dict[str, Any]) -> None:
 class HttpRpcClient:
     transport = "http"
 
-    def __init__(self, base: str) -> None:
+    def __init__(self, base: str, token: str | None = None) -> None:
         self.url = base + "/jsonrpc"
         self._ids = itertools.count(1)
+        self._headers = auth_headers(token) or {"Authorization": ""}
 
     def send(self, message: Any) -> Any:
-        status, _, body = http_request("POST", self.url, message)
+        status, _, body = http_request("POST", self.url, message, headers=self._headers)
         return json.loads(body) if body else None
 
     def call(self, verb: str, **params: Any) -> Any:
@@ -81,10 +111,11 @@ class HttpRpcClient:
 class WsClient:
     transport = "ws"
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, token: str | None = None, ssl: ssl.SSLContext | None = None) -> None:
         self._stack = contextlib.ExitStack()
         self.connection = self._stack.enter_context(connect(url, compression=None, max_size=8 << 20,
-                                                            open_timeout=10))
+                                                            open_timeout=10, ssl=ssl,
+                                                            additional_headers=auth_headers(token)))
         self._ids = itertools.count(1)
         self.notifications: list[dict[str, Any]] = []
 
@@ -117,8 +148,9 @@ class RestClient:
 
     transport = "rest"
 
-    def __init__(self, base: str) -> None:
+    def __init__(self, base: str, token: str | None = None) -> None:
         self.base = base + "/api/v1"
+        self._headers = auth_headers(token) or {"Authorization": ""}
 
     def call(self, verb: str, **params: Any) -> Any:
         declared = SCHEMA.verbs[verb]
@@ -137,7 +169,7 @@ class RestClient:
         else:
             body = params.pop(route.body) if route.body else params
         status, headers, raw = http_request(route.method, self.base + path, body if body is not None else {}
-                                            if route.method not in ("GET", "DELETE") else None)
+                                            if route.method not in ("GET", "DELETE") else None, headers=self._headers)
         payload = json.loads(raw) if raw else None
         if status >= 400:
             raise CallFailed(payload.get("code"), payload.get("name"), payload.get("detail", ""), status,

@@ -26,11 +26,11 @@ import stomp
 
 from pier.config import parse_address
 from pier.host.testdriver import make_test_uri, unusable_reason
-from tests.integration.clients import HttpRpcClient, RestClient, StompClient, WsClient
+from tests.integration.clients import TOKEN, HttpRpcClient, RestClient, StompClient, WsClient, unix_request
 
 READY = re.compile(r"pierd \S+ ready")
-HTTP_LINE = re.compile(r"REST facade on (http://\S+)/api/v1")
-WS_LINE = re.compile(r"WebSocket on (ws://\S+)")
+HTTP_LINE = re.compile(r"REST facade on (https?://\S+)/api/v1")
+WS_LINE = re.compile(r"WebSocket on (wss?://\S+)")
 STOMP_LINE = re.compile(r"STOMP: requests on (/queue/\S+), events on (/topic/\S+)\.<namespace>")
 BROKER = parse_address(os.environ.get("PIER_STOMP_BROKER", "127.0.0.1:61613"))
 STOMP_PREFIX = "piertest"
@@ -41,17 +41,24 @@ def stomp_flags(broker: tuple[str, int] = BROKER) -> list[str]:
 
 
 class Pierd:
-    """A pierd process: its addresses, its log, and an orderly stop."""
+    """A pierd process: its addresses, its log, an admin token, and an orderly stop.
 
-    def __init__(self, state_dir: Path, uri: str, *extra: str) -> None:
+    By default it serves plain text on loopback (`--insecure-loopback`) with no rate limit, and
+    the admin token is made through its local socket, as root may; `secure=True` leaves TLS on.
+    """
+
+    def __init__(self, state_dir: Path, uri: str, *extra: str, secure: bool = False) -> None:
         self.state_dir = state_dir
         self.uri = uri
         self.log: list[str] = []
         self.http = self.ws = ""
         self.requests = self.events = ""
         self._changed = threading.Condition()
+        self.socket = str(state_dir / "pier.sock")
+        insecure = [] if secure else ["--insecure-loopback"]
         command = [sys.executable, "-m", "pier.daemon", "--libvirt-uri", uri, "--http", "127.0.0.1:0",
-                   "--ws", "127.0.0.1:0", "--state-dir", str(state_dir), *extra]
+                   "--ws", "127.0.0.1:0", "--state-dir", str(state_dir), "--unix-socket", self.socket,
+                   "--rate-limit", "0", *insecure, *extra]
         self.started = time.monotonic()
         self.process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, bufsize=1)
         self._ready = threading.Event()
@@ -61,6 +68,14 @@ class Pierd:
             self.process.kill()
             raise RuntimeError("pierd did not become ready:\n" + "".join(self.log))
         self.ready_after = time.monotonic() - self.started
+        self.token = self.make_token("admin")
+        TOKEN["value"] = self.token
+
+    def make_token(self, role: str, **params: object) -> str:
+        """A new bearer token with `role`, made over the local socket."""
+        status, made = unix_request(self.socket, "POST", "/api/v1/tokens", {"role": role, **params})
+        assert status == 201, made
+        return made["token"]
 
     def _read(self) -> None:
         for line in self.process.stderr:
@@ -98,8 +113,8 @@ class Pierd:
         return self.process.returncode
 
     def client(self, transport: str):
-        return {"ws": lambda: WsClient(self.ws), "http": lambda: HttpRpcClient(self.http),
-                "rest": lambda: RestClient(self.http),
+        return {"ws": lambda: WsClient(self.ws, self.token), "http": lambda: HttpRpcClient(self.http, self.token),
+                "rest": lambda: RestClient(self.http, self.token),
                 "stomp": lambda: StompClient(BROKER, self.requests)}[transport]()
 
     def kill(self) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client as http_client
 import json
+import ssl
 import subprocess
 import sys
 import threading
@@ -72,15 +73,20 @@ def test_taken_port_fails_with_a_clear_message(pierd: Pierd, tmp_path: Path, tes
 def test_stop_joins_every_thread_even_with_clients_connected(tmp_path: Path, test_uri: str) -> None:
     before = set(threading.enumerate())
     daemon = Daemon(Settings(libvirt_uri=test_uri, http="127.0.0.1:0", ws="127.0.0.1:0",
-                             state_dir=str(tmp_path / "state")))
-    daemon.start()
+                             state_dir=str(tmp_path / "state"), unix_socket=str(tmp_path / "pier.sock")))
+    daemon.start()  # with TLS: it makes its own CA and certificates at this first start
+    token = daemon.credentials.create_token("viewer")["token"]
+    tls = ssl.create_default_context(cafile=str(tmp_path / "state" / "tls" / "ca.pem"))
     http = daemon.listeners["http"].address
-    watcher = WsClient(daemon.listeners["ws"].address)
+    assert http.startswith("https://")
+    watcher = WsClient(daemon.listeners["ws"].address, token, ssl=tls)
     watcher.call("Events.subscribe")
-    stream = http_client.HTTPConnection(*http.removeprefix("http://").rsplit(":", 1), timeout=10)
-    stream.request("GET", "/api/v1/events", headers={"Accept": "text/event-stream"})
+    host, port = http.removeprefix("https://").rsplit(":", 1)
+    stream = http_client.HTTPSConnection(host, int(port), timeout=10, context=tls)
+    stream.request("GET", "/api/v1/events", headers={"Accept": "text/event-stream", "Authorization": f"Bearer {token}"})
     assert stream.getresponse().status == 200
-    poller = threading.Thread(target=http_request, args=("GET", http + "/api/v1/events?wait=60"))
+    poller = threading.Thread(target=http_request, args=("GET", http + "/api/v1/events?wait=60"),
+                              kwargs={"headers": {"Authorization": f"Bearer {token}"}, "context": tls})
     poller.start()
     daemon.stop()
     poller.join(10)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 
-from tests.integration.clients import http_request
+from tests.integration.clients import auth_headers, http_request
 from tests.integration.conftest import Pierd, new_vm_id
 from tests.integration.test_verbs import vm_params
 
@@ -90,7 +90,8 @@ def _config(tmp_path, **values) -> object:
 def _read_sse(base: str, path: str, last_event_id: int, until) -> list[dict[str, str]]:
     host, port = base.removeprefix("http://").rsplit(":", 1)
     connection = http.client.HTTPConnection(host, int(port), timeout=15)
-    connection.request("GET", path, headers={"Accept": "text/event-stream", "Last-Event-ID": str(last_event_id)})
+    connection.request("GET", path, headers={"Accept": "text/event-stream", "Last-Event-ID": str(last_event_id),
+                                             **auth_headers()})
     response = connection.getresponse()
     assert response.status == 200 and response.getheader("Content-Type").startswith("text/event-stream")
     frames, frame = [], {}

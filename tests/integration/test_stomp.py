@@ -288,7 +288,8 @@ def test_pierd_serves_without_the_broker_and_stops_promptly(tmp_path: Path, test
 def test_stop_joins_every_stomp_thread(stomp_broker, tmp_path: Path, test_uri: str) -> None:
     before = set(threading.enumerate())
     daemon = Daemon(Settings(libvirt_uri=test_uri, http="127.0.0.1:0", ws="127.0.0.1:0", state_dir=str(tmp_path),
-                             stomp_broker=f"{BROKER[0]}:{BROKER[1]}", stomp_prefix=STOMP_PREFIX))
+                             stomp_broker=f"{BROKER[0]}:{BROKER[1]}", stomp_prefix=STOMP_PREFIX,
+                             insecure_loopback=True, unix_socket=str(tmp_path / "pier.sock")))
     daemon.start()
     listener = daemon.listeners["stomp"]
     deadline = time.monotonic() + 10

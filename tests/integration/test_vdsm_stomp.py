@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,14 +15,22 @@ from tests.unit.vdsm_stomp_client import EVENTS, ServerError, VdsmLikeClient, ad
 
 @pytest.fixture
 def vdsm_pierd(tmp_path: Path, test_uri: str) -> Iterator[Pierd]:
-    daemon = Pierd(tmp_path / "state", test_uri, "--vdsm-stomp", "127.0.0.1:0")
+    daemon = Pierd(tmp_path / "state", test_uri, "--vdsm-stomp", "127.0.0.1:0", secure=True)
     yield daemon
     assert daemon.stop() == 0
 
 
+def vdsm_tls(state_dir: Path) -> ssl.SSLContext:
+    """What VDSM's client uses: the CA, and a client certificate (pierd trusts the one it made)."""
+    context = ssl.create_default_context(cafile=str(state_dir / "tls" / "ca.pem"))
+    context.load_cert_chain(str(state_dir / "tls" / "client.pem"), str(state_dir / "tls" / "client-key.pem"))
+    return context
+
+
 def test_vdsm_client_calls_verbs_and_receives_events(vdsm_pierd: Pierd) -> None:
     address = next(line.split(" on ")[-1].strip() for line in vdsm_pierd.log if "VDSM-compatible STOMP on" in line)
-    client = VdsmLikeClient(address_of(address), timeout=20)
+    assert address.startswith("stomp+ssl://")
+    client = VdsmLikeClient(address_of(address), timeout=20, tls=vdsm_tls(vdsm_pierd.state_dir))
     try:
         client.subscribe(EVENTS)
         assert client.call("Host.ping2") is True
@@ -41,5 +50,18 @@ def test_vdsm_client_calls_verbs_and_receives_events(vdsm_pierd: Pierd) -> None:
         assert gone.value.code == 1
         info = client.call("Host.getAgentInfo")
         assert info["transports"]["vdsm-stomp"] == address
+    finally:
+        client.close()
+
+
+def test_without_a_trusted_certificate_the_endpoint_answers_nothing(vdsm_pierd: Pierd) -> None:
+    address = next(line.split(" on ")[-1].strip() for line in vdsm_pierd.log if "VDSM-compatible STOMP on" in line)
+    anonymous = ssl.create_default_context(cafile=str(vdsm_pierd.state_dir / "tls" / "ca.pem"))
+    client = VdsmLikeClient(address_of(address), timeout=20, tls=anonymous, connect=False)
+    try:
+        client.connect()
+        with pytest.raises(ServerError) as refused:
+            client.call("Host.getVMList")
+        assert refused.value.code == -32001
     finally:
         client.close()

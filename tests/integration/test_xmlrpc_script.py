@@ -15,7 +15,8 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "contrib" / "vdsm_xmlrpc_example
 
 
 def run_example(daemon: Pierd) -> str:
-    url = daemon.http + "/RPC2"
+    # The only change an old script needs: its URL carries a Pier token as the password.
+    url = daemon.http.replace("http://", f"http://vdsm:{daemon.make_token('operator')}@") + "/RPC2"
     with xmlrpc.client.ServerProxy(url, allow_none=True) as proxy:
         try:
             proxy.ping()

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 
 from pier.api import handlers
+from pier.rpc.audit import AuditLog
+from pier.rpc.auth import Credentials, Identity
 from pier.rpc.events import EventLog
 from pier.rpc.jsonrpc import JsonRpc
 from pier.rpc.registry import CallContext, Registry
@@ -17,6 +19,7 @@ from pier.rpc.tasks import TaskManager
 from tests.fakes import FakeNode
 
 VM_ID = "6f1e3e4c-1111-4222-8333-444455556666"
+ADMIN = Identity("test admin", "admin", "test")
 
 
 @dataclass
@@ -27,9 +30,11 @@ class Stack:
     registry: Registry
     jsonrpc: JsonRpc
     db: Path
+    credentials: Credentials
+    audit: AuditLog
 
     def call(self, verb: str, **params: object) -> object:
-        return self.registry.call(verb, params, CallContext("test"))
+        return self.registry.call(verb, params, CallContext("test", identity=ADMIN))
 
 
 @pytest.fixture(scope="session")
@@ -43,9 +48,12 @@ def build_stack(schema: Schema, db: Path, vms: dict[str, dict[str, object]] | No
     tasks = TaskManager(str(db), events.publish, workers=4)
     node = FakeNode(events.publish)
     node.vms = vms or {}
-    registry = Registry(schema, handlers(node, tasks, events, lambda: {"name": "pier"}), tasks)
+    credentials = Credentials(str(db))
+    audit = AuditLog(str(db))
+    registry = Registry(schema, handlers(node, tasks, events, lambda: {"name": "pier"}, credentials, audit), tasks,
+                        audit=audit)
     tasks.start(registry.reconcilers)
-    return Stack(node, events, tasks, registry, JsonRpc(registry), db)
+    return Stack(node, events, tasks, registry, JsonRpc(registry), db, credentials, audit)
 
 
 @pytest.fixture
@@ -54,3 +62,5 @@ def stack(schema: Schema, tmp_path: Path) -> Iterator[Stack]:
     yield built
     built.tasks.stop()
     built.events.close()
+    built.credentials.close()
+    built.audit.close()

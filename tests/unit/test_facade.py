@@ -19,9 +19,10 @@ from cheroot import wsgi
 
 from pier.facade import make_app
 from pier.facade.routes import endpoints
+from pier.rpc.auth import WSGI_IDENTITY
 from pier.rpc.events import EventLog
 from pier.rpc.schema import Schema
-from tests.unit.conftest import VM_ID, Stack
+from tests.unit.conftest import ADMIN, VM_ID, Stack
 
 OTHER_ID = "6f1e3e4c-1111-4222-8333-777777777777"
 TASK_ID = "0a0a0a0a-1111-4222-8333-444455556666"
@@ -58,6 +59,7 @@ def request(app: bottle.Bottle, method: str, target: str, body: Any = None, *,
     path, _, query = target.partition("?")
     environ.update(REQUEST_METHOD=method, PATH_INFO=path, QUERY_STRING=query,
                    REMOTE_ADDR="127.0.0.1", REMOTE_PORT="40000")
+    environ.setdefault(WSGI_IDENTITY, ADMIN)  # what the HTTP listener leaves for an authenticated caller
     if body is not None:
         raw = body if isinstance(body, bytes) else json.dumps(body).encode()
         environ.update({"wsgi.input": io.BytesIO(raw), "CONTENT_LENGTH": str(len(raw)),
@@ -422,8 +424,13 @@ def test_openapi_document_is_served(stack: Stack) -> None:
 @pytest.fixture
 def served(stack: Stack) -> Iterator[tuple[wsgi.Server, threading.Event]]:
     stopping = threading.Event()
-    server = wsgi.Server(("127.0.0.1", 0), make_app(stack.registry, stack.events, stopping=stopping,
-                                                    stream_keepalive=60), numthreads=4)
+    app = make_app(stack.registry, stack.events, stopping=stopping, stream_keepalive=60)
+
+    def authenticated(environ: dict[str, Any], start_response: Any) -> Any:
+        environ[WSGI_IDENTITY] = ADMIN  # what pier's HTTP listener does for a caller it recognises
+        return app(environ, start_response)
+
+    server = wsgi.Server(("127.0.0.1", 0), authenticated, numthreads=4)
     server.prepare()
     thread = threading.Thread(target=server.serve, name="test-cheroot", daemon=True)
     thread.start()

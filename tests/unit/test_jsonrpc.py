@@ -7,9 +7,9 @@ import json
 import pytest
 
 from pier.rpc.registry import CallContext
-from tests.unit.conftest import VM_ID, Stack
+from tests.unit.conftest import ADMIN, VM_ID, Stack
 
-CTX = CallContext("test")
+CTX = CallContext("test", identity=ADMIN)
 
 
 def answer(stack: Stack, message: object) -> object:

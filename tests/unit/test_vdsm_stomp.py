@@ -9,7 +9,8 @@ from collections.abc import Iterator
 import pytest
 
 from pier.transports.vdsm_stomp import VdsmStompListener
-from tests.unit.conftest import Stack
+from tests.fakes import FixedAuthenticator
+from tests.unit.conftest import ADMIN, Stack
 from tests.unit.vdsm_stomp_client import EVENTS, REQUESTS, Closed, ServerError, VdsmLikeClient, address_of
 
 VM = "7a0c1d2e-3f40-4152-8637-48596a7b8c9d"
@@ -18,7 +19,7 @@ VM_PARAMS = {"vmId": VM, "vmName": "stomp", "memSize": 64, "smp": "1"}
 
 @pytest.fixture
 def listener(stack: Stack) -> Iterator[VdsmStompListener]:
-    server = VdsmStompListener(stack.jsonrpc, stack.events, "127.0.0.1", 0, max_frame=64 << 10)
+    server = VdsmStompListener(stack.jsonrpc, stack.events, "127.0.0.1", 0, authenticator=FixedAuthenticator(ADMIN), max_frame=64 << 10)
     server.start()
     yield server
     server.stop()

@@ -16,7 +16,8 @@ import pytest
 
 from pier.transports import stomp_wire
 from pier.transports.vdsm_stomp import VdsmStompListener
-from tests.unit.conftest import Stack
+from tests.fakes import FixedAuthenticator
+from tests.unit.conftest import ADMIN, Stack
 from tests.unit.vdsm_stomp_client import EVENTS, REQUESTS, Closed, VdsmLikeClient, address_of, encode
 
 MAX_FRAME = 4096
@@ -28,7 +29,7 @@ def _threads() -> set[str]:
 
 @pytest.fixture
 def listener(stack: Stack) -> Iterator[VdsmStompListener]:
-    server = VdsmStompListener(stack.jsonrpc, stack.events, "127.0.0.1", 0, max_frame=MAX_FRAME)
+    server = VdsmStompListener(stack.jsonrpc, stack.events, "127.0.0.1", 0, authenticator=FixedAuthenticator(ADMIN), max_frame=MAX_FRAME)
     server.start()
     yield server
     server.stop()
@@ -244,7 +245,7 @@ def test_client_heart_beats_keep_the_connection(listener: VdsmStompListener) -> 
 
 
 def test_too_many_connections(stack: Stack) -> None:
-    server = VdsmStompListener(stack.jsonrpc, stack.events, "127.0.0.1", 0, max_connections=2)
+    server = VdsmStompListener(stack.jsonrpc, stack.events, "127.0.0.1", 0, authenticator=FixedAuthenticator(ADMIN), max_connections=2)
     server.start()
     try:
         first, second = (VdsmLikeClient(address_of(server.address)) for _ in range(2))
@@ -289,7 +290,7 @@ def test_slow_client_holds_nobody_up(stack: Stack, listener: VdsmStompListener) 
 
 def test_stop_with_clients_connected(stack: Stack) -> None:
     before = _threads()
-    server = VdsmStompListener(stack.jsonrpc, stack.events, "127.0.0.1", 0)
+    server = VdsmStompListener(stack.jsonrpc, stack.events, "127.0.0.1", 0, authenticator=FixedAuthenticator(ADMIN))
     server.start()
     clients = [VdsmLikeClient(address_of(server.address)) for _ in range(3)]
     clients[0].subscribe(EVENTS)
@@ -319,7 +320,7 @@ def test_tls(stack: Stack, tmp_path: Path) -> None:
     server_context.load_cert_chain(cert, key)
     client_context = ssl.create_default_context(cafile=str(cert))
     client_context.check_hostname = False
-    server = VdsmStompListener(stack.jsonrpc, stack.events, "127.0.0.1", 0, ssl_context=server_context)
+    server = VdsmStompListener(stack.jsonrpc, stack.events, "127.0.0.1", 0, authenticator=FixedAuthenticator(ADMIN), ssl_context=server_context)
     server.start()
     try:
         assert server.address.startswith("stomp+ssl://")

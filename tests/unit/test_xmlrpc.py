@@ -15,7 +15,8 @@ from pier.rpc.registry import CallContext
 from pier.rpc.schema import Schema
 from pier.transports.http import HttpListener
 from pier.transports.xmlrpc import XmlRpc, to_wire, xmlrpc_app
-from tests.unit.conftest import VM_ID, Stack
+from tests.fakes import FixedAuthenticator
+from tests.unit.conftest import ADMIN, VM_ID, Stack
 
 UNKNOWN_VM = "00000000-0000-4000-8000-0000000000ff"
 DONE = {"code": 0, "message": "Done"}
@@ -40,7 +41,7 @@ def _not_found(environ: dict, start_response) -> list[bytes]:
 @pytest.fixture
 def url(stack: Stack) -> Iterator[str]:
     listener = HttpListener(("127.0.0.1", 0), {"/RPC2": xmlrpc_app(stack.registry, max_bytes=LIMIT)}, _not_found,
-                            threads=4)
+                            FixedAuthenticator(ADMIN), threads=4)
     listener.start()
     yield listener.address + "/RPC2"
     listener.stop()
@@ -150,7 +151,7 @@ def test_the_verbs_own_names_answer_too(vdsm, stack: Stack) -> None:
 
 
 def test_legacy_names_are_callable_over_json_rpc_with_a_bare_result(stack: Stack) -> None:
-    reply = json.loads(stack.jsonrpc.handle('{"jsonrpc": "2.0", "method": "getVdsStats", "id": 1}', CallContext("t")))
+    reply = json.loads(stack.jsonrpc.handle('{"jsonrpc": "2.0", "method": "getVdsStats", "id": 1}', CallContext("t", identity=ADMIN)))
     assert "cpuIdle" in reply["result"]
 
 
@@ -267,7 +268,7 @@ def test_get_is_not_allowed(url: str) -> None:
 
 def test_the_endpoint_answers_bytes_in_process(stack: Stack) -> None:
     endpoint = XmlRpc(stack.registry)
-    reply = endpoint.handle(xmlrpc.client.dumps((), "getVdsCapabilities").encode(), CallContext("test"))
+    reply = endpoint.handle(xmlrpc.client.dumps((), "getVdsCapabilities").encode(), CallContext("test", identity=ADMIN))
     (res,), _ = xmlrpc.client.loads(reply)
     assert res["status"] == DONE and res["info"]["cpuCores"] == "2"
 

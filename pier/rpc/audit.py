@@ -1,0 +1,73 @@
+"""The audit log: every call of a verb that changes something, who made it, and how it ended.
+
+Kept in sqlite in the state directory, written by the registry after each changing call (and
+for each refused one), read by admins through `Host.getAuditLog` and `pier audit`. Params are
+stored with secrets redacted: those the schema marks `secret: true`, and any whose name says it
+holds one.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable
+from typing import Any
+
+REDACTED = "***"
+_SECRET_NAMES = re.compile(r"pass(word|code|phrase)?|secret|token|private.?key", re.IGNORECASE)
+
+
+def redact(value: Any, secret_names: Iterable[str] = ()) -> Any:
+    """`value` with every secret replaced by '***', at any depth."""
+    names = set(secret_names)
+    if isinstance(value, dict):
+        return {key: REDACTED if (key in names or _SECRET_NAMES.search(str(key))) and item is not None
+                else redact(item, names) for key, item in value.items()}
+    if isinstance(value, list):
+        return [redact(item, names) for item in value]
+    return value
+
+
+class AuditLog:
+    """Append-only records of changing calls, in sqlite."""
+
+    def __init__(self, db_path: str, *, retention: float = 90 * 86400.0) -> None:
+        self.retention = retention
+        self._db = sqlite3.connect(db_path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS audit (seq INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL,"
+            " who TEXT NOT NULL, role TEXT, via TEXT NOT NULL, peer TEXT NOT NULL, verb TEXT NOT NULL,"
+            " target TEXT, params TEXT NOT NULL, outcome TEXT NOT NULL, message TEXT NOT NULL, ms REAL)"
+        )
+        self._lock = threading.Lock()
+        self._db.execute("DELETE FROM audit WHERE time < ?", (time.time() - retention,))
+
+    def record(self, *, who: str, role: str | None, via: str, peer: str, verb: str, target: str | None,
+               params: dict[str, Any], outcome: str, message: str = "", ms: float | None = None) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO audit (time, who, role, via, peer, verb, target, params, outcome, message, ms)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (time.time(), who, role, via, peer, verb, target, json.dumps(params, default=str), outcome, message,
+                 ms),
+            )
+
+    def read(self, after: int = 0, limit: int = 100, verb: str | None = None) -> dict[str, Any]:
+        """Records with seq > `after` (oldest first), at most `limit`, optionally of one verb."""
+        query = "SELECT seq, time, who, role, via, peer, verb, target, params, outcome, message, ms FROM audit" \
+                " WHERE seq > ?" + (" AND verb = ?" if verb else "") + " ORDER BY seq LIMIT ?"
+        args = (after, verb, limit) if verb else (after, limit)
+        with self._lock:
+            rows = self._db.execute(query, args).fetchall()
+        entries = [{"seq": r[0], "time": r[1], "who": r[2], "role": r[3], "via": r[4], "peer": r[5], "verb": r[6],
+                    "target": r[7], "params": json.loads(r[8]), "outcome": r[9], "message": r[10], "ms": r[11]}
+                   for r in rows]
+        return {"entries": entries, "last": entries[-1]["seq"] if entries else after}
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

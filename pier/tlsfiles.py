@@ -1,0 +1,128 @@
+"""`pier init-tls`: a CA, a server certificate and an admin client certificate for a first run.
+
+Written with `cryptography` into a directory (by default `<state dir>/tls`): `ca.pem`,
+`ca-key.pem`, `server.pem`, `server-key.pem`, `client.pem`, `client-key.pem`. Keys are readable
+by their owner only. pierd makes them on its first start when TLS is needed and none are
+configured; the client certificate is then trusted as an admin.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+import secrets
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    directory: Path
+
+    @property
+    def ca(self) -> Path:
+        return self.directory / "ca.pem"
+
+    @property
+    def server(self) -> Path:
+        return self.directory / "server.pem"
+
+    @property
+    def server_key(self) -> Path:
+        return self.directory / "server-key.pem"
+
+    @property
+    def client(self) -> Path:
+        return self.directory / "client.pem"
+
+    @property
+    def client_key(self) -> Path:
+        return self.directory / "client-key.pem"
+
+    def exist(self) -> bool:
+        return self.server.exists() and self.server_key.exists()
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Pier"),
+                      x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
+def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
+    data = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as stream:
+        stream.write(data)
+
+
+def _write_cert(path: Path, certificate: x509.Certificate) -> None:
+    path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+
+
+def _issue(subject: x509.Name, key: ec.EllipticCurvePrivateKey, issuer: x509.Name,
+           issuer_key: ec.EllipticCurvePrivateKey, days: int, *, ca: bool = False,
+           sans: list[x509.GeneralName] | None = None, usage: x509.ObjectIdentifier | None = None) -> x509.Certificate:
+    now = datetime.datetime.now(datetime.UTC)
+    builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer).public_key(key.public_key())
+               .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+               .not_valid_after(now + datetime.timedelta(days=days))
+               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+    builder = builder.add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+    builder = builder.add_extension(
+        x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()), critical=False)
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    if usage is not None:
+        builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+def _server_names(hostname: str) -> list[x509.GeneralName]:
+    names: list[x509.GeneralName] = [x509.DNSName(n) for n in sorted({hostname, socket.gethostname(), "localhost"})]
+    return names + [x509.IPAddress(ipaddress.ip_address(a)) for a in ("127.0.0.1", "::1")]
+
+
+def init_tls(directory: Path, hostname: str | None = None, *, days: int = 825, force: bool = False) -> TlsFiles:
+    """Make a CA, a server certificate for `hostname` (and localhost) and an admin client certificate."""
+    files = TlsFiles(Path(directory))
+    if files.exist() and not force:
+        raise FileExistsError(f"{files.server} already exists (use --force to replace it)")
+    files.directory.mkdir(parents=True, exist_ok=True)
+    hostname = hostname or socket.getfqdn()
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = _name(f"Pier CA {hostname} {secrets.token_hex(4)}")  # two CAs of one host must not share a name
+    ca_cert = _issue(ca_name, ca_key, ca_name, ca_key, 3650, ca=True)
+    server_key = ec.generate_private_key(ec.SECP256R1())
+    server_cert = _issue(_name(hostname), server_key, ca_name, ca_key, days, sans=_server_names(hostname),
+                         usage=ExtendedKeyUsageOID.SERVER_AUTH)
+    client_key = ec.generate_private_key(ec.SECP256R1())
+    client_cert = _issue(_name("pier-admin"), client_key, ca_name, ca_key, days, usage=ExtendedKeyUsageOID.CLIENT_AUTH)
+    _write_key(files.directory / "ca-key.pem", ca_key)
+    _write_cert(files.ca, ca_cert)
+    _write_key(files.server_key, server_key)
+    _write_cert(files.server, server_cert)
+    _write_key(files.client_key, client_key)
+    _write_cert(files.client, client_cert)
+    return files
+
+
+def renew_server(directory: Path, hostname: str | None = None, *, days: int = 825) -> TlsFiles:
+    """A new server certificate and key from the CA in `directory`; send pierd SIGHUP to use it."""
+    files = TlsFiles(Path(directory))
+    ca_key = serialization.load_pem_private_key((files.directory / "ca-key.pem").read_bytes(), password=None)
+    ca_cert = x509.load_pem_x509_certificate(files.ca.read_bytes())
+    hostname = hostname or socket.getfqdn()
+    server_key = ec.generate_private_key(ec.SECP256R1())
+    server_cert = _issue(_name(hostname), server_key, ca_cert.subject, ca_key, days, sans=_server_names(hostname),
+                         usage=ExtendedKeyUsageOID.SERVER_AUTH)
+    _write_key(files.server_key, server_key)
+    _write_cert(files.server, server_cert)
+    return files
