@@ -2,13 +2,17 @@
 
 Any verb can be called (`pier call VERB key=value ...`); the verb list, help texts and param typing
 come from the schema, never from this file. A few convenience commands (`vms`, `host`, `events`,
-`task ...`) call specific verbs: their names are in `CONVENIENCE_VERBS` below and nowhere else.
-Verbs go through JSON-RPC 2.0 at `POST <url>/jsonrpc`; events through the REST long-poll.
-Only the standard library is used for HTTP, so the CLI starts fast; the schema (YAML) is loaded
-only by the commands that need it.
+`task ...`, `token ...`, `trust ...`, `audit`) call specific verbs: their names are in
+`CONVENIENCE_VERBS` below and nowhere else. Verbs go through JSON-RPC 2.0 at `POST <url>/jsonrpc`;
+events through the REST long-poll. Only the standard library is used for HTTP, so the CLI starts
+fast; the schema (YAML) is loaded only by the commands that need it.
+
+Where and how it connects: `--url` or `$PIER_URL`, else pierd's local unix socket when there is
+one (local root and pier-admin are admins there), else `DEFAULT_URL`; credentials (`--token`,
+`--cert/--key`, `--ca`) and the security commands are in `pier.cli_security`.
 
 Exit status: 0 done, 1 the call or the task failed, 2 usage error or `task wait` timed out,
-3 pierd could not be reached, 130 interrupted.
+3 pierd could not be reached, 4 pierd refused the caller (credentials or role), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import http.client
 import json
 import os
 import socket
+import ssl
 import sys
 import time
 import urllib.parse
@@ -35,13 +40,22 @@ CONVENIENCE_VERBS = {
     "task.list": "Host.getAllTasks",
     "task.stop": "Task.stop",
     "task.clear": "Task.clear",
+    "token.create": "Token.create",
+    "token.list": "Token.list",
+    "token.revoke": "Token.revoke",
+    "trust.add": "Trust.add",
+    "trust.list": "Trust.list",
+    "trust.remove": "Trust.remove",
+    "audit": "Host.getAuditLog",
 }
 EVENTS_PATH = "/api/v1/events"
 TASK_POLL_SLICE = 5.0
 EVENTS_FOLLOW_WAIT = 25.0
 DEFAULT_URL = f"http://{DEFAULT_HTTP}"
+UNAUTHENTICATED, FORBIDDEN = -32001, -32003
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TIMEOUT, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 0, 1, 2, 2, 3, 130
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TIMEOUT, EXIT_UNREACHABLE, EXIT_REFUSED, EXIT_INTERRUPTED = \
+    0, 1, 2, 2, 3, 4, 130
 
 
 # -- talking to pierd --------------------------------------------------------------------------
@@ -57,6 +71,21 @@ class RpcError(Exception):
     def __init__(self, code: Any, name: str | None, message: str, data: Any = None) -> None:
         super().__init__(message)
         self.code, self.name, self.message, self.data = code, name, message, data
+
+
+class Refused(Exception):
+    """pierd would not take the call from this caller: no or bad credentials, or too small a role."""
+
+    def __init__(self, message: str, forbidden: bool = False, needs: str | None = None, hint: str = "") -> None:
+        super().__init__(message)
+        self.message, self.forbidden, self.needs, self.hint = message, forbidden, needs, hint
+
+
+def _refused(status: int, code: Any, message: str, data: Any) -> Refused | None:
+    if status not in (401, 403) and code not in (UNAUTHENTICATED, FORBIDDEN):
+        return None
+    needs = data.get("needs") if isinstance(data, dict) else None
+    return Refused(message or f"HTTP {status}", status == 403 or code == FORBIDDEN, needs)
 
 
 class HttpProblem(Exception):
@@ -83,11 +112,15 @@ class _UnixConnection(http.client.HTTPConnection):
 
 
 class PierClient:
-    """JSON-RPC calls and REST reads against pierd at `url` (http://, https:// or http+unix:///path)."""
+    """JSON-RPC calls and REST reads against pierd at `url` (http://, https:// or http+unix:///path),
+    with `token` as `Authorization: Bearer` on every request and `tls` as the context for https."""
 
-    def __init__(self, url: str, timeout: float = 30.0) -> None:
+    def __init__(self, url: str, timeout: float = 30.0, *, token: str | None = None,
+                 tls: ssl.SSLContext | None = None) -> None:
         self.url = url.rstrip("/")
         self.timeout = timeout
+        self.token = token
+        self._tls = tls
         parts = urllib.parse.urlsplit(self.url)
         self._scheme = parts.scheme
         self._netloc = parts.netloc
@@ -100,7 +133,8 @@ class PierClient:
         if self._scheme == "http+unix":
             return _UnixConnection(self._socket_path, timeout)
         if self._scheme == "https":
-            return http.client.HTTPSConnection(self._netloc, timeout=timeout)
+            return http.client.HTTPSConnection(self._netloc, timeout=timeout,
+                                               context=self._tls or ssl.create_default_context())
         return http.client.HTTPConnection(self._netloc, timeout=timeout)
 
     def request(self, method: str, path: str, body: bytes | None = None,
@@ -111,21 +145,35 @@ class PierClient:
         headers = {"Accept": "application/json"}
         if body is not None:
             headers["Content-Type"] = "application/json"
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
         try:
             connection.request(method, self._prefix + path, body=body, headers=headers)
             response = connection.getresponse()
-            return response.status, response.getheader("Content-Type", ""), response.read()
+            status, kind, raw = response.status, response.getheader("Content-Type", ""), response.read()
         except ConnectionRefusedError:
             raise Unreachable(self._down("connection refused")) from None
         except FileNotFoundError:
             raise Unreachable(self._down("no such socket")) from None
+        except PermissionError:
+            raise Refused(f"no permission to use the socket {self._socket_path}", hint="run pier as root or a "
+                          f"member of pier-admin, or pass --token with --url https://{DEFAULT_HTTP}") from None
+        except ssl.SSLError as exc:
+            from pier.cli_security import tls_failure
+
+            raise tls_failure(exc, self.url) from None
         except TimeoutError:
             raise Unreachable(f"pierd at {self.url} did not answer within {timeout:g} s") from None
         except (OSError, http.client.HTTPException) as exc:
             reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+            if self._scheme == "http" and isinstance(exc, (ConnectionResetError, http.client.BadStatusLine)):
+                reason += f" — if pierd speaks TLS there (its default), use --url https://{self._netloc}"
             raise Unreachable(f"cannot reach pierd at {self.url}: {reason}") from None
         finally:
             connection.close()
+        if status == 400 and self._scheme == "http" and b"HTTPS" in raw and b"plain HTTP" in raw:
+            raise Unreachable(f"pierd at {self.url} speaks TLS: use --url https://{self._netloc}")
+        return status, kind, raw
 
     def _down(self, reason: str) -> str:
         return f"cannot reach pierd at {self.url}: {reason} — is pierd running? (start it with: pierd)"
@@ -137,9 +185,14 @@ class PierClient:
         try:
             reply = json.loads(raw)
         except ValueError:
-            raise HttpProblem(f"pierd answered HTTP {status} without JSON at {self.url}/jsonrpc") from None
-        if isinstance(reply, dict) and isinstance(reply.get("error"), dict):
-            error = reply["error"]
+            reply = None
+        error = reply["error"] if isinstance(reply, dict) and isinstance(reply.get("error"), dict) else {}
+        refused = _refused(status, error.get("code"), error.get("message", ""), error.get("data"))
+        if refused is not None:
+            raise refused
+        if reply is None:
+            raise HttpProblem(f"pierd answered HTTP {status} without JSON at {self.url}/jsonrpc")
+        if error:
             data = error.get("data") if isinstance(error.get("data"), dict) else {}
             raise RpcError(error.get("code"), data.get("name"), error.get("message", ""), error.get("data"))
         if not isinstance(reply, dict) or "result" not in reply:
@@ -157,6 +210,9 @@ class PierClient:
             return body
         problem = body if isinstance(body, dict) else {}
         data = problem.get("data") if isinstance(problem.get("data"), dict) else {}
+        refused = _refused(status, problem.get("code"), problem.get("detail") or problem.get("message") or "", data)
+        if refused is not None:
+            raise refused
         if status == 410 and isinstance(data.get("oldest", problem.get("oldest")), int):
             raise EventsExpired(data.get("oldest", problem.get("oldest")))
         if problem.get("detail") or problem.get("message"):
@@ -335,19 +391,23 @@ def cmd_task(client: PierClient, args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from pier import cli_security
+
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--url", default=argparse.SUPPRESS,
-                        help=f"pierd's HTTP address (default $PIER_URL or {DEFAULT_URL})")
+    common.add_argument("--url", default=argparse.SUPPRESS, help=f"pierd's address (default {cli_security.URL_HELP})")
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                         help="machine-readable output (compact JSON)")
+    cli_security.add_credential_options(common, argparse.SUPPRESS)
     parser = argparse.ArgumentParser(
         prog="pier", description="Talk to pierd, this node's agent.", formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=f"Every command takes --url URL (default $PIER_URL or {DEFAULT_URL}; also https:// and\n"
-               "http+unix:///path/to/socket) and --json (machine-readable output).\n"
+        epilog="Every command takes --url URL (http://, https:// or http+unix:///path/to/socket) and --json\n"
+               f"(machine-readable output). --url defaults to {cli_security.URL_HELP}.\n"
+               "Credentials: --token ($PIER_TOKEN); for https, --cert/--key ($PIER_CERT, $PIER_KEY), --ca ($PIER_CA).\n"
                "`pier verbs` lists the verbs; `pier help VERB` describes one.\n"
-               "Exit status: 0 done, 1 failed, 2 usage error or timeout, 3 pierd unreachable.")
-    parser.add_argument("--url", default=os.environ.get("PIER_URL", DEFAULT_URL), help=argparse.SUPPRESS)
+               "Exit status: 0 done, 1 failed, 2 usage error or timeout, 3 pierd unreachable, 4 refused.")
+    parser.add_argument("--url", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--json", action="store_true", default=False, help=argparse.SUPPRESS)
+    cli_security.add_credential_options(parser, None, hidden=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     sub.add_parser("verbs", parents=[common], help="list every verb").set_defaults(run=cmd_verbs)
@@ -384,6 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
                          ("clear", "forget an ended task")):
         task_sub.add_parser(action, parents=[common], help=text).add_argument("id")
     task.set_defaults(run=cmd_task)
+    cli_security.add_commands(sub, common)
     return parser
 
 
@@ -399,13 +460,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None or (args.command == "help" and not args.verb):
         parser.print_help()
         return EXIT_OK if args.command == "help" else EXIT_USAGE
+    if getattr(args, "local", False):  # needs no pierd (init-tls)
+        return args.run(None, args)
+    from pier import cli_security
+
+    args.url = args.url or cli_security.default_url()
     try:
-        client = PierClient(args.url)
+        client = PierClient(args.url, token=cli_security.token_of(args), tls=cli_security.tls_context(args))
     except ValueError as exc:
         _err(f"pier: {exc}")
         return EXIT_USAGE
     try:
         return args.run(client, args)
+    except Refused as exc:
+        sent = bool(client.token or cli_security.option(args, "cert"))
+        _err("pier: " + fmt.refusal_line(exc.message, exc.forbidden, exc.needs, sent, exc.hint))
+        return EXIT_REFUSED
     except RpcError as exc:
         _err(fmt.error_line(exc.code, exc.name, exc.message))
         if exc.code == -32601:

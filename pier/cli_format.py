@@ -218,3 +218,127 @@ def verb_help(verb: Any) -> str:
 
 def _indent(text: str, prefix: str = "  ") -> str:
     return "\n".join(prefix + line for line in text.splitlines())
+
+
+# -- security: refusals, tokens, trusted certificates, the audit log, TLS files ---------------------
+
+
+def when(epoch: float | None) -> str:
+    """Local time to the minute, e.g. `2024-05-01 12:00`; `-` for none."""
+    return "-" if epoch is None else time.strftime("%Y-%m-%d %H:%M", time.localtime(epoch))
+
+
+def refusal_line(message: str, forbidden: bool, needs: str | None, sent_credentials: bool, hint: str = "") -> str:
+    """One line on why pierd refused the caller and what to do about it (`hint`, when the caller knows)."""
+    make = f"an admin makes one with 'pier token create --role {needs or 'viewer'}'"
+    if "pier token create" in message:  # pierd said so already
+        make = "see above"
+    if not hint and forbidden and needs:
+        hint = f"this needs the {needs} role: pass a --token or --cert that has it ({make}) " \
+               "or use the local socket as root"
+    elif not hint and forbidden:
+        hint = f"pass --token ({make}) or use the local socket as root or as a member of pier-admin"
+    elif not hint and sent_credentials:
+        hint = f"pass a valid --token ({make}; 'pier token list' shows which are active) " \
+               "or use the local socket as root"
+    elif not hint:
+        hint = f"pass --token ({make}) or use the local socket as root"
+    return f"pierd refused the call: {message} — {hint}"
+
+
+def new_token(made: dict[str, Any], url: str) -> str:
+    """What `pier token create` prints: the secret once, prominently, and how to use it."""
+    name = f" \"{made['name']}\"" if made.get("name") else ""
+    expires = f"expires {when(made['expires'])}" if made.get("expires") else "never expires"
+    token = made["token"]
+    return "\n".join([
+        f"token {made['tokenID']}{name}, role {made['role']}, {expires}", "", f"    {token}", "",
+        "This is the only time it is shown (pierd keeps only a hash): store it now. Use it with:",
+        f"    export PIER_TOKEN={token}",
+        f"    pier --url {url} vms" if not url.startswith("http+unix") else "    pier --url https://HOST:8042 vms",
+        f"or send 'Authorization: Bearer {token}' over REST, JSON-RPC or WebSocket.",
+        f"Revoke it with: pier token revoke {made['tokenID']}"])
+
+
+def tokens_table(tokens: list[dict[str, Any]], now: float) -> str:
+    if not tokens:
+        return "no tokens"
+
+    def state(token: dict[str, Any]) -> str:
+        if token.get("revoked"):
+            return f"revoked {when(token['revoked'])}"
+        return "expired" if token.get("expires") and token["expires"] < now else "active"
+
+    return table(["TOKEN ID", "ROLE", "CREATED", "EXPIRES", "STATE", "NAME"],
+                 [[t.get("tokenID"), t.get("role"), when(t.get("created")), when(t.get("expires")) if
+                   t.get("expires") else "never", state(t), t.get("name") or ""] for t in tokens])
+
+
+def trusted(record: dict[str, Any]) -> str:
+    """What `pier trust add` prints."""
+    return f"trusted {record.get('name')} as {record.get('role')}\n" + key_values([
+        ("fingerprint", record.get("fingerprint", "")), ("subject", record.get("subject", "")),
+        ("valid until", str(record.get("notAfter") or "-"))])
+
+
+def trusted_table(records: list[dict[str, Any]]) -> str:
+    if not records:
+        return "no trusted certificates"
+    return table(["FINGERPRINT", "ROLE", "VALID UNTIL", "ADDED", "NAME"],
+                 [[r.get("fingerprint"), r.get("role"), str(r.get("notAfter") or "-")[:10], when(r.get("added")),
+                   r.get("name")] for r in records])
+
+
+_AUDIT_COLUMNS = [("SEQ", 6), ("TIME", 23), ("WHO", 24), ("VIA", 5), ("VERB", 22), ("TARGET", 36), ("OUTCOME", 0)]
+
+
+def audit_table(entries: list[dict[str, Any]]) -> str:
+    if not entries:
+        return "no audit entries"
+    return table([name for name, _ in _AUDIT_COLUMNS], [_audit_cells(entry) for entry in entries])
+
+
+def audit_header() -> str:
+    return _audit_row([name for name, _ in _AUDIT_COLUMNS])
+
+
+def audit_line(entry: dict[str, Any]) -> str:
+    """One audit entry in fixed columns, so that lines arriving one by one (--follow) line up."""
+    return _audit_row(_audit_cells(entry))
+
+
+def _audit_cells(entry: dict[str, Any]) -> list[str]:
+    outcome = entry.get("outcome") or ""
+    if outcome != "ok" and entry.get("message"):
+        outcome += f": {entry['message']}"
+    return [str(entry.get("seq", "?")), clock(entry.get("time")), entry.get("who") or "-", entry.get("via") or "-",
+            entry.get("verb") or "?", entry.get("target") or "-", outcome]
+
+
+def _audit_row(cells: list[str]) -> str:
+    return "  ".join(cell.ljust(width) for cell, (_, width) in zip(cells, _AUDIT_COLUMNS, strict=True)).rstrip()
+
+
+def init_tls_text(paths: dict[str, str], hostname: str, url: str) -> str:
+    """What `pier init-tls` prints: the files made, then what to do next."""
+    directory = paths["directory"]
+    files = key_values([
+        (paths["ca"], "the CA: clients check pierd's certificate with it (--ca)"),
+        (paths["caKey"], "the CA's key: keep it private (readable by you only)"),
+        (paths["server"], f"pierd's certificate, for {hostname}, localhost, 127.0.0.1 and ::1"),
+        (paths["serverKey"], "its key"),
+        (paths["client"], "a client certificate, to be trusted as admin (--cert)"),
+        (paths["clientKey"], "its key (--key)")])
+    client = f"--cert {paths['client']} --key {paths['clientKey']} --ca {paths['ca']}"
+    return "\n".join([
+        f"made a CA, a server certificate and a client certificate in {directory}:", _indent(files), "",
+        "next:",
+        f"  1. start pierd with them: pierd --tls-cert {paths['server']} --tls-key {paths['serverKey']} "
+        f"--tls-ca {paths['ca']}",
+        "     (pierd picks them up by itself when this is its state directory's tls/)",
+        "  2. pierd trusts only the client certificate it made itself; trust this one as admin,",
+        "     over the local socket (as root or a member of pier-admin):",
+        f"       pier trust add {paths['client']} --role admin",
+        "  3. call pierd over TLS with it:",
+        f"       pier --url {url} {client} vms",
+        "  Other client certificates: pier trust add CERT.pem --role viewer|operator|admin"])

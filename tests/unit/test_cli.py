@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import socket
+import ssl
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,13 +16,16 @@ from urllib.parse import parse_qs
 
 import pytest
 
-from pier import cli
+from pier import cli, cli_security, config
 from pier.cli_format import parse_params
-from pier.rpc.errors import PierError
+from pier.rpc.auth import Authenticator, Identity, fingerprint
+from pier.rpc.errors import PierError, Unauthenticated
 from pier.rpc.registry import CallContext
 from pier.rpc.schema import Schema
+from pier.tlsfiles import TlsFiles, init_tls
 from pier.transports.http import HttpListener, WsgiApp, jsonrpc_app
-from tests.unit.conftest import VM_ID, Stack
+from pier.transports.tls import ServerTls
+from tests.unit.conftest import ADMIN, VM_ID, Stack
 
 OTHER_VM = "6f1e3e4c-1111-4222-8333-777788889999"
 UNKNOWN_VM = "6f1e3e4c-1111-4222-8333-000000000000"
@@ -42,7 +47,8 @@ def events_app(stack: Stack) -> WsgiApp:
         if "wait" in query:
             params["wait"] = float(query["wait"][0])
         try:
-            body, status, kind = stack.registry.call("Events.poll", params, CallContext("rest")), 200, "json"
+            context = CallContext.for_wsgi(environ, "rest")
+            body, status, kind = stack.registry.call("Events.poll", params, context), 200, "json"
         except PierError as exc:
             body = {"type": "about:blank", "title": exc.message, "status": exc.http_status, "detail": exc.message,
                     "code": exc.code, "name": exc.name, "data": exc.data}
@@ -53,10 +59,30 @@ def events_app(stack: Stack) -> WsgiApp:
     return app
 
 
+class FakeAuthenticator:
+    """Everyone is ADMIN, or (given a token) only callers with `Authorization: Bearer <token>`;
+    remembers what the listener told it of the last caller."""
+
+    def __init__(self, token: str | None = None) -> None:
+        self.token = token
+        self.seen: dict[str, Any] = {}
+
+    def identify(self, **seen: Any) -> Identity:
+        self.seen = seen
+        if self.token is None or seen.get("authorization") == f"Bearer {self.token}":
+            return ADMIN
+        raise Unauthenticated("no credentials: present a trusted client certificate or a bearer token")
+
+
 class _CurrentStack:
-    """Routes requests to the running test's stack, so one listener can serve the whole module."""
+    """Routes requests to the running test's stack (and authenticator), so one listener can serve
+    the whole module."""
 
     stack: Stack
+    authenticator: Any
+
+    def identify(self, **seen: Any) -> Identity:
+        return self.authenticator.identify(**seen)
 
     def jsonrpc(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
         return jsonrpc_app(self.stack.jsonrpc)(environ, start_response)
@@ -68,18 +94,39 @@ class _CurrentStack:
 @pytest.fixture(scope="module")
 def listener() -> Iterator[tuple[HttpListener, _CurrentStack]]:
     current = _CurrentStack()
-    server = HttpListener(("127.0.0.1", 0), {"/jsonrpc": current.jsonrpc}, current.rest)
+    server = HttpListener(("127.0.0.1", 0), {"/jsonrpc": current.jsonrpc}, current.rest, current)
     server.start()
     yield server, current
     server.stop()
 
 
 @pytest.fixture
-def pierd(stack: Stack, listener: tuple[HttpListener, _CurrentStack]) -> str:
+def gate(stack: Stack, listener: tuple[HttpListener, _CurrentStack]) -> _CurrentStack:
+    """What the module's listener answers from: this test's stack and (by default) a fake
+    authenticator that takes everyone as admin; a test may put another in `.authenticator`."""
+    current = listener[1]
+    current.stack, current.authenticator = stack, FakeAuthenticator()
+    return current
+
+
+@pytest.fixture
+def pierd(gate: _CurrentStack, listener: tuple[HttpListener, _CurrentStack]) -> str:
     """The address of a real HTTP server answering from this test's stack."""
-    server, current = listener
-    current.stack = stack
-    return server.address
+    return listener[0].address
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Keep this machine's pierd, sockets, CAs and PIER_* variables out of the tests; returns the
+    state directory the CLI believes in (empty)."""
+    for name in ("PIER_URL", "PIER_TOKEN", "PIER_CERT", "PIER_KEY", "PIER_CA"):
+        monkeypatch.delenv(name, raising=False)
+    state = tmp_path / "state"
+    monkeypatch.setattr(cli_security, "ROOT_SOCKET", str(tmp_path / "run-pier.sock"))
+    monkeypatch.setattr(cli_security, "ROOT_STATE_DIR", str(tmp_path / "root-state"))
+    monkeypatch.setattr(cli_security, "default_state_dir", lambda: str(state))
+    monkeypatch.setattr(cli_security, "default_unix_socket", lambda state_dir: str(Path(state_dir) / "pier.sock"))
+    return state
 
 
 @pytest.fixture(autouse=True)
@@ -145,8 +192,9 @@ def test_call_help_describes_the_verb_from_the_schema(offline: Run, schema: Sche
     code, out, _ = offline("call", verb_name, "--help")
     assert code == 0
     assert out.startswith(f"{verb_name} - {verb.summary}")
+    params_table = out.split("params:", 1)[-1].splitlines()
     for name, spec in verb.params.items():
-        row = next(line for line in out.splitlines() if line.split()[:1] == [name])
+        row = next(line for line in params_table if line.split()[:1] == [name])
         assert spec.get("description", "") in row
         assert ("required" in row) == (name in verb.required)
     for route in verb.rest:
@@ -258,13 +306,19 @@ def test_url_comes_from_the_environment(pierd: str, stack: Stack, monkeypatch: p
 
 def test_unix_socket_url(stack: Stack, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with_vm(stack)
-    listener = HttpListener(str(tmp_path / "pier.sock"), {"/jsonrpc": jsonrpc_app(stack.jsonrpc)}, events_app(stack))
+    authenticator = FakeAuthenticator()
+    listener = HttpListener(str(tmp_path / "pier.sock"), {"/jsonrpc": jsonrpc_app(stack.jsonrpc)}, events_app(stack),
+                            authenticator)
     listener.start()
     try:
+        assert listener.address == f"http+unix://{tmp_path / 'pier.sock'}"
         assert cli.main(["--url", listener.address, "vms", "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)[0]["vmId"] == VM_ID
+        assert authenticator.seen["peer_uid"] == os.getuid()  # pierd knows who is calling, without a token
+        assert cli.main(["--url", listener.address, "events", "--json"]) == 0
+        assert json.loads(capsys.readouterr().out.splitlines()[-1])["name"].startswith("|virt|VM_status|")
     finally:
         listener.stop()
-    assert json.loads(capsys.readouterr().out)[0]["vmId"] == VM_ID
 
 
 # -- vms, host ---------------------------------------------------------------------------------
@@ -414,3 +468,351 @@ def test_wait_on_a_verb_that_is_not_a_task_just_prints_the_result(pier: Run) -> 
 def test_a_url_that_is_not_http_is_a_usage_error(offline: Run) -> None:
     code, _, err = offline("--url", "ftp://example.org", "vms")
     assert code == 2 and "it must start with http://, https:// or http+unix://" in err
+
+
+# -- where pier connects ---------------------------------------------------------------------------
+
+
+def bound_socket(path: Path) -> socket.socket:
+    """A unix socket file at `path` that nobody accepts on (connecting to it is refused)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(str(path))
+    return sock
+
+
+def test_default_url_is_the_environment_then_the_local_socket_then_tcp(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # pier.config's own rules for a user who is not root: STATE_DIR is $XDG_STATE_HOME/pier
+    monkeypatch.setattr(cli_security, "default_state_dir", config.default_state_dir)
+    monkeypatch.setattr(cli_security, "default_unix_socket", config.default_unix_socket)
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
+    root_socket, user_socket = tmp_path / "run-pier.sock", tmp_path / "xdg" / "pier" / "pier.sock"
+    assert cli_security.default_url() == cli.DEFAULT_URL == "http://127.0.0.1:8042"
+    user_socket.parent.mkdir(parents=True)
+    user_socket.write_text("not a socket")
+    assert cli_security.default_url() == cli.DEFAULT_URL
+    user_socket.unlink()
+    with bound_socket(user_socket), bound_socket(root_socket):
+        assert cli_security.default_url() == f"http+unix://{root_socket}"
+        root_socket.unlink()
+        assert cli_security.default_url() == f"http+unix://{user_socket}"
+        monkeypatch.setenv("PIER_URL", "https://node1:8042")
+        assert cli_security.default_url() == "https://node1:8042"
+
+
+def test_unreachable_names_the_url_it_chose(isolated: Path, monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        monkeypatch.setattr(cli, "DEFAULT_URL", f"http://127.0.0.1:{probe.getsockname()[1]}")
+    assert cli.main(["vms"]) == 3
+    assert f"pier: cannot reach pierd at {cli.DEFAULT_URL}: connection refused" in capsys.readouterr().err
+    with bound_socket(isolated / "pier.sock"):
+        assert cli.main(["vms"]) == 3
+    assert capsys.readouterr().err.startswith(
+        f"pier: cannot reach pierd at http+unix://{isolated / 'pier.sock'}: connection refused — is pierd running?")
+
+
+def test_local_socket_is_used_by_default(stack: Stack, isolated: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with_vm(stack)
+    isolated.mkdir()
+    listener = HttpListener(str(isolated / "pier.sock"), {"/jsonrpc": jsonrpc_app(stack.jsonrpc)},
+                            events_app(stack), FakeAuthenticator())
+    listener.start()
+    try:
+        assert cli.main(["vms", "--json"]) == 0
+    finally:
+        listener.stop()
+    assert json.loads(capsys.readouterr().out)[0]["vmId"] == VM_ID
+
+
+# -- credentials -----------------------------------------------------------------------------------
+
+TOKEN = "pier_0123456789ab_sEcReT"
+NO_CREDENTIALS = ("pier: pierd refused the call: no credentials: present a trusted client certificate or a bearer "
+                  "token — pass --token (an admin makes one with 'pier token create --role viewer') or use the "
+                  "local socket as root\n")
+
+
+def test_the_refusal_does_not_repeat_pierds_advice(pier: Run, gate: _CurrentStack, stack: Stack) -> None:
+    gate.authenticator = Authenticator(stack.credentials)
+    code, _, err = pier("vms")
+    assert code == 4 and err == (
+        "pier: pierd refused the call: no credentials: present a trusted client certificate or a bearer token (an "
+        "admin makes one with 'pier token create --role viewer') — pass --token (see above) or use the local socket "
+        "as root\n")
+
+
+def test_the_token_goes_with_every_request(pier: Run, gate: _CurrentStack, stack: Stack,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    with_vm(stack)
+    gate.authenticator = FakeAuthenticator(TOKEN)
+    assert pier("vms") == (4, "", NO_CREDENTIALS)
+    assert pier("events")[0] == 4  # the REST long-poll too
+    assert pier("--token", TOKEN, "vms")[0] == 0
+    code, out, _ = pier("vms", "--token", TOKEN, "--json")
+    assert code == 0 and json.loads(out)[0]["vmId"] == VM_ID
+    assert pier("events", "--token", TOKEN)[0] == 0
+    monkeypatch.setenv("PIER_TOKEN", TOKEN)
+    assert pier("call", "Host.ping2")[:2] == (0, "true\n")
+    assert pier("--token", "pier_0123456789ab_wrong", "vms")[0] == 4  # the option wins over the variable
+    code, _, err = pier("--token", "two words", "vms")
+    assert code == 2 and "a token is one word" in err
+
+
+def admin_token(stack: Stack) -> str:
+    made = stack.call("Token.create", role="admin", name="first admin")
+    assert isinstance(made, dict)
+    return str(made["token"])
+
+
+def test_token_create_list_revoke_against_the_real_authenticator(pier: Run, gate: _CurrentStack,
+                                                                 stack: Stack) -> None:
+    gate.authenticator = Authenticator(stack.credentials)
+    admin = admin_token(stack)
+    code, out, _ = pier("--token", admin, "token", "create", "--role", "viewer", "--name", "ci", "--expires", "30")
+    assert code == 0
+    viewer = re.search(r"^    (pier_\S+)$", out, re.M).group(1)  # type: ignore[union-attr]
+    viewer_id = viewer.split("_")[1]
+    assert f"token {viewer_id} \"ci\", role viewer, expires " in out
+    assert f"export PIER_TOKEN={viewer}" in out and "the only time it is shown" in out
+    assert pier("--token", viewer, "vms")[0] == 0
+    code, _, err = pier("--token", viewer, "token", "list")
+    assert code == 4 and err.startswith("pier: pierd refused the call: Token.list needs the admin role")
+    assert "pass a --token or --cert that has it (an admin makes one with 'pier token create --role admin')" in err
+    code, out, _ = pier("--token", admin, "token", "list")
+    header, *rows = out.splitlines()
+    assert code == 0 and header.split() == ["TOKEN", "ID", "ROLE", "CREATED", "EXPIRES", "STATE", "NAME"]
+    assert [row.split()[0] for row in rows] == [admin.split("_")[1], viewer_id]
+    assert rows[0].split()[-4:] == ["never", "active", "first", "admin"] and rows[1].endswith("active  ci")
+    assert pier("--token", admin, "token", "revoke", viewer) == (0, f"token {viewer_id} revoked\n", "")
+    code, _, err = pier("--token", viewer, "vms")
+    assert code == 4 and err.startswith(f"pier: pierd refused the call: token {viewer_id} was revoked — "
+                                        "pass a valid --token")
+    listed = json.loads(pier("--token", admin, "token", "list", "--json")[1])
+    assert [t["revoked"] is not None for t in listed] == [False, True]
+    assert "revoked" in pier("--token", admin, "token", "list")[1].splitlines()[2]
+    code, _, err = pier("--token", admin, "token", "revoke", viewer_id)
+    assert code == 1 and f"no active token '{viewer_id}'" in err
+    code, out, _ = pier("--token", admin, "token", "create", "--role", "operator", "--json")
+    assert code == 0 and json.loads(out)["token"].startswith("pier_") and json.loads(out)["expires"] is None
+    code, _, err = pier("--token", admin, "token", "create", "--role", "root")
+    assert code == 1 and err.startswith("error -32602 InvalidParams: ") and "role" in err
+    # The audit log holds the ID, never a whole token pasted on the command line.
+    assert viewer not in json.dumps(stack.audit.read(0, 100))
+
+
+# -- trust -----------------------------------------------------------------------------------------
+
+
+def test_trust_add_list_remove(pier: Run, stack: Stack, tmp_path: Path) -> None:
+    files = init_tls(tmp_path / "tls", "node1.example")
+    expected = fingerprint(ssl.PEM_cert_to_DER_cert(files.client.read_text()))
+    code, out, _ = pier("trust", "add", str(files.client), "--role", "operator", "--name", "bob")
+    assert code == 0 and out.splitlines()[0] == "trusted bob as operator"
+    assert f"fingerprint  {expected}" in out and "CN=pier-admin" in out
+    assert stack.credentials.certificate_identity(ssl.PEM_cert_to_DER_cert(files.client.read_text())).role == "operator"
+    code, out, _ = pier("trust", "list")
+    header, row = out.splitlines()
+    assert header.split() == ["FINGERPRINT", "ROLE", "VALID", "UNTIL", "ADDED", "NAME"]
+    assert row.split()[:2] == [expected, "operator"] and row.endswith("bob")
+    assert json.loads(pier("trust", "list", "--json")[1])[0]["fingerprint"] == expected
+    code, _, err = pier("trust", "remove", "00:11")
+    assert code == 1 and "no trusted certificate starts with 00:11" in err
+    assert pier("trust", "remove", expected[:8]) == (0, f"certificate {expected} is no longer trusted\n", "")
+    assert pier("trust", "list")[1] == "no trusted certificates\n"
+    code, _, err = pier("trust", "remove", expected.replace(":", "").lower())
+    assert code == 1 and "no trusted certificate" in err
+
+
+def test_trust_add_sends_the_certificate_and_never_the_key(pier: Run, stack: Stack, tmp_path: Path) -> None:
+    files = init_tls(tmp_path / "tls")
+    both = tmp_path / "both.pem"
+    both.write_text(files.client_key.read_text() + files.client.read_text())
+    code, out, _ = pier("trust", "add", str(both), "--role", "admin", "--json")
+    assert code == 0 and json.loads(out)["role"] == "admin" and json.loads(out)["name"] == "CN=pier-admin,O=Pier"
+    logged = json.dumps(stack.audit.read(0, 100))
+    assert "Trust.add" in logged and "PRIVATE KEY" not in logged
+    code, _, err = pier("trust", "add", str(files.client_key), "--role", "admin")
+    assert code == 2 and "holds no PEM certificate" in err
+    code, _, err = pier("trust", "add", str(tmp_path / "missing.pem"), "--role", "admin")
+    assert code == 2 and "cannot read" in err and "No such file" in err
+
+
+# -- audit -----------------------------------------------------------------------------------------
+
+
+def test_audit_table_and_json(pier: Run, stack: Stack) -> None:
+    assert pier("audit") == (0, "no audit entries\n", "")
+    assert pier("call", "VM.create", f"vmID={VM_ID}", "vmParams.vmName=web")[0] == 0
+    assert pier("call", "VM.pause", f"vmID={VM_ID}")[0] == 0
+    assert pier("call", "VM.pause", f"vmID={UNKNOWN_VM}")[0] == 1
+    assert pier("vms")[0] == 0  # reads are not audited
+    code, out, _ = pier("audit")
+    header, *rows = out.splitlines()
+    assert code == 0 and header.split() == ["SEQ", "TIME", "WHO", "VIA", "VERB", "TARGET", "OUTCOME"]
+    cells = [re.split(r"\s{2,}", row.strip()) for row in rows]
+    assert [(c[0], c[2], c[3], c[4], c[5]) for c in cells] == [
+        ("1", "test admin", "http", "VM.create", VM_ID), ("2", "test admin", "http", "VM.pause", VM_ID),
+        ("3", "test admin", "http", "VM.pause", UNKNOWN_VM)]
+    assert cells[0][6] == "ok" and cells[2][6].startswith("noVM: Virtual machine does not exist")
+    assert [len(row.split(VM_ID)[0]) for row in rows[:2]] == [header.index("TARGET")] * 2  # columns line up
+    code, out, _ = pier("audit", "--json", "--verb", "VM.pause", "--after", "2")
+    entries = [json.loads(line) for line in out.splitlines()]
+    assert code == 0 and [(e["seq"], e["outcome"]) for e in entries] == [(3, "noVM")]
+    assert entries[0]["params"] == {"vmID": UNKNOWN_VM} and entries[0]["role"] == "admin"
+    assert [json.loads(line)["seq"] for line in pier("audit", "--json", "--limit", "2")[1].splitlines()] == [1, 2]
+    with pytest.raises(SystemExit) as usage:
+        pier("audit", "--limit", "0")
+    assert usage.value.code == 2
+
+
+def test_audit_limit_must_be_positive(offline: Run, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as usage:
+        offline("audit", "--limit", "0")
+    assert usage.value.code == 2 and "'0' is not a whole number above 0" in capsys.readouterr().err
+
+
+def test_audit_pages_through_everything(pier: Run, stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cli_security, "AUDIT_PAGE", 2)
+    for number in range(5):
+        stack.audit.record(who="w", role="admin", via="test", peer="", verb=f"V.{number}", target=None,
+                           params={}, outcome="ok")
+    assert [json.loads(line)["seq"] for line in pier("audit", "--json")[1].splitlines()] == [1, 2, 3, 4, 5]
+    assert [json.loads(line)["seq"] for line in pier("audit", "--json", "--limit", "3")[1].splitlines()] == [1, 2, 3]
+
+
+def test_audit_follow_polls_from_the_last_entry(pier: Run, stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cli_security, "AUDIT_FOLLOW_INTERVAL", 0.05)
+    stack.call("VM.create", vmID=VM_ID, vmParams={"vmName": "a"})
+    seen: list[str] = []
+
+    def out(text: str) -> None:
+        seen.append(text)
+        if len(seen) == 2:  # the header and the first entry: the next call comes while following
+            threading.Timer(0.2, stack.call, ("VM.pause",), {"vmID": VM_ID}).start()
+        elif len(seen) == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_out", out)
+    assert pier("audit", "--follow")[0] == 130
+    assert seen[0].split()[0] == "SEQ"
+    assert [re.split(r"\s{2,}", line.strip())[4] for line in seen[1:]] == ["VM.create", "VM.pause"]
+
+
+# -- init-tls --------------------------------------------------------------------------------------
+
+
+def test_init_tls_writes_the_files_and_does_not_overwrite_them(offline: Run, tmp_path: Path) -> None:
+    directory = tmp_path / "tls"
+    code, out, _ = offline("init-tls", "--dir", str(directory), "--hostname", "node1.example")
+    files = TlsFiles(directory)
+    assert code == 0
+    for path in (files.ca, files.server, files.server_key, files.client, files.client_key):
+        assert path.exists() and str(path) in out
+    assert (files.client_key.stat().st_mode & 0o777) == 0o600
+    assert f"pier trust add {files.client} --role admin" in out
+    assert f"--cert {files.client} --key {files.client_key} --ca {files.ca}" in out
+    assert "for node1.example, localhost" in out
+    before = files.server.read_bytes()
+    code, _, err = offline("init-tls", "--dir", str(directory))
+    assert code == 1 and err == f"pier: {files.server} already exists (use --force to replace it)\n"
+    assert files.server.read_bytes() == before
+    code, out, _ = offline("init-tls", "--dir", str(directory), "--force", "--json")
+    assert code == 0 and json.loads(out)["client"] == str(files.client) and files.server.read_bytes() != before
+
+
+def test_init_tls_defaults_to_the_state_directory(isolated: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["init-tls", "--hostname", "h"]) == 0
+    assert TlsFiles(isolated / "tls").exist() and f"in {isolated / 'tls'}:" in capsys.readouterr().out
+
+
+# -- TLS -------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def https(stack: Stack, tmp_path: Path) -> Iterator[tuple[str, TlsFiles, FakeAuthenticator]]:
+    """pierd's HTTP listener with TLS (mutual TLS optional), as pierd sets it up from init-tls files."""
+    files = init_tls(tmp_path / "server-tls", "localhost")
+    tls = ServerTls(str(files.server), str(files.server_key), str(files.ca))
+    authenticator = FakeAuthenticator(TOKEN)
+    listener = HttpListener(("127.0.0.1", 0), {"/jsonrpc": jsonrpc_app(stack.jsonrpc)}, events_app(stack),
+                            authenticator, tls=tls)
+    listener.start()
+    yield listener.address, files, authenticator
+    listener.stop()
+
+
+def pier_lines(capsys: pytest.CaptureFixture[str]) -> str:
+    """What pier wrote to stderr, without what cheroot logs there about refused handshakes."""
+    return "".join(line for line in capsys.readouterr().err.splitlines(True) if line.startswith("pier:"))
+
+
+def test_https_with_a_client_certificate_and_a_ca(https: tuple[str, TlsFiles, FakeAuthenticator], stack: Stack,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    url, files, authenticator = https
+    authenticator.token = None
+    with_vm(stack)
+    client = ["--cert", str(files.client), "--key", str(files.client_key)]
+    assert cli.main(["--url", url, "--ca", str(files.ca), *client, "vms", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["vmId"] == VM_ID
+    assert authenticator.seen["certificate"] == ssl.PEM_cert_to_DER_cert(files.client.read_text())
+    assert cli.main(["--url", url, "--ca", str(files.ca), "vms"]) == 0  # no certificate: none is presented
+    assert authenticator.seen["certificate"] is None
+    capsys.readouterr()
+    assert cli.main(["--url", url, "vms"]) == 3
+    err = pier_lines(capsys)
+    assert err.startswith(f"pier: cannot trust pierd's certificate at {url}: ") and "— pass --ca FILE" in err
+    assert cli.main(["--url", url, "--ca", str(files.client_key), "vms"]) == 2
+    assert pier_lines(capsys).startswith(f"pier: cannot use --ca {files.client_key}: ")
+    assert cli.main(["--url", url, "--ca", str(files.ca), "--cert", str(files.ca), "vms"]) == 2
+    assert pier_lines(capsys).startswith(f"pier: cannot use --cert {files.ca}: ")
+    assert cli.main(["--url", url, "--key", str(files.client_key), "vms"]) == 2
+    assert pier_lines(capsys) == "pier: --key goes with --cert\n"
+
+
+def test_a_client_certificate_pierd_does_not_know_is_refused(https: tuple[str, TlsFiles, FakeAuthenticator],
+                                                             tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    url, files, _ = https
+    stranger = init_tls(tmp_path / "elsewhere", "elsewhere.example")
+    argv = ["--url", url, "--ca", str(files.ca), "--cert", str(stranger.client), "--key", str(stranger.client_key)]
+    assert cli.main([*argv, "vms"]) == 4
+    err = pier_lines(capsys)  # TLS 1.3: an alert, or the connection closed, after the client's handshake ends
+    assert err.startswith("pier: pierd refused the call: the TLS handshake failed (")
+    assert err.endswith("— pierd takes client certificates signed by its CA or trusted with "
+                        "'pier trust add CERT.pem --role ROLE'\n")
+
+
+def test_https_trusts_pierds_own_ca_and_takes_the_options_from_the_environment(
+        https: tuple[str, TlsFiles, FakeAuthenticator], isolated: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    url, files, authenticator = https
+    (isolated / "tls").mkdir(parents=True)
+    (isolated / "tls" / "ca.pem").write_bytes(files.ca.read_bytes())  # as pierd leaves it at its first start
+    assert cli.main(["--url", url, "vms"]) == 4
+    assert pier_lines(capsys) == NO_CREDENTIALS
+    monkeypatch.setenv("PIER_URL", url)
+    monkeypatch.setenv("PIER_TOKEN", TOKEN)
+    assert cli.main(["vms"]) == 0
+    authenticator.token = None
+    monkeypatch.setenv("PIER_CERT", str(files.client))
+    monkeypatch.setenv("PIER_KEY", str(files.client_key))
+    assert cli.main(["vms"]) == 0 and authenticator.seen["certificate"]
+
+
+def test_plain_http_to_a_tls_port_says_so(https: tuple[str, TlsFiles, FakeAuthenticator],
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    url = https[0]
+    plain = url.replace("https://", "http://")
+    assert cli.main(["--url", plain, "vms"]) == 3
+    err = pier_lines(capsys)  # cheroot answers in plain text, or just closes the connection
+    assert err.startswith(f"pier: pierd at {plain} speaks TLS: use --url {url}") or (
+        err.startswith(f"pier: cannot reach pierd at {plain}: ") and err.endswith(f"use --url {url}\n"))
+
+
+def test_tls_to_a_plain_port_says_so(pierd: str, capsys: pytest.CaptureFixture[str]) -> None:
+    url = pierd.replace("http://", "https://")
+    assert cli.main(["--url", url, "vms"]) == 3
+    assert capsys.readouterr().err == f"pier: pierd at {url} does not speak TLS: use http://\n"
