@@ -6,8 +6,11 @@ these machines are noisy, so only figures taken together compare.
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
 import re
+import socket
 import statistics
 import subprocess
 import sys
@@ -74,8 +77,11 @@ class PierdProcess:
                 uri = f"test://{node}"
             else:
                 uri = make_test_uri(node)
+        self.socket = str(self.workdir / "pier.sock")
+        # Plain text on loopback, as the floors are; the rate limit is on but too high to refuse anything.
         command = [sys.executable, "-m", "pier.daemon", "--libvirt-uri", uri, "--http", "127.0.0.1:0",
-                   "--ws", "127.0.0.1:0", "--state-dir", str(self.workdir / "state"),
+                   "--ws", "127.0.0.1:0", "--state-dir", str(self.workdir / "state"), "--insecure-loopback",
+                   "--unix-socket", self.socket, "--rate-limit", "1000000000",
                    *extra]
         self.started = time.perf_counter()
         self.process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, cwd=ROOT)
@@ -93,6 +99,16 @@ class PierdProcess:
             raise RuntimeError("pierd did not start")
         self.ready_after = time.perf_counter() - self.started
         threading.Thread(target=self._drain, daemon=True).start()
+        self.token = self._admin_token()
+
+    def _admin_token(self) -> str:
+        """A token made over the local socket, where root is an admin."""
+        connection = http.client.HTTPConnection("localhost")
+        connection.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        connection.sock.connect(self.socket)
+        connection.request("POST", "/api/v1/tokens", body=json.dumps({"role": "admin", "name": "bench"}),
+                           headers={"Content-Type": "application/json"})
+        return json.loads(connection.getresponse().read())["token"]
 
     def _drain(self) -> None:
         for _ in self.process.stderr:

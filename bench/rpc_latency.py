@@ -87,8 +87,9 @@ PING = json.dumps({"jsonrpc": "2.0", "method": "Host.ping2", "id": 1})
 XMLRPC_PING = xmlrpc.client.dumps((), "Host.ping2")
 
 
-def ws_caller(url: str):
-    connection = connect(url, compression=None).__enter__()  # closed when the process ends
+def ws_caller(url: str, token: str):
+    connection = connect(url, compression=None,  # closed when the process ends
+                         additional_headers={"Authorization": f"Bearer {token}"}).__enter__()
 
     def call() -> None:
         connection.send(PING)
@@ -97,12 +98,12 @@ def ws_caller(url: str):
     return call
 
 
-def vdsm_stomp_caller(port: int):
+def vdsm_stomp_caller(port: int, token: str):
     """A VDSM-like STOMP client: CONNECT, SUBSCRIBE a reply destination, then SEND one-element batches."""
     sock = socket.create_connection(("127.0.0.1", port))
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     reply = str(uuid.uuid4())
-    sock.sendall(b"CONNECT\naccept-version:1.2\nheart-beat:0,0\n\n\0"
+    sock.sendall(f"CONNECT\naccept-version:1.2\nheart-beat:0,0\npasscode:{token}\n\n\0".encode()
                  + f"SUBSCRIBE\ndestination:{reply}\nack:auto\nid:{uuid.uuid4()}\n\n\0".encode())
     received = b""
     while b"\0" not in received:
@@ -120,10 +121,10 @@ def vdsm_stomp_caller(port: int):
     return call
 
 
-def http_caller(port: int, method: str, path: str, body: str | None = None,
+def http_caller(port: int, token: str, method: str, path: str, body: str | None = None,
                 content_type: str = "application/json", decode=None):
     connection = http.client.HTTPConnection("127.0.0.1", port)
-    headers = {"Content-Type": content_type} if body else {}
+    headers = {"Authorization": f"Bearer {token}", **({"Content-Type": content_type} if body else {})}
 
     def call() -> None:
         connection.request(method, path, body=body, headers=headers)
@@ -150,20 +151,22 @@ def main() -> None:
         print(f"pierd listeners ready after {pierd.ready_after:.2f} s from spawn (target 1.5 s)")
         time.sleep(2)
         print(f"pierd idle RSS {pierd.rss_mib():.1f} MiB (target < 60 MB)")
-        subject, floor = interleaved(ws_caller(pierd.ws), ws_caller(f"ws://127.0.0.1:{ws_port}/"), args.count)
+        subject, floor = interleaved(ws_caller(pierd.ws, pierd.token),
+                                     ws_caller(f"ws://127.0.0.1:{ws_port}/", pierd.token), args.count)
         report("Host.ping2 over WebSocket", subject, floor, "ratio <= 1.5 at p50")
-        subject, floor = interleaved(http_caller(pierd_port, "POST", "/jsonrpc", PING),
-                                     http_caller(http_port, "POST", "/jsonrpc", PING), args.count)
+        subject, floor = interleaved(http_caller(pierd_port, pierd.token, "POST", "/jsonrpc", PING),
+                                     http_caller(http_port, pierd.token, "POST", "/jsonrpc", PING), args.count)
         report("Host.ping2 over POST /jsonrpc", subject, floor, "ratio <= 1.5 at p50")
-        subject, floor = interleaved(http_caller(pierd_port, "GET", "/api/v1/host"),
-                                     http_caller(http_port, "GET", "/api/v1/host"), args.count)
+        subject, floor = interleaved(http_caller(pierd_port, pierd.token, "GET", "/api/v1/host"),
+                                     http_caller(http_port, pierd.token, "GET", "/api/v1/host"), args.count)
         report("GET /api/v1/host", subject, floor)
         subject, floor = interleaved(
-            http_caller(pierd_port, "POST", "/RPC2", XMLRPC_PING, "text/xml", xmlrpc.client.loads),
-            http_caller(http_port, "POST", "/RPC2", XMLRPC_PING, "text/xml", xmlrpc.client.loads), args.count)
+            http_caller(pierd_port, pierd.token, "POST", "/RPC2", XMLRPC_PING, "text/xml", xmlrpc.client.loads),
+            http_caller(http_port, pierd.token, "POST", "/RPC2", XMLRPC_PING, "text/xml", xmlrpc.client.loads),
+            args.count)
         report("Host.ping2 over XML-RPC /RPC2", subject, floor)
-        subject, floor = interleaved(vdsm_stomp_caller(int(pierd.vdsm_stomp.rsplit(":", 1)[1])),
-                                     vdsm_stomp_caller(stomp_port), args.count)
+        subject, floor = interleaved(vdsm_stomp_caller(int(pierd.vdsm_stomp.rsplit(":", 1)[1]), pierd.token),
+                                     vdsm_stomp_caller(stomp_port, pierd.token), args.count)
         report("Host.ping2 over VDSM's STOMP", subject, floor)
     finally:
         pierd.stop()

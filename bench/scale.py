@@ -50,7 +50,8 @@ def main() -> None:
     pierd = PierdProcess(uri)
     try:
         print(f"pierd with {args.vms} VMs ready after {pierd.ready_after:.2f} s; RSS {pierd.rss_mib():.1f} MiB")
-        ws = connect(pierd.ws, compression=None, max_size=64 << 20).__enter__()  # closed when the process ends
+        ws = connect(pierd.ws, compression=None, max_size=64 << 20,  # closed when the process ends
+                     additional_headers={"Authorization": f"Bearer {pierd.token}"}).__enter__()
         request = json.dumps({"jsonrpc": "2.0", "method": "Host.getAllVmStats", "id": 1})
         deadline = time.monotonic() + 60
         while True:
@@ -75,7 +76,7 @@ def main() -> None:
         connection = http.client.HTTPConnection("127.0.0.1", port)
 
         def rest_vms() -> None:
-            connection.request("GET", "/api/v1/vms")
+            connection.request("GET", "/api/v1/vms", headers={"Authorization": f"Bearer {pierd.token}"})
             response = connection.getresponse()
             response.read()
 
