@@ -195,7 +195,8 @@ class Registry:
         if self.limiter is not None:
             self.limiter.take(identity.name)
         if not identity.allows(declared.role):
-            error = Forbidden(f"{declared.name} needs the {declared.role} role; {identity.name} is a {identity.role}",
+            error = Forbidden(f"{declared.name} needs the {declared.role} role; {identity.name} has the "
+                              f"{identity.role} role",
                               data={"needs": declared.role, "role": identity.role})
             log.warning("%s refused to %s (%s)", declared.name, identity.name, context.describe())
             if not declared.readonly and self.audit is not None:
