@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from pier.rpc.errors import Forbidden, InvalidParams, Unauthenticated
+from pier.rpc.errors import Forbidden, InvalidParams, NoSuchCredential, Unauthenticated
 from pier.rpc.schema import ROLES
 
 TOKEN_PREFIX = "pier_"
@@ -138,7 +138,7 @@ class Credentials:
                                        (time.time(), token_id)).rowcount
             self.generation += changed
         if not changed:
-            raise InvalidParams(f"no active token {token_id!r}", data={"field": "params.tokenID"})
+            raise NoSuchCredential(f"no active token {token_id!r}", data={"tokenID": token_id})
 
     def token_identity(self, token: str) -> Identity:
         """The identity a bearer token proves; Unauthenticated when it proves none."""
@@ -195,7 +195,7 @@ class Credentials:
                                        (fingerprint_text.upper(),)).rowcount
             self.generation += changed
         if not changed:
-            raise InvalidParams(f"no trusted certificate {fingerprint_text}", data={"field": "params.fingerprint"})
+            raise NoSuchCredential(f"no trusted certificate {fingerprint_text}", data={"fingerprint": fingerprint_text})
 
     def certificate_identity(self, der: bytes) -> Identity:
         """The identity a client certificate proves; Unauthenticated when it is not trusted."""
