@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import time
 
 from tests.integration.clients import auth_headers, http_request
 from tests.integration.conftest import Pierd, new_vm_id
@@ -59,7 +60,11 @@ def test_events_long_poll_sse_and_expired_cursor(tmp_path, test_uri) -> None:
             vm_id = new_vm_id()
             http_request("POST", f"{api}/vms", vm_params(vm_id))
             http_request("DELETE", f"{api}/vms/{vm_id}")
-        batch = json.loads(http_request("GET", f"{api}/events?types=virt.VM_status&wait=1")[2])
+        deadline = time.monotonic() + 10
+        while True:  # lifecycle events are dispatched a little after the calls: wait for all nine
+            batch = json.loads(http_request("GET", f"{api}/events?types=virt.VM_status&wait=1")[2])
+            if batch["last"] >= 9 or time.monotonic() > deadline:
+                break
         last = batch["last"]
         assert batch["events"] and batch["oldest"] > 1
         status, headers, body = http_request("GET", f"{api}/events?after=0")
