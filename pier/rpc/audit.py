@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 import re
-import sqlite3
 import threading
 import time
 from collections.abc import Iterable
 from typing import Any
+
+from pier.rpc.store import open_state
 
 REDACTED = "***"
 _SECRET_NAMES = re.compile(r"pass(word|code|phrase)?|secret|token|private.?key", re.IGNORECASE)
@@ -36,8 +37,7 @@ class AuditLog:
 
     def __init__(self, db_path: str, *, retention: float = 90 * 86400.0) -> None:
         self.retention = retention
-        self._db = sqlite3.connect(db_path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db = open_state(db_path)
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS audit (seq INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL,"
             " who TEXT NOT NULL, role TEXT, via TEXT NOT NULL, peer TEXT NOT NULL, verb TEXT NOT NULL,"

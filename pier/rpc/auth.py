@@ -18,7 +18,6 @@ import grp
 import hashlib
 import hmac
 import secrets
-import sqlite3
 import ssl
 import threading
 import time
@@ -27,6 +26,7 @@ from typing import Any
 
 from pier.rpc.errors import Forbidden, InvalidParams, NoSuchCredential, Unauthenticated
 from pier.rpc.schema import ROLES
+from pier.rpc.store import open_state
 
 TOKEN_PREFIX = "pier_"
 # Where the HTTP listener leaves the caller's identity (or why there is none) for the WSGI apps.
@@ -80,8 +80,7 @@ class Credentials:
     """Tokens and trusted certificates, in sqlite."""
 
     def __init__(self, db_path: str) -> None:
-        self._db = sqlite3.connect(db_path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db = open_state(db_path)
         self._db.execute("CREATE TABLE IF NOT EXISTS tokens (id TEXT PRIMARY KEY, hash TEXT NOT NULL, role TEXT NOT NULL,"
                          " name TEXT NOT NULL, created REAL NOT NULL, expires REAL, revoked REAL)")
         self._db.execute("CREATE TABLE IF NOT EXISTS trusted (fingerprint TEXT PRIMARY KEY, role TEXT NOT NULL,"

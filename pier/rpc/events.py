@@ -15,7 +15,6 @@ import collections
 import itertools
 import json
 import logging
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -23,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pier.rpc.errors import EventsExpired
+from pier.rpc.store import open_state
 
 log = logging.getLogger("pier.events")
 
@@ -74,9 +74,7 @@ class EventLog:
     def __init__(self, db_path: str, *, retention: float = 86400.0, max_events: int = 100_000) -> None:
         self.retention = retention
         self.max_events = max_events
-        self._db = sqlite3.connect(db_path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db = open_state(db_path)
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY AUTOINCREMENT,"
             " time REAL NOT NULL, name TEXT NOT NULL, params TEXT NOT NULL)"

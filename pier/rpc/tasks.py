@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sqlite3
 import threading
 import time
 import uuid
@@ -25,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pier.rpc.errors import JobNotDone, PierError, TaskCancelled, Unexpected, UnknownTask
+from pier.rpc.store import open_state
 
 log = logging.getLogger("pier.tasks")
 
@@ -107,8 +107,7 @@ class TaskManager:
                  workers: int = 8, keep_ended: float = 3600.0) -> None:
         self._publish = publish
         self.keep_ended = keep_ended
-        self._db = sqlite3.connect(db_path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db = open_state(db_path)
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS tasks (id TEXT PRIMARY KEY, verb TEXT, target TEXT, params TEXT,"
             " state TEXT, progress INTEGER, message TEXT, result TEXT, error TEXT, created REAL,"

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import sqlite3
 import threading
 import time
 from typing import Any
@@ -24,6 +23,7 @@ from typing import Any
 from pier.rpc.errors import EventsExpired
 from pier.rpc.events import Event, EventLog
 from pier.rpc.jsonrpc import JsonRpc
+from pier.rpc.store import open_state
 
 log = logging.getLogger("pier.transports.stomp")
 
@@ -49,8 +49,7 @@ class EventOutbox:
         self._events = events
         self._jsonrpc = jsonrpc
         self.base = base
-        self._db = sqlite3.connect(db_path, check_same_thread=False, isolation_level=None, timeout=10)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db = open_state(db_path)
         self._db.execute("CREATE TABLE IF NOT EXISTS stomp_outbox (topic TEXT PRIMARY KEY, seq INTEGER NOT NULL)")
         self._changed = threading.Condition()
         self._connection: Any = None

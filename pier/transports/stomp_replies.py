@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import sqlite3
 import threading
 import time
 import uuid
@@ -27,6 +26,7 @@ from typing import Any
 from pier.rpc.errors import InternalError, Recovering
 from pier.rpc.jsonrpc import JsonRpc, error_object
 from pier.rpc.registry import CallContext
+from pier.rpc.store import open_state
 
 log = logging.getLogger("pier.transports.stomp")
 
@@ -55,9 +55,7 @@ class ReplyCache:
     def __init__(self, db_path: str, *, ttl: float = 300.0) -> None:
         self.ttl = ttl
         self.instance = uuid.uuid4().hex
-        self._db = sqlite3.connect(db_path, check_same_thread=False, isolation_level=None, timeout=10)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db = open_state(db_path)
         self._db.execute("CREATE TABLE IF NOT EXISTS stomp_requests (key TEXT PRIMARY KEY, started REAL NOT NULL,"
                          " instance TEXT NOT NULL, reply TEXT)")
         self._lock = threading.Lock()
