@@ -62,13 +62,6 @@ _SUSPEND_CODES = {
 _UP_LIKE = {UP, POWERING_DOWN, POWERING_UP, REBOOT_IN_PROGRESS, WAIT_FOR_LAUNCH}
 
 
-_EXPECTED_STATES = {
-    libvirt.VIR_DOMAIN_EVENT_STARTED: (libvirt.VIR_DOMAIN_RUNNING,),
-    libvirt.VIR_DOMAIN_EVENT_RESUMED: (libvirt.VIR_DOMAIN_RUNNING,),
-    libvirt.VIR_DOMAIN_EVENT_SUSPENDED: (libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PMSUSPENDED),
-}
-
-
 def event_time() -> int:
     """VDSM's notify_time: monotonic milliseconds plus INT_MAX (old engines need > INT_MAX)."""
     return int(time.monotonic() * 1000) + 2**31 - 1
@@ -88,12 +81,10 @@ class EventDispatcher:
     def __init__(self, cache: VmCache, emit: Emit,
                  read_states: Callable[[], dict[str, tuple[str, int, int]]],
                  on_vms_changed: Callable[[], None] | None = None,
-                 reboot_grace: float = REBOOT_GRACE,
-                 read_state: Callable[[str], int | None] | None = None) -> None:
+                 reboot_grace: float = REBOOT_GRACE) -> None:
         self._cache = cache
         self._emit = emit
         self._read_states = read_states
-        self._read_state = read_state or (lambda vm_id: None)
         self._on_vms_changed = on_vms_changed or (lambda: None)
         self._grace = reboot_grace
         self._queue: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
@@ -233,9 +224,6 @@ class EventDispatcher:
                 self._set(rec, WAIT_FOR_LAUNCH, {}, update=False)
             return
 
-        if self._stale(vm_id, rec, event):
-            return
-
         if event == libvirt.VIR_DOMAIN_EVENT_STARTED:
             if vm_id in self._pending and self._pending[vm_id][1] == DOWN:
                 del self._pending[vm_id]  # stopped and started again at once: a reboot
@@ -272,21 +260,6 @@ class EventDispatcher:
             self._set(rec, PAUSED, {"pauseCode": "NOERR"})
         elif event == libvirt.VIR_DOMAIN_EVENT_CRASHED:
             self._set(rec, DOWN, exit_details("generic error", EXIT_ERROR, "guest crashed"))
-
-    def _stale(self, vm_id: str, rec: VmRecord, event: int) -> bool:
-        """True when a start, resume or pause event is older than the domain's present state (events
-        can arrive after a verb already moved on: a start delivered after the pause that followed
-        it must not report the paused VM as up). The present state is read only for these events."""
-        expected = _EXPECTED_STATES.get(event)
-        if expected is None:
-            return False
-        state = self._read_state(vm_id)
-        if state is None or state in expected:
-            return False
-        if event == libvirt.VIR_DOMAIN_EVENT_STARTED and rec.launch_paused:
-            return False  # started paused, or started then suspended (the test driver)
-        log.debug("ignoring a stale lifecycle event %d of %s (its state is now %d)", event, vm_id, state)
-        return True
 
     def _reboot(self, vm_id: str) -> None:
         rec = self._cache.find(vm_id)

@@ -33,7 +33,7 @@ class Node:
                  stats_interval: float = 2.0, slow_stats_interval: float = 15.0) -> None:
         self._cache = VmCache()
         self._dispatcher = EventDispatcher(self._cache, emit, self._read_states,
-                                           on_vms_changed=self._vms_changed, read_state=self._read_state)
+                                           on_vms_changed=self._vms_changed)
         self._connection = Connection(uri, self._dispatcher.put, on_connect=self._on_connect)
         self._vms = Vms(self._connection, self._cache, self._dispatcher.put)
         self._sampler = StatsSampler(self._connection, self._cache, stats_interval,
@@ -173,16 +173,6 @@ class Node:
     def _on_connect(self, conn: libvirt.virConnect) -> None:
         """Thread: the caller of start(), or libvirt-reconnect."""
         self._vms.cleanup_orphans(conn)
-
-    def _read_state(self, vm_id: str) -> int | None:
-        """Thread: libvirt-events. A domain's state now, or None when it cannot be read."""
-        conn = self._connection.current()
-        if conn is None:
-            return None
-        try:
-            return conn.lookupByUUIDString(vm_id).state()[0]
-        except libvirt.libvirtError:
-            return None
 
     def _read_states(self) -> dict[str, tuple[str, int, int]]:
         """Thread: libvirt-events (during a resync)."""

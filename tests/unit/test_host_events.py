@@ -156,18 +156,3 @@ def test_an_event_older_than_a_verbs_change_is_emitted_but_does_not_undo_it(setu
     assert disp.flush()
     assert rec.statuses(A) == [PAUSED]
     assert cache.get(A).status == UP
-
-
-def test_a_start_delivered_after_a_pause_does_not_report_the_vm_up() -> None:
-    cache = VmCache()
-    rec = Recorder()
-    disp = EventDispatcher(cache, rec, dict, reboot_grace=0.1, read_state=lambda vm_id: E.VIR_DOMAIN_PAUSED)
-    disp.start()
-    try:
-        record = cache.add(VmRecord(A, "vm-a", status=PAUSED, emitted="WaitForLaunch"))
-        disp.put(life(A, E.VIR_DOMAIN_EVENT_STARTED))  # late: the VM was paused meanwhile
-        disp.put(life(A, E.VIR_DOMAIN_EVENT_SUSPENDED))
-        assert disp.flush()
-        assert rec.statuses(A) == [PAUSED] and record.status == PAUSED
-    finally:
-        disp.stop()
