@@ -57,6 +57,7 @@ class Broker(stomp.ConnectionListener):
         self._pending: dict[str, Future] = {}
         self._broadcasts: dict[str, list[Any]] = {}
         self._handlers: dict[str, Callable[[dict[str, str], dict[str, Any]], None]] = {}
+        self._receipts: dict[str, Future] = {}
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
         self.connection = stomp.Connection12([(host, port)], vhost=vhost, heartbeats=(10000, 10000))
@@ -79,6 +80,12 @@ class Broker(stomp.ConnectionListener):
             broadcast.append(body)
         elif handler is not None:
             handler(frame.headers, body)
+
+    def on_receipt(self, frame: Any) -> None:
+        with self._lock:
+            future = self._receipts.pop(frame.headers.get("receipt-id", ""), None)
+        if future is not None:
+            future.set_result(None)
 
     def on_disconnected(self) -> None:
         with self._lock:
@@ -118,11 +125,16 @@ class Broker(stomp.ConnectionListener):
         return sorted({reply["result"]["hostId"] for reply in replies if "result" in reply})
 
     def follow_events(self, host_id: str, handler: Callable[[dict[str, str], dict[str, Any]], None]) -> None:
-        """Call `handler(headers, notification)` for each event of `host_id`."""
+        """Call `handler(headers, notification)` for each event of `host_id` published from now on
+        (returns once the broker has confirmed the subscription)."""
         subscription = f"events-{host_id}"
+        receipt: Future = Future()
         with self._lock:
             self._handlers[subscription] = handler
-        self.connection.subscribe(f"/topic/{self.prefix}.{host_id}.events.#", subscription, ack="auto")
+            self._receipts[subscription] = receipt
+        self.connection.subscribe(f"/topic/{self.prefix}.{host_id}.events.#", subscription, ack="auto",
+                                  headers={"receipt": subscription})
+        receipt.result(self.timeout)
 
     def close(self) -> None:
         self.connection.disconnect()
