@@ -216,13 +216,13 @@ def test_broker_restart_during_traffic_loses_no_event(stomp_pierd: Pierd) -> Non
         each.close()
 
 
-def unanswered_requests(state_dir: Path) -> int:
-    """Requests pierd recorded as started and has no reply for (read from its reply cache)."""
+def reply_cache(state_dir: Path) -> list[str | None]:
+    """The replies in pierd's reply cache, None for each request started and not yet answered."""
     with sqlite3.connect(f"file:{state_dir / 'pier.db'}?mode=ro", uri=True) as db:
         try:
-            return db.execute("SELECT COUNT(*) FROM stomp_requests WHERE reply IS NULL").fetchone()[0]
+            return [reply for reply, in db.execute("SELECT reply FROM stomp_requests")]
         except sqlite3.OperationalError:
-            return 0
+            return []
 
 
 def test_a_request_redelivered_after_pierd_is_killed_runs_once(stomp_broker, tmp_path: Path, test_uri: str) -> None:
@@ -236,11 +236,14 @@ def test_a_request_redelivered_after_pierd_is_killed_runs_once(stomp_broker, tmp
     busy, vm_id = new_vm_id(), new_vm_id()
     create(client, busy)
     client.call("VM.shutdown", vmID=busy, delay=30)
-    correlation = client.send_frame(json.dumps([request("VM.create", "c", vmID=vm_id, vmParams=vm_params(vm_id)),
-                                                request("VM.pause", "p", vmID=busy)]))
+    batch = [request("VM.create", "c", vmID=vm_id, vmParams=vm_params(vm_id)), request("VM.pause", "p", vmID=busy)]
+    correlation = client.send_frame(json.dumps(batch))
     deadline = time.monotonic() + 10
-    while unanswered_requests(state) < 1:  # the pause has started: it now waits for the VM's lock
-        assert time.monotonic() < deadline, "pierd did not start the batch"
+    while True:  # the create has its reply; the pause has started and waits for the VM's lock
+        replies = reply_cache(state)
+        if None in replies and any(reply and json.loads(reply).get("id") == "c" for reply in replies):
+            break
+        assert time.monotonic() < deadline, f"pierd did not run the batch as expected: {replies}"
         time.sleep(0.02)
     first.kill()
     assert client.reply(correlation, timeout=0.2) is None
