@@ -13,6 +13,7 @@ answers with the route's status (202 for a task verb unless the route says other
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ import bottle
 
 from pier.facade.problems import problem_response, unexpected
 from pier.rpc.errors import InvalidParams, InvalidRequest, ParseError, PierError, RequestTooLarge
+from pier.rpc.jsonrpc import loads
 from pier.rpc.registry import CallContext, Registry
 from pier.rpc.schema import Route, Verb
 
@@ -211,9 +213,13 @@ def read_json_body(environ: Mapping[str, Any], max_body: int, field: str) -> Any
                             f"not {media_type or 'without a Content-Type'}",
                             data={"field": field, "contentType": media_type})
     try:
-        return json.loads(raw)
+        body = loads(raw)
     except ValueError as exc:
         raise ParseError(f"the request body is not valid JSON: {exc}", data={"field": field}) from None
+    if body is None:
+        raise InvalidParams("the request body is JSON null; send an object (or no body at all)",
+                            data={"field": field})
+    return body
 
 
 def _drain(stream: Any, size: int) -> None:
@@ -232,7 +238,7 @@ def coerce(values: list[str], schema: Mapping[str, Any] | None, defs: Mapping[st
     schema = _resolve(schema or {}, defs)
     types = _types(schema)
     if "array" in types:
-        items = [item for value in values for item in value.split(",") if item != ""]
+        items = [item for value in values for item in value.split(",")]  # an empty item is refused by name
         item_schema = schema.get("items") if isinstance(schema.get("items"), dict) else None
         return [coerce([item], item_schema, defs) for item in items]
     if len(values) > 1:
@@ -250,14 +256,17 @@ def _scalar(text: str, types: list[str]) -> Any:
             pass
     if "number" in types:
         try:
-            return float(text)
+            number = float(text)
         except ValueError:
             pass
+        else:
+            if math.isfinite(number):  # 'nan' and 'inf' stay text, and validation names the field
+                return number
     if "null" in types and text in ("", "null"):
         return None
     if "object" in types and text.startswith("{"):
         try:
-            return json.loads(text)
+            return loads(text)
         except ValueError:
             pass
     return text

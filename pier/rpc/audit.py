@@ -21,14 +21,20 @@ REDACTED = "***"
 _SECRET_NAMES = re.compile(r"pass(word|code|phrase)?|secret|token|private.?key", re.IGNORECASE)
 
 
-def redact(value: Any, secret_names: Iterable[str] = ()) -> Any:
-    """`value` with every secret replaced by '***', at any depth."""
-    names = set(secret_names)
+MAX_DEPTH = 32
+
+
+def redact(value: Any, secret_names: Iterable[str] = (), depth: int = 0) -> Any:
+    """`value` with every secret replaced by '***'; what is nested deeper than MAX_DEPTH is
+    recorded as a note, not followed (params can nest far deeper than Python's stack)."""
+    names = secret_names if isinstance(secret_names, (set, frozenset)) else set(secret_names)
+    if isinstance(value, (dict, list)) and depth >= MAX_DEPTH:
+        return f"(nested deeper than {MAX_DEPTH} levels; not recorded)"
     if isinstance(value, dict):
         return {key: REDACTED if (key in names or _SECRET_NAMES.search(str(key))) and item is not None
-                else redact(item, names) for key, item in value.items()}
+                else redact(item, names, depth + 1) for key, item in value.items()}
     if isinstance(value, list):
-        return [redact(item, names) for item in value]
+        return [redact(item, names, depth + 1) for item in value]
     return value
 
 

@@ -15,6 +15,7 @@ import collections
 import itertools
 import json
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -172,7 +173,7 @@ class EventLog:
     def wait(self, after: int, types: tuple[str, ...] | None = None, limit: int = 1000,
              timeout: float = 0.0, stop: Callable[[], bool] | None = None) -> tuple[list[Event], int]:
         """Like `read`, but wait up to `timeout` seconds for a matching event when none is there."""
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + (timeout if math.isfinite(timeout) else 0.0)
         while True:
             events, after = self.read(after, types, limit)
             remaining = deadline - time.monotonic()

@@ -27,6 +27,15 @@ MAX_BYTES = 1 << 20
 MAX_BATCH = 100
 
 
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON")
+
+
+def loads(raw: str | bytes) -> Any:
+    """Parse JSON as RFC 8259 says: NaN and Infinity are not JSON (Python's parser takes them)."""
+    return json.loads(raw, parse_constant=_not_json)
+
+
 def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
 
@@ -82,7 +91,7 @@ class JsonRpc:
                 f"message of {len(raw)} bytes exceeds the limit of {self.max_bytes} bytes",
                 data={"limit": self.max_bytes})))
         try:
-            message = json.loads(raw)
+            message = loads(raw)
         except (ValueError, RecursionError) as exc:
             return _dumps(error_object(ParseError(f"Parse error: {exc}")))
         if not isinstance(message, list):

@@ -40,7 +40,8 @@ def peer_of(environ: dict[str, Any]) -> str:
 DRAIN_LIMIT = 4 << 20
 
 
-def _discard(stream: Any, size: int) -> None:
+def discard(stream: Any, size: int) -> None:
+    """Read and drop `size` bytes of a request body."""
     while size > 0:
         chunk = stream.read(min(size, 1 << 16))
         if not chunk:
@@ -65,7 +66,7 @@ def jsonrpc_app(jsonrpc: JsonRpc) -> WsgiApp:
                                    if length > 0 else "Content-Length is missing or invalid",
                                    data={"limit": jsonrpc.max_bytes})
             if 0 < length <= DRAIN_LIMIT:
-                _discard(environ["wsgi.input"], length)  # so the client reads our answer, not a reset
+                discard(environ["wsgi.input"], length)  # so the client reads our answer, not a reset
             start_response("413 Payload Too Large" if length > 0 else "411 Length Required",
                            [*_JSON, ("Connection", "close")])
             return [json.dumps(error_object(error)).encode()]

@@ -24,7 +24,7 @@ import uuid
 from typing import Any
 
 from pier.rpc.errors import InternalError, Recovering
-from pier.rpc.jsonrpc import JsonRpc, error_object
+from pier.rpc.jsonrpc import JsonRpc, error_object, loads
 from pier.rpc.registry import CallContext
 from pier.rpc.store import open_state
 
@@ -151,7 +151,7 @@ class Replies:
         if len(body) > self._jsonrpc.max_bytes:
             return None
         try:
-            message = json.loads(body)
+            message = loads(body)
         except (ValueError, RecursionError):
             return None
         if isinstance(message, list) and not 0 < len(message) <= self._jsonrpc.max_batch:

@@ -32,7 +32,7 @@ from defusedxml.xmlrpc import DefusedExpatParser
 from pier.rpc.errors import InvalidParams, InvalidRequest, MethodNotFound, ParseError, PierError, Unexpected
 from pier.rpc.registry import CallContext, Registry
 from pier.rpc.schema import Schema, Verb
-from pier.transports.http import WsgiApp, peer_of
+from pier.transports.http import DRAIN_LIMIT, WsgiApp, discard, peer_of
 
 log = logging.getLogger("pier.transports.xmlrpc")
 
@@ -219,6 +219,7 @@ class XmlRpc:
 
     def method_help(self, name: str) -> str:
         """A verb's summary, what it is called elsewhere, its positional params and its payload key."""
+        name = _method_name(name)
         if name in self._system:
             return {"system.listMethods": "The names of every method callable here.",
                     "system.methodHelp": "The help text of a method.",
@@ -237,6 +238,7 @@ class XmlRpc:
 
     def method_signature(self, name: str) -> list[list[str]]:
         """One signature per accepted number of positional params: [return type, param types...]."""
+        name = _method_name(name)
         if name in self._system:
             return self._system_signature(name)
         verb = self._verb(name)
@@ -254,6 +256,12 @@ class XmlRpc:
         if verb is None:
             raise MethodNotFound(f'method "{name}" is not supported', data={"method": name})
         return verb
+
+
+def _method_name(name: Any) -> str:
+    if not isinstance(name, str):
+        raise InvalidParams(f"a method name is a string, not {type(name).__name__}", data={"field": "params[0]"})
+    return name
 
 
 def xmlrpc_app(registry: Registry, *, max_bytes: int = MAX_BYTES) -> WsgiApp:
@@ -284,6 +292,8 @@ def _read_body(environ: dict[str, Any], max_bytes: int) -> bytes | None:
     except ValueError:
         length = -1
     if length > max_bytes:
+        if length <= DRAIN_LIMIT:
+            discard(environ["wsgi.input"], length)  # so the client reads our answer, not a reset
         return None
     if length >= 0:
         return environ["wsgi.input"].read(length) if length else b""
