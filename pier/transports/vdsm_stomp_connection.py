@@ -46,9 +46,13 @@ def covers(subscribed: str, destination: str) -> bool:
 
 
 def _overlaps_served(destination: str) -> bool:
-    """True when a subscription to `destination` would receive events or other clients' requests."""
+    """True when `destination` is, contains or lies within one of the destinations pier serves."""
     return any(covers(destination, served) or covers(served, destination)
                for served in (*REQUEST_DESTINATIONS, EVENTS_DESTINATION))
+
+
+def _overlaps_requests(destination: str) -> bool:
+    return any(covers(destination, served) or covers(served, destination) for served in REQUEST_DESTINATIONS)
 
 
 def is_request_destination(destination: str) -> bool:
@@ -198,9 +202,10 @@ class Connection(StompWire):
             self._error("Unsupported ack mode", "only ack:auto is served", receipt)
         elif len(self._subs) >= MAX_SUBSCRIPTIONS:
             self._error("Too many subscriptions", f"at most {MAX_SUBSCRIPTIONS} on one connection", receipt)
+        elif _overlaps_requests(destination):
+            self._error("Subscription not allowed", "other clients' requests are not for subscribers", receipt)
         elif self._context.identity is None and _overlaps_served(destination):
-            self._error("Authentication required", "events and requests are for authenticated connections only",
-                        receipt)
+            self._error("Authentication required", "events are for authenticated connections only", receipt)
         else:
             with self.cond:
                 self._subs[sub_id] = destination
@@ -228,15 +233,20 @@ class Connection(StompWire):
         if not destination:
             self._error("Missing destination header", receipt=receipt)
             return
+        if is_request_destination(destination):  # served here, never shown to other clients
+            self._dispatch(frame.body, frame.headers.get("reply-to") or None)
+            self._receipt(receipt)
+            return
+        if _overlaps_served(destination):
+            self._error("Subscription not available", f"only pier publishes to {destination}", receipt)
+            return
         forwarded = {name: value for name, value in frame.headers.items()
                      if name not in ("receipt", "content-length", "subscription")}
         delivered = False
         for connection, sub_id in self._end.subscriptions.find(destination):
             data = encode_frame("MESSAGE", {**forwarded, "subscription": sub_id}, frame.body)
             delivered = connection.offer(data, force=connection is self) or delivered
-        if is_request_destination(destination):
-            self._dispatch(frame.body, frame.headers.get("reply-to") or None)
-        elif not delivered:
+        if not delivered:
             self._error("Subscription not available", receipt=receipt)
             return
         self._receipt(receipt)
