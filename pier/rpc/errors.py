@@ -70,6 +70,10 @@ class Forbidden(PierError):
     code, name, message, http_status = -32003, "forbidden", "Not allowed for this caller", 403
 
 
+class TargetBusy(PierError):
+    code, name, message, http_status = -32009, "busy", "Busy with another operation", 409
+
+
 class NoSuchCredential(PierError):
     code, name, message, http_status = -32004, "noSuchCredential", "No such token or certificate", 404
 

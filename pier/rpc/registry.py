@@ -23,7 +23,7 @@ from typing import Any
 
 from pier.rpc.audit import AuditLog, redact
 from pier.rpc.auth import WSGI_AUTH_ERROR, WSGI_IDENTITY, Credentials, Identity
-from pier.rpc.errors import Forbidden, MethodNotFound, PierError, Unauthenticated, Unexpected
+from pier.rpc.errors import Forbidden, MethodNotFound, PierError, TargetBusy, Unauthenticated, Unexpected
 from pier.rpc.limits import RateLimiter
 from pier.rpc.metrics import CALL_SECONDS, CALLS
 from pier.rpc.schema import Schema, Verb
@@ -81,20 +81,32 @@ class CallContext:
 
 
 class TargetLocks:
-    """One lock per target (a VM id, ...): changing operations on one target run one at a time."""
+    """One lock per target (a VM id, ...): changing operations on one target run one at a time.
 
-    def __init__(self) -> None:
+    A call waits at most `wait` seconds for the target (a task may hold it for minutes), then is
+    refused naming what holds it; tasks themselves wait as long as it takes.
+    """
+
+    def __init__(self, wait: float = 10.0) -> None:
+        self.wait = wait
         self._guard = threading.Lock()
         self._locks: dict[str, list[Any]] = {}
 
     @contextmanager
-    def hold(self, target: str) -> Iterator[None]:
+    def hold(self, target: str, holder: str = "", wait: float | None = None) -> Iterator[None]:
         with self._guard:
-            entry = self._locks.setdefault(target, [threading.Lock(), 0])
+            entry = self._locks.setdefault(target, [threading.Lock(), 0, ""])
             entry[1] += 1
         try:
-            with entry[0]:
+            if not entry[0].acquire(timeout=-1 if wait is None else wait):
+                raise TargetBusy(f"{target} is busy with {entry[2] or 'another call'}; try again when it ends "
+                                 "(or stop that task)", data={"target": target, "busyWith": entry[2]})
+            entry[2] = holder
+            try:
                 yield
+            finally:
+                entry[2] = ""
+                entry[0].release()
         finally:
             with self._guard:
                 entry[1] -= 1
@@ -161,7 +173,9 @@ class Registry:
             if declared.task:
                 result = self._submit_task(declared, handler, params, context, target)
             elif target is not None and not declared.readonly:
-                with self.locks.hold(target):
+                if declared.preempts and self.tasks is not None:
+                    self.tasks.stop_tasks_on(target, f"{declared.name} was called")
+                with self.locks.hold(target, declared.name, self.locks.wait):
                     result = handler(context, **params)
             else:
                 result = handler(context, **params)
@@ -231,8 +245,10 @@ class Registry:
         def run(task: Any) -> Any:
             return handler(replace(context, task=task), **params)
 
-        guard = (lambda: self.locks.hold(target)) if target is not None else None
-        return self.tasks.submit(declared.name, target, params, run, guard=guard)
+        def guard() -> Any:
+            return self.locks.hold(target, f"{declared.name} (a task)")
+
+        return self.tasks.submit(declared.name, target, params, run, guard=guard if target is not None else None)
 
 
 def _check_signature(declared: Verb, handler: Callable[..., Any]) -> None:

@@ -64,6 +64,7 @@ class Verb:
     legacy: list[LegacyName]
     task: bool
     rest: list[Route]
+    preempts: bool
     secrets: list[str]
     params_schema: dict[str, Any] = field(repr=False)
     _validator: Callable[[Any], Any] = field(repr=False)
@@ -223,6 +224,7 @@ class Schema:
             legacy=[LegacyName(**legacy) for legacy in spec.get("legacy", [])],
             task=bool(spec.get("task", False)),
             rest=routes,
+            preempts=bool(spec.get("preempts", False)),
             secrets=secrets,
             params_schema=params_schema,
             _validator=fastjsonschema.compile(copy.deepcopy(params_schema)),

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 import time
 import uuid
@@ -135,9 +136,13 @@ class TaskManager:
         self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="task-worker")
 
     def end_waits(self) -> None:
-        """Refuse new tasks and make every wait return at once (the agent is stopping)."""
+        """Refuse new tasks, make every wait return at once and ask running tasks to stop (the agent
+        is stopping; their records stay as they are, to be reconciled at the next start)."""
         with self._changed:
             self._stopping = True
+            for task in self._tasks.values():
+                if task.state not in ENDED:
+                    task.cancel.set()
             self._changed.notify_all()
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -249,7 +254,7 @@ class TaskManager:
     def wait(self, task_id: str, timeout: float) -> dict[str, Any]:
         """The task's info once it has ended, or when `timeout` seconds have passed."""
         task = self._get(task_id)
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + (timeout if math.isfinite(timeout) else 0.0)
         with self._changed:
             while task.state not in ENDED and not self._stopping:
                 remaining = deadline - time.monotonic()
@@ -268,6 +273,15 @@ class TaskManager:
             else:
                 self._update(task, message="cancelling")
         return task.info()
+
+    def stop_tasks_on(self, target: str, reason: str) -> list[str]:
+        """Ask every task that has not ended on `target` to stop; returns their ids."""
+        with self._lock:
+            doomed = [task for task in self._tasks.values() if task.target == target and task.state not in ENDED]
+        for task in doomed:
+            log.info("stopping task %s (%s) on %s: %s", task.id, task.verb, target, reason)
+            self.stop_task(task.id)
+        return [task.id for task in doomed]
 
     def clear(self, task_id: str) -> None:
         task = self._get(task_id)

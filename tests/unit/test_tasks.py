@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pier.rpc.errors import JobNotDone, UnknownTask
+from pier.rpc.errors import JobNotDone, TargetBusy, UnknownTask
 from pier.rpc.events import EventLog
 from pier.rpc.tasks import TaskManager
 from tests.unit.conftest import VM_ID, Stack, build_stack
@@ -95,7 +95,7 @@ def test_clear_only_ended_tasks(manager) -> None:
 
 
 def test_tasks_on_one_target_run_one_at_a_time(stack: Stack) -> None:
-    stack.call("VM.create", vmID=VM_ID, vmParams={"vmName": "a"})
+    stack.call("VM.create", vmID=VM_ID, vmParams={"vmName": "a", "memSize": 64})
     first = stack.call("VM.shutdown", vmID=VM_ID, timeout=1)
     second = stack.call("VM.shutdown", vmID=VM_ID, timeout=1)
     a = stack.tasks.wait(first["taskID"], 10)
@@ -103,8 +103,30 @@ def test_tasks_on_one_target_run_one_at_a_time(stack: Stack) -> None:
     assert a["ended"] <= b["started"]
 
 
+def test_a_call_waits_a_bounded_time_for_a_task_on_its_vm(stack: Stack) -> None:
+    stack.call("VM.create", vmID=VM_ID, vmParams={"vmName": "a", "memSize": 64})
+    stack.registry.locks.wait = 0.2
+    waiting = stack.call("VM.shutdown", vmID=VM_ID, delay=3600)
+    time.sleep(0.1)
+    with pytest.raises(TargetBusy, match="VM.shutdown") as busy:
+        stack.call("VM.pause", vmID=VM_ID)
+    assert busy.value.http_status == 409 and busy.value.data["target"] == VM_ID
+    stack.tasks.stop_task(waiting["taskID"])
+    assert stack.tasks.wait(waiting["taskID"], 5)["state"] == "cancelled"
+    stack.call("VM.pause", vmID=VM_ID)
+
+
+def test_destroy_stops_the_tasks_on_its_vm_first(stack: Stack) -> None:
+    stack.call("VM.create", vmID=VM_ID, vmParams={"vmName": "a", "memSize": 64})
+    waiting = stack.call("VM.shutdown", vmID=VM_ID, delay=3600)
+    stack.registry.locks.wait = 1.0  # without stopping the shutdown first, the destroy would be refused as busy
+    time.sleep(0.1)
+    assert stack.call("VM.destroy", vmID=VM_ID) is True
+    assert stack.tasks.wait(waiting["taskID"], 5)["state"] == "cancelled"
+
+
 def test_shutdown_task_through_the_registry(stack: Stack) -> None:
-    stack.call("VM.create", vmID=VM_ID, vmParams={"vmName": "a"})
+    stack.call("VM.create", vmID=VM_ID, vmParams={"vmName": "a", "memSize": 64})
     stubborn = stack.tasks.wait(stack.call("VM.shutdown", vmID=VM_ID, timeout=0)["taskID"], 5)
     assert stubborn["state"] == "failed" and stubborn["error"]["name"] == "nonresp"
     forced = stack.tasks.wait(stack.call("VM.shutdown", vmID=VM_ID, timeout=0, force=True)["taskID"], 5)
@@ -114,7 +136,7 @@ def test_shutdown_task_through_the_registry(stack: Stack) -> None:
 
 def test_reconcile_after_restart(schema, tmp_path: Path) -> None:
     first = build_stack(schema, tmp_path / "s.db")
-    first.call("VM.create", vmID=VM_ID, vmParams={"vmName": "a"})
+    first.call("VM.create", vmID=VM_ID, vmParams={"vmName": "a", "memSize": 64})
     running = first.call("VM.shutdown", vmID=VM_ID, timeout=60)
     time.sleep(0.2)
     first.tasks.stop()  # the agent stops while the guest is still shutting down
@@ -130,7 +152,7 @@ def test_reconcile_after_restart(schema, tmp_path: Path) -> None:
 
     third_db = tmp_path / "t.db"
     third = build_stack(schema, third_db)
-    third.call("VM.create", vmID=VM_ID, vmParams={"vmName": "a"})
+    third.call("VM.create", vmID=VM_ID, vmParams={"vmName": "a", "memSize": 64})
     pending = third.call("VM.shutdown", vmID=VM_ID, timeout=60)
     time.sleep(0.2)
     third.tasks.stop()
