@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -62,7 +63,8 @@ class FakeNode:
     def all_vm_stats(self) -> list[dict[str, Any]]:
         return [self.vm_stats(vm_id) for vm_id in self.vms]
 
-    def create_vm(self, vm_id: str, params: dict[str, Any]) -> dict[str, Any]:
+    def create_vm(self, vm_id: str | None, params: dict[str, Any]) -> dict[str, Any]:
+        vm_id = vm_id or str(uuid.uuid4())
         if vm_id in self.vms:
             raise VMExists(data={"vmId": vm_id})
         self.vms[vm_id] = {"vmId": vm_id, "vmName": params.get("vmName", vm_id), "status": "WaitForLaunch"}

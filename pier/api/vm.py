@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from pier.rpc.errors import GuestTimeout, InvalidParams, MissingParam, NoVM, TaskCancelled
+from pier.rpc.errors import GuestTimeout, InvalidParams, NoVM, TaskCancelled
 from pier.rpc.registry import CallContext, reconciler, verb
 
 
@@ -18,10 +18,7 @@ class VmApi:
         given = vmParams.get("vmId")
         if vmID and given and vmID.lower() != given.lower():
             raise InvalidParams(f"vmID {vmID} differs from vmParams.vmId {given}", data={"field": "params.vmID"})
-        vm_id = vmID or given
-        if not vm_id and not vmParams.get("xml"):
-            raise MissingParam("VM.create needs vmID or vmParams.vmId", data={"field": "params.vmID"})
-        return self._node.create_vm(vm_id, vmParams)
+        return self._node.create_vm(vmID or given, vmParams)
 
     @verb("VM.destroy")
     def destroy(self, ctx: CallContext, vmID: str, gracefulAttempts: int = 1) -> None:

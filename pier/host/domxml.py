@@ -7,6 +7,7 @@ domain is edited in place, so whatever Pier does not model survives the round tr
 
 from __future__ import annotations
 
+import re
 import uuid as uuidlib
 import xml.etree.ElementTree as ET
 from typing import Any
@@ -38,6 +39,19 @@ _UNITS = {
 }
 _BOOT_DEVS = {"c": "hd", "d": "cdrom", "n": "network", "a": "fd"}
 CPU_MODES = ("host-passthrough", "host-model")
+_NOT_XML_CHAR = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def check_xml_chars(root: ET.Element, where: str) -> None:
+    """InvalidParams when a text or attribute built from params holds a character XML 1.0 cannot
+    carry (NUL, other control characters, lone surrogates): libvirt would choke on it."""
+    for element in root.iter():
+        for value, place in [(element.text, f"<{element.tag}>"),
+                             *((value, f"<{element.tag} {name}=...>") for name, value in element.attrib.items())]:
+            found = _NOT_XML_CHAR.search(value or "")
+            if found:
+                raise InvalidParams(f"{where}: {value!r} (for {place}) holds U+{ord(found.group()):04X}, which a "
+                                    "domain's XML cannot carry", data={"field": f"params.{where}"})
 
 
 def normalize_uuid(value: Any, where: str = "vmId") -> str:
@@ -306,6 +320,7 @@ def build_domain(vm_id: str, params: dict[str, Any], *, domain_type: str) -> Dom
     if guaranteed not in (None, ""):
         value = as_int(guaranteed, "vmParams.memGuaranteedSize", minimum=0)
         dom.set_metadata("memGuaranteedSize", str(value), "int")
+    check_xml_chars(root, "vmParams")
     return dom
 
 

@@ -10,6 +10,7 @@ import logging
 import os
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from typing import Any, NoReturn
 
@@ -38,7 +39,6 @@ from pier.rpc.errors import (
     DestroyError,
     ImageError,
     InvalidParams,
-    MissingParam,
     NoVM,
     Unexpected,
     VMDown,
@@ -116,15 +116,14 @@ class Vms:
     def create(self, vm_id: str, params: dict[str, Any]) -> dict[str, Any]:
         """Define and start a VM from vmParams (or vmParams["xml"]); nothing stays on failure.
 
-        Without a `vm_id`, vmParams["vmId"] or the raw XML's <uuid> names the VM."""
+        Without a `vm_id`, vmParams["vmId"] or the raw XML's <uuid> names the VM, else a new UUID."""
         if not isinstance(params, dict):
             raise InvalidParams("vmParams: expected an object")
         if not vm_id:
             vm_id = params.get("vmId") or ""
             if not vm_id and params.get("xml"):
                 vm_id = DomainXml.parse(params["xml"], "vmParams.xml").uuid
-            if not vm_id:
-                raise MissingParam("vmId: missing (give it, or a <uuid> in vmParams.xml)")
+            vm_id = vm_id or str(uuid.uuid4())
         vm_id = normalize_uuid(vm_id)
         launch_paused = as_bool(params.get("launchPaused"), "vmParams.launchPaused")
         conn = self._connection.get()

@@ -127,7 +127,28 @@ def _describe(exc: fastjsonschema.JsonSchemaValueException) -> str:
         return f"{where} is missing required field {', '.join(repr(m) for m in missing)}"
     if exc.rule == "additionalProperties":
         return message.replace("must not contain", "has unknown field(s)").replace(" properties", "")
+    if exc.rule == "anyOf" and all(set(option) == {"required"} for option in exc.rule_definition):
+        needs = ", or ".join(" and ".join(option["required"]) for option in exc.rule_definition)
+        return f"{_field(exc)} needs {needs}"
+    if exc.rule == "anyOf":
+        return f"{_field(exc)} must be {' or '.join(_alternative(option) for option in exc.rule_definition)}"
     return message
+
+
+def _alternative(option: Any) -> str:
+    """How one `anyOf` option reads in an error message ("a boolean", "one of 'true', 'false'")."""
+    if not isinstance(option, dict):
+        return repr(option)
+    if "enum" in option:
+        return "one of " + ", ".join(repr(value) for value in option["enum"])
+    kind = option.get("type", "a value")
+    text = {"integer": "an integer", "string": "a string", "boolean": "a boolean", "object": "an object",
+            "array": "an array", "number": "a number"}.get(kind, str(kind))
+    if "minimum" in option:
+        text += f" of at least {option['minimum']}"
+    if "pattern" in option:
+        text += f" matching {option['pattern']}"
+    return text
 
 
 def _has(value: Any, name: str) -> bool:

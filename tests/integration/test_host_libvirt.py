@@ -177,6 +177,12 @@ def test_create_from_raw_xml_fills_in_the_uuid(node: Node, image: str) -> None:
     assert node.create_vm(None, {"xml": named})["vmId"] == other
 
 
+def test_create_without_an_id_gives_the_vm_a_new_uuid(node: Node, image: str) -> None:
+    info = node.create_vm(None, vm_params("pier-test-noid", image))
+    assert info["vmId"] == str(uuid.UUID(info["vmId"]))
+    assert node._connection.get().lookupByName("pier-test-noid").UUIDString() == info["vmId"]
+
+
 def test_launch_paused_starts_paused(node: Node, events: Events) -> None:
     vm_id = new_id()
     info = node.create_vm(vm_id, vm_params("pier-test-paused", launchPaused=True))

@@ -89,7 +89,7 @@ def test_local_root_is_admin_and_other_users_are_refused(credentials: Credential
 def test_roles_per_verb(stack: Stack) -> None:
     viewer = Identity("v", "viewer", "test")
     operator = Identity("o", "operator", "test")
-    stack.registry.call("VM.create", {"vmID": VM_ID, "vmParams": {"vmName": "a"}}, as_(operator))
+    stack.registry.call("VM.create", {"vmID": VM_ID, "vmParams": {"vmName": "a", "memSize": 64}}, as_(operator))
     assert stack.registry.call("VM.getInfo", {"vmID": VM_ID}, as_(viewer))["vmId"] == VM_ID
     with pytest.raises(Forbidden) as refused:
         stack.registry.call("VM.pause", {"vmID": VM_ID}, as_(viewer))
@@ -106,7 +106,7 @@ def test_roles_per_verb(stack: Stack) -> None:
 def test_the_audit_log_holds_exactly_the_changing_calls(stack: Stack) -> None:
     operator = Identity("ops", "operator", "test")
     viewer = Identity("watcher", "viewer", "test")
-    stack.registry.call("VM.create", {"vmID": VM_ID, "vmParams": {"vmName": "a"}}, as_(operator))
+    stack.registry.call("VM.create", {"vmID": VM_ID, "vmParams": {"vmName": "a", "memSize": 64}}, as_(operator))
     stack.registry.call("Host.getVMList", {}, as_(operator))
     stack.registry.call("VM.getInfo", {"vmID": VM_ID}, as_(viewer))
     with pytest.raises(Forbidden):
@@ -119,7 +119,7 @@ def test_the_audit_log_holds_exactly_the_changing_calls(stack: Stack) -> None:
         ("VM.create", "ops", "ok"), ("VM.pause", "watcher", "forbidden"), ("VM.pause", "ops", "noVM"),
         ("Token.create", "root", "ok")]
     assert entries[0]["target"] == VM_ID and entries[0]["via"] == "test" and entries[0]["peer"] == "peer"
-    assert entries[0]["params"]["vmParams"] == {"vmName": "a"}
+    assert entries[0]["params"]["vmParams"] == {"vmName": "a", "memSize": 64}
 
 
 def test_secrets_are_redacted() -> None:

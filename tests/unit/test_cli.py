@@ -150,7 +150,7 @@ def pier(pierd: str, capsys: pytest.CaptureFixture[str]) -> Run:
 
 
 def with_vm(stack: Stack, vm_id: str = VM_ID, name: str = "a") -> None:
-    stack.call("VM.create", vmID=vm_id, vmParams={"vmName": name})
+    stack.call("VM.create", vmID=vm_id, vmParams={"vmName": name, "memSize": 64})
 
 
 # -- verbs, help ---------------------------------------------------------------------------------
@@ -228,7 +228,7 @@ def test_convenience_commands_only_use_declared_verbs_and_params(schema: Schema)
 
 
 def test_call_with_a_json_object(pier: Run, stack: Stack) -> None:
-    params = json.dumps({"vmID": VM_ID, "vmParams": {"vmName": "web"}})
+    params = json.dumps({"vmID": VM_ID, "vmParams": {"vmName": "web", "memSize": 64}})
     code, out, _ = pier("call", "VM.create", params)
     assert code == 0 and json.loads(out)["vmName"] == "web"
     assert out.startswith("{\n  ")  # pretty for people
@@ -646,7 +646,7 @@ def test_trust_add_sends_the_certificate_and_never_the_key(pier: Run, stack: Sta
 
 def test_audit_table_and_json(pier: Run, stack: Stack) -> None:
     assert pier("audit") == (0, "no audit entries\n", "")
-    assert pier("call", "VM.create", f"vmID={VM_ID}", "vmParams.vmName=web")[0] == 0
+    assert pier("call", "VM.create", f"vmID={VM_ID}", "vmParams.vmName=web", "vmParams.memSize=64")[0] == 0
     assert pier("call", "VM.pause", f"vmID={VM_ID}")[0] == 0
     assert pier("call", "VM.pause", f"vmID={UNKNOWN_VM}")[0] == 1
     assert pier("vms")[0] == 0  # reads are not audited
@@ -686,7 +686,7 @@ def test_audit_pages_through_everything(pier: Run, stack: Stack, monkeypatch: py
 
 def test_audit_follow_polls_from_the_last_entry(pier: Run, stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(cli_security, "AUDIT_FOLLOW_INTERVAL", 0.05)
-    stack.call("VM.create", vmID=VM_ID, vmParams={"vmName": "a"})
+    stack.call("VM.create", vmID=VM_ID, vmParams={"vmName": "a", "memSize": 64})
     seen: list[str] = []
 
     def out(text: str) -> None:

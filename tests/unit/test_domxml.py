@@ -155,6 +155,9 @@ def test_bad_raw_xml_is_refused(raw: str, fragment: str) -> None:
     ({"vmName": "a", "memSize": 64, "launchPaused": "maybe", "acpiEnable": "maybe"},
      InvalidParams, "vmParams.acpiEnable"),
     ({"vmName": "a", "memSize": 64, "display": "rdp"}, InvalidParams, "vmParams.display"),
+    ({"vmName": "a\x00b", "memSize": 64}, InvalidParams, "'a\\x00b' (for <name>) holds U+0000"),
+    ({"vmName": "a", "memSize": 64, "devices": [{"deviceType": "disk", "path": "/x\ud800"}]},
+     InvalidParams, "(for <source file=...>) holds U+D800"),
     ({"vmName": "a", "memSize": 64, "devices": [
         {"deviceType": "interface", "network": "n", "macAddr": "52:54:00:00:00:01"},
         {"deviceType": "interface", "network": "n", "macAddr": "52:54:00:00:00:01"}]},
