@@ -146,17 +146,6 @@ def bound_waits(name: Any, params: Any) -> Any:
     return params
 
 
-# Nesting from which a changing verb's params make pierd's audit log fail (test_deeply_nested_params_
-# to_a_changing_verb, in the JSON-RPC and XML-RPC modules); fuzz inputs past it are skipped until fixed.
-AUDIT_RECURSION_DEPTH = 400
-
-
-def is_changing(name: Any) -> bool:
-    """Whether `name` is a verb (or legacy name) that changes something, so that calls to it are audited."""
-    verb = SCHEMA.resolve(name) if isinstance(name, str) else None
-    return verb is not None and not verb.readonly
-
-
 def slow_body(size: int, chunk: int = 1 << 16) -> Iterator[bytes]:
     """`size` bytes of whitespace, a chunk at a time, as a client on a slow link sends a large body."""
     for start in range(0, size, chunk):
@@ -288,15 +277,6 @@ class Target:
         lines = self.daemon.log[self._log_checked:]
         self._log_checked += len(lines)
         assert not any(leaks_traceback(line) for line in lines), "pierd logged a traceback:\n" + "".join(lines)
-
-    @contextlib.contextmanager
-    def reproducing_defect(self) -> Iterator[None]:
-        """For an xfail test that reproduces a known defect: what it makes pierd log is not checked."""
-        try:
-            yield
-        finally:
-            time.sleep(0.3)  # let the log reader catch up with what the defect logged
-            self._log_checked = len(self.daemon.log)
 
     def assert_stomp_serving(self) -> None:
         """A fresh, well-behaved STOMP client can CONNECT, SUBSCRIBE and call Host.ping2."""

@@ -299,16 +299,13 @@ def test_requests_with_random_params(target: Target, request: dict[str, object],
     target.assert_serving()
 
 
-# -- defects found by this suite, kept as strict xfails until fixed --------------------------------------
+# -- defects this suite found, kept as regression tests ------------------------------------------------
 
 
 FAKE_EVENT = {"jsonrpc": "2.0", "method": "|virt|VM_status|00000000-0000-0000-0000-000000000000",
               "params": {"00000000-0000-0000-0000-000000000000": {"status": "Down"}, "notify_time": 1}}
 
 
-@pytest.mark.xfail(strict=True, reason="defect: any authenticated client, a viewer included, may SEND to "
-                                       "jms.queue.events, and pierd relays the frame to every events subscriber: "
-                                       "an engine then sees events pierd never emitted (here: a VM went Down)")
 def test_a_client_cannot_publish_events(target: Target) -> None:
     engine = target.stomp_client()
     spoofer = Target(target.daemon, target.http, target.ws, target.stomp,
@@ -318,25 +315,26 @@ def test_a_client_cannot_publish_events(target: Target) -> None:
         engine.call("Host.ping2")  # the subscription is in place once a call made after it is answered
         spoofer.send_frame("SEND", {"destination": EVENTS, "content-type": "application/json"},
                            json.dumps(FAKE_EVENT).encode())
-        with pytest.raises(TimeoutError):  # today: the fake event arrives
+        with pytest.raises(TimeoutError):  # once, pierd relayed it to every events subscriber
             engine.wait_event(lambda event: event == FAKE_EVENT, timeout=1)
     finally:
         engine.close()
         spoofer.close()
 
 
-@pytest.mark.xfail(strict=True, reason="defect: any authenticated client, a viewer included, may SUBSCRIBE to "
-                                       "jms.topic.vdsm_requests and then receives a copy of every other client's "
-                                       "requests, params and all")
 def test_a_client_cannot_read_other_clients_requests(target: Target) -> None:
+    """Once, any client could SUBSCRIBE to the request destination and read everyone's calls."""
     admin = target.stomp_client()
     viewer = Target(target.daemon, target.http, target.ws, target.stomp,
                     Credentials(target.daemon.make_token("viewer"))).stomp_client()
     try:
-        viewer.subscribe(REQUESTS)
-        viewer.call("Host.ping2")  # the subscription is in place once a call made after it is answered
+        viewer.subscribe(REQUESTS, receipt="sub")
+        refusal = viewer.read_frame()
+        assert (refusal.command, refusal.headers.get("message"), refusal.headers.get("receipt-id")) == \
+            ("ERROR", "Subscription not allowed", "sub")
+        assert viewer.call("Host.ping2") is True  # the connection goes on
         admin.call("Host.getVMList", vmList=["00000000-0000-0000-0000-000000000000"])
-        with pytest.raises(TimeoutError):  # today: the viewer gets the admin's request
+        with pytest.raises(TimeoutError):  # once, every subscriber got a copy of it
             viewer.read_until(lambda: any(REQUESTS in message.headers.get("destination", "")
                                           for message in viewer.messages), timeout=1)
     finally:

@@ -17,17 +17,16 @@ import xmlrpc.client
 from typing import Any
 
 import pytest
-from hypothesis import given, reject
+from hypothesis import given
 from hypothesis import strategies as st
 
+from pier.transports.http import DRAIN_LIMIT
 from tests.fuzz.conftest import (
-    AUDIT_RECURSION_DEPTH,
     SCHEMA,
     Reply,
     Target,
     bound_waits,
     fuzz_settings,
-    is_changing,
     leaks_traceback,
     slow_body,
     tried,
@@ -207,30 +206,15 @@ def check_envelope(answer: Any) -> None:
     assert len(payload) <= (1 if status["code"] == 0 else 0), answer
 
 
-def known_defect(body: bytes) -> bool:
-    """An input that hits a defect already tracked by a strict xfail below (skipped until it is fixed)."""
-    try:
-        params, method = xmlrpc.client.loads(body)
-    except Exception:  # not a methodCall at all
-        return False
-    if method in ("system.methodHelp", "system.methodSignature") and len(params) == 1 and \
-            isinstance(params[0], (list, dict, xmlrpc.client.Binary)):
-        return True  # test_introspection_of_a_non_string_name
-    depth = body.count(b"<struct>") + body.count(b"<array>")
-    return depth >= AUDIT_RECURSION_DEPTH and is_changing(method)  # test_deeply_nested_params_to_a_changing_verb
-
-
 def fuzz(target: Target, body: bytes, label: str) -> None:
-    if known_defect(body):
-        reject()
     tried(label)
     started = time.monotonic()
     try:
         reply = target.xmlrpc(body)
     except (BrokenPipeError, ConnectionResetError):
-        # Over the limit pierd answers 413 and closes without reading the rest of the body, so a
-        # client still sending may see the connection break instead (test_oversized_body_gets_413).
-        assert len(body) > MAX_BYTES, "the connection broke on a body within the limit"
+        # Over the limit pierd reads and drops up to DRAIN_LIMIT bytes so that the client reads its
+        # 413 (test_oversized_body_gets_413); past that it closes, and a client still sending sees it.
+        assert len(body) > DRAIN_LIMIT, "the connection broke on a body pierd drains"
     else:
         check_reply(reply, body)
     assert time.monotonic() - started < 5, "the answer took longer than 5 s"
@@ -293,32 +277,24 @@ def test_bodies_near_the_limit(target: Target, size: int) -> None:
     fuzz(target, body, "xmlrpc bodies near the limit")
 
 
-# -- defects found by this suite, kept as strict xfails until fixed --------------------------------------
+# -- defects this suite found, kept as regression tests ------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="defect: system.methodHelp/methodSignature test `name in self._system` on "
-                                       "any param; an array, struct or base64 param is unhashable, so the TypeError "
-                                       "escapes as HTTP 500 with an empty body and a traceback in the log")
 @pytest.mark.parametrize("method", ["system.methodHelp", "system.methodSignature"])
 @pytest.mark.parametrize("value", ["<array><data/></array>", "<struct></struct>", "<base64>AA==</base64>"])
 def test_introspection_of_a_non_string_name(target: Target, method: str, value: str) -> None:
     body = (f"<methodCall><methodName>{method}</methodName><params><param><value>{value}</value></param></params>"
             "</methodCall>").encode()
-    with target.reproducing_defect():
-        reply = target.xmlrpc(body)
-    assert reply.status == 200, reply.status  # today: 500, empty body
+    reply = target.xmlrpc(body)
+    assert reply.status == 200, reply.status
     with pytest.raises(xmlrpc.client.Fault) as fault:
         xmlrpc.client.loads(reply.body)
     assert fault.value.faultCode in (-32601, -32602)
 
 
-@pytest.mark.xfail(strict=True, reason="defect: over the limit /RPC2 answers 413 and closes without reading the "
-                                       "body, so a client still sending gets a broken pipe, not the 413 (REST drains "
-                                       "bodies up to 4 MiB for exactly this)")
 def test_oversized_body_gets_413(target: Target) -> None:
     size = 2 * MAX_BYTES
-    with target.reproducing_defect():
-        reply = target.request("POST", "/RPC2", slow_body(size), content_type="text/xml",
+    reply = target.request("POST", "/RPC2", slow_body(size), content_type="text/xml",
                                headers={"Content-Length": str(size)})
     assert reply.status == 413
     with pytest.raises(xmlrpc.client.Fault) as fault:
@@ -326,14 +302,10 @@ def test_oversized_body_gets_413(target: Target) -> None:
     assert fault.value.faultCode == -32600
 
 
-@pytest.mark.xfail(strict=True, reason="defect: the audit log's redact() recurses once per level of a changing "
-                                       "verb's params; a struct nested ~500 deep raises RecursionError past every "
-                                       "handler: HTTP 500 with an empty body, a traceback in the log, no audit record")
 def test_deeply_nested_params_to_a_changing_verb(target: Target) -> None:
     depth = 600
     nested = b"<value><struct><member><name>a</name>" * depth + b"<value><int>1</int></value>" + \
         b"</member></struct></value>" * depth
     body = b"<methodCall><methodName>create</methodName><params><param>" + nested + b"</param></params></methodCall>"
-    with target.reproducing_defect():
-        reply = target.xmlrpc(body)
-    check_reply(reply, body)  # today: 500, empty body
+    reply = target.xmlrpc(body)
+    check_reply(reply, body)
