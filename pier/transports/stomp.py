@@ -213,8 +213,8 @@ class StompListener:
             if lost_at is not None:
                 log.info("STOMP: connected again to %s, %.1f s after losing it", self._broker,
                          time.monotonic() - lost_at)
-            log.info("STOMP: requests on %s, events on %s.<namespace>.<name> (broker %s)", self.requests,
-                     self.events, self._broker)
+            log.info("STOMP: requests on %s, events on %s.<namespace>.<name> (broker %s%s)", self.requests,
+                     self.events, self._broker, ", TLS" if self.options.tls else "")
             delay, failures = FIRST_DELAY, 0
             self._outbox.attach(link.connection)
             while not self._stop.is_set() and not link.lost.is_set():
