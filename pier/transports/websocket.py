@@ -1,8 +1,12 @@
 """JSON-RPC 2.0 over WebSocket, with events pushed on the same connection.
 
-The threaded websockets server runs one handler thread per connection; each message is answered
-in order on that thread. `Events.subscribe` gives the connection a push thread (see
-`pier.rpc.session`) so events never wait for calls, nor calls for events. Compression is off (it
+Calls on one connection run side by side, so a slow VM.create does not hold up a Host.ping2 sent
+after it: answers come as calls end, matched by id. The threaded websockets server gives each
+connection a handler thread; it and up to MAX_IN_FLIGHT - 1 helpers take turns to read (one at a
+time), and whoever read a message answers it, after making sure another thread is reading. So no
+call is handed from thread to thread, and a connection that never has two calls at once has only
+one extra thread. Beyond MAX_IN_FLIGHT calls at once, reading waits. `Events.subscribe` gives the connection a push thread
+(see `pier.rpc.session`) so events never wait for calls, nor calls for events. Compression is off (it
 costs more than it saves on small frames) and every accepted socket has TCP_NODELAY.
 """
 
@@ -31,6 +35,7 @@ log = logging.getLogger("pier.transports.ws")
 # Messages between the JSON-RPC limit and this get a JSON-RPC error; larger ones close the
 # connection with 1009 before they are read into memory.
 FRAME_LIMIT = 4 << 20
+MAX_IN_FLIGHT = 8
 
 
 class WebSocketListener:
@@ -103,17 +108,17 @@ class WebSocketListener:
         identity, error = self._identify(connection)
         context = CallContext("ws", peer, identity=identity, session=session, auth_error=error)
         log.debug("connection from %s", peer)
+        readers = _Readers(connection, lambda message: self._answer(connection, context, message), peer)
         try:
-            for message in connection:
-                reply = self._jsonrpc.handle(message, context)
-                if reply is not None:
-                    connection.send(reply)
-        except ConnectionClosed:
-            pass
+            readers.run()
         finally:
             session.close()
             log.debug("connection from %s closed", peer)
 
+    def _answer(self, connection: ServerConnection, context: CallContext, message: str | bytes) -> None:
+        reply = self._jsonrpc.handle(message, context)
+        if reply is not None:
+            connection.send(reply)
 
     def _identify(self, connection: ServerConnection) -> tuple[Identity | None, PierError | None]:
         """Who opened this connection: its client certificate or the handshake's Authorization header."""
@@ -126,6 +131,53 @@ class WebSocketListener:
                                                 certificate=certificate), None
         except PierError as exc:
             return None, exc
+
+
+class _Readers:
+    """The threads of one connection that take turns reading it and answer what they read."""
+
+    def __init__(self, connection: ServerConnection, answer: Any, peer: str) -> None:
+        self._connection = connection
+        self._answer = answer
+        self._peer = peer
+        self._reading = threading.Lock()  # websockets allows one recv() at a time
+        self._guard = threading.Lock()
+        self._idle = 0  # threads waiting to read or reading
+        self._helpers: list[threading.Thread] = []
+
+    def run(self) -> None:
+        """Serve on this thread until the connection closes; then wait for the helpers."""
+        try:
+            self._serve()
+        finally:
+            for helper in self._helpers:  # no more are started: the connection is closed
+                helper.join()
+
+    def _serve(self) -> None:
+        while True:
+            with self._guard:
+                self._idle += 1
+            try:
+                with self._reading:
+                    message = self._connection.recv()
+            except ConnectionClosed:
+                with self._guard:
+                    self._idle -= 1
+                return
+            with self._guard:
+                self._idle -= 1
+                helper = None
+                if self._idle == 0 and len(self._helpers) < MAX_IN_FLIGHT - 1:  # someone must go on reading
+                    helper = threading.Thread(target=self._serve, name=f"ws-call {self._peer}", daemon=True)
+                    self._helpers.append(helper)
+            if helper is not None:
+                helper.start()
+            try:
+                self._answer(message)
+            except ConnectionClosed:
+                return
+            except Exception:  # JsonRpc.handle answers errors itself; this is a defect
+                log.exception("failed to answer a message from %s", self._peer)
 
 
 def _peer(connection: ServerConnection) -> str:

@@ -56,6 +56,19 @@ def test_resubscribing_with_after_replays_what_was_missed(pierd: Pierd) -> None:
     worker.close()
 
 
+def test_a_slow_call_does_not_hold_up_the_calls_after_it(pierd: Pierd) -> None:
+    client = WsClient(pierd.ws, pierd.token)
+    last = client.call("Events.poll")["last"]
+    poll = {"jsonrpc": "2.0", "method": "Events.poll", "params": {"after": last, "types": ["nothing.ever"],
+                                                                    "wait": 3}, "id": "slow"}
+    client.connection.send(json.dumps(poll))
+    client.connection.send(json.dumps({"jsonrpc": "2.0", "method": "Host.ping2", "id": "quick"}))
+    answers = [json.loads(client.connection.recv(timeout=10)) for _ in range(2)]
+    assert [answer["id"] for answer in answers] == ["quick", "slow"]
+    assert answers[1]["result"]["events"] == []
+    client.close()
+
+
 def test_batch_over_websocket(pierd: Pierd) -> None:
     client = WsClient(pierd.ws)
     reply = client.send([{"jsonrpc": "2.0", "method": "Host.ping2", "id": 1},
