@@ -114,3 +114,9 @@ def test_unexpected_errors_do_not_leak_internals(stack: Stack) -> None:
     assert reply["error"]["code"] == 16
     assert "secret" not in json.dumps(reply)
     assert reply["error"]["data"]["reference"]
+
+
+def test_every_verbs_params_schema_compiles(schema) -> None:
+    """Validators are compiled on first use; a schema fastjsonschema cannot compile must still fail here."""
+    for declared in schema.verbs.values():
+        assert callable(declared.compile()), declared.name
