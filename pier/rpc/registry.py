@@ -67,10 +67,12 @@ class CallContext:
     session: Any = None
     task: Any = None
     auth_error: PierError | None = None  # why the transport could not tell who is calling
+    flow_id: str | None = None  # the caller's correlation id (an engine's ovirtCorrelationId), for logs
 
     def describe(self) -> str:
         who = f"{self.identity.name} " if self.identity else ""
-        return f"{who}via {self.transport} {self.peer}".strip()
+        flow = f", flow {self.flow_id}" if self.flow_id else ""
+        return f"{who}via {self.transport} {self.peer}".strip() + flow
 
     @classmethod
     def for_wsgi(cls, environ: dict[str, Any], transport: str) -> CallContext:

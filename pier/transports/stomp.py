@@ -38,6 +38,7 @@ from pier.rpc.errors import InternalError
 from pier.rpc.events import EventLog
 from pier.rpc.jsonrpc import JsonRpc, error_object
 from pier.rpc.registry import CallContext
+from pier.transports.stomp_frames import flow_id_of
 from pier.transports.stomp_outbox import RECEIPT_PREFIX, EventOutbox
 from pier.transports.stomp_replies import Replies
 
@@ -296,7 +297,8 @@ class StompListener:
     def _serve(self, link: _Link, frame: Frame) -> None:
         headers = frame.headers
         reply_to = headers.get("reply-to", "")
-        context = CallContext("stomp", reply_to or "no reply-to", identity=self._identity)
+        context = CallContext("stomp", reply_to or "no reply-to", identity=self._identity,
+                              flow_id=flow_id_of(headers))
         sent = True
         try:
             stale = self._replies.stale(headers)

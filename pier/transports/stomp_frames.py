@@ -158,3 +158,9 @@ def encode_frame(command: str, headers: dict[str, str], body: bytes | None = Non
 
 def _escape(value: str) -> str:
     return value.translate(_ESCAPES) if _SPECIAL.search(value) else value
+
+
+def flow_id_of(headers: dict[str, str]) -> str | None:
+    """The engine's flow id (VDSM's `ovirtCorrelationId` header), trimmed for logs."""
+    flow = "".join(char for char in headers.get("ovirtCorrelationId", "") if char.isprintable()).strip()
+    return flow[:100] or None

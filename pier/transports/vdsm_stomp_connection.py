@@ -26,7 +26,7 @@ from pier.rpc.events import Event, EventLog
 from pier.rpc.jsonrpc import JsonRpc
 from pier.rpc.registry import CallContext
 from pier.rpc.session import PushSession
-from pier.transports.stomp_frames import Frame, encode_frame
+from pier.transports.stomp_frames import Frame, encode_frame, flow_id_of
 from pier.transports.stomp_wire import OPEN, StompWire
 
 log = logging.getLogger("pier.transports.vdsm_stomp")
@@ -234,7 +234,7 @@ class Connection(StompWire):
             self._error("Missing destination header", receipt=receipt)
             return
         if is_request_destination(destination):  # served here, never shown to other clients
-            self._dispatch(frame.body, frame.headers.get("reply-to") or None)
+            self._dispatch(frame.body, frame.headers.get("reply-to") or None, flow_id_of(frame.headers))
             self._receipt(receipt)
             return
         if _overlaps_served(destination):
@@ -269,7 +269,7 @@ class Connection(StompWire):
 
     # -- requests (on the worker pool) ----------------------------------------------------------
 
-    def _dispatch(self, body: bytes, reply_to: str | None) -> None:
+    def _dispatch(self, body: bytes, reply_to: str | None, flow_id: str | None) -> None:
         with self.cond:
             while self._in_flight >= self._end.max_in_flight and self.state == OPEN:
                 self.cond.wait()
@@ -277,13 +277,13 @@ class Connection(StompWire):
                 return
             self._in_flight += 1
         try:
-            self._end.submit(self._execute, body, reply_to)
+            self._end.submit(self._execute, body, reply_to, flow_id)
         except RuntimeError:  # the pool is shutting down
             self._release()
 
-    def _execute(self, body: bytes, reply_to: str | None) -> None:
+    def _execute(self, body: bytes, reply_to: str | None, flow_id: str | None) -> None:
         try:
-            reply = self._end.jsonrpc.handle(body, self._context)
+            reply = self._end.jsonrpc.handle(body, replace(self._context, flow_id=flow_id) if flow_id else self._context)
             if reply is not None:
                 self._reply(reply, reply_to)
         except Exception:

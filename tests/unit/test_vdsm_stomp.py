@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Iterator
 
@@ -79,6 +80,14 @@ def test_response_frame_is_vdsms(client: VdsmLikeClient) -> None:
     assert frame.headers == {"destination": client.reply_to, "content-type": "application/json",
                              "subscription": client.reply_sub, "content-length": str(len(frame.body))}
     assert frame.json() == [{"jsonrpc": "2.0", "result": True, "id": request_id}]
+
+
+def test_the_engines_flow_id_goes_into_the_log(client: VdsmLikeClient, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="pier.rpc")
+    request_id = client.send_request("VM.create", {"vmID": VM, "vmParams": VM_PARAMS}, flow_id="b1d5\nforged line")
+    assert client.wait_response(request_id)["result"]["vmId"] == VM
+    assert any(record.getMessage().startswith(f"VM.create vmID={VM} done") and
+               record.getMessage().endswith(", flow b1d5forged line)") for record in caplog.records)
 
 
 def test_sub_destinations_and_irs_queue_are_served(client: VdsmLikeClient) -> None:
