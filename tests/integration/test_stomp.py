@@ -233,19 +233,25 @@ def test_a_request_redelivered_after_pierd_is_killed_runs_once(stomp_broker, tmp
     state = tmp_path / "state"
     first = start_stomp_pierd(state, test_uri)
     client = StompClient(BROKER, first.requests)
-    busy, vm_id = new_vm_id(), new_vm_id()
-    create(client, busy)
-    client.call("VM.shutdown", vmID=busy, delay=30)
-    batch = [request("VM.create", "c", vmID=vm_id, vmParams=vm_params(vm_id)), request("VM.pause", "p", vmID=busy)]
-    correlation = client.send_frame(json.dumps(batch))
-    deadline = time.monotonic() + 10
-    while True:  # the create has its reply; the pause has started and waits for the VM's lock
-        replies = reply_cache(state)
-        if None in replies and any(reply and json.loads(reply).get("id") == "c" for reply in replies):
-            break
-        assert time.monotonic() < deadline, f"pierd did not run the batch as expected: {replies}"
-        time.sleep(0.02)
-    first.kill()
+    try:
+        busy, vm_id = new_vm_id(), new_vm_id()
+        create(client, busy)
+        client.call("VM.shutdown", vmID=busy, delay=30)
+        batch = [request("VM.create", "c", vmID=vm_id, vmParams=vm_params(vm_id)),
+                 request("VM.pause", "p", vmID=busy)]
+        correlation = client.send_frame(json.dumps(batch))
+        deadline = time.monotonic() + 10
+        while True:  # the create has its reply; the pause has started and waits for the VM's lock
+            replies = reply_cache(state)
+            if None in replies and any(reply and json.loads(reply).get("id") == "c" for reply in replies):
+                break
+            assert time.monotonic() < deadline, f"pierd did not run the batch as expected: {replies}"
+            time.sleep(0.02)
+    except BaseException:
+        client.close()
+        raise
+    finally:
+        first.kill()
     assert client.reply(correlation, timeout=0.2) is None
     second = start_stomp_pierd(state, test_uri)
     try:
