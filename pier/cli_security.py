@@ -191,10 +191,32 @@ def _resolve_fingerprint(client: cli.PierClient, text: str) -> str | None:
 # -- the audit log -----------------------------------------------------------------------------
 
 
+def _last(text: str) -> int:
+    number = _positive(text)
+    if number > 1000:
+        raise argparse.ArgumentTypeError("at most 1000")
+    return number
+
+
 def cmd_audit(client: cli.PierClient, args: argparse.Namespace) -> int:
-    """Entries after --after (all of them, or the first --limit) as a table; with --follow, line by
-    line, then new ones every 2 s."""
+    """Entries after --after (all of them, the first --limit or the newest --last) as a table; with
+    --follow, line by line, then new ones every 2 s."""
     after, left, header, kept = args.after or 0, None if args.follow else args.limit, True, []
+    if args.last:
+        params: dict[str, Any] = {"after": after, "limit": args.last, "newest": True}
+        if args.verb:
+            params["verb"] = args.verb
+        page = client.call(cli.CONVENIENCE_VERBS["audit"], params)
+        kept, after = page.get("entries", []), page.get("last", after)
+        if not args.follow:
+            cli._out("\n".join(fmt.compact_json(entry) for entry in kept) if args.json else fmt.audit_table(kept))
+            return cli.EXIT_OK
+        if not args.json:
+            cli._out(fmt.audit_header())
+            header = False
+        for entry in kept:
+            cli._out(fmt.compact_json(entry) if args.json else fmt.audit_line(entry))
+        kept = []
     while True:
         params: dict[str, Any] = {"after": after, "limit": min(AUDIT_PAGE, left or AUDIT_PAGE)}
         if args.verb:
@@ -283,8 +305,11 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
 
     audit = sub.add_parser("audit", parents=[common], help="who changed what, and how it ended (admin)")
     audit.add_argument("--after", type=int, metavar="SEQ", help="only entries after this sequence number")
-    audit.add_argument("--limit", type=_positive, metavar="N", help="at most N entries (default all; not with "
-                       "--follow)")
+    how_many = audit.add_mutually_exclusive_group()
+    how_many.add_argument("--limit", type=_positive, metavar="N",
+                          help="at most N entries (default all; not with --follow)")
+    how_many.add_argument("--last", type=_last, metavar="N",
+                          help="only the newest N entries (at most 1000; with --follow, then the new ones)")
     audit.add_argument("--verb", metavar="VERB", help="only calls of this verb, e.g. VM.destroy")
     audit.add_argument("--follow", "-f", action="store_true",
                        help=f"then look for new entries every {AUDIT_FOLLOW_INTERVAL:g} s until Ctrl-C")

@@ -15,8 +15,9 @@ class SecurityApi:
         self._audit = audit
 
     @verb("Host.getAuditLog")
-    def audit_log(self, ctx: CallContext, after: int = 0, limit: int = 100, verb: str | None = None) -> dict[str, Any]:
-        return self._audit.read(after, limit, verb)
+    def audit_log(self, ctx: CallContext, after: int = 0, limit: int = 100, verb: str | None = None,
+                  newest: bool = False) -> dict[str, Any]:
+        return self._audit.read(after, limit, verb, newest)
 
     @verb("Token.create")
     def create_token(self, ctx: CallContext, role: str, name: str = "",

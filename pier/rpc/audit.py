@@ -62,13 +62,16 @@ class AuditLog:
                  ms),
             )
 
-    def read(self, after: int = 0, limit: int = 100, verb: str | None = None) -> dict[str, Any]:
-        """Records with seq > `after` (oldest first), at most `limit`, optionally of one verb."""
+    def read(self, after: int = 0, limit: int = 100, verb: str | None = None, newest: bool = False) -> dict[str, Any]:
+        """Records with seq > `after`, optionally of one verb, oldest first: the first `limit` of
+        them, or with `newest` the last `limit`."""
         query = "SELECT seq, time, who, role, via, peer, verb, target, params, outcome, message, ms FROM audit" \
-                " WHERE seq > ?" + (" AND verb = ?" if verb else "") + " ORDER BY seq LIMIT ?"
+                " WHERE seq > ?" + (" AND verb = ?" if verb else "") + f" ORDER BY seq {'DESC' if newest else ''} LIMIT ?"
         args = (after, verb, limit) if verb else (after, limit)
         with self._lock:
             rows = self._db.execute(query, args).fetchall()
+        if newest:
+            rows.reverse()
         entries = [{"seq": r[0], "time": r[1], "who": r[2], "role": r[3], "via": r[4], "peer": r[5], "verb": r[6],
                     "target": r[7], "params": json.loads(r[8]), "outcome": r[9], "message": r[10], "ms": r[11]}
                    for r in rows]

@@ -667,6 +667,12 @@ def test_audit_table_and_json(pier: Run, stack: Stack) -> None:
     with pytest.raises(SystemExit) as usage:
         pier("audit", "--limit", "0")
     assert usage.value.code == 2
+    assert [json.loads(line)["seq"] for line in pier("audit", "--json", "--last", "2")[1].splitlines()] == [2, 3]
+    code, out, _ = pier("audit", "--last", "1", "--verb", "VM.create")
+    assert code == 0 and len(out.splitlines()) == 2 and VM_ID in out.splitlines()[1]
+    with pytest.raises(SystemExit) as usage:
+        pier("audit", "--last", "2", "--limit", "2")
+    assert usage.value.code == 2
 
 
 def test_audit_limit_must_be_positive(offline: Run, capsys: pytest.CaptureFixture[str]) -> None:
@@ -700,6 +706,24 @@ def test_audit_follow_polls_from_the_last_entry(pier: Run, stack: Stack, monkeyp
     assert pier("audit", "--follow")[0] == 130
     assert seen[0].split()[0] == "SEQ"
     assert [re.split(r"\s{2,}", line.strip())[4] for line in seen[1:]] == ["VM.create", "VM.pause"]
+
+
+def test_audit_last_then_follow(pier: Run, stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cli_security, "AUDIT_FOLLOW_INTERVAL", 0.05)
+    stack.call("VM.create", vmID=VM_ID, vmParams={"vmName": "a", "memSize": 64})
+    stack.call("VM.pause", vmID=VM_ID)
+    seen: list[str] = []
+
+    def out(text: str) -> None:
+        seen.append(text)
+        if len(seen) == 2:  # the header and the newest entry: the next call comes while following
+            threading.Timer(0.2, stack.call, ("VM.cont",), {"vmID": VM_ID}).start()
+        elif len(seen) == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_out", out)
+    assert pier("audit", "--last", "1", "--follow")[0] == 130
+    assert [re.split(r"\s{2,}", line.strip())[4] for line in seen[1:]] == ["VM.pause", "VM.cont"]
 
 
 # -- init-tls --------------------------------------------------------------------------------------
