@@ -690,40 +690,29 @@ def test_audit_pages_through_everything(pier: Run, stack: Stack, monkeypatch: py
     assert [json.loads(line)["seq"] for line in pier("audit", "--json", "--limit", "3")[1].splitlines()] == [1, 2, 3]
 
 
-def test_audit_follow_polls_from_the_last_entry(pier: Run, stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("args, made, then, shown", [
+    (["--follow"], ["VM.create"], "VM.pause", ["VM.create", "VM.pause"]),
+    (["--last", "1", "--follow"], ["VM.create", "VM.pause"], "VM.cont", ["VM.pause", "VM.cont"]),
+], ids=["follow", "last then follow"])
+def test_audit_follow_polls_from_the_last_entry(pier: Run, stack: Stack, monkeypatch: pytest.MonkeyPatch,
+                                                 args: list[str], made: list[str], then: str,
+                                                 shown: list[str]) -> None:
     monkeypatch.setattr(cli_security, "AUDIT_FOLLOW_INTERVAL", 0.05)
-    stack.call("VM.create", vmID=VM_ID, vmParams={"vmName": "a", "memSize": 64})
+    for verb in made:
+        stack.call(verb, vmID=VM_ID, **({"vmParams": {"vmName": "a", "memSize": 64}} if verb == "VM.create" else {}))
     seen: list[str] = []
 
     def out(text: str) -> None:
         seen.append(text)
         if len(seen) == 2:  # the header and the first entry: the next call comes while following
-            threading.Timer(0.2, stack.call, ("VM.pause",), {"vmID": VM_ID}).start()
+            threading.Timer(0.2, stack.call, (then,), {"vmID": VM_ID}).start()
         elif len(seen) == 3:
             raise KeyboardInterrupt
 
     monkeypatch.setattr(cli, "_out", out)
-    assert pier("audit", "--follow")[0] == 130
+    assert pier("audit", *args)[0] == 130
     assert seen[0].split()[0] == "SEQ"
-    assert [re.split(r"\s{2,}", line.strip())[4] for line in seen[1:]] == ["VM.create", "VM.pause"]
-
-
-def test_audit_last_then_follow(pier: Run, stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cli_security, "AUDIT_FOLLOW_INTERVAL", 0.05)
-    stack.call("VM.create", vmID=VM_ID, vmParams={"vmName": "a", "memSize": 64})
-    stack.call("VM.pause", vmID=VM_ID)
-    seen: list[str] = []
-
-    def out(text: str) -> None:
-        seen.append(text)
-        if len(seen) == 2:  # the header and the newest entry: the next call comes while following
-            threading.Timer(0.2, stack.call, ("VM.cont",), {"vmID": VM_ID}).start()
-        elif len(seen) == 3:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(cli, "_out", out)
-    assert pier("audit", "--last", "1", "--follow")[0] == 130
-    assert [re.split(r"\s{2,}", line.strip())[4] for line in seen[1:]] == ["VM.pause", "VM.cont"]
+    assert [re.split(r"\s{2,}", line.strip())[4] for line in seen[1:]] == shown
 
 
 # -- init-tls --------------------------------------------------------------------------------------
