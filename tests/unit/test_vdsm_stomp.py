@@ -193,9 +193,8 @@ def test_disconnect_answers_what_came_before(client: VdsmLikeClient) -> None:
 
 def test_a_slow_request_does_not_hold_up_the_next(client: VdsmLikeClient) -> None:
     slow = client.send_request("Events.poll", {"wait": 1.5, "types": ["pier.never"]})
-    started = time.monotonic()
     assert client.call("Host.ping2") is True
-    assert time.monotonic() - started < 0.5
+    assert slow not in client.responses  # the ping was answered while the poll still waited
     assert client.wait_response(slow)["result"]["events"] == []
 
 

@@ -283,7 +283,7 @@ def test_slow_client_holds_nobody_up(stack: Stack, listener: VdsmStompListener) 
         fast.events.clear()
         started = time.monotonic()
         assert fast.call("Host.ping2") is True
-        assert time.monotonic() - started < 0.5
+        assert time.monotonic() - started < 5  # not stuck behind the slow reader (a bound, not a figure)
     stopped = time.monotonic()
     listener.stop()  # with the slow client's writer stuck and its pusher waiting for room
     assert time.monotonic() - stopped < 2
