@@ -36,6 +36,7 @@ log = logging.getLogger("pier.transports.ws")
 # connection with 1009 before they are read into memory.
 FRAME_LIMIT = 4 << 20
 MAX_IN_FLIGHT = 8
+HELPER_IDLE = 30.0
 
 
 class WebSocketListener:
@@ -134,50 +135,72 @@ class WebSocketListener:
 
 
 class _Readers:
-    """The threads of one connection that take turns reading it and answer what they read."""
+    """The threads of one connection that take turns reading it and answer what they read.
+
+    A helper that finds no turn to read for HELPER_IDLE seconds ends: a connection that once had
+    many calls at once does not keep their threads.
+    """
 
     def __init__(self, connection: ServerConnection, answer: Any, peer: str) -> None:
         self._connection = connection
         self._answer = answer
         self._peer = peer
         self._reading = threading.Lock()  # websockets allows one recv() at a time
-        self._guard = threading.Lock()
+        self._guard = threading.Condition(threading.Lock())
         self._idle = 0  # threads waiting to read or reading
+        self._live = 0  # helpers running
         self._helpers: list[threading.Thread] = []
 
     def run(self) -> None:
-        """Serve on this thread until the connection closes; then wait for the helpers."""
+        """Serve on this thread until the connection closes; then wait for the helpers to end."""
         try:
-            self._serve()
+            self._serve(helper=False)
         finally:
-            for helper in self._helpers:  # no more are started: the connection is closed
+            with self._guard:
+                self._guard.wait_for(lambda: self._live == 0)
+                helpers = self._helpers
+            for helper in helpers:
                 helper.join()
 
-    def _serve(self) -> None:
+    def _serve(self, helper: bool) -> None:
         while True:
             with self._guard:
                 self._idle += 1
-            try:
-                with self._reading:
-                    message = self._connection.recv()
-            except ConnectionClosed:
-                with self._guard:
-                    self._idle -= 1
+            if not self._reading.acquire(timeout=HELPER_IDLE if helper else -1):
+                self._end(helper, idle=True)  # another thread is reading: this one is not needed now
                 return
-            with self._guard:
-                self._idle -= 1
-                helper = None
-                if self._idle == 0 and len(self._helpers) < MAX_IN_FLIGHT - 1:  # someone must go on reading
-                    helper = threading.Thread(target=self._serve, name=f"ws-call {self._peer}", daemon=True)
-                    self._helpers.append(helper)
-            if helper is not None:
-                helper.start()
+            try:
+                message = self._connection.recv()
+            except ConnectionClosed:
+                self._end(helper, idle=True)
+                return
+            finally:
+                self._reading.release()
+            self._make_sure_someone_reads()
             try:
                 self._answer(message)
             except ConnectionClosed:
+                self._end(helper, idle=False)
                 return
             except Exception:  # JsonRpc.handle answers errors itself; this is a defect
                 log.exception("failed to answer a message from %s", self._peer)
+
+    def _end(self, helper: bool, idle: bool) -> None:
+        with self._guard:
+            self._idle -= idle
+            self._live -= helper
+            self._guard.notify_all()
+
+    def _make_sure_someone_reads(self) -> None:
+        with self._guard:
+            self._idle -= 1
+            if self._idle > 0 or self._live >= MAX_IN_FLIGHT - 1:
+                return  # another thread reads, or MAX_IN_FLIGHT calls run: reading waits
+            self._live += 1
+            self._helpers = [thread for thread in self._helpers if thread.is_alive()]
+            helper = threading.Thread(target=self._serve, args=(True,), name=f"ws-call {self._peer}", daemon=True)
+            self._helpers.append(helper)
+            helper.start()
 
 
 def _peer(connection: ServerConnection) -> str:

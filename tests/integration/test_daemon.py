@@ -14,6 +14,7 @@ from pier.config import Settings
 from pier.daemon import Daemon
 from tests.integration.clients import WsClient, http_request
 from tests.integration.conftest import Pierd, new_vm_id
+from tests.integration.test_host_libvirt import wait_until
 from tests.integration.test_verbs import vm_params
 
 
@@ -95,6 +96,35 @@ def test_stop_joins_every_thread_even_with_clients_connected(tmp_path: Path, tes
     assert daemon.events.closed
     watcher.close()
     stream.close()
+
+
+def test_a_websocket_connection_gives_back_the_threads_of_a_burst(tmp_path: Path, test_uri: str,
+                                                                 monkeypatch) -> None:
+    import pier.transports.websocket as websocket
+
+    monkeypatch.setattr(websocket, "HELPER_IDLE", 0.3)
+    daemon = Daemon(Settings(libvirt_uri=test_uri, http="127.0.0.1:0", ws="127.0.0.1:0", insecure_loopback=True,
+                             state_dir=str(tmp_path / "state"), unix_socket=str(tmp_path / "pier.sock")))
+    daemon.start()
+    try:
+        client = WsClient(daemon.listeners["ws"].address, daemon.credentials.create_token("viewer")["token"])
+        last = client.call("Events.poll")["last"]
+        for number in range(4):  # four long polls at once, then a ping past them
+            client.connection.send(json.dumps({"jsonrpc": "2.0", "method": "Events.poll", "id": number, "params": {
+                "after": last, "types": ["nothing.ever"], "wait": 1}}))
+        assert client.call("Host.ping2") is True
+
+        def helpers() -> int:
+            return sum(thread.name.startswith("ws-call") for thread in threading.enumerate())
+
+        assert helpers() >= 4  # the polls are still waiting
+        answers = [json.loads(client.connection.recv(timeout=10)) for _ in range(4)]
+        assert sorted(answer["id"] for answer in answers) == [0, 1, 2, 3]
+        assert wait_until(lambda: helpers() <= 1, 10), "idle helpers did not end"
+        assert client.call("Host.ping2") is True  # and the connection serves on
+        client.close()
+    finally:
+        daemon.stop()
 
 
 def test_auto_falls_back_to_the_test_driver_and_says_so(tmp_path: Path, monkeypatch, caplog) -> None:
