@@ -18,7 +18,8 @@ Long-poll `wait` query values are cut to a few milliseconds (a valid wait may la
 in four positive cases that name a VM or a task name one that exists, so that the routes are
 fuzzed past "not found" (with a shutdown's `delay` and `timeout` then cut, so that it does not
 hold that VM for long). One check is switched off only for inputs whose validity a JSON Schema
-cannot express (`_beyond_the_schema`: raw domain XML, a certificate's content). Inputs are the same on
+cannot express (`_beyond_the_schema`: raw domain XML, two different VM ids, a certificate's
+content). Inputs are the same on
 every run (`seed`), unless PIER_FUZZ_RANDOM=1.
 """
 
@@ -118,11 +119,18 @@ def test_served_document_is_the_fuzzed_one(target: Target, auth_headers: dict[st
 
 def _beyond_the_schema(case: schemathesis.Case) -> list[Any]:
     """The checks that cannot hold for an input whose validity a JSON Schema cannot express: a
-    VM.create body carrying raw domain XML, a Trust.add certificate (any text after the PEM header
-    is documented-valid). pierd answers those with 400 naming vmParams.xml or certificate."""
+    VM.create body carrying raw domain XML or a vmId other than the query's vmID, a Trust.add
+    certificate (any text after the PEM header is documented-valid). pierd answers those with 400
+    naming vmParams.xml, vmID or certificate."""
     operation = case.operation.definition.raw.get("operationId")
-    if operation == "Trust.add" or (operation == "VM.create" and isinstance(case.body, dict) and "xml" in case.body):
+    if operation == "Trust.add":
         return [st_checks.positive_data_acceptance]
+    if operation == "VM.create" and isinstance(case.body, dict):
+        query_id = (case.query or {}).get("vmID") if isinstance(case.query, dict) else None
+        body_id = case.body.get("vmId")
+        if "xml" in case.body or (isinstance(query_id, str) and isinstance(body_id, str)
+                                  and query_id.lower() != body_id.lower()):
+            return [st_checks.positive_data_acceptance]
     return []
 
 
