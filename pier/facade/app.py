@@ -19,6 +19,7 @@ from pier.facade.openapi import openapi_document
 from pier.facade.problems import bottle_error_handler, problem_response, unexpected
 from pier.facade.stream import EventStreams
 from pier.rpc.events import EventLog
+from pier.rpc.limits import DRAIN_LIMIT
 from pier.rpc.registry import Registry
 
 OPENAPI_PATH = routes.API_PREFIX + "/openapi.json"
@@ -35,7 +36,7 @@ def make_app(registry: Registry, events: EventLog, *, info: Callable[[], dict[st
     `stream_keepalive` quiet seconds. Request bodies over `max_body` bytes are answered 413.
     """
     # bottle's own limit (100 KB) is too small for domain XML; the facade enforces `max_body` itself.
-    bottle.BaseRequest.MEMFILE_MAX = max(bottle.BaseRequest.MEMFILE_MAX, routes.DRAIN_MAX)
+    bottle.BaseRequest.MEMFILE_MAX = max(bottle.BaseRequest.MEMFILE_MAX, DRAIN_LIMIT)
     app = bottle.Bottle()
     app.default_error_handler = bottle_error_handler
     app.add_hook("before_request", _strip_trailing_slash)

@@ -25,14 +25,12 @@ import bottle
 from pier.facade.problems import problem_response, unexpected
 from pier.rpc.errors import InvalidParams, InvalidRequest, ParseError, PierError, RequestTooLarge
 from pier.rpc.jsonrpc import loads
+from pier.rpc.limits import DRAIN_LIMIT, drain, drain_oversized
 from pier.rpc.registry import CallContext, Registry
 from pier.rpc.schema import Route, Verb
 
 API_PREFIX = "/api/v1"
 MAX_BODY = 1 << 20
-# A body over the limit but under this size is read and dropped, so that the client, still
-# sending, gets the 413 instead of a broken connection.
-DRAIN_MAX = 4 << 20
 JSON = "application/json"
 BODY_METHODS = ("POST", "PUT", "PATCH")
 _PLACEHOLDER = re.compile(r"\{(\w+)\}")
@@ -193,15 +191,14 @@ def read_json_body(environ: Mapping[str, Any], max_body: int, field: str) -> Any
         except ValueError:
             raise InvalidRequest(f"Content-Length {length_text!r} is not a number") from None
         if length > max_body:
-            if length <= DRAIN_MAX and stream is not None:
-                _drain(stream, length)
+            drain_oversized(stream, length)
             raise RequestTooLarge(f"the request body is {length} bytes; at most {max_body} are accepted",
                                   data={"limit": max_body})
         raw = stream.read(length) if length > 0 and stream is not None else b""
     elif "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower() and stream is not None:
         raw = stream.read(max_body + 1)
         if len(raw) > max_body:
-            _drain(stream, DRAIN_MAX - len(raw))
+            drain(stream, DRAIN_LIMIT - len(raw))
             raise RequestTooLarge(f"the request body is over {max_body} bytes", data={"limit": max_body})
     else:
         raw = b""
@@ -220,14 +217,6 @@ def read_json_body(environ: Mapping[str, Any], max_body: int, field: str) -> Any
         raise InvalidParams("the request body is JSON null; send an object (or no body at all)",
                             data={"field": field})
     return body
-
-
-def _drain(stream: Any, size: int) -> None:
-    while size > 0:
-        chunk = stream.read(min(size, 1 << 16))
-        if not chunk:
-            return
-        size -= len(chunk)
 
 
 def coerce(values: list[str], schema: Mapping[str, Any] | None, defs: Mapping[str, Any]) -> Any:

@@ -1,15 +1,36 @@
-"""Per-caller request rate limits: a token bucket for each identity.
+"""Per-caller request rate limits, and what every HTTP listener does with an oversized body.
 
 A caller may make `burst` calls at once and `rate` calls a second on average; beyond that a call
 is refused with TooManyRequests saying when to try again, and nothing else slows down.
+
+A body over a listener's limit is refused with 413; up to DRAIN_LIMIT bytes of it are read and
+dropped first, so that a client still sending reads the answer rather than a reset connection.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from typing import Any
 
 from pier.rpc.errors import TooManyRequests
+
+DRAIN_LIMIT = 4 << 20
+
+
+def drain(stream: Any, size: int) -> None:
+    """Read and drop up to `size` bytes of a request body (less if it ends first)."""
+    while size > 0:
+        chunk = stream.read(min(size, 1 << 16))
+        if not chunk:
+            return
+        size -= len(chunk)
+
+
+def drain_oversized(stream: Any, length: int) -> None:
+    """Before refusing a body of `length` bytes: drop it when it is within DRAIN_LIMIT."""
+    if 0 < length <= DRAIN_LIMIT and stream is not None:
+        drain(stream, length)
 
 
 class RateLimiter:

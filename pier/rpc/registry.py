@@ -18,7 +18,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pier.rpc.audit import AuditLog, redact
@@ -92,28 +92,37 @@ class TargetLocks:
     def __init__(self, wait: float = 10.0) -> None:
         self.wait = wait
         self._guard = threading.Lock()
-        self._locks: dict[str, list[Any]] = {}
+        self._targets: dict[str, _Target] = {}
 
     @contextmanager
     def hold(self, target: str, holder: str = "", wait: float | None = None) -> Iterator[None]:
         with self._guard:
-            entry = self._locks.setdefault(target, [threading.Lock(), 0, ""])
-            entry[1] += 1
+            entry = self._targets.setdefault(target, _Target())
+            entry.users += 1
         try:
-            if not entry[0].acquire(timeout=-1 if wait is None else wait):
-                raise TargetBusy(f"{target} is busy with {entry[2] or 'another call'}; try again when it ends "
-                                 "(or stop that task)", data={"target": target, "busyWith": entry[2]})
-            entry[2] = holder
+            if not entry.lock.acquire(timeout=-1 if wait is None else wait):
+                raise TargetBusy(f"{target} is busy with {entry.holder or 'another call'}; try again when it ends "
+                                 "(or stop that task)", data={"target": target, "busyWith": entry.holder})
+            entry.holder = holder
             try:
                 yield
             finally:
-                entry[2] = ""
-                entry[0].release()
+                entry.holder = ""
+                entry.lock.release()
         finally:
             with self._guard:
-                entry[1] -= 1
-                if entry[1] == 0:
-                    del self._locks[target]
+                entry.users -= 1
+                if entry.users == 0:
+                    del self._targets[target]
+
+
+@dataclass
+class _Target:
+    """A target's lock, how many calls hold or wait for it, and what holds it (for `busy`)."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    users: int = 0
+    holder: str = ""
 
 
 class Registry:

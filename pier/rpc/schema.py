@@ -120,7 +120,7 @@ class Verb:
                 if value is not None or name in self.required}
 
 
-_ANNOTATIONS = frozenset({"description", "title", "examples", "optional", "secret"})
+_ANNOTATIONS = frozenset({"description", "title", "examples"})
 _NAMED_SCHEMAS = frozenset({"properties", "$defs", "definitions", "patternProperties"})
 _VALUES = frozenset({"enum", "const", "default"})
 

@@ -150,11 +150,7 @@ class TaskManager:
 
         A task interrupted this way keeps its `running` record, to be reconciled at the next start.
         """
-        self._stopping = True
-        with self._lock:
-            for task in self._tasks.values():
-                if task.state not in ENDED:
-                    task.cancel.set()
+        self.end_waits()
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None

@@ -22,6 +22,7 @@ from cheroot.ssl.builtin import BuiltinSSLAdapter
 from pier.rpc.auth import WSGI_AUTH_ERROR, WSGI_IDENTITY
 from pier.rpc.errors import InvalidRequest, PierError, TooManyRequests
 from pier.rpc.jsonrpc import JsonRpc, error_object
+from pier.rpc.limits import drain_oversized
 from pier.rpc.registry import CallContext
 from pier.transports.tls import ServerTls
 
@@ -35,18 +36,6 @@ def peer_of(environ: dict[str, Any]) -> str:
     host = environ.get("REMOTE_ADDR", "")
     port = environ.get("REMOTE_PORT", "")
     return f"{host}:{port}" if port else host
-
-
-DRAIN_LIMIT = 4 << 20
-
-
-def discard(stream: Any, size: int) -> None:
-    """Read and drop `size` bytes of a request body."""
-    while size > 0:
-        chunk = stream.read(min(size, 1 << 16))
-        if not chunk:
-            return
-        size -= len(chunk)
 
 
 def jsonrpc_app(jsonrpc: JsonRpc) -> WsgiApp:
@@ -65,8 +54,7 @@ def jsonrpc_app(jsonrpc: JsonRpc) -> WsgiApp:
             error = InvalidRequest(f"message of {length} bytes exceeds the limit of {jsonrpc.max_bytes} bytes"
                                    if length > 0 else "Content-Length is missing or invalid",
                                    data={"limit": jsonrpc.max_bytes})
-            if 0 < length <= DRAIN_LIMIT:
-                discard(environ["wsgi.input"], length)  # so the client reads our answer, not a reset
+            drain_oversized(environ["wsgi.input"], length)
             start_response("413 Payload Too Large" if length > 0 else "411 Length Required",
                            [*_JSON, ("Connection", "close")])
             return [json.dumps(error_object(error)).encode()]

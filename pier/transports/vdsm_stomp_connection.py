@@ -45,14 +45,12 @@ def covers(subscribed: str, destination: str) -> bool:
     return destination == subscribed or destination.startswith(subscribed + ".")
 
 
-def _overlaps_served(destination: str) -> bool:
-    """True when `destination` is, contains or lies within one of the destinations pier serves."""
-    return any(covers(destination, served) or covers(served, destination)
-               for served in (*REQUEST_DESTINATIONS, EVENTS_DESTINATION))
+SERVED_DESTINATIONS = (*REQUEST_DESTINATIONS, EVENTS_DESTINATION)
 
 
-def _overlaps_requests(destination: str) -> bool:
-    return any(covers(destination, served) or covers(served, destination) for served in REQUEST_DESTINATIONS)
+def _overlaps(destination: str, served: tuple[str, ...]) -> bool:
+    """True when `destination` is, contains or lies within one of `served`."""
+    return any(covers(destination, one) or covers(one, destination) for one in served)
 
 
 def is_request_destination(destination: str) -> bool:
@@ -202,9 +200,9 @@ class Connection(StompWire):
             self._error("Unsupported ack mode", "only ack:auto is served", receipt)
         elif len(self._subs) >= MAX_SUBSCRIPTIONS:
             self._error("Too many subscriptions", f"at most {MAX_SUBSCRIPTIONS} on one connection", receipt)
-        elif _overlaps_requests(destination):
+        elif _overlaps(destination, REQUEST_DESTINATIONS):
             self._error("Subscription not allowed", "other clients' requests are not for subscribers", receipt)
-        elif self._context.identity is None and _overlaps_served(destination):
+        elif self._context.identity is None and _overlaps(destination, SERVED_DESTINATIONS):
             self._error("Authentication required", "events are for authenticated connections only", receipt)
         else:
             with self.cond:
@@ -237,7 +235,7 @@ class Connection(StompWire):
             self._dispatch(frame.body, frame.headers.get("reply-to") or None, flow_id_of(frame.headers))
             self._receipt(receipt)
             return
-        if _overlaps_served(destination):
+        if _overlaps(destination, SERVED_DESTINATIONS):
             self._error("Subscription not available", f"only pier publishes to {destination}", receipt)
             return
         forwarded = {name: value for name, value in frame.headers.items()

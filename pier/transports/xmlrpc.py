@@ -30,9 +30,10 @@ from defusedxml import DefusedXmlException
 from defusedxml.xmlrpc import DefusedExpatParser
 
 from pier.rpc.errors import InvalidParams, InvalidRequest, MethodNotFound, ParseError, PierError, Unexpected
+from pier.rpc.limits import drain_oversized
 from pier.rpc.registry import CallContext, Registry
 from pier.rpc.schema import Schema, Verb
-from pier.transports.http import DRAIN_LIMIT, WsgiApp, discard, peer_of
+from pier.transports.http import WsgiApp, peer_of
 
 log = logging.getLogger("pier.transports.xmlrpc")
 
@@ -286,14 +287,13 @@ def xmlrpc_app(registry: Registry, *, max_bytes: int = MAX_BYTES) -> WsgiApp:
 
 
 def _read_body(environ: dict[str, Any], max_bytes: int) -> bytes | None:
-    """The request body, or None when it is longer than `max_bytes` (then it is not read)."""
+    """The request body, or None when it is longer than `max_bytes`."""
     try:
         length = int(environ.get("CONTENT_LENGTH") or -1)
     except ValueError:
         length = -1
     if length > max_bytes:
-        if length <= DRAIN_LIMIT:
-            discard(environ["wsgi.input"], length)  # so the client reads our answer, not a reset
+        drain_oversized(environ["wsgi.input"], length)
         return None
     if length >= 0:
         return environ["wsgi.input"].read(length) if length else b""

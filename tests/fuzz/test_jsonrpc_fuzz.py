@@ -27,7 +27,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from websockets.exceptions import ConnectionClosed
 
-from pier.transports.http import DRAIN_LIMIT
+from pier.rpc.limits import DRAIN_LIMIT
 from tests.fuzz.conftest import (
     SCHEMA,
     Target,

@@ -20,7 +20,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pier.transports.http import DRAIN_LIMIT
+from pier.rpc.limits import DRAIN_LIMIT
 from tests.fuzz.conftest import (
     SCHEMA,
     Reply,
