@@ -68,7 +68,7 @@ def report(name: str, samples: list[float], floor: list[float] | None, target: s
 class PierdProcess:
     """A pierd on a test-driver file (or `uri`), on free ports; `stop()` ends it."""
 
-    def __init__(self, uri: str | None = None, node_xml: str | None = None, *extra: str) -> None:
+    def __init__(self, uri: str | None = None, node_xml: str | None = None, *extra: str, tls: bool = False) -> None:
         self.workdir = Path(tempfile.mkdtemp(prefix="pier-bench-"))
         if uri is None:
             node = self.workdir / "testnode.xml"
@@ -78,20 +78,20 @@ class PierdProcess:
             else:
                 uri = make_test_uri(node)
         self.socket = str(self.workdir / "pier.sock")
-        # Plain text on loopback, as the floors are; the rate limit is on but too high to refuse anything.
+        # Plain text on loopback, as the floors are, unless `tls`; then the CA is at `self.ca`.
         command = [sys.executable, "-m", "pier.daemon", "--libvirt-uri", uri, "--http", "127.0.0.1:0",
-                   "--ws", "127.0.0.1:0", "--state-dir", str(self.workdir / "state"), "--insecure-loopback",
-                   "--unix-socket", self.socket, "--rate-limit", "1000000000",
-                   *extra]
+                   "--ws", "127.0.0.1:0", "--state-dir", str(self.workdir / "state"),
+                   *([] if tls else ["--insecure-loopback"]), "--unix-socket", self.socket, *extra]
+        self.ca = str(self.workdir / "state" / "tls" / "ca.pem")
         self.started = time.perf_counter()
         self.process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, cwd=ROOT)
         self.http = self.ws = self.vdsm_stomp = ""
         for line in self.process.stderr:
             if m := re.search(r"VDSM-compatible STOMP on (stomp://\S+)", line):
                 self.vdsm_stomp = m.group(1)
-            if m := re.search(r"REST facade on (http://\S+)/api/v1", line):
+            if m := re.search(r"REST facade on (https?://\S+)/api/v1", line):
                 self.http = m.group(1)
-            if m := re.search(r"WebSocket on (ws://\S+)", line):
+            if m := re.search(r"WebSocket on (wss?://\S+)", line):
                 self.ws = m.group(1)
             if re.search(r"pierd \S+ ready", line):
                 break

@@ -158,14 +158,14 @@ class Daemon:
                   "/metrics": make_wsgi_app(METRICS)}
         own: list[tuple[str, Any]] = [
             ("http", HttpListener(parse_address(settings.http), mounts, facade, authenticator, tls=self.tls,
-                                  threads=settings.http_threads, before_stop=self._end_waits,
-                                  max_per_client=settings.max_client_connections)),
+                                  threads=settings.http_threads, before_stop=self._end_waits)),
             ("ws", WebSocketListener(jsonrpc, *parse_address(settings.ws), authenticator, ssl=context,
                                      max_per_client=settings.max_client_connections)),
         ]
         if settings.unix_socket != "off":
             own.append(("unix", HttpListener(settings.unix_socket, mounts, facade, authenticator,
-                                             threads=4, before_stop=self._end_waits)))
+                                             threads=4, before_stop=self._end_waits,
+                                             unix_group=settings.admin_group)))
         if settings.vdsm_stomp:
             own.append(("vdsm-stomp", VdsmStompListener(jsonrpc, self.events, *parse_address(settings.vdsm_stomp),
                                                         authenticator=authenticator, ssl_context=context,

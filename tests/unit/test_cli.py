@@ -820,7 +820,7 @@ def test_plain_http_to_a_tls_port_says_so(https: tuple[str, TlsFiles, FakeAuthen
     url = https[0]
     plain = url.replace("https://", "http://")
     assert cli.main(["--url", plain, "vms"]) == 3
-    err = pier_lines(capsys)  # cheroot answers in plain text, or just closes the connection
+    err = pier_lines(capsys)  # pierd answers in plain text that the port speaks HTTPS
     assert err.startswith(f"pier: pierd at {plain} speaks TLS: use --url {url}") or (
         err.startswith(f"pier: cannot reach pierd at {plain}: ") and err.endswith(f"use --url {url}\n"))
 

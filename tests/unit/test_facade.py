@@ -15,13 +15,13 @@ from typing import Any
 
 import bottle
 import pytest
-from cheroot import wsgi
 
 from pier.facade import make_app
 from pier.facade.routes import endpoints
 from pier.rpc.auth import WSGI_IDENTITY
 from pier.rpc.events import EventLog
 from pier.rpc.schema import Schema
+from pier.transports.httpserver import HttpServer
 from tests.unit.conftest import ADMIN, VM_ID, Stack
 
 OTHER_ID = "6f1e3e4c-1111-4222-8333-777777777777"
@@ -423,7 +423,7 @@ def test_openapi_document_is_served(stack: Stack) -> None:
 
 
 @pytest.fixture
-def served(stack: Stack) -> Iterator[tuple[wsgi.Server, threading.Event]]:
+def served(stack: Stack) -> Iterator[tuple[HttpServer, threading.Event]]:
     stopping = threading.Event()
     app = make_app(stack.registry, stack.events, stopping=stopping, stream_keepalive=60)
 
@@ -431,19 +431,16 @@ def served(stack: Stack) -> Iterator[tuple[wsgi.Server, threading.Event]]:
         environ[WSGI_IDENTITY] = ADMIN  # what pier's HTTP listener does for a caller it recognises
         return app(environ, start_response)
 
-    server = wsgi.Server(("127.0.0.1", 0), authenticated, numthreads=4)
-    server.prepare()
-    thread = threading.Thread(target=server.serve, name="test-cheroot", daemon=True)
-    thread.start()
+    server = HttpServer(("127.0.0.1", 0), authenticated, workers=4)
+    server.start()
     yield server, stopping
     stopping.set()
     server.stop()
-    thread.join(5)
 
 
-def test_real_server_stops_with_a_stream_open(served: tuple[wsgi.Server, threading.Event], stack: Stack) -> None:
+def test_real_server_stops_with_a_stream_open(served: tuple[HttpServer, threading.Event], stack: Stack) -> None:
     server, stopping = served
-    host, port = server.bind_addr[:2]
+    host, port = server.bound
     plain = http.client.HTTPConnection(host, port, timeout=5)
     plain.request("POST", "/api/v1/vms", body=json.dumps(VM_PARAMS), headers={"Content-Type": "application/json"})
     created = plain.getresponse()
@@ -460,14 +457,14 @@ def test_real_server_stops_with_a_stream_open(served: tuple[wsgi.Server, threadi
     started = time.monotonic()
     stopper.start()
     stopper.join(5)
-    assert not stopper.is_alive(), "cheroot did not stop with an event stream open"
+    assert not stopper.is_alive(), "the server did not stop with an event stream open"
     assert time.monotonic() - started < 3
     streaming.close()
 
 
-def test_real_server_answers_413_and_keeps_the_connection(served: tuple[wsgi.Server, threading.Event]) -> None:
+def test_real_server_answers_413_and_keeps_the_connection(served: tuple[HttpServer, threading.Event]) -> None:
     server, _ = served
-    connection = http.client.HTTPConnection(*server.bind_addr[:2], timeout=5)
+    connection = http.client.HTTPConnection(*server.bound, timeout=5)
     connection.request("POST", "/api/v1/vms", body=b"x" * (2 << 20), headers={"Content-Type": "application/json"})
     refused = connection.getresponse()
     assert refused.status == 413
