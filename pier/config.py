@@ -55,8 +55,9 @@ class Settings:
     tls_ca: str = ""
     unix_socket: str = ""
     admin_group: str = "pier-admin"
-    rate_limit: float = 100.0
+    rate_limit: float = 0.0  # opt-in: honest clients in a tight loop must never be refused
     rate_burst: int = 200
+    auth_failures: int = 20  # failed authentications from one address in a minute before it must wait
     max_client_connections: int = 32
     audit_retention_days: float = 90.0
 
@@ -107,7 +108,9 @@ def argument_parser() -> argparse.ArgumentParser:
     security.add_argument("--tls-ca", metavar="FILE", help="CA that signs client certificates")
     security.add_argument("--unix-socket", metavar="PATH", help="local socket for the CLI and local admins "
                           "(default /run/pier/pier.sock as root; 'off' to disable)")
-    security.add_argument("--rate-limit", type=float, metavar="CALLS", help="calls a second per caller (0: no limit)")
+    security.add_argument("--rate-limit", type=float, metavar="CALLS",
+                          help="calls a second per caller, beyond which calls are refused (default 0: no limit; "
+                          "root on the local socket is never limited)")
     parser.add_argument("--vdsm-stomp", metavar="HOST[:PORT]",
                         help="also serve VDSM's own STOMP dialect here, for unchanged VDSM clients "
                         f"(off by default; the port defaults to VDSM's, {VDSM_PORT})")

@@ -29,7 +29,7 @@ from pier.rpc.audit import AuditLog
 from pier.rpc.auth import Authenticator, Credentials
 from pier.rpc.events import EventLog
 from pier.rpc.jsonrpc import JsonRpc
-from pier.rpc.limits import RateLimiter
+from pier.rpc.limits import FailedLogins, RateLimiter
 from pier.rpc.metrics import METRICS, gauge
 from pier.rpc.registry import Registry
 from pier.rpc.schema import Schema
@@ -149,7 +149,8 @@ class Daemon:
 
     def _start_listeners(self, jsonrpc: JsonRpc, db: str) -> None:
         settings = self.settings
-        authenticator = Authenticator(self.credentials, admin_group=settings.admin_group)
+        authenticator = Authenticator(self.credentials, admin_group=settings.admin_group,
+                                      failures=FailedLogins(settings.auth_failures))
         context = self.tls.context if self.tls else None
         facade = make_app(self.registry, self.events, info=self.about, stopping=self.stopping,
                           max_streams=max(1, settings.http_threads // 2))

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pier.rpc.errors import Forbidden, InvalidParams, NoSuchCredential, Unauthenticated
+from pier.rpc.limits import FailedLogins
 from pier.rpc.schema import ROLES
 from pier.rpc.store import open_state
 
@@ -50,6 +51,12 @@ class Identity:
     credential: str = ""
     expires: float | None = None
     generation: int = 0
+    local_uid: int | None = None  # the uid of a caller on the local socket
+
+    @property
+    def local_root(self) -> bool:
+        """Root on the local socket: the host's own admin, whom no limit applies to."""
+        return self.local_uid == 0
 
     def allows(self, role: str) -> bool:
         """True when this identity may call a verb that needs `role`."""
@@ -211,20 +218,32 @@ class Credentials:
 
 
 class Authenticator:
-    """Turns what a wire knows about its peer into an Identity, or refuses."""
+    """Turns what a wire knows about its peer into an Identity, or refuses.
 
-    def __init__(self, credentials: Credentials, *, admin_group: str = "pier-admin") -> None:
+    Failed authentications are counted per source address (`failures`): past the limit, that
+    source is refused without its credentials being looked at, until the window has passed.
+    """
+
+    def __init__(self, credentials: Credentials, *, admin_group: str = "pier-admin",
+                 failures: FailedLogins | None = None) -> None:
         self.credentials = credentials
         self.admin_group = admin_group
+        self.failures = failures or FailedLogins()
 
     def identify(self, *, authorization: str | None = None, certificate: bytes | None = None,
-                 peer_uid: int | None = None, peer_gid: int | None = None) -> Identity:
+                 peer_uid: int | None = None, peer_gid: int | None = None, source: str = "") -> Identity:
         """The caller's identity from (in this order) a client certificate, a bearer token, or
-        unix-socket peer credentials. Raises Unauthenticated when none of them proves one."""
-        if certificate:
-            return self.credentials.certificate_identity(certificate)
-        if authorization:
-            return self.credentials.token_identity(_token_of(authorization))
+        unix-socket peer credentials. Raises Unauthenticated when none of them proves one, and
+        TooManyRequests when `source` failed too often lately."""
+        if certificate or authorization:
+            self.failures.check(source)
+            try:
+                if certificate:
+                    return self.credentials.certificate_identity(certificate)
+                return self.credentials.token_identity(_token_of(authorization or ""))
+            except Unauthenticated:
+                self.failures.failed(source)
+                raise
         if peer_uid is not None:
             return self.peer_identity(peer_uid, peer_gid)
         raise Unauthenticated("no credentials: present a trusted client certificate or a bearer token "
@@ -233,13 +252,13 @@ class Authenticator:
     def peer_identity(self, uid: int, gid: int | None = None) -> Identity:
         """Local callers on the unix socket: root and the admin group are admins; others are refused."""
         if uid == 0:
-            return Identity("local root", "admin", "peer-credentials")
+            return Identity("local root", "admin", "peer-credentials", local_uid=0)
         try:
             group = grp.getgrnam(self.admin_group)
         except KeyError:
             group = None
         if group is not None and (gid == group.gr_gid or _user_in_group(uid, group)):
-            return Identity(f"local uid {uid}", "admin", "peer-credentials")
+            return Identity(f"local uid {uid}", "admin", "peer-credentials", local_uid=uid)
         raise Forbidden(f"local uid {uid} is neither root nor in the {self.admin_group} group")
 
 

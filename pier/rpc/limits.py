@@ -1,7 +1,13 @@
-"""Per-caller request rate limits, and what every HTTP listener does with an oversized body.
+"""Limits that stop abuse without touching honest clients, and what every HTTP listener does with
+an oversized body.
 
-A caller may make `burst` calls at once and `rate` calls a second on average; beyond that a call
-is refused with TooManyRequests saying when to try again, and nothing else slows down.
+`FailedLogins` counts failed authentications per source address: past `limit` of them in a
+minute, that address is refused at once (TooManyRequests) until the minute has passed, so
+guessing credentials is slow while a client with good ones is never held up.
+
+`RateLimiter`, opt-in (`--rate-limit`): a caller may make `burst` calls at once and `rate` calls a
+second on average; beyond that a call is refused with TooManyRequests saying when to try again.
+VDSM's client and the engine do not retry, so it is off unless asked for.
 
 A body over a listener's limit is refused with 413; up to DRAIN_LIMIT bytes of it are read and
 dropped first, so that a client still sending reads the answer rather than a reset connection.
@@ -9,6 +15,7 @@ dropped first, so that a client still sending reads the answer rather than a res
 
 from __future__ import annotations
 
+import collections
 import threading
 import time
 from typing import Any
@@ -31,6 +38,46 @@ def drain_oversized(stream: Any, length: int) -> None:
     """Before refusing a body of `length` bytes: drop it when it is within DRAIN_LIMIT."""
     if 0 < length <= DRAIN_LIMIT and stream is not None:
         drain(stream, length)
+
+
+class FailedLogins:
+    """Failed authentications per source in the last `window` seconds; refuses a source past `limit`."""
+
+    def __init__(self, limit: int = 20, window: float = 60.0) -> None:
+        self.limit = limit
+        self.window = window
+        self._failures: dict[str, collections.deque[float]] = {}
+        self._lock = threading.Lock()
+        self._next_sweep = time.monotonic() + window
+
+    def check(self, source: str) -> None:
+        """Raise TooManyRequests while `source` is over its limit."""
+        if self.limit <= 0:
+            return
+        now = time.monotonic()
+        with self._lock:
+            failures = self._failures.get(source)
+            if failures is None:
+                return
+            while failures and failures[0] <= now - self.window:
+                failures.popleft()
+            if len(failures) < self.limit:
+                return
+            wait = failures[0] + self.window - now
+        raise TooManyRequests(f"{self.limit} failed authentications from {source or 'this peer'} within "
+                              f"{self.window:g} s; try again in {wait:.0f} s", data={"retryAfter": round(wait, 3)})
+
+    def failed(self, source: str) -> None:
+        """Count one failed authentication from `source`."""
+        if self.limit <= 0:
+            return
+        now = time.monotonic()
+        with self._lock:
+            self._failures.setdefault(source, collections.deque(maxlen=self.limit)).append(now)
+            if now >= self._next_sweep:
+                self._next_sweep = now + self.window
+                self._failures = {key: times for key, times in self._failures.items()
+                                  if times and times[-1] > now - self.window}
 
 
 class RateLimiter:

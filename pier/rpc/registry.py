@@ -217,7 +217,7 @@ class Registry:
             raise context.auth_error or Unauthenticated("no credentials were presented")
         if self.credentials is not None:
             identity = self.credentials.current(identity)  # a token revoked since the connection opened
-        if self.limiter is not None:
+        if self.limiter is not None and not identity.local_root:
             self.limiter.take(identity.name)
         if not identity.allows(declared.role):
             error = Forbidden(f"{declared.name} needs the {declared.role} role; {identity.name} has the "

@@ -10,7 +10,7 @@ import pytest
 from pier.rpc.audit import AuditLog, redact
 from pier.rpc.auth import Authenticator, Credentials, Identity
 from pier.rpc.errors import Forbidden, InvalidParams, NoVM, TooManyRequests, Unauthenticated
-from pier.rpc.limits import RateLimiter
+from pier.rpc.limits import FailedLogins, RateLimiter
 from pier.rpc.registry import CallContext
 from pier.tlsfiles import init_tls
 from tests.unit.conftest import VM_ID, Stack
@@ -157,3 +157,31 @@ def test_rate_limit_through_the_registry(stack: Stack) -> None:
     stack.registry.call("Host.ping2", {}, as_(caller))
     with pytest.raises(TooManyRequests):
         stack.registry.call("Host.ping2", {}, as_(caller))
+
+
+def test_root_on_the_local_socket_is_never_rate_limited(stack: Stack, credentials: Credentials) -> None:
+    stack.registry.limiter = RateLimiter(rate=1, burst=2)
+    root = Authenticator(credentials).identify(peer_uid=0)
+    for _ in range(50):
+        assert stack.registry.call("Host.ping2", {}, as_(root)) is True
+
+
+def test_the_rate_limit_is_opt_in() -> None:
+    from pier.config import load_settings
+
+    assert load_settings([]).rate_limit == 0
+
+
+def test_failed_authentications_are_throttled_per_source(credentials: Credentials) -> None:
+    good = credentials.create_token("viewer")["token"]
+    authenticator = Authenticator(credentials, failures=FailedLogins(limit=3, window=0.5))
+    for _ in range(3):
+        with pytest.raises(Unauthenticated):
+            authenticator.identify(authorization="Bearer pier_nothere_guess", source="10.0.0.9")
+    with pytest.raises(TooManyRequests, match="3 failed authentications from 10.0.0.9") as refused:
+        authenticator.identify(authorization=f"Bearer {good}", source="10.0.0.9")  # not even looked at
+    assert 0 < refused.value.data["retryAfter"] <= 0.5
+    assert authenticator.identify(authorization=f"Bearer {good}", source="10.0.0.7").role == "viewer"
+    assert authenticator.identify(peer_uid=0, source="local").role == "admin"  # the local socket needs none
+    time.sleep(0.55)
+    assert authenticator.identify(authorization=f"Bearer {good}", source="10.0.0.9").role == "viewer"
