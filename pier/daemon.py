@@ -8,6 +8,7 @@ then tasks, the node, and the event log. SIGTERM and SIGINT stop it cleanly.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -46,7 +47,9 @@ log = logging.getLogger("pier.daemon")
 SYSTEM_URI = "qemu:///system"
 
 
+@functools.cache
 def agent_version() -> str:
+    """The installed version (read once: importlib.metadata scans every installed package)."""
     try:
         return version("pier-agent")
     except PackageNotFoundError:
@@ -82,6 +85,7 @@ class Daemon:
         self.audit: AuditLog | None = None
         self.tls: ServerTls | None = None
         self.listeners: dict[str, Any] = {}
+        self._facts: dict[str, Any] = {}  # what `about` says that does not change while pierd runs
 
     def start(self) -> None:
         settings = self.settings
@@ -102,6 +106,10 @@ class Daemon:
                                  self.tasks, audit=self.audit, limiter=limiter, credentials=self.credentials)
         self.tasks.start(self.registry.reconcilers)
         self._start_listeners(JsonRpc(self.registry), db)
+        self._facts = {"name": "pier", "version": agent_version(), "hostId": self.node.host_uuid(),
+                       "libvirtUri": self.node.uri,
+                       "transports": {name: listener.address for name, listener in self.listeners.items()},
+                       "verbs": len(self.registry.verbs)}
         log.info("pierd %s ready in %.2f s: %d verbs, libvirt %s, state in %s", agent_version(),
                  time.time() - self.started_at, len(self.registry.verbs), self.node.uri, settings.state_dir)
 
@@ -215,15 +223,10 @@ class Daemon:
         log.info("pierd stopped")
 
     def about(self) -> dict[str, Any]:
-        """What `Host.getAgentInfo` (GET /api/v1) answers."""
+        """What `Host.getAgentInfo` (GET /api/v1) answers: facts kept since start, and the live state."""
         return {
-            "name": "pier",
-            "version": agent_version(),
-            "hostId": self.node.host_uuid() if self.node else None,
-            "libvirtUri": self.node.uri if self.node else None,
+            **self._facts,
             "libvirtConnected": bool(self.node and self.node.connected),
-            "transports": {name: listener.address for name, listener in self.listeners.items()},
-            "verbs": len(self.registry.verbs) if self.registry else 0,
             "tls": self.tls.state.describe() if self.tls else {"insecureLoopback": True},
             "lastEventSeq": self.events.last_seq if self.events else 0,
         }
