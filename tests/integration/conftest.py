@@ -43,7 +43,7 @@ def stomp_flags(broker: tuple[str, int] = BROKER) -> list[str]:
 class Pierd:
     """A pierd process: its addresses, its log, an admin token, and an orderly stop.
 
-    By default it serves plain text on loopback (`--insecure-loopback`) with no rate limit, and
+    By default it serves plain text on loopback (`--insecure-loopback`), with default limits, and
     the admin token is made through its local socket, as root may; `secure=True` leaves TLS on.
     """
 
@@ -58,7 +58,7 @@ class Pierd:
         insecure = [] if secure else ["--insecure-loopback"]
         command = [sys.executable, "-m", "pier.daemon", "--libvirt-uri", uri, "--http", "127.0.0.1:0",
                    "--ws", "127.0.0.1:0", "--state-dir", str(state_dir), "--unix-socket", self.socket,
-                   "--rate-limit", "0", *insecure, *extra]
+                   *insecure, *extra]
         self.started = time.monotonic()
         self.process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, bufsize=1)
         self._ready = threading.Event()

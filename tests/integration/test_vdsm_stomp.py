@@ -65,3 +65,20 @@ def test_without_a_trusted_certificate_the_endpoint_answers_nothing(vdsm_pierd: 
         assert refused.value.code == -32001
     finally:
         client.close()
+
+
+def test_vdsm_client_in_a_tight_loop_is_never_refused(vdsm_pierd: Pierd) -> None:
+    """VDSM's client and the engine do not retry: a monitoring loop must never meet a limit."""
+    address = next(line.split(" on ")[-1].strip() for line in vdsm_pierd.log if "VDSM-compatible STOMP on" in line)
+    client = VdsmLikeClient(address_of(address), timeout=20, tls=vdsm_tls(vdsm_pierd.state_dir))
+    try:
+        assert all(client.call("Host.ping2") is True for _ in range(500))
+    finally:
+        client.close()
+
+
+def test_root_on_the_local_socket_in_a_tight_loop_is_never_refused(vdsm_pierd: Pierd) -> None:
+    from tests.integration.clients import unix_request
+
+    answers = [unix_request(vdsm_pierd.socket, "GET", "/api/v1/host/ping") for _ in range(500)]
+    assert answers == [(200, True)] * 500
