@@ -9,7 +9,6 @@ then tasks, the node, and the event log. SIGTERM and SIGINT stop it cleanly.
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import sys
 import threading
@@ -33,6 +32,7 @@ from pier.rpc.limits import RateLimiter
 from pier.rpc.metrics import METRICS, gauge
 from pier.rpc.registry import Registry
 from pier.rpc.schema import Schema
+from pier.rpc.store import private_directory
 from pier.rpc.tasks import TaskManager
 from pier.transports.http import HttpListener, jsonrpc_app
 from pier.transports.stomp import StompListener, StompOptions
@@ -86,7 +86,7 @@ class Daemon:
     def start(self) -> None:
         settings = self.settings
         log.debug("settings: %s", settings)
-        os.makedirs(settings.state_dir, exist_ok=True)
+        private_directory(settings.state_dir, "state directory")
         db = str(Path(settings.state_dir) / "pier.db")
         self.events = EventLog(db, retention=settings.event_retention, max_events=settings.max_events)
         self.credentials = Credentials(db)
