@@ -42,6 +42,9 @@ from pier.transports.websocket import WebSocketListener
 from pier.transports.xmlrpc import xmlrpc_app
 
 log = logging.getLogger("pier.daemon")
+# The libraries' loggers that at DEBUG write whole frames and headers, bearer tokens and answers
+# with secrets included: they stay at INFO whatever --log-level says.
+WIRE_LOGGERS = ("stomp.py", "websockets", "pier.transports.ws.server")
 
 SYSTEM_URI = "qemu:///system"
 
@@ -242,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = load_settings(argv)
     logging.basicConfig(level=settings.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for wire in WIRE_LOGGERS:
+        logging.getLogger(wire).setLevel(max(logging.INFO, logging.getLogger().level))
     sys.setswitchinterval(0.0005)  # PITFALLS: a busy thread otherwise adds 5 ms to every reply
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
