@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import signal
 import sys
 import threading
@@ -34,6 +33,7 @@ from pier.rpc.limits import FailedLogins, RateLimiter
 from pier.rpc.metrics import METRICS, gauge
 from pier.rpc.registry import Registry
 from pier.rpc.schema import Schema
+from pier.rpc.store import private_directory
 from pier.rpc.tasks import TaskManager
 from pier.transports.http import HttpListener, jsonrpc_app
 from pier.transports.stomp import StompListener, StompOptions
@@ -43,6 +43,9 @@ from pier.transports.websocket import WebSocketListener
 from pier.transports.xmlrpc import xmlrpc_app
 
 log = logging.getLogger("pier.daemon")
+# The libraries' loggers that at DEBUG write whole frames and headers, bearer tokens and answers
+# with secrets included: they stay at INFO whatever --log-level says.
+WIRE_LOGGERS = ("stomp.py", "websockets", "pier.transports.ws.server")
 
 SYSTEM_URI = "qemu:///system"
 
@@ -90,7 +93,7 @@ class Daemon:
     def start(self) -> None:
         settings = self.settings
         log.debug("settings: %s", settings)
-        os.makedirs(settings.state_dir, exist_ok=True)
+        private_directory(settings.state_dir, "state directory")
         db = str(Path(settings.state_dir) / "pier.db")
         self.events = EventLog(db, retention=settings.event_retention, max_events=settings.max_events)
         self.credentials = Credentials(db)
@@ -246,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = load_settings(argv)
     logging.basicConfig(level=settings.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for wire in WIRE_LOGGERS:
+        logging.getLogger(wire).setLevel(max(logging.INFO, logging.getLogger().level))
     sys.setswitchinterval(0.0005)  # PITFALLS: a busy thread otherwise adds 5 ms to every reply
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

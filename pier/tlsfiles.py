@@ -1,8 +1,9 @@
 """`pier init-tls`: a CA, a server certificate and an admin client certificate for a first run.
 
 Written with `cryptography` into a directory (by default `<state dir>/tls`): `ca.pem`,
-`ca-key.pem`, `server.pem`, `server-key.pem`, `client.pem`, `client-key.pem`. Keys are readable
-by their owner only. pierd makes them on its first start when TLS is needed and none are
+`ca-key.pem`, `server.pem`, `server-key.pem`, `client.pem`, `client-key.pem`. The directory is
+0700 and the keys 0600, made so (a key is written to a new 0600 file that then replaces the old
+one, so a renewal also tightens a key an older version left looser). pierd makes them on its first start when TLS is needed and none are
 configured; the client certificate is then trusted as an admin.
 """
 
@@ -20,6 +21,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from pier.rpc.store import PRIVATE_FILE, private_directory
 
 
 @dataclass(frozen=True)
@@ -58,9 +61,15 @@ def _name(common_name: str) -> x509.Name:
 def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
     data = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                              serialization.NoEncryption())
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as stream:
-        stream.write(data)
+    new = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+    fd = os.open(new, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE)
+    try:
+        with os.fdopen(fd, "wb") as stream:
+            stream.write(data)
+        os.replace(new, path)
+    except BaseException:
+        new.unlink(missing_ok=True)
+        raise
 
 
 def _write_cert(path: Path, certificate: x509.Certificate) -> None:
@@ -95,7 +104,7 @@ def init_tls(directory: Path, hostname: str | None = None, *, days: int = 825, f
     files = TlsFiles(Path(directory))
     if files.exist() and not force:
         raise FileExistsError(f"{files.server} already exists (use --force to replace it)")
-    files.directory.mkdir(parents=True, exist_ok=True)
+    private_directory(files.directory, "TLS directory")
     hostname = hostname or socket.getfqdn()
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = _name(f"Pier CA {hostname} {secrets.token_hex(4)}")  # two CAs of one host must not share a name

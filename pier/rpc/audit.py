@@ -3,7 +3,7 @@
 Kept in sqlite in the state directory, written by the registry after each changing call (and
 for each refused one), read by admins through `Host.getAuditLog` and `pier audit`. Params are
 stored with secrets redacted: those the schema marks `secret: true`, and any whose name says it
-holds one.
+holds one. `redact` is also what the STOMP reply cache and log lines use on results.
 """
 
 from __future__ import annotations
@@ -24,17 +24,18 @@ _SECRET_NAMES = re.compile(r"pass(word|code|phrase)?|secret|token|private.?key",
 MAX_DEPTH = 32
 
 
-def redact(value: Any, secret_names: Iterable[str] = (), depth: int = 0) -> Any:
-    """`value` with every secret replaced by '***'; what is nested deeper than MAX_DEPTH is
-    recorded as a note, not followed (params can nest far deeper than Python's stack)."""
+def redact(value: Any, secret_names: Iterable[str] = (), depth: int = 0, *, guess: bool = True) -> Any:
+    """`value` with every field named in `secret_names` (at any depth) replaced by '***', and with
+    `guess` also every field whose name says it holds a secret; what is nested deeper than
+    MAX_DEPTH is recorded as a note, not followed (params can nest far deeper than Python's stack)."""
     names = secret_names if isinstance(secret_names, (set, frozenset)) else set(secret_names)
     if isinstance(value, (dict, list)) and depth >= MAX_DEPTH:
         return f"(nested deeper than {MAX_DEPTH} levels; not recorded)"
     if isinstance(value, dict):
-        return {key: REDACTED if (key in names or _SECRET_NAMES.search(str(key))) and item is not None
-                else redact(item, names, depth + 1) for key, item in value.items()}
+        return {key: REDACTED if (key in names or guess and _SECRET_NAMES.search(str(key))) and item is not None
+                else redact(item, names, depth + 1, guess=guess) for key, item in value.items()}
     if isinstance(value, list):
-        return [redact(item, names, depth + 1) for item in value]
+        return [redact(item, names, depth + 1, guess=guess) for item in value]
     return value
 
 

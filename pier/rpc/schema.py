@@ -3,6 +3,12 @@
 A `Schema` holds one `Verb` per declared verb with its params (as JSON Schema, compiled once
 with fastjsonschema), returns, errors, legacy names, task flag, role and REST routes. The
 registry, the transports, the REST facade, OpenAPI, the CLI and the docs all read it from here.
+
+`secret: true` on a param, or on a property anywhere in a verb's params or returns (directly or
+in a `$defs` type they refer to), marks a secret: the verb's `secrets` (params) and
+`result_secrets` (result) name them, and whatever stores or logs a call redacts them. The mark is
+Pier's own and is removed from the schemas everything else reads. A task verb may have none: its
+params and result are kept in the task table and its result is sent in its events.
 """
 
 from __future__ import annotations
@@ -67,6 +73,7 @@ class Verb:
     preempts: bool
     secrets: list[str]
     params_schema: dict[str, Any] = field(repr=False)
+    result_secrets: frozenset[str] = frozenset()
     _validator: Callable[[Any], Any] | None = field(default=None, repr=False)
 
     @property
@@ -180,12 +187,51 @@ def _has(value: Any, name: str) -> bool:
     return isinstance(value, dict) and name in value
 
 
+def _marked_secret(node: Any, defs: dict[str, Any]) -> set[str]:
+    """The names of the properties marked `secret: true` anywhere in schema `node`, following
+    `$ref`s into `defs`."""
+    found: set[str] = set()
+    followed: set[str] = set()
+    pending = [node]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, list):
+            pending.extend(item)
+        if not isinstance(item, dict):
+            continue
+        ref = item.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/$defs/") and ref not in followed:
+            followed.add(ref)
+            pending.append(defs.get(ref[len("#/$defs/"):]))
+        for key, value in item.items():
+            if key in ("properties", "patternProperties") and isinstance(value, dict):
+                found.update(name for name, child in value.items()
+                             if isinstance(child, dict) and child.get("secret") is True)
+                pending.extend(value.values())
+            elif key not in _VALUES:
+                pending.append(value)
+    return found
+
+
+def _unmarked(node: Any, names: bool = False) -> Any:
+    """A copy of schema `node` without Pier's `secret` marks (`names`: `node` maps names to schemas)."""
+    if isinstance(node, list):
+        return [_unmarked(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    if names:
+        return {name: _unmarked(child) for name, child in node.items()}
+    return {key: value if key in _VALUES else _unmarked(value, key in _NAMED_SCHEMAS)
+            for key, value in node.items() if not (key == "secret" and isinstance(value, bool))}
+
+
 class Schema:
     """Every verb declared in the schema file, plus the shared type definitions."""
 
     def __init__(self, document: dict[str, Any]) -> None:
         self.info: dict[str, Any] = document.get("info", {})
-        self.defs: dict[str, Any] = document.get("$defs", {})
+        self._marked_defs: dict[str, Any] = document.get("$defs", {})
+        self.defs: dict[str, Any] = _unmarked(self._marked_defs, names=True)
         self.verbs: dict[str, Verb] = {}
         self.legacy: dict[str, tuple[Verb, LegacyName]] = {}
         for name, spec in (document.get("verbs") or {}).items():
@@ -239,6 +285,13 @@ class Schema:
             if not optional and "default" not in pschema:
                 required.append(pname)
             params[pname] = pschema
+        secrets += sorted(_marked_secret({"properties": params}, self._marked_defs) - set(secrets))
+        params = _unmarked(params, names=True)
+        result_secrets = frozenset(_marked_secret(spec.get("returns"), self._marked_defs))
+        task = bool(spec.get("task", False))
+        if task and (secrets or result_secrets):
+            raise ValueError(f"{name}: a task verb cannot have secrets ({sorted({*secrets, *result_secrets})}): "
+                             "its params and result are kept in the task table, and its events carry the result")
         for error in spec.get("errors", []):
             error_by_name(error)  # fails start-up on a typo
         params_schema = {
@@ -265,12 +318,13 @@ class Schema:
             target=target,
             params=params,
             required=required,
-            returns=spec.get("returns", {"const": True}),
+            returns=_unmarked(spec.get("returns", {"const": True})),
             errors=list(spec.get("errors", [])),
             legacy=[LegacyName(**legacy) for legacy in spec.get("legacy", [])],
-            task=bool(spec.get("task", False)),
+            task=task,
             rest=routes,
             preempts=bool(spec.get("preempts", False)),
             secrets=secrets,
             params_schema=params_schema,
+            result_secrets=result_secrets,
         )

@@ -311,7 +311,7 @@ class StompListener:
                 elif reply is not None:
                     level = logging.WARNING if '"error"' in reply else logging.DEBUG
                     log.log(level, "STOMP: a frame without reply-to was answered; the answer is dropped: %.300s",
-                            reply)
+                            self._replies.loggable(frame.body, reply))
         except Exception:
             log.exception("STOMP: could not serve a request from %s", reply_to)
             if reply_to:

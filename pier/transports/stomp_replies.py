@@ -8,9 +8,16 @@ frame's `reply-to` and the request object itself (id, method and params, so a cl
 an id for another request is not answered with the old reply); a batch is recorded element by
 element. A request delivered again whose reply is known gets that reply again; one started by an
 earlier pierd process that has no reply (pierd died while running it) is not run again but
-answered with error 99 (`recovery`) telling the caller to check the state. Entries expire after
-`ttl` seconds. Read-only verbs skip the cache: running them twice is harmless and costs less
-than two sqlite writes. Everything else is `JsonRpc.handle`, the wire's one error mapper.
+answered with error 99 (`recovery`) telling the caller to check the state. Read-only verbs skip
+the cache: running them twice is harmless and costs less than two sqlite writes. Everything else
+is `JsonRpc.handle`, the wire's one error mapper.
+
+The cache keeps no secret: a reply whose result holds fields the schema marks secret (the token
+of a `Token.create`) is kept as error 99 saying that the call succeeded and that its secrets are
+not kept, with the result, redacted, in its data; that is what a redelivery gets. Entries go
+`ttl` seconds after their request came, whether or not more requests come: a timer the cache owns
+(one short-lived thread at a time, only while there are entries; cancelled and joined by
+`close`) deletes them, at most a tenth of the ttl (at most 30 s) late.
 """
 
 from __future__ import annotations
@@ -23,9 +30,11 @@ import time
 import uuid
 from typing import Any
 
+from pier.rpc.audit import redact
 from pier.rpc.errors import InternalError, Recovering
 from pier.rpc.jsonrpc import JsonRpc, error_object, loads
 from pier.rpc.registry import CallContext
+from pier.rpc.schema import Verb
 from pier.rpc.store import open_state
 
 log = logging.getLogger("pier.transports.stomp")
@@ -60,21 +69,23 @@ class ReplyCache:
                          " instance TEXT NOT NULL, reply TEXT)")
         self._lock = threading.Lock()
         self._running: dict[str, threading.Event] = {}
-        self._next_prune = 0.0
+        self._timer: threading.Timer | None = None
+        self._closed = False
+        with self._lock:
+            self._expire()  # what an earlier pierd left
 
     def begin(self, key: str) -> str | Started | None:
         """Record request `key` as started and return None; or, when it was seen before, its
         reply (a str) or `Started` when it has none yet."""
         now = time.time()
         with self._lock:
-            if now >= self._next_prune:
-                self._prune(now)
             row = self._db.execute("SELECT started, instance, reply FROM stomp_requests WHERE key = ? AND started >= ?",
                                    (key, now - self.ttl)).fetchone()
             if row is None:
                 self._db.execute("INSERT OR REPLACE INTO stomp_requests (key, started, instance) VALUES (?, ?, ?)",
                                  (key, now, self.instance))
                 self._running[key] = threading.Event()
+                self._arm(now + self.ttl)
                 return None
         started, instance, reply = row
         return reply if reply is not None else Started(started, instance == self.instance)
@@ -97,13 +108,41 @@ class ReplyCache:
             row = self._db.execute("SELECT reply FROM stomp_requests WHERE key = ?", (key,)).fetchone()
         return row[0] if row else None
 
-    def _prune(self, now: float) -> None:
-        self._next_prune = now + min(60.0, self.ttl / 4)
+    def _arm(self, at: float) -> None:
+        """Have the timer delete what has expired at `at` (holding the lock; no-op when it is set)."""
+        if self._timer is not None or self._closed:
+            return
+        self._timer = threading.Timer(max(0.0, at - time.time()) + min(self.ttl / 10, 30.0), self._on_timer)
+        self._timer.name = "stomp-reply-cache"
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _on_timer(self) -> None:
+        """On the timer's thread."""
+        with self._lock:
+            if self._closed:
+                return
+            self._timer = None
+            self._expire()
+
+    def _expire(self) -> None:
+        """Delete the entries older than the ttl; set the timer for the oldest left (holding the lock)."""
+        now = time.time()
         deleted = self._db.execute("DELETE FROM stomp_requests WHERE started < ?", (now - self.ttl,)).rowcount
         if deleted:
             log.debug("reply cache: dropped %d entries older than %.0f s", deleted, self.ttl)
+        oldest = self._db.execute("SELECT MIN(started) FROM stomp_requests").fetchone()[0]
+        if oldest is not None:
+            self._arm(oldest + self.ttl)
 
     def close(self) -> None:
+        """Stop the timer and close sqlite."""
+        with self._lock:
+            self._closed = True
+            timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
+            timer.join()
         with self._lock:
             self._db.close()
 
@@ -158,12 +197,46 @@ class Replies:
             return None
         return message
 
+    def _verb(self, item: Any) -> Verb | None:
+        """The verb `item` calls, when it is a request object of a declared one."""
+        if not isinstance(item, dict) or not isinstance(item.get("method"), str):
+            return None
+        return self._jsonrpc.registry.schema.resolve(item["method"])
+
     def _changes(self, item: Any) -> bool:
         """Whether `item` is a request (it has an id) of a verb that changes something."""
-        if not isinstance(item, dict) or "id" not in item or not isinstance(item.get("method"), str):
-            return False
-        declared = self._jsonrpc.registry.schema.resolve(item["method"])
-        return declared is not None and not declared.readonly
+        declared = self._verb(item)
+        return declared is not None and "id" in item and not declared.readonly
+
+    def _kept(self, declared: Verb | None, answer: str) -> str:
+        """What the cache keeps of `answer`: itself, or when its result holds secrets, error 99
+        saying so, with the result redacted."""
+        if declared is None or not declared.result_secrets or '"result"' not in answer:
+            return answer
+        response = json.loads(answer)
+        if "result" not in response:
+            return answer
+        secrets = sorted(declared.result_secrets)
+        ran = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        error = Recovering(f"{declared.name} was delivered again; it ran at {ran} and succeeded, but its answer "
+                           f"held secrets ({', '.join(secrets)}) that are not kept, so it cannot be sent again. "
+                           "data.result is that answer with them redacted",
+                           data={"method": declared.name, "ran": ran, "redacted": secrets,
+                                 "result": redact(response["result"], secrets, guess=False)})
+        return _dumps(error_object(error, response.get("id")))
+
+    def loggable(self, body: bytes, reply: str) -> str:
+        """`reply` to the request frame `body` with the secrets of its results redacted, for a log line."""
+        message = self._parse(body)
+        items = message if isinstance(message, list) else [message]
+        secrets = {name for item in items if (verb := self._verb(item)) is not None for name in verb.result_secrets}
+        if not secrets:
+            return reply
+        answer = json.loads(reply)
+        for response in answer if isinstance(answer, list) else [answer]:
+            if isinstance(response, dict) and "result" in response:
+                response["result"] = redact(response["result"], secrets, guess=False)
+        return _dumps(answer)
 
     def _answer_item(self, item: Any, reply_to: str, context: CallContext) -> str | None:
         if not isinstance(item, dict):
@@ -179,7 +252,7 @@ class Replies:
             try:
                 answer = self._jsonrpc.handle(_dumps(item), context) or answer
             finally:
-                self._cache.finish(key, answer)
+                self._cache.finish(key, self._kept(self._verb(item), answer))
             return answer
         if isinstance(known, Started) and known.here:
             log.info("STOMP: %s (id %r) was delivered again while it runs; waiting for its reply", method, request_id)
