@@ -57,3 +57,8 @@ def test_given_a_host_id_it_prints_events_as_they_come(stomp_broker, stomp_pierd
     seqs = [e["seq"] for e in events]
     assert seqs == sorted(seqs)
 
+
+def test_without_a_token_it_says_why_no_host_answered(stomp_broker, stomp_pierd: Pierd) -> None:
+    done = monitor(stomp_broker, "--cycles", "1", "--discover", "1")
+    assert done.returncode == 1 and "no token" in done.stderr
+    assert "refused: no credentials" in done.stderr and "authorization: Bearer" in done.stderr
