@@ -153,3 +153,23 @@ def test_discovery_answers_only_a_caller_with_a_token(stomp_pierd: Pierd) -> Non
         anonymous.close()
         engine.close()
 
+
+def test_the_reply_cache_never_answers_one_caller_with_anothers_reply(stomp_pierd: Pierd) -> None:
+    """An admin's Token.create is answered to a named queue; a viewer that sends the same request
+    (same id, same reply-to) is refused, not sent the admin's cached reply, which holds a token."""
+    shared = f"/queue/{STOMP_PREFIX}.replies-{uuid.uuid4().hex[:8]}"  # the fixture's policy expires it
+    admin = StompClient(BROKER, stomp_pierd.requests)
+    viewer = StompClient(BROKER, stomp_pierd.requests, token=stomp_pierd.make_token("viewer"))
+    request = json.dumps({"jsonrpc": "2.0", "method": "Token.create", "params": {"role": "admin"}, "id": "same"})
+    try:
+        replies = admin.subscribe(shared)
+        first = admin.send_frame(request, {"reply-to": shared})
+        admin.wait_frames(replies, lambda got: len(got) >= 1)
+        again = viewer.send_frame(request, {"reply-to": shared})
+        frames = admin.wait_frames(replies, lambda got: len(got) >= 2)
+        by_correlation = {headers["correlation-id"]: json.loads(body) for headers, body in frames}
+        assert "token" in by_correlation[first]["result"]
+        assert by_correlation[again]["error"]["data"]["name"] == "forbidden", by_correlation[again]
+    finally:
+        admin.close()
+        viewer.close()
