@@ -1,10 +1,11 @@
 """50 hosts behind one broker: one engine_monitor cycle over all of them.
 
 Starts N pierd processes, each on its own libvirt test-driver file (so each is a host with its
-own id and a few VMs), all connected to one RabbitMQ. Then, as an engine would, it discovers them,
-activates each (ping, capabilities, hardware, stats) and runs polling cycles of
-Host.getAllVmStats over all hosts at once. Reports the cycle time, the broker's CPU time during
-the cycles, and each pierd's RSS.
+own id and a few VMs), all connected to one RabbitMQ. Then, as an engine would, it activates each
+(ping, capabilities, hardware, stats) with that host's own token and runs polling cycles of
+Host.getAllVmStats over all hosts at once (it does not discover them on the discovery topic: a
+host answers there only to a token of its own, and each of these has its own). Reports the cycle
+time, the broker's CPU time during the cycles, and each pierd's RSS.
 
 Run: .venv/bin/python bench/many_hosts.py [--hosts 50] [--vms 20] [--cycles 5]
 """
@@ -12,10 +13,12 @@ Run: .venv/bin/python bench/many_hosts.py [--hosts 50] [--vms 20] [--cycles 5]
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -25,6 +28,12 @@ from common import ROOT, PierdProcess, broker_cpu_seconds, delete_queues, percen
 sys.path.insert(0, str(ROOT / "contrib"))
 from engine_monitor import Broker, HostMonitor, poll_cycle  # noqa: E402
 from scale import node_with_vms  # noqa: E402
+
+
+def host_id(pierd: PierdProcess) -> str:
+    request = urllib.request.Request(pierd.http + "/api/v1", headers={"Authorization": f"Bearer {pierd.token}"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.load(response)["hostId"]
 
 
 def main() -> None:
@@ -48,12 +57,12 @@ def main() -> None:
     with ThreadPoolExecutor(8) as pool:
         pierds = list(pool.map(start, range(args.hosts)))
     print(f"{args.hosts} pierds ({args.vms} VMs each) ready in {time.perf_counter() - started:.1f} s")
-    broker = Broker(host, int(port), prefix=prefix)
+    with ThreadPoolExecutor(8) as pool:
+        tokens = dict(zip(pool.map(host_id, pierds), (pierd.token for pierd in pierds), strict=True))
+    broker = Broker(host, int(port), prefix=prefix, host_tokens=tokens)
     try:
         time.sleep(2)  # every pierd subscribes to the broker in the background
-        hosts = broker.discover(3.0)
-        print(f"discovered {len(hosts)} hosts on /topic/{prefix}.discovery")
-        monitors = [HostMonitor(broker, host_id, lambda record: None) for host_id in hosts]
+        monitors = [HostMonitor(broker, each, lambda record: None) for each in tokens]
         cpu_before = broker_cpu_seconds()
         started = time.perf_counter()
         for monitor in monitors:

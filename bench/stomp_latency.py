@@ -49,7 +49,7 @@ def main() -> None:
     floor_queue = f"/queue/{prefix}.floor.requests"
     pierd = PierdProcess(None, None, "--stomp-broker", args.broker, "--stomp-prefix", prefix)
     floor, _ = spawn_floor(FLOOR, host, port, floor_queue)
-    broker = Broker(host, int(port), prefix=prefix)
+    broker = Broker(host, int(port), prefix=prefix, token=pierd.token)
     try:
         hosts = broker.discover(2.0)
         assert len(hosts) == 1, hosts

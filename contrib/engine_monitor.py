@@ -9,13 +9,16 @@ gap (missed while this monitor or the broker was away) is filled with `Events.re
 
 The wire, as pierd serves it:
   requests   SEND /queue/<prefix>.<hostId>.requests, a JSON-RPC 2.0 message, with reply-to,
-             correlation-id and an expires deadline (ms since the epoch)
+             correlation-id, an expires deadline (ms since the epoch) and the caller's token in
+             `authorization: Bearer pier_...` (a token of that host: `pier token create --role
+             admin --name engine` there); without one a host answers every request
+             "unauthenticated", whichever broker user sends it
   replies    to the reply-to, with the correlation-id copied
   discovery  the same request sent to /topic/<prefix>.discovery is answered by every host
   events     /topic/<prefix>.<hostId>.events.<namespace>.<name>, JSON-RPC notifications with `seq`
 
-  python3 contrib/engine_monitor.py --broker 127.0.0.1:61613            # discover, then monitor
-  python3 contrib/engine_monitor.py --host <hostId> --cycles 1 --json   # one cycle, JSON lines
+  PIER_TOKEN=pier_... python3 contrib/engine_monitor.py --broker 127.0.0.1:61613   # discover, monitor
+  python3 contrib/engine_monitor.py --host <hostId> --token <hostId>=pier_... --cycles 1 --json
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import socket
 import sys
 import threading
@@ -50,9 +54,13 @@ class Broker(stomp.ConnectionListener):
     """One STOMP connection: calls to hosts (matched by correlation-id) and event subscriptions."""
 
     def __init__(self, host: str, port: int, *, login: str = "guest", passcode: str = "guest", vhost: str = "/",
-                 prefix: str = "pier", timeout: float = 30.0) -> None:
+                 prefix: str = "pier", timeout: float = 30.0, token: str = "",
+                 host_tokens: dict[str, str] | None = None) -> None:
         self.prefix = prefix
         self.timeout = timeout
+        self.token = token  # sent to any host without a token of its own in host_tokens, and to discovery
+        self.host_tokens = dict(host_tokens or {})
+        self.refusals: list[str] = []  # why hosts refused the last discovery request
         self.reply_to = f"/temp-queue/engine-{uuid.uuid4().hex[:12]}"
         self._pending: dict[str, Future] = {}
         self._broadcasts: dict[str, list[Any]] = {}
@@ -93,10 +101,12 @@ class Broker(stomp.ConnectionListener):
         for future in pending.values():
             future.set_exception(ConnectionError("lost the broker"))
 
-    def _send(self, destination: str, verb: str, params: dict[str, Any], correlation: str) -> None:
+    def _send(self, destination: str, verb: str, params: dict[str, Any], correlation: str, token: str) -> None:
         message = {"jsonrpc": "2.0", "method": verb, "params": params, "id": f"{correlation}-{next(self._ids)}"}
         headers = {"reply-to": self.reply_to, "correlation-id": correlation,
                    "expires": str(int((time.time() + self.timeout) * 1000))}
+        if token:
+            headers["authorization"] = f"Bearer {token}"
         self.connection.send(destination, json.dumps(message), content_type="application/json", headers=headers)
 
     def call_async(self, host_id: str, verb: str, params: dict[str, Any] | None = None) -> Future:
@@ -107,21 +117,24 @@ class Broker(stomp.ConnectionListener):
         raw.add_done_callback(lambda done: _settle(done, result))
         with self._lock:
             self._pending[correlation] = raw
-        self._send(f"/queue/{self.prefix}.{host_id}.requests", verb, params or {}, correlation)
+        self._send(f"/queue/{self.prefix}.{host_id}.requests", verb, params or {}, correlation,
+                   self.host_tokens.get(host_id, self.token))
         return result
 
     def call(self, host_id: str, verb: str, params: dict[str, Any] | None = None) -> Any:
         return self.call_async(host_id, verb, params).result(self.timeout)
 
     def discover(self, seconds: float) -> list[str]:
-        """Host ids of every pierd that answers the discovery topic within `seconds`."""
+        """Host ids of every pierd that answers the discovery topic within `seconds` and accepts
+        `token`; why the others refused is in `refusals`."""
         correlation = uuid.uuid4().hex
         with self._lock:
             self._broadcasts[correlation] = replies = []
-        self._send(f"/topic/{self.prefix}.discovery", "Host.getAgentInfo", {}, correlation)
+        self._send(f"/topic/{self.prefix}.discovery", "Host.getAgentInfo", {}, correlation, self.token)
         time.sleep(seconds)
         with self._lock:
             del self._broadcasts[correlation]
+        self.refusals = [reply["error"].get("message", "") for reply in replies if "error" in reply]
         return sorted({reply["result"]["hostId"] for reply in replies if "result" in reply})
 
     def follow_events(self, host_id: str, handler: Callable[[dict[str, str], dict[str, Any]], None]) -> None:
@@ -258,6 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vhost", default="/")
     parser.add_argument("--prefix", default="pier")
     parser.add_argument("--host", action="append", default=[], metavar="HOST_ID", help="a host id (repeatable)")
+    parser.add_argument("--token", action="append", default=[], metavar="[HOST_ID=]TOKEN",
+                        help="a bearer token for every host (default $PIER_TOKEN), or for one host (repeatable)")
     parser.add_argument("--discover", type=float, default=2.0, metavar="SECONDS",
                         help="how long to wait for hosts to answer discovery when no --host is given")
     parser.add_argument("--interval", type=float, default=15.0, help="seconds between Host.getAllVmStats polls")
@@ -266,16 +281,28 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     out = printer(args.json)
     host, _, port = args.broker.rpartition(":")
+    token = os.environ.get("PIER_TOKEN", "")
+    host_tokens = {}
+    for given in args.token:
+        host_id, _, value = given.rpartition("=")
+        if host_id:
+            host_tokens[host_id] = value
+        else:
+            token = value
+    if not token and not host_tokens:
+        print("engine_monitor: no token (--token or PIER_TOKEN): hosts will answer 'unauthenticated'",
+              file=sys.stderr)
     try:
         broker = Broker(host, int(port), login=args.login, passcode=args.passcode, vhost=args.vhost,
-                        prefix=args.prefix)
+                        prefix=args.prefix, token=token, host_tokens=host_tokens)
     except (stomp.exception.ConnectFailedException, OSError) as exc:
         print(f"engine_monitor: cannot reach the broker at {args.broker}: {exc}", file=sys.stderr)
         return 3
     try:
         hosts = args.host or broker.discover(args.discover)
         if not hosts:
-            print(f"engine_monitor: no host answered on /topic/{args.prefix}.discovery", file=sys.stderr)
+            refused = f"; {len(broker.refusals)} refused: {broker.refusals[0]}" if broker.refusals else ""
+            print(f"engine_monitor: no host answered on /topic/{args.prefix}.discovery{refused}", file=sys.stderr)
             return 1
         monitors = [HostMonitor(broker, host_id, out) for host_id in hosts]
         for monitor in monitors:

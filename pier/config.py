@@ -48,7 +48,6 @@ class Settings:
     stomp_reply_ttl: float = 300.0
     stomp_max_age: float = 180.0
     vdsm_stomp: str = ""
-    stomp_role: str = "admin"
     insecure_loopback: bool = False
     tls_cert: str = ""
     tls_key: str = ""
@@ -66,6 +65,14 @@ class Settings:
             self.state_dir = default_state_dir()
         if not self.unix_socket:
             self.unix_socket = default_unix_socket(self.state_dir)
+
+
+# Keys a config file may no longer set, and what replaced each.
+REMOVED = {
+    "stomp_role": "each request through the broker carries its caller's bearer token in the frame's header "
+                  "'authorization: Bearer pier_...' (an admin makes one with 'pier token create --role admin "
+                  "--name engine'); a broker user has no role of its own",
+}
 
 
 def default_unix_socket(state_dir: str) -> str:
@@ -144,6 +151,8 @@ def load_settings(argv: list[str] | None = None) -> Settings:
         except (OSError, tomllib.TOMLDecodeError) as exc:
             parser.error(f"cannot read --config {args.config}: {exc}")
         document = {key.replace("-", "_"): value for key, value in document.items()}
+        for key in sorted(set(document) & set(REMOVED)):
+            parser.error(f"{args.config}: {key} is no longer a setting: {REMOVED[key]}")
         unknown = sorted(set(document) - known)
         if unknown:
             parser.error(f"unknown key(s) in {args.config}: {', '.join(unknown)}")
@@ -166,8 +175,6 @@ def load_settings(argv: list[str] | None = None) -> Settings:
             parser.error(f"--{flag} {address}: --insecure-loopback serves plain text on 127.0.0.1 or ::1 only")
     if bool(settings.tls_cert) != bool(settings.tls_key):
         parser.error("--tls-cert and --tls-key go together")
-    if settings.stomp_role not in ("viewer", "operator", "admin"):
-        parser.error(f"stomp_role {settings.stomp_role!r} is not viewer, operator or admin")
     if not re.fullmatch(r"[\w-]+(\.[\w-]+)*", settings.stomp_prefix):
         parser.error(f"--stomp-prefix: {settings.stomp_prefix!r} is not a name like 'pier' or 'dc1.pier'")
     return settings

@@ -195,7 +195,8 @@ class Daemon:
         if "vdsm-stomp" in self.listeners:
             log.info("VDSM-compatible STOMP on %s", self.listeners["vdsm-stomp"].address)
         if settings.stomp_broker:
-            stomp = StompListener(jsonrpc, self.events, db, stomp_options(settings, self.node.host_uuid()))
+            stomp = StompListener(jsonrpc, self.events, db, stomp_options(settings, self.node.host_uuid()),
+                                  authenticator=authenticator)
             stomp.start()  # connects in the background: a broker that is down delays nothing else
             self.listeners["stomp"] = stomp
 
@@ -242,7 +243,7 @@ def stomp_options(settings: Settings, host_id: str) -> StompOptions:
                         passcode=settings.stomp_passcode, vhost=settings.stomp_vhost, prefix=settings.stomp_prefix,
                         tls=settings.stomp_tls, ca=settings.stomp_ca, cert=settings.stomp_cert, key=settings.stomp_key,
                         workers=settings.stomp_workers, reply_ttl=settings.stomp_reply_ttl,
-                        max_age=settings.stomp_max_age, role=settings.stomp_role)
+                        max_age=settings.stomp_max_age)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,6 +13,13 @@ than `max_age`) are dropped with a log line. Events go out through the outbox (`
 Every pierd behind a broker also answers requests sent to the topic `/topic/<prefix>.discovery`,
 so that an engine can find the hosts there: one request, one reply from each host.
 
+Each request frame says who sends it: a bearer token in its `authorization` header
+(`Bearer pier_...`), checked like on every other transport, on every frame. A frame without one
+is answered with the unauthenticated error: being a user of the broker gives no role, and the
+broker's `user-id` header proves nothing (RabbitMQ checks it on a STOMP SEND, but an AMQP 0-9-1
+publisher can set a `user-id` of its choosing in the message's headers, and a STOMP consumer
+reads that one). pierd's own broker login only lets it consume its queue.
+
 stomp.py never reconnects by itself: one thread of ours connects, subscribes, waits until the
 connection is lost, and connects again with backoff (a fresh stomp.py connection each time, so
 no state of a dead one is reused), until `stop()`.
@@ -33,8 +40,8 @@ from typing import Any
 import stomp
 from stomp.utils import Frame
 
-from pier.rpc.auth import Identity
-from pier.rpc.errors import InternalError
+from pier.rpc.auth import Authenticator, Identity
+from pier.rpc.errors import InternalError, PierError, Unauthenticated
 from pier.rpc.events import EventLog
 from pier.rpc.jsonrpc import JsonRpc, error_object
 from pier.rpc.registry import CallContext
@@ -50,6 +57,9 @@ FIRST_DELAY, MAX_DELAY = 0.2, 4.0  # a 5 s cap could not promise "back within 5 
 JOIN_TIMEOUT = 2.0
 _SUBSCRIPTION = "pier-requests"
 _DISCOVERY_SUBSCRIPTION = "pier-discovery"
+AUTHORIZATION = "authorization"  # the request frame's header with the caller's bearer token
+NO_TOKEN = ("no credentials: put a bearer token in the request frame's header 'authorization: Bearer pier_...' "
+            "(being a broker user gives no role); an admin makes one with 'pier token create --role viewer'")
 
 
 @dataclass
@@ -70,7 +80,6 @@ class StompOptions:
     workers: int = 8
     reply_ttl: float = 300.0
     max_age: float = 180.0
-    role: str = "admin"  # whoever the broker lets send to our queue; the broker's ACLs decide who that is
 
 
 def _dumps(value: Any) -> str:
@@ -143,8 +152,12 @@ def _text(body: bytes | str) -> str:
 class StompListener:
     """Serves the registry to a broker and publishes events to it; owns its threads."""
 
-    def __init__(self, jsonrpc: JsonRpc, events: EventLog, db_path: str, options: StompOptions) -> None:
+    def __init__(self, jsonrpc: JsonRpc, events: EventLog, db_path: str, options: StompOptions, *,
+                 authenticator: Authenticator) -> None:
         self.options = options
+        self._jsonrpc = jsonrpc
+        self._authenticator = authenticator
+        self._identities: dict[str, Identity] = {}  # by authorization header: two sqlite reads fewer a request
         base = f"{options.prefix}.{options.host_id}"
         self.requests = f"/queue/{base}.requests"
         self.discovery = f"/topic/{options.prefix}.discovery"
@@ -156,7 +169,6 @@ class StompListener:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._link: _Link | None = None
-        self._identity = Identity(f"broker {self._broker}", options.role, "broker")
 
     @property
     def address(self) -> str:
@@ -297,7 +309,8 @@ class StompListener:
     def _serve(self, link: _Link, frame: Frame) -> None:
         headers = frame.headers
         reply_to = headers.get("reply-to", "")
-        context = CallContext("stomp", reply_to or "no reply-to", identity=self._identity,
+        identity, refusal = self._identify(headers)
+        context = CallContext("stomp", reply_to or "no reply-to", identity=identity, auth_error=refusal,
                               flow_id=flow_id_of(headers))
         sent = True
         try:
@@ -305,7 +318,7 @@ class StompListener:
             if stale:
                 log.warning("STOMP: dropped a request from %s: %s", reply_to or "a sender without reply-to", stale)
             else:
-                reply = self._replies.answer(frame.body, reply_to, context)
+                reply = self._answer(frame.body, reply_to, context)
                 if reply is not None and reply_to:
                     sent = self._send(reply_to, reply, headers.get("correlation-id"))
                 elif reply is not None:
@@ -319,6 +332,32 @@ class StompListener:
                                   headers.get("correlation-id"))
         if sent:
             self._ack(link, headers.get("ack"))
+
+    def _identify(self, headers: dict[str, str]) -> tuple[Identity | None, PierError | None]:
+        """Who sent a request frame (by the token in its header), or why nobody can tell. Identities
+        proven before are kept: the registry checks each again against the credential stores
+        (`Credentials.current`), so a token revoked or expired since is refused at once."""
+        authorization = headers.get(AUTHORIZATION)
+        if not authorization:
+            return None, Unauthenticated(NO_TOKEN)
+        identity = self._identities.get(authorization)
+        if identity is not None:
+            return identity, None
+        try:
+            identity = self._authenticator.identify(authorization=authorization)
+        except PierError as exc:
+            return None, exc
+        if len(self._identities) >= 256:
+            self._identities.clear()
+        self._identities[authorization] = identity
+        return identity, None
+
+    def _answer(self, body: bytes, reply_to: str, context: CallContext) -> str | None:
+        """The reply to a frame; a sender without an identity is refused whatever it asks, with no
+        reply cached."""
+        if context.identity is None:
+            return self._jsonrpc.handle(body, context)
+        return self._replies.answer(body, reply_to, context)
 
     def _send(self, destination: str, body: str, correlation_id: str | None) -> bool:
         """Send a reply over the current connection; False when there is none."""

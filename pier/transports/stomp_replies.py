@@ -4,9 +4,10 @@ broker delivers twice run once.
 A request frame is acknowledged only after its reply is sent, so the broker delivers it again
 when pierd dies (or loses the broker) in between. Each request that changes something is
 recorded in sqlite (table `stomp_requests`) before it runs and its reply after, keyed by the
-frame's `reply-to` and the request object itself (id, method and params, so a client that reuses
-an id for another request is not answered with the old reply); a batch is recorded element by
-element. A request delivered again whose reply is known gets that reply again; one started by an
+sender's credential (nobody is answered with another's reply), the frame's `reply-to` and the
+request object itself (id, method and params, so a client that reuses an id for another request
+is not answered with the old reply); a batch is recorded element by element. A request delivered
+again whose reply is known gets that reply again; one started by an
 earlier pierd process that has no reply (pierd died while running it) is not run again but
 answered with error 99 (`recovery`) telling the caller to check the state. Read-only verbs skip
 the cache: running them twice is harmless and costs less than two sqlite writes. Everything else
@@ -44,10 +45,10 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
 
 
-def request_key(reply_to: str, request: dict[str, Any]) -> str:
-    """The cache key of one JSON-RPC request object sent with `reply_to`."""
+def request_key(reply_to: str, request: dict[str, Any], sender: str) -> str:
+    """The cache key of one JSON-RPC request object sent by `sender` (its credential) with `reply_to`."""
     text = json.dumps(request, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(f"{reply_to}\0{text}".encode()).hexdigest()
+    return hashlib.sha256(f"{sender}\0{reply_to}\0{text}".encode()).hexdigest()
 
 
 class Started:
@@ -245,7 +246,7 @@ class Replies:
         if not self._changes(item):
             return self._jsonrpc.handle(_dumps(item), context)
         method, request_id = item["method"], item["id"]
-        key = request_key(reply_to, item)
+        key = request_key(reply_to, item, context.identity.credential if context.identity else "")
         known = self._cache.begin(key)
         if known is None:
             answer = _dumps(error_object(InternalError("the request failed"), request_id))

@@ -184,16 +184,22 @@ class StompClient:
     """JSON-RPC over STOMP, as an engine calls a host through the broker.
 
     Requests go to the host's request queue with `reply-to` set to a temporary queue of this
-    connection (RabbitMQ's `/temp-queue/`), a fresh `correlation-id`, `persistent:true` and an
-    `expires` deadline; replies are matched by `correlation-id` (and the id of a single request).
-    `subscribe` collects the frames of another destination, e.g. the events topic.
+    connection (RabbitMQ's `/temp-queue/`), a fresh `correlation-id`, `persistent:true`, an
+    `expires` deadline and the caller's bearer token (`authorization: Bearer <token>`: the test's
+    token unless `token` is given, "" for none); replies are matched by `correlation-id` (and the
+    id of a single request). The broker connection logs in as `login` (guest by default), which
+    says nothing to pierd about who is calling. `subscribe` collects the frames of another
+    destination, e.g. the events topic.
     """
 
     transport = "stomp"
 
-    def __init__(self, broker: tuple[str, int], requests: str, *, timeout: float = 30) -> None:
+    def __init__(self, broker: tuple[str, int], requests: str, *, token: str | None = None, login: str = "guest",
+                 passcode: str = "guest", timeout: float = 30) -> None:
         self.requests = requests
+        self.token = TOKEN["value"] if token is None else token
         self.timeout = timeout
+        self.errors: list[str] = []
         self.reply_to = f"/temp-queue/pier-test-{uuid.uuid4().hex[:12]}"
         self._changed = threading.Condition()
         self._replies: dict[str, str] = {}
@@ -202,7 +208,7 @@ class StompClient:
         self.connection = stomp.Connection12([broker], vhost="/", heartbeats=(10000, 10000), timeout=5,
                                              reconnect_attempts_max=1)
         self.connection.set_listener("test", self)
-        self.connection.connect("guest", "guest", wait=True, with_connect_command=True)
+        self.connection.connect(login, passcode, wait=True, with_connect_command=True)
 
     # stomp.py callbacks, on its receiver thread
     def on_connecting(self, host_and_port: tuple[str, int]) -> None:
@@ -224,11 +230,18 @@ class StompClient:
             self._receipts.add(frame.headers.get("receipt-id", ""))
             self._changed.notify_all()
 
+    def on_error(self, frame: Any) -> None:
+        with self._changed:
+            self.errors.append(f"{frame.headers.get('message', '')}: {frame.body}")
+            self._changed.notify_all()
+
     def send_frame(self, body: str | bytes, headers: dict[str, str] | None = None) -> str:
         """Send one request frame as given; returns its correlation-id."""
         correlation = uuid.uuid4().hex
         base = {"reply-to": self.reply_to, "correlation-id": correlation, "persistent": "true",
                 "expires": str(int(time.time() * 1000 + 60_000))}
+        if self.token:
+            base["authorization"] = f"Bearer {self.token}"
         self.connection.send(self.requests, body, content_type="application/json", headers={**base, **(headers or {})})
         return correlation
 

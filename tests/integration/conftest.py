@@ -115,7 +115,7 @@ class Pierd:
     def client(self, transport: str):
         return {"ws": lambda: WsClient(self.ws, self.token), "http": lambda: HttpRpcClient(self.http, self.token),
                 "rest": lambda: RestClient(self.http, self.token),
-                "stomp": lambda: StompClient(BROKER, self.requests)}[transport]()
+                "stomp": lambda: StompClient(BROKER, self.requests, token=self.token)}[transport]()
 
     def kill(self) -> None:
         """SIGKILL: no clean-up of any kind."""

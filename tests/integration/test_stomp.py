@@ -65,9 +65,10 @@ def test_bad_input_gets_errors_and_the_consumer_keeps_serving(stomp_pierd: Pierd
 
     # No reply-to: a request is run (its answer dropped), bad input is logged and dropped
     vm_id = new_vm_id()
-    client.connection.send(stomp_pierd.requests, "{not json")
+    token = {"authorization": f"Bearer {client.token}"}
+    client.connection.send(stomp_pierd.requests, "{not json", headers=token)
     client.connection.send(stomp_pierd.requests, json.dumps(request("VM.create", vmID=vm_id,
-                                                                    vmParams=vm_params(vm_id))))
+                                                                    vmParams=vm_params(vm_id))), headers=token)
     assert stomp_pierd.wait_logged("without reply-to was answered; the answer is dropped")
     deadline = time.monotonic() + 5
     while vm_id not in [vm["vmId"] for vm in client.call("Host.getVMList")]:
@@ -305,7 +306,7 @@ def test_stop_joins_every_stomp_thread(stomp_broker, tmp_path: Path, test_uri: s
     while not listener.connected:
         assert time.monotonic() < deadline
         time.sleep(0.02)
-    client = StompClient(BROKER, listener.requests)
+    client = StompClient(BROKER, listener.requests, token=daemon.credentials.create_token("admin")["token"])
     create(client, new_vm_id())  # runs on a worker; its events go out through the outbox
     client.close()
     daemon.stop()
