@@ -231,18 +231,21 @@ class Authenticator:
         self.failures = failures or FailedLogins()
 
     def identify(self, *, authorization: str | None = None, certificate: bytes | None = None,
-                 peer_uid: int | None = None, peer_gid: int | None = None, source: str = "") -> Identity:
+                 peer_uid: int | None = None, peer_gid: int | None = None, source: str | None = None) -> Identity:
         """The caller's identity from (in this order) a client certificate, a bearer token, or
         unix-socket peer credentials. Raises Unauthenticated when none of them proves one, and
-        TooManyRequests when `source` failed too often lately."""
-        if certificate or authorization:
+        TooManyRequests when `source` (the peer's address, where the wire has one) failed too often
+        lately."""
+        if (certificate or authorization) and source is not None:
             self.failures.check(source)
+        if certificate or authorization:
             try:
                 if certificate:
                     return self.credentials.certificate_identity(certificate)
                 return self.credentials.token_identity(_token_of(authorization or ""))
             except Unauthenticated:
-                self.failures.failed(source)
+                if source is not None:
+                    self.failures.failed(source)
                 raise
         if peer_uid is not None:
             return self.peer_identity(peer_uid, peer_gid)

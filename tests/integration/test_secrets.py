@@ -55,7 +55,7 @@ def vdsm_stomp_token(pierd: Pierd) -> str:
 def stomp_tokens(pierd: Pierd) -> list[str]:
     """Tokens made through the broker: one answered, the same request again (answered from the
     reply cache, which keeps no secret and says so), and one without reply-to (answer dropped)."""
-    client = StompClient(BROKER, pierd.requests)
+    client = StompClient(BROKER, pierd.requests, token=pierd.token)
     try:
         request = token_request("stomp")
         first = client.send(request)
@@ -66,7 +66,7 @@ def stomp_tokens(pierd: Pierd) -> list[str]:
         kept = again["error"]["data"]["result"]
         assert kept["tokenID"] == first["result"]["tokenID"] and secret_of(token) not in json.dumps(again)
         client.connection.send(pierd.requests, json.dumps(token_request("stomp-no-reply-to")),
-                               content_type="application/json")
+                               content_type="application/json", headers={"authorization": f"Bearer {pierd.token}"})
         assert pierd.wait_logged("without reply-to was answered; the answer is dropped")
         assert pierd.wait_logged('"name":"stomp-no-reply-to"'), "the dropped answer is not logged in full"
         dropped = next(line for line in pierd.log if "the answer is dropped" in line and "stomp-no-reply-to" in line)
