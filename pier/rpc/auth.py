@@ -97,6 +97,7 @@ class Credentials:
         self.generation = 0  # bumped by every revocation; identities from before are checked again
         self.on_trust: Any = None  # called with a certificate's PEM when it is trusted (the TLS context)
         self._rechecked: dict[str, Identity] = {}
+        self._proven: dict[str | bytes, Identity] = {}  # by token text or certificate: no sqlite read a call
 
     def close(self) -> None:
         with self._lock:
@@ -146,14 +147,31 @@ class Credentials:
         if not changed:
             raise NoSuchCredential(f"no active token {token_id!r}", data={"tokenID": token_id})
 
+    def _known(self, proof: str | bytes) -> Identity | None:
+        """The identity `proof` gave since the last revocation, while it has not expired."""
+        known = self._proven.get(proof)
+        if known is None or known.generation != self.generation or (
+                known.expires is not None and known.expires < time.time()):
+            return None
+        return known
+
+    def _remember(self, proof: str | bytes, identity: Identity) -> Identity:
+        if len(self._proven) >= 1024:
+            self._proven.clear()
+        self._proven[proof] = identity
+        return identity
+
     def token_identity(self, token: str) -> Identity:
         """The identity a bearer token proves; Unauthenticated when it proves none."""
+        known = self._known(token)
+        if known is not None:
+            return known
         token_id, _, secret = token.removeprefix(TOKEN_PREFIX).partition("_")
         with self._lock:
             row = self._db.execute("SELECT hash FROM tokens WHERE id = ?", (token_id,)).fetchone()
         if not token.startswith(TOKEN_PREFIX) or row is None or not hmac.compare_digest(row[0], _hash(secret)):
             raise Unauthenticated("the bearer token is not valid")
-        return self._token_by_id(token_id)
+        return self._remember(token, self._token_by_id(token_id))
 
     def _token_by_id(self, token_id: str) -> Identity:
         with self._lock:
@@ -205,7 +223,7 @@ class Credentials:
 
     def certificate_identity(self, der: bytes) -> Identity:
         """The identity a client certificate proves; Unauthenticated when it is not trusted."""
-        return self._certificate_by_fingerprint(fingerprint(der))
+        return self._known(der) or self._remember(der, self._certificate_by_fingerprint(fingerprint(der)))
 
     def _certificate_by_fingerprint(self, print_: str) -> Identity:
         with self._lock:

@@ -74,10 +74,12 @@ class FairQueue:
 
     def done(self, key: object) -> None:
         with self._cond:
+            was_full = self._serving[key] >= self.share
             self._serving[key] -= 1
             if self._serving[key] <= 0:
                 del self._serving[key]
-            self._cond.notify()
+            if was_full and key in self._queues:  # a request of it may be taken now
+                self._cond.notify()
 
     def oldest_wait(self) -> float:
         with self._cond:

@@ -29,7 +29,7 @@ WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 PEER_CERTIFICATE = "pier.peer_certificate"  # the TLS client certificate (DER), when one was presented
 PEER_CREDENTIALS = "pier.peer_credentials"  # (uid, gid) of a unix-socket peer
 
-MAX_HEAD = 64 << 10
+MAX_HEAD = 64 << 10  # a request head over this is refused (431); one up to 3/4 of it always passes
 DRAIN = 4 << 20  # what a worker reads and drops of a body the app left unread, to keep the connection
 SNIFF, HANDSHAKE, READ, BUSY, LINGER = range(5)
 _SERVER_ERROR = b"Internal Server Error\n"
@@ -46,7 +46,7 @@ class Connection:
         self.peer = peer  # None on a unix socket
         self.tls = tls
         self.state = SNIFF if tls else READ
-        self.http = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
+        self.http = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD * 3 // 4)
         self.deadline = 0.0
         self.head_started = False
         self.certificate: bytes | None = None
@@ -146,9 +146,10 @@ class _Input:
 class Exchange:
     """One request on a worker thread: the app's answer, written to the client."""
 
-    def __init__(self, site: Site, connection: Connection) -> None:
+    def __init__(self, site: Site, connection: Connection, on_stream: Callable[[], None] | None = None) -> None:
         self.site = site
         self.connection = connection
+        self._on_stream = on_stream  # called once when the answer turns out to be a stream
         self._status = ""
         self._headers: list[tuple[str, str]] = []
         self._head_sent = False
@@ -184,6 +185,8 @@ class Exchange:
             if isinstance(result, (list, tuple)) and not self._head_sent:
                 self._send_whole(b"".join(result))
             else:
+                if self._on_stream is not None:
+                    self._on_stream()
                 for chunk in result:
                     if chunk:
                         self._send(h11.Data(data=chunk))

@@ -40,6 +40,7 @@ import h11
 from pier.transports.fairqueue import FairQueue
 from pier.transports.httpexchange import (
     BUSY,
+    MAX_HEAD,
     HANDSHAKE,
     LINGER,
     READ,
@@ -323,16 +324,19 @@ class HttpServer:
             self._read(connection)
 
     def _read(self, connection: Connection) -> None:
-        """Take what the client sent; the request goes to a worker once its head and body are in."""
+        """Take what the client sent; the request goes to a worker once its head and body are in.
+
+        A head is read in pieces of a quarter of MAX_HEAD, each parsed before the next is read, so
+        that h11 sees a head that is too large before it is complete (and answers 431)."""
         sock = connection.sock
-        while True:
+        while connection.state == READ:
             try:
-                data = sock.recv(65536)
+                data = sock.recv(MAX_HEAD // 4 if connection.request is None else 65536)
             except ssl.SSLWantWriteError:
                 self._want(connection, selectors.EVENT_READ | selectors.EVENT_WRITE)
                 return
             except _WOULD_BLOCK:
-                break
+                return
             if not data:
                 self._close(connection)
                 return
@@ -340,10 +344,10 @@ class HttpServer:
                 connection.head_started = True
                 connection.deadline = time.monotonic() + self.head_timeout
             connection.http.receive_data(data)
-            if not (connection.tls and sock.pending()) and len(data) < 65536:
-                break
-        self._want(connection, selectors.EVENT_READ)
-        self._parse(connection)
+            self._want(connection, selectors.EVENT_READ)
+            self._parse(connection)
+            if not (connection.tls and sock.pending()):
+                return  # the selector says when there is more
 
     def _parse(self, connection: Connection) -> None:
         """Turn what h11 holds into a request for a worker, or wait for more."""
@@ -461,17 +465,29 @@ class HttpServer:
                     if core:
                         continue
                     return
-                try:
-                    keep = Exchange(self._site, connection).serve()
-                except Exception:
-                    log.exception("%s: serving %s failed", self.name, connection.address)
-                    keep = False
-                finally:
-                    self._queue.done(connection.key)
-                self._give_back(connection, keep)
+                self._give_back(connection, self._serve(connection))
         finally:
             with self._workers_lock:
                 self._workers.discard(threading.current_thread())
+
+    def _serve(self, connection: Connection) -> bool:
+        """Serve one request; its caller's share comes back when it ends, or once it is a stream
+        (server-sent events), which may last for hours. True when the connection can go on."""
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self._queue.done(connection.key)
+
+        try:
+            return Exchange(self._site, connection, on_stream=release).serve()
+        except Exception:
+            log.exception("%s: serving %s failed", self.name, connection.address)
+            return False
+        finally:
+            release()
 
     def _give_back(self, connection: Connection, keep: bool) -> None:
         """Park a served connection in the loop for its next request, or close it."""

@@ -157,7 +157,6 @@ class StompListener:
         self.options = options
         self._jsonrpc = jsonrpc
         self._authenticator = authenticator
-        self._identities: dict[str, Identity] = {}  # by authorization header: two sqlite reads fewer a request
         base = f"{options.prefix}.{options.host_id}"
         self.requests = f"/queue/{base}.requests"
         self.discovery = f"/topic/{options.prefix}.discovery"
@@ -334,23 +333,14 @@ class StompListener:
             self._ack(link, headers.get("ack"))
 
     def _identify(self, headers: dict[str, str]) -> tuple[Identity | None, PierError | None]:
-        """Who sent a request frame (by the token in its header), or why nobody can tell. Identities
-        proven before are kept: the registry checks each again against the credential stores
-        (`Credentials.current`), so a token revoked or expired since is refused at once."""
+        """Who sent a request frame (by the token in its header), or why nobody can tell."""
         authorization = headers.get(AUTHORIZATION)
         if not authorization:
             return None, Unauthenticated(NO_TOKEN)
-        identity = self._identities.get(authorization)
-        if identity is not None:
-            return identity, None
         try:
-            identity = self._authenticator.identify(authorization=authorization)
+            return self._authenticator.identify(authorization=authorization), None
         except PierError as exc:
             return None, exc
-        if len(self._identities) >= 256:
-            self._identities.clear()
-        self._identities[authorization] = identity
-        return identity, None
 
     def _answer(self, body: bytes, reply_to: str, context: CallContext) -> str | None:
         """The reply to a frame; a sender without an identity is refused whatever it asks, with no
