@@ -46,7 +46,7 @@ class Node:
                                      slow_stats_interval)
         self._cache.on_change = self._sampler.patch_status
         self._facts = HostFacts(uri)
-        self._host_stats = HostStats(self._cache.counts)
+        self._host_stats = HostStats(self._cache.counts, lambda: self._connection.connected)
         self._running = False
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -136,6 +136,8 @@ class Node:
                                "statsAge": "0.00"}
         if rec.status == DOWN:
             out.update(rec.details)
+        else:  # not sampled yet: no figures, and no answer from libvirt if it is away
+            out["monitorResponse"] = "0" if self._connection.connected else "-1"
         return out
 
     def all_vm_stats(self) -> list[dict[str, Any]]:
