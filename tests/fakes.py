@@ -85,8 +85,11 @@ class FakeNode:
 
     def shutdown_vm(self, vm_id: str) -> None:
         self._running(vm_id)
-        if self.guest_obeys_shutdown:
-            self._set(vm_id, "Down")
+        self._set(vm_id, "Down" if self.guest_obeys_shutdown else "Powering down")
+
+    def end_power_down(self, vm_id: str) -> None:
+        if self.vms.get(vm_id, {}).get("status") == "Powering down":
+            self._set(vm_id, "Up")
 
     def reboot_vm(self, vm_id: str) -> None:
         self._running(vm_id)

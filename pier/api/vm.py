@@ -46,6 +46,8 @@ class VmApi:
         self._node.shutdown_vm(vmID)
         started = time.monotonic()
         status = self._node.wait_vm_status(vmID, {"Down"}, timeout, task.cancelled)
+        if status is None and (not force or task.cancelled.is_set()):
+            self._node.end_power_down(vmID)
         task.check_cancelled()
         if status is None:
             if not force:

@@ -164,6 +164,10 @@ class Node:
     def shutdown_vm(self, vm_id: str) -> None:
         self._vms.shutdown(vm_id)
 
+    def end_power_down(self, vm_id: str) -> None:
+        """A shutdown gave up without the VM going down: report it Up again if libvirt says it runs."""
+        self._vms.end_power_down(vm_id)
+
     def reboot_vm(self, vm_id: str) -> None:
         self._vms.reboot(vm_id)
 

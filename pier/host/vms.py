@@ -314,6 +314,21 @@ class Vms:
                             libvirt.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN)
         self._notify(("status", rec.vm_id, POWERING_DOWN, time.monotonic()))
 
+    def end_power_down(self, vm_id: str) -> None:
+        """A shutdown gave up and the VM did not go down: if libvirt says it runs, it is Up again
+        (VDSM too reports "Powering down" only for a while)."""
+        rec = self._cache.get(vm_id)
+        conn = self._connection.current()
+        if rec is None or rec.status != POWERING_DOWN or conn is None:
+            return
+        try:
+            status = state_status(*conn.lookupByUUIDString(rec.vm_id).state())[0]
+        except libvirt.libvirtError as exc:
+            log.debug("VM %s: cannot read its state after a shutdown: %s", vm_id, error_text(exc))
+            return
+        if status == UP:
+            self._notify(("status", rec.vm_id, UP, time.monotonic()))
+
     def reboot(self, vm_id: str) -> None:
         conn, dom, _ = self._lookup(vm_id, running=True)
         self._with_fallback(conn, dom, "reboot", dom.reboot,

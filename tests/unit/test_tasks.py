@@ -129,6 +129,7 @@ def test_shutdown_task_through_the_registry(stack: Stack) -> None:
     stack.call("VM.create", vmID=VM_ID, vmParams={"vmName": "a", "memSize": 64})
     stubborn = stack.tasks.wait(stack.call("VM.shutdown", vmID=VM_ID, timeout=0)["taskID"], 5)
     assert stubborn["state"] == "failed" and stubborn["error"]["name"] == "nonresp"
+    assert stack.call("VM.getInfo", vmID=VM_ID)["status"] == "Up", "no longer powering down"
     forced = stack.tasks.wait(stack.call("VM.shutdown", vmID=VM_ID, timeout=0, force=True)["taskID"], 5)
     assert forced["state"] == "succeeded"
     assert stack.call("VM.getInfo", vmID=VM_ID)["status"] == "Down"
