@@ -100,7 +100,8 @@ class Daemon:
         self.audit = AuditLog(db, retention=settings.audit_retention_days * 86400)
         self.tls = self._server_tls()
         self.node = Node(resolve_libvirt_uri(settings), self.events.publish,
-                         stats_interval=settings.stats_interval, slow_stats_interval=settings.slow_stats_interval)
+                         stats_interval=settings.stats_interval, slow_stats_interval=settings.slow_stats_interval,
+                         last_events=self.events.latest)
         self.node.start()
         self.tasks = TaskManager(db, self.events.publish, workers=settings.task_workers)
         limiter = RateLimiter(settings.rate_limit, settings.rate_burst) if settings.rate_limit > 0 else None

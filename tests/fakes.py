@@ -8,7 +8,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from pier.rpc.errors import NoVM, VMDown, VMExists
+from pier.rpc.errors import NoVM, UnsupportedOperation, VMDown, VMExists
 
 
 class FakeNode:
@@ -85,8 +85,11 @@ class FakeNode:
 
     def shutdown_vm(self, vm_id: str) -> None:
         self._running(vm_id)
-        if self.guest_obeys_shutdown:
-            self._set(vm_id, "Down")
+        self._set(vm_id, "Down" if self.guest_obeys_shutdown else "Powering down")
+
+    def end_power_down(self, vm_id: str) -> None:
+        if self.vms.get(vm_id, {}).get("status") == "Powering down":
+            self._set(vm_id, "Up")
 
     def reboot_vm(self, vm_id: str) -> None:
         self._running(vm_id)
@@ -101,6 +104,9 @@ class FakeNode:
 
     def cont_vm(self, vm_id: str) -> dict[str, Any]:
         self._running(vm_id)
+        if self._get(vm_id)["status"] != "Paused":
+            raise UnsupportedOperation(f"cannot cont VM {vm_id} while it is {self._get(vm_id)['status']}",
+                                       data={"vmId": vm_id, "status": self._get(vm_id)["status"]})
         self._set(vm_id, "Up")
         return self.vm_info(vm_id)
 

@@ -5,8 +5,13 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from pier.rpc.errors import GuestTimeout, InvalidParams, NoVM, TaskCancelled
+from pier.rpc.errors import GuestTimeout, InvalidParams, LibvirtUnavailable, NoVM, Recovering, TaskCancelled
 from pier.rpc.registry import CallContext, reconciler, verb
+
+# VM.shutdown's step markers, each saved before the action it names (see shutdown_done).
+ASKING_REBOOT = "reboot"
+ASKING_POWER_OFF = "shutdown"
+POWERING_OFF = "poweroff"
 
 
 class VmApi:
@@ -34,27 +39,52 @@ class VmApi:
             if task.cancelled.wait(delay):
                 raise TaskCancelled()
         if reboot:
+            task.step(ASKING_REBOOT, 50, "asking the guest to reboot")
             self._node.reboot_vm(vmID)
             return {"vmId": vmID, "status": self._node.vm_status(vmID)}
-        task.progress(10, "asked the guest to power off")
+        task.step(ASKING_POWER_OFF, 10, "asking the guest to power off")
         self._node.shutdown_vm(vmID)
         started = time.monotonic()
         status = self._node.wait_vm_status(vmID, {"Down"}, timeout, task.cancelled)
+        if status is None and (not force or task.cancelled.is_set()):
+            self._node.end_power_down(vmID)
         task.check_cancelled()
         if status is None:
             if not force:
                 raise GuestTimeout(f"the guest of VM {vmID} did not power off within {timeout} s; "
                                    "call again with force=true to power it off", data={"vmId": vmID})
-            task.progress(90, f"the guest did not power off in {time.monotonic() - started:.0f} s; powering off")
+            task.step(POWERING_OFF, 90,
+                      f"the guest did not power off in {time.monotonic() - started:.0f} s; powering off")
             self._node.poweroff_vm(vmID)
         return {"vmId": vmID, "status": "Down"}
 
     @reconciler("VM.shutdown")
-    def shutdown_done(self, params: dict[str, Any]) -> bool:
+    def shutdown_done(self, params: dict[str, Any], step: str | None) -> bool:
+        """After a restart: a power-off took effect when the VM is Down (or gone). A reboot leaves
+        no trace to check, so an unfinished reboot task fails; the reason says how far it got."""
+        vm_id = params["vmID"]
+        reboot = bool(params.get("reboot"))
+        if not self._node.connected:
+            raise LibvirtUnavailable(f"libvirtd was not reachable when the agent restarted; whether VM {vm_id} "
+                                     f"{'rebooted' if reboot else 'powered off'} is not known",
+                                     data={"vmId": vm_id})
         try:
-            return params.get("reboot") or self._node.vm_status(params["vmID"]) == "Down"
+            status = self._node.vm_status(vm_id)
         except NoVM:
+            if not reboot:
+                return True
+            raise NoVM(f"VM {vm_id} no longer exists; the agent restarted before its reboot ended",
+                       data={"vmId": vm_id}) from None
+        if status == "Down" and not reboot:
             return True
+        what = {
+            None: "before the reboot was asked for" if reboot else "before the guest was asked to power off",
+            ASKING_REBOOT: "while asking for the reboot, which may or may not have reached the guest",
+            ASKING_POWER_OFF: "while waiting for the guest to power off",
+            POWERING_OFF: "while powering the VM off",
+        }.get(step, f"at step {step!r}")
+        raise Recovering(f"the agent restarted {what}; the VM is still {status}",
+                         data={"vmId": vm_id, "status": status, "step": step})
 
     @verb("VM.reboot")
     def reboot(self, ctx: CallContext, vmID: str) -> None:

@@ -213,6 +213,8 @@ def read_json_body(environ: Mapping[str, Any], max_body: int, field: str) -> Any
         body = loads(raw)
     except ValueError as exc:
         raise ParseError(f"the request body is not valid JSON: {exc}", data={"field": field}) from None
+    except RecursionError:
+        raise ParseError("the request body is JSON nested too deeply to parse", data={"field": field}) from None
     if body is None:
         raise InvalidParams("the request body is JSON null; send an object (or no body at all)",
                             data={"field": field})
@@ -256,7 +258,7 @@ def _scalar(text: str, types: list[str]) -> Any:
     if "object" in types and text.startswith("{"):
         try:
             return loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):
             pass
     return text
 

@@ -7,7 +7,10 @@ event sink with `|virt|VM_status|<vmId>` and `{vmId: {...}, "notify_time": ...}`
 
 A VM that stops is reported Down only after a short grace: if it starts again meanwhile it
 was a reboot (RebootInProgress then Up), as nova does. After a (re)connect the dispatcher
-resyncs: it compares the cache with libvirt's states and reports what changed meanwhile.
+resyncs: it compares the cache with libvirt's states and reports what changed meanwhile. At the
+agent's start the cache is empty; what was last published for each VM (kept in the event log)
+stands in for it, so a VM whose last event says "Powering down" while it runs is reported Up, and
+one published as running that is gone is reported Down.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ log = logging.getLogger(__name__)
 
 Emit = Callable[[str, dict], None]
 REBOOT_GRACE = 0.5
+STATUS_EVENT_PREFIX = "|virt|VM_status|"
 
 _STOP_DETAILS = {
     libvirt.VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN: exit_details("user shutdown"),
@@ -58,7 +62,7 @@ _SUSPEND_CODES = {
     libvirt.VIR_DOMAIN_EVENT_SUSPENDED_MIGRATED: "NOERR",
     libvirt.VIR_DOMAIN_EVENT_SUSPENDED_POSTCOPY: "POSTCOPY",
 }
-# Statuses that are a finer "Up" Pier sets itself: a resync seeing "running" keeps them.
+# Statuses that are a finer "Up": a verb's announcement (Powering down) applies to a VM in one of them.
 _UP_LIKE = {UP, POWERING_DOWN, POWERING_UP, REBOOT_IN_PROGRESS, WAIT_FOR_LAUNCH}
 
 
@@ -70,7 +74,18 @@ def event_time() -> int:
 def status_event(vm_id: str, status: str, details: dict[str, Any]) -> tuple[str, dict]:
     """The (name, params) of a VDSM VM_status event."""
     body = {"status": status, **details}
-    return f"|virt|VM_status|{vm_id}", {vm_id: body, "notify_time": event_time()}
+    return f"{STATUS_EVENT_PREFIX}{vm_id}", {vm_id: body, "notify_time": event_time()}
+
+
+def published_statuses(latest: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """{vmId: status} from the newest VM_status event of each VM ({event name: params})."""
+    out: dict[str, str] = {}
+    for name, params in latest.items():
+        vm_id = name[len(STATUS_EVENT_PREFIX):]
+        body = params.get(vm_id) if name.startswith(STATUS_EVENT_PREFIX) else None
+        if isinstance(body, dict) and isinstance(body.get("status"), str):
+            out[vm_id] = body["status"]
+    return out
 
 
 class EventDispatcher:
@@ -81,10 +96,12 @@ class EventDispatcher:
     def __init__(self, cache: VmCache, emit: Emit,
                  read_states: Callable[[], dict[str, tuple[str, int, int]]],
                  on_vms_changed: Callable[[], None] | None = None,
-                 reboot_grace: float = REBOOT_GRACE) -> None:
+                 reboot_grace: float = REBOOT_GRACE,
+                 published: Callable[[], dict[str, str]] | None = None) -> None:
         self._cache = cache
         self._emit = emit
         self._read_states = read_states
+        self._published = published or dict
         self._on_vms_changed = on_vms_changed or (lambda: None)
         self._grace = reboot_grace
         self._queue: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
@@ -272,12 +289,19 @@ class EventDispatcher:
     # -- resync --------------------------------------------------------------------------------
 
     def _resync(self, first: bool) -> None:
-        """Bring the cache in line with libvirt; report changes unless this is the first load."""
+        """Bring the cache in line with libvirt and report what differs from what was last
+        published: on the first load, from the event log's last VM_status of each VM (a VM with
+        none is loaded quietly); later, from the cache."""
         try:
             states = self._read_states()
         except Exception as exc:  # the new connection died already; the next one resyncs
             log.warning("resync failed: %s", exc)
             return
+        published = self._load_published() if first else {}
+        for vm_id, last in published.items():
+            if vm_id not in states and last != DOWN and self._cache.get(vm_id) is None:
+                gone = VmRecord(vm_id, "", emitted=last)  # gone while the agent was away
+                self._set(gone, DOWN, exit_details("libvirt domain missing", EXIT_ERROR), update=False)
         for rec in self._cache.records():
             if rec.vm_id in states or rec.creating:
                 continue
@@ -291,23 +315,30 @@ class EventDispatcher:
             rec = self._cache.get(vm_id)
             if rec is None:
                 # Report a VM found running; one found defined-but-off has no news to tell.
-                quiet = first or status == DOWN
-                rec = VmRecord(vm_id, name, status=status, details=details,
-                               emitted=status if quiet else None)
+                if first:
+                    emitted: str | None = published.get(vm_id, status)
+                else:
+                    emitted = DOWN if status == DOWN else None
+                rec = VmRecord(vm_id, name, status=status, details=details, emitted=emitted)
                 if status != DOWN:
                     rec.started_at = started_at(name)
                 self._cache.add(rec)
-                if not quiet:
+                if emitted != status:
                     self._set(rec, status, details)
                 continue
             rec.invalidate()
-            if vm_id in self._pending:
+            if vm_id in self._pending or rec.creating:
                 continue
-            same = status == rec.status or (status == UP and rec.status in _UP_LIKE)
-            if not same:
-                if first:
-                    self._cache.set_status(rec, status, details)
-                    rec.emitted = status
-                else:
-                    self._set(rec, status, details)
+            if first:
+                self._cache.set_status(rec, status, details)
+                rec.emitted = published.get(vm_id, status)
+            if status != rec.status or status != rec.emitted:
+                self._set(rec, status, details)
         self._on_vms_changed()
+
+    def _load_published(self) -> dict[str, str]:
+        try:
+            return self._published()
+        except Exception as exc:  # the event log cannot say: load quietly, as with no history
+            log.warning("cannot read the last published VM statuses: %s", exc)
+            return {}

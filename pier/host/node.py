@@ -17,7 +17,7 @@ import libvirt
 
 from pier.host.capabilities import HostFacts
 from pier.host.connection import Connection, EventLoop
-from pier.host.events import EventDispatcher
+from pier.host.events import STATUS_EVENT_PREFIX, EventDispatcher, published_statuses
 from pier.host.stats import HostStats, StatsSampler
 from pier.host.vms import Vms
 from pier.host.vmstate import DOWN, VmCache, read_states
@@ -30,17 +30,23 @@ class Node:
     """Facade over this host's libvirt: VMs, their events and stats, and host facts."""
 
     def __init__(self, uri: str, emit: Callable[[str, dict], None], *,
-                 stats_interval: float = 2.0, slow_stats_interval: float = 15.0) -> None:
+                 stats_interval: float = 2.0, slow_stats_interval: float = 15.0,
+                 last_events: Callable[[str], dict[str, dict[str, Any]]] | None = None) -> None:
+        """`emit` publishes an event; `last_events(prefix)` gives the params of the newest
+        event kept of each name with that prefix (the event log), to correct at start any VM
+        status published before the agent last stopped."""
         self._cache = VmCache()
+        self._last_events = last_events
         self._dispatcher = EventDispatcher(self._cache, emit, self._read_states,
-                                           on_vms_changed=self._vms_changed)
+                                           on_vms_changed=self._vms_changed,
+                                           published=self._published_statuses)
         self._connection = Connection(uri, self._dispatcher.put, on_connect=self._on_connect)
         self._vms = Vms(self._connection, self._cache, self._dispatcher.put)
         self._sampler = StatsSampler(self._connection, self._cache, stats_interval,
                                      slow_stats_interval)
         self._cache.on_change = self._sampler.patch_status
         self._facts = HostFacts(uri)
-        self._host_stats = HostStats(self._cache.counts)
+        self._host_stats = HostStats(self._cache.counts, lambda: self._connection.connected)
         self._running = False
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -130,6 +136,8 @@ class Node:
                                "statsAge": "0.00"}
         if rec.status == DOWN:
             out.update(rec.details)
+        else:  # not sampled yet: no figures, and no answer from libvirt if it is away
+            out["monitorResponse"] = "0" if self._connection.connected else "-1"
         return out
 
     def all_vm_stats(self) -> list[dict[str, Any]]:
@@ -155,6 +163,10 @@ class Node:
 
     def shutdown_vm(self, vm_id: str) -> None:
         self._vms.shutdown(vm_id)
+
+    def end_power_down(self, vm_id: str) -> None:
+        """A shutdown gave up without the VM going down: report it Up again if libvirt says it runs."""
+        self._vms.end_power_down(vm_id)
 
     def reboot_vm(self, vm_id: str) -> None:
         self._vms.reboot(vm_id)
@@ -182,6 +194,12 @@ class Node:
         except libvirt.libvirtError as exc:
             self._connection.check(exc, conn)
             raise
+
+    def _published_statuses(self) -> dict[str, str]:
+        """Thread: libvirt-events (during the first resync)."""
+        if self._last_events is None:
+            return {}
+        return published_statuses(self._last_events(STATUS_EVENT_PREFIX))
 
     def _vms_changed(self) -> None:
         self._sampler.kick()

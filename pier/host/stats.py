@@ -4,7 +4,9 @@
 interface, block) every `interval`, dear ones (cpu-total, balloon) every `slow_interval`,
 with the NOWAIT flag so a VM busy in another job never stalls a sample. Each sample is
 turned into VDSM VmStats dicts right away, so `all_stats()` only hands out a prepared list.
-Rates come from the difference between two samples. `HostStats` reads /proc only.
+Rates come from the difference between two samples. While libvirtd is away the last sample is
+served, marked as VDSM marks stats it could not refresh: `statsAge` grows and `monitorResponse`
+is "-1" (also when a sample is older than VDSM's 60 s command timeout). `HostStats` reads /proc only.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ FAST_GROUPS = (libvirt.VIR_DOMAIN_STATS_STATE | libvirt.VIR_DOMAIN_STATS_VCPU
 SLOW_GROUPS = libvirt.VIR_DOMAIN_STATS_CPU_TOTAL | libvirt.VIR_DOMAIN_STATS_BALLOON
 NOWAIT = getattr(libvirt, "VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT", 0)
 _NIC_SPEED_MBPS = 1000
+MONITOR_TIMEOUT = 60.0  # VDSM's vm_command_timeout: stats this old mean the VM's monitor does not answer
 
 Sample = tuple[float, dict[str, Any]]  # (monotonic time, raw libvirt stats of one VM)
 
@@ -83,13 +86,13 @@ class StatsSampler:
 
     def all_stats(self) -> list[dict[str, Any]]:
         """VmStats of every VM from the latest sample; the dicts are shared, do not mutate."""
-        stamp_all(self._all, self._taken)
+        stamp_all(self._all, self._taken, self._connection.connected)
         return self._all
 
     def stats(self, vm_id: str) -> dict[str, Any] | None:
         found = self._by_id.get(vm_id)
         if found is not None:
-            stamp_all([found], self._taken)
+            stamp_all([found], self._taken, self._connection.connected)
         return found
 
     def patch_status(self, vm_id: str, status: str | None) -> None:
@@ -220,13 +223,18 @@ class StatsSampler:
         return out
 
 
-def stamp_all(stats: list[dict[str, Any]], taken: float) -> None:
-    """Set statsAge and statusTime at the moment of serving (cheap: two stores per VM)."""
-    age = f"{max(0.0, time.monotonic() - taken):.2f}" if taken else "0.00"
+def stamp_all(stats: list[dict[str, Any]], taken: float, connected: bool = True) -> None:
+    """Set statsAge, statusTime and (for running VMs) monitorResponse at the moment of serving
+    (cheap: three stores per VM)."""
+    seconds = max(0.0, time.monotonic() - taken) if taken else 0.0
+    age = f"{seconds:.2f}"
     now = str(event_time())
+    monitor = "0" if connected and seconds < MONITOR_TIMEOUT else "-1"
     for entry in stats:
         entry["statsAge"] = age
         entry["statusTime"] = now
+        if "monitorResponse" in entry:
+            entry["monitorResponse"] = monitor
 
 
 def cpu_stats(prev: Sample | None, last: Sample | None) -> dict[str, Any]:
@@ -347,8 +355,12 @@ class HostStats:
 
     MIN_INTERVAL = 0.5
 
-    def __init__(self, vm_counts: Callable[[], tuple[int, int, int]]) -> None:
+    def __init__(self, vm_counts: Callable[[], tuple[int, int, int]],
+                 connected: Callable[[], bool] = lambda: True) -> None:
+        """`vm_counts` gives (all, running, migrating) VMs from the cache; `connected` whether
+        libvirtd answers now (when not, the counts may be stale)."""
         self._vm_counts = vm_counts
+        self._connected = connected
         self._started = time.monotonic()
         self._lock = threading.Lock()
         self._prev: tuple[float, dict[str, list[int]], tuple[int, int]] | None = None
@@ -377,6 +389,7 @@ class HostStats:
             "vmCount": total,
             "vmActive": active,
             "vmMigrating": migrating,
+            "libvirtConnected": self._connected(),
             "incomingVmMigrations": 0,
             "outgoingVmMigrations": 0,
             "numaNodeMemFree": _numa_free(),

@@ -25,6 +25,8 @@ from pier.host.vmstate import (
     EXIT_ERROR,
     PAUSED,
     POWERING_DOWN,
+    POWERING_UP,
+    REBOOT_IN_PROGRESS,
     UP,
     WAIT_FOR_LAUNCH,
     VmCache,
@@ -41,11 +43,21 @@ from pier.rpc.errors import (
     InvalidParams,
     NoVM,
     Unexpected,
+    UnsupportedOperation,
     VMDown,
     VMExists,
 )
 
 log = logging.getLogger(__name__)
+
+# The statuses each running-VM verb acts from: a libvirt refusal while the VM is in another one
+# (a cont of a VM that runs) is the caller's conflict, not an unexpected failure.
+_ACTS_ON = {
+    "cont": frozenset({PAUSED}),
+    "pause": frozenset({UP, POWERING_DOWN, POWERING_UP, REBOOT_IN_PROGRESS, WAIT_FOR_LAUNCH}),
+    "shutdown": frozenset({UP, POWERING_DOWN, POWERING_UP, REBOOT_IN_PROGRESS}),
+}
+
 
 class Vms:
     """The VM verbs. `notify` hands a synthetic item to the event dispatcher."""
@@ -302,6 +314,21 @@ class Vms:
                             libvirt.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN)
         self._notify(("status", rec.vm_id, POWERING_DOWN, time.monotonic()))
 
+    def end_power_down(self, vm_id: str) -> None:
+        """A shutdown gave up and the VM did not go down: if libvirt says it runs, it is Up again
+        (VDSM too reports "Powering down" only for a while)."""
+        rec = self._cache.get(vm_id)
+        conn = self._connection.current()
+        if rec is None or rec.status != POWERING_DOWN or conn is None:
+            return
+        try:
+            status = state_status(*conn.lookupByUUIDString(rec.vm_id).state())[0]
+        except libvirt.libvirtError as exc:
+            log.debug("VM %s: cannot read its state after a shutdown: %s", vm_id, error_text(exc))
+            return
+        if status == UP:
+            self._notify(("status", rec.vm_id, UP, time.monotonic()))
+
     def reboot(self, vm_id: str) -> None:
         conn, dom, _ = self._lookup(vm_id, running=True)
         self._with_fallback(conn, dom, "reboot", dom.reboot,
@@ -315,10 +342,13 @@ class Vms:
             self._fail(exc, conn, dom, Unexpected, "reset")
 
     def pause(self, vm_id: str) -> dict[str, Any]:
+        """Pause a running VM; a VM already paused stays so, and that is success (as on qemu)."""
         conn, dom, rec = self._lookup(vm_id, running=True)
         try:
             dom.suspend()
         except libvirt.libvirtError as exc:
+            if self._current_status(dom) == PAUSED:
+                return self.definition(rec.vm_id)  # its pauseCode (an I/O error, say) stays as it was
             self._fail(exc, conn, dom, Unexpected, "pause")
         self._cache.set_status(rec, PAUSED, {"pauseCode": "NOERR"})
         return self.definition(rec.vm_id)
@@ -365,20 +395,35 @@ class Vms:
         except libvirt.libvirtError as exc:
             self._fail(exc, conn, dom, Unexpected, verb)
 
+    @staticmethod
+    def _current_status(dom: libvirt.virDomain) -> str | None:
+        """The VM's VDSM status as libvirt sees it now, or None when libvirt cannot say."""
+        try:
+            return state_status(*dom.state())[0]
+        except libvirt.libvirtError:
+            return None
+
     def _fail(self, exc: libvirt.libvirtError, conn: libvirt.virConnect,
               dom: libvirt.virDomain | None, error: type[Exception], verb: str) -> NoReturn:
-        """Turn a libvirt error into a Pier error; always raises."""
+        """Turn a libvirt error into a Pier error; always raises.
+
+        The domain's state after the refusal is the evidence: gone is noVM, off is down, and a
+        state the verb does not act from (or libvirt's "operation invalid") is unsupportedOperationErr.
+        """
         self._connection.check(exc, conn)
         code = exc.get_error_code()
         if code == libvirt.VIR_ERR_NO_DOMAIN:
             raise NoVM("Virtual machine does not exist") from None
         if dom is not None:
-            try:
-                active = dom.isActive()
-            except libvirt.libvirtError:
-                active = True
-            if not active:
+            status = self._current_status(dom)
+            if status == DOWN:
                 raise VMDown("Virtual machine is down") from None
+            acts_on = _ACTS_ON.get(verb)
+            if status is not None and (code == libvirt.VIR_ERR_OPERATION_INVALID
+                                       or (acts_on is not None and status not in acts_on)):
+                raise UnsupportedOperation(
+                    f"cannot {verb} VM {dom.UUIDString()} while it is {status}: {error_text(exc)}",
+                    data={"vmId": dom.UUIDString(), "status": status, "libvirtCode": code}) from None
         raise error(f"{verb} failed: {error_text(exc)}",
                     data={"libvirtCode": code}) from None
 

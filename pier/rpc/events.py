@@ -170,6 +170,18 @@ class EventLog:
         reached = matching[-1].seq if len(matching) == limit else scanned[-1].seq
         return matching, reached
 
+    def latest(self, prefix: str) -> dict[str, dict[str, Any]]:
+        """The params of the newest event kept of each name that starts with `prefix`."""
+        with self._lock:
+            if self._closed:
+                return {}
+            rows = self._db.execute(
+                "SELECT name, params FROM events WHERE seq IN"
+                " (SELECT MAX(seq) FROM events WHERE substr(name, 1, ?) = ? GROUP BY name)",
+                (len(prefix), prefix),
+            ).fetchall()
+        return {name: json.loads(params) for name, params in rows}
+
     def wait(self, after: int, types: tuple[str, ...] | None = None, limit: int = 1000,
              timeout: float = 0.0, stop: Callable[[], bool] | None = None) -> tuple[list[Event], int]:
         """Like `read`, but wait up to `timeout` seconds for a matching event when none is there."""

@@ -47,7 +47,9 @@ def verb(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
 def reconciler(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Mark a method that tells, after a restart, whether a task of verb `name` took effect.
 
-    It is called with the task's params and returns True (the effect is there) or False.
+    It is called with the task's params and the last step marker its handler saved (None when
+    none) and returns True (the effect is there) or False, or raises a PierError saying why the
+    task did not take effect.
     """
 
     def mark(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -138,7 +140,7 @@ class Registry:
         self.credentials = credentials
         self.locks = TargetLocks()
         self._handlers: dict[str, Callable[..., Any]] = {}
-        self.reconcilers: dict[str, Callable[[dict[str, Any]], bool]] = {}
+        self.reconcilers: dict[str, Callable[[dict[str, Any], str | None], bool]] = {}
         for owner in handlers:
             self._bind(owner)
         missing = sorted(set(schema.verbs) - set(self._handlers))

@@ -3,10 +3,12 @@
 A task has an id, its verb and target, a state (pending, running, succeeded, failed, cancelled),
 progress 0-100 with a message, a result or an error, and times. Every change is written to
 sqlite and published as a `|jobs|status|<taskID>` event. Callers can wait for a task to end,
-cancel it, and clear it once it has ended. After a restart, a task left pending or running is
-reconciled: the verb's reconciler says whether its effect is there (then it succeeded) and
-otherwise it failed with a reason saying so. VDSM's views of the same task (`Task.getStatus`,
-`Host.getJobs`) are derived here too.
+cancel it, and clear it once it has ended. A handler saves a step marker (`TaskHandle.step`)
+before each action whose effect it cannot undo, so after a restart its reconciler knows how far
+the task got. A task left pending or running is reconciled at start: the verb's reconciler,
+given the task's params and last step, says whether its effect is there (then it succeeded), or
+not (it failed), or raises a PierError naming why it failed. VDSM's views of the same task
+(`Task.getStatus`, `Host.getJobs`) are derived here too.
 """
 
 from __future__ import annotations
@@ -30,7 +32,11 @@ from pier.rpc.store import open_state
 log = logging.getLogger("pier.tasks")
 
 ENDED = ("succeeded", "failed", "cancelled")
-_COLUMNS = "id, verb, target, params, state, progress, message, result, error, created, started, ended"
+_COLUMNS = "id, verb, target, params, state, progress, message, result, error, created, started, ended, step"
+
+Reconciler = Callable[[dict[str, Any], "str | None"], bool]
+"""Called at start with a task's params and last step marker (None when it saved none): True
+when the task's effect is there, False when not; a PierError it raises fails the task with it."""
 
 
 @dataclass
@@ -47,6 +53,7 @@ class _Task:
     created: float = field(default_factory=time.time)
     started: float | None = None
     ended: float | None = None
+    step: str | None = None  # the last step marker the handler saved (for reconciliation)
     cancel: threading.Event = field(default_factory=threading.Event, repr=False)
 
     def info(self) -> dict[str, Any]:
@@ -95,6 +102,11 @@ class TaskHandle:
         """Report progress (0-100) and what is happening now."""
         self._manager._update(self._task, progress=max(0, min(100, int(percent))), message=message)
 
+    def step(self, name: str, percent: int, message: str = "") -> None:
+        """Save that the task reaches step `name` (with its progress) before doing it, so that
+        after a restart the verb's reconciler knows what may have been done."""
+        self._manager._update(self._task, step=name, progress=max(0, min(100, int(percent))), message=message)
+
     def check_cancelled(self) -> None:
         """Raise TaskCancelled if someone asked to stop this task."""
         if self._task.cancel.is_set():
@@ -114,6 +126,9 @@ class TaskManager:
             " state TEXT, progress INTEGER, message TEXT, result TEXT, error TEXT, created REAL,"
             " started REAL, ended REAL)"
         )
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(tasks)")}
+        if "step" not in columns:  # a state database from before step markers
+            self._db.execute("ALTER TABLE tasks ADD COLUMN step TEXT")
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._tasks: dict[str, _Task] = {}
@@ -123,12 +138,12 @@ class TaskManager:
 
     # -- life cycle ---------------------------------------------------------------------------
 
-    def start(self, reconcilers: dict[str, Callable[[dict[str, Any]], bool]] | None = None) -> None:
+    def start(self, reconcilers: dict[str, Reconciler] | None = None) -> None:
         """Load kept tasks, reconcile those a previous run left unfinished, start the workers."""
         rows = self._db.execute(f"SELECT {_COLUMNS} FROM tasks").fetchall()
         for row in rows:
             task = _Task(row[0], row[1], row[2], json.loads(row[3]), row[4], row[5], row[6],
-                         json.loads(row[7]), json.loads(row[8]), row[9], row[10], row[11])
+                         json.loads(row[7]), json.loads(row[8]), row[9], row[10], row[11], row[12])
             self._tasks[task.id] = task
             if task.state not in ENDED:
                 self._reconcile(task, (reconcilers or {}).get(task.verb))
@@ -157,9 +172,12 @@ class TaskManager:
         with self._lock:
             self._db.close()
 
-    def _reconcile(self, task: _Task, reconcile: Callable[[dict[str, Any]], bool] | None) -> None:
+    def _reconcile(self, task: _Task, reconcile: Reconciler | None) -> None:
+        error: PierError = Unexpected("the agent stopped while this task was running and its effect is not there")
         try:
-            done = bool(reconcile(task.params)) if reconcile else False
+            done = bool(reconcile(task.params, task.step)) if reconcile else False
+        except PierError as exc:  # the reconciler knows why the task did not take effect
+            error, done = exc, False
         except Exception as exc:  # a reconciler that cannot tell counts as "not done"
             log.warning("could not reconcile task %s (%s): %s", task.id, task.verb, exc)
             done = False
@@ -167,7 +185,6 @@ class TaskManager:
             self._finish(task, "succeeded", result=True,
                          message="finished while the agent was down (reconciled at start)")
         else:
-            error = Unexpected("the agent stopped while this task was running and its effect is not there")
             self._finish(task, "failed", error=error.to_dict(), message=error.message)
         log.info("task %s (%s %s) reconciled after restart: %s", task.id, task.verb, task.target or "", task.state)
 
@@ -230,10 +247,10 @@ class TaskManager:
 
     def _save(self, task: _Task) -> None:
         self._db.execute(
-            f"INSERT OR REPLACE INTO tasks ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            f"INSERT OR REPLACE INTO tasks ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (task.id, task.verb, task.target, json.dumps(task.params, default=str), task.state,
              task.progress, task.message, json.dumps(task.result, default=str), json.dumps(task.error),
-             task.created, task.started, task.ended),
+             task.created, task.started, task.ended, task.step),
         )
 
     def _announce(self, task: _Task) -> None:

@@ -15,12 +15,14 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import libvirt
 import pytest
 import stomp
 
@@ -214,3 +216,63 @@ def system_libvirt() -> str:
 
 def new_vm_id() -> str:
     return str(uuid.uuid4())
+
+
+# -- a private libvirtd (serving its test driver) that a test may kill ------------------------
+
+
+class PrivateLibvirtd:
+    """An unprivileged session libvirtd of our own, in a temporary directory: killing it
+    disturbs nobody else. Clients reach its embedded test driver via test+unix://."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.socket = base / "run" / "libvirt" / "libvirt-sock"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def uri(self) -> str:
+        return f"test+unix:///default?socket={self.socket}"
+
+    def start(self) -> None:
+        env = {"HOME": str(self.base / "home"), "XDG_RUNTIME_DIR": str(self.base / "run"),
+               "XDG_CONFIG_HOME": str(self.base / "config"),
+               "XDG_CACHE_HOME": str(self.base / "cache"), "PATH": os.environ["PATH"]}
+        self.proc = subprocess.Popen(["libvirtd", "--timeout", "0"], env=env, user=65534,
+                                     group=65534, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while not self._answers() and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+    def _answers(self) -> bool:
+        try:
+            libvirt.open(self.uri).close()
+            return True
+        except libvirt.libvirtError:
+            return False
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(5)
+            self.proc = None
+
+
+@pytest.fixture
+def private_libvirtd() -> Iterator[PrivateLibvirtd]:
+    if os.geteuid() != 0 or not shutil.which("libvirtd"):
+        pytest.skip("needs root (to run libvirtd as nobody) and the libvirtd binary")
+    base = Path(tempfile.mkdtemp(prefix="pier-libvirtd-"))
+    for sub in ("home", "run", "config", "cache"):
+        (base / sub).mkdir()
+    for path in [base, *base.iterdir()]:
+        os.chown(path, 65534, 65534)
+    daemon = PrivateLibvirtd(base)
+    daemon.start()
+    if not daemon._answers():
+        daemon.kill()
+        pytest.skip("a private libvirtd did not come up")
+    yield daemon
+    daemon.kill()
+    shutil.rmtree(base, ignore_errors=True)

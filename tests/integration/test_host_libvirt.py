@@ -30,6 +30,7 @@ from pier.rpc.errors import (
     VMDown,
     VMExists,
 )
+from tests.integration.conftest import PrivateLibvirtd
 
 DATA = Path(__file__).parent / "data"
 OWN_THREADS = {"libvirt-event-loop", "libvirt-events", "libvirt-reconnect", "stats-sampler"}
@@ -375,66 +376,6 @@ def test_all_vm_stats_lists_1000_vms(node: Node) -> None:
     assert wait_until(lambda: len(node.all_vm_stats()) == 1000, 20)
     result = node.all_vm_stats()
     assert sorted(stats["vmName"] for stats in result) == sorted(f"pier-test-{i}" for i in range(1000))
-
-
-# -- a private libvirtd (serving its test driver) that this test may kill -----------------------
-
-
-class PrivateLibvirtd:
-    """An unprivileged session libvirtd of our own, in a temporary directory: killing it
-    disturbs nobody else. Clients reach its embedded test driver via test+unix://."""
-
-    def __init__(self, base: Path) -> None:
-        self.base = base
-        self.socket = base / "run" / "libvirt" / "libvirt-sock"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def uri(self) -> str:
-        return f"test+unix:///default?socket={self.socket}"
-
-    def start(self) -> None:
-        env = {"HOME": str(self.base / "home"), "XDG_RUNTIME_DIR": str(self.base / "run"),
-               "XDG_CONFIG_HOME": str(self.base / "config"),
-               "XDG_CACHE_HOME": str(self.base / "cache"), "PATH": os.environ["PATH"]}
-        self.proc = subprocess.Popen(["libvirtd", "--timeout", "0"], env=env, user=65534,
-                                     group=65534, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
-        wait_until(self._answers, 10)
-
-    def _answers(self) -> bool:
-        try:
-            libvirt.open(self.uri).close()
-            return True
-        except libvirt.libvirtError:
-            return False
-
-    def kill(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait(5)
-            self.proc = None
-
-
-@pytest.fixture
-def private_libvirtd() -> Iterator[PrivateLibvirtd]:
-    if os.geteuid() != 0 or not shutil.which("libvirtd"):
-        pytest.skip("needs root (to run libvirtd as nobody) and the libvirtd binary")
-    import tempfile
-
-    base = Path(tempfile.mkdtemp(prefix="pier-libvirtd-"))
-    for sub in ("home", "run", "config", "cache"):
-        (base / sub).mkdir()
-    for path in [base, *base.iterdir()]:
-        os.chown(path, 65534, 65534)
-    daemon = PrivateLibvirtd(base)
-    daemon.start()
-    if not daemon._answers():
-        daemon.kill()
-        pytest.skip("a private libvirtd did not come up")
-    yield daemon
-    daemon.kill()
-    shutil.rmtree(base, ignore_errors=True)
 
 
 def test_libvirtd_restart_reconnects_serves_cache_and_resyncs(private_libvirtd: PrivateLibvirtd,

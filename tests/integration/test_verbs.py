@@ -119,3 +119,30 @@ def test_events_are_kept_in_order(client) -> None:
         after = batch["last"]
     seqs = [e["seq"] for e in events]
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+
+
+def test_lifecycle_verbs_in_the_wrong_state_answer_vdsm_errors(client) -> None:
+    """A verb the VM's state does not allow is the caller's conflict (VDSM's unsupportedOperationErr, 409
+    on REST), never an unexpected error; a pause of a paused VM succeeds, as it does on qemu."""
+    vm_id = new_vm_id()
+    create(client, vm_id)
+
+    def refused(verb: str) -> CallFailed:
+        with pytest.raises(CallFailed) as failed:
+            client.call(verb, vmID=vm_id)
+        assert (failed.value.code, failed.value.name) == (75, "unsupportedOperationErr"), failed.value
+        assert failed.value.status in (None, 409)
+        return failed.value
+
+    assert "Up" in refused("VM.cont").message
+    assert client.call("VM.pause", vmID=vm_id)["status"] == "Paused"
+    assert client.call("VM.pause", vmID=vm_id)["status"] == "Paused"
+    assert client.call("VM.cont", vmID=vm_id)["status"] == "Up"
+    refused("VM.cont")
+    task = client.call("VM.shutdown", vmID=vm_id, timeout=5, force=True)
+    assert client.call("Task.getInfo", taskID=task["taskID"], wait=30)["state"] == "succeeded"
+    for verb in ("VM.cont", "VM.pause", "VM.reset", "VM.reboot"):
+        with pytest.raises(CallFailed) as down:
+            client.call(verb, vmID=vm_id)
+        assert (down.value.code, down.value.name) == (6, "down"), verb
+    assert client.call("VM.destroy", vmID=vm_id) is True

@@ -42,6 +42,17 @@ def test_read_after_a_cursor_with_type_filters(log: EventLog) -> None:
     assert log.read(3) == ([], 3)
 
 
+def test_latest_of_each_name(log: EventLog) -> None:
+    log.publish("|virt|VM_status|a", {"a": {"status": "Up"}})
+    log.publish("|virt|VM_status|b", {"b": {"status": "Up"}})
+    log.publish("|virt|VM_status|a", {"a": {"status": "Powering down"}})
+    log.publish("|jobs|status|t", {})
+    latest = log.latest("|virt|VM_status|")
+    assert {name: params[name.rsplit("|", 1)[1]] for name, params in latest.items()} == {
+        "|virt|VM_status|a": {"status": "Powering down"}, "|virt|VM_status|b": {"status": "Up"}}
+    assert log.latest("|nothing|") == {}
+
+
 def test_wait_returns_when_an_event_arrives(log: EventLog) -> None:
     threading.Timer(0.2, log.publish, args=("|virt|VM_status|a", {})).start()
     started = time.monotonic()

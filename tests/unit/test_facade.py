@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import bottle
 import pytest
@@ -473,3 +474,18 @@ def test_real_server_answers_413_and_keeps_the_connection(served: tuple[HttpServ
     connection.request("GET", "/api/v1/host/ping")
     assert connection.getresponse().read() == b"true"
     connection.close()
+
+
+@pytest.mark.parametrize("opening, closing", [("[", "]"), ('{"a":', "}")], ids=["arrays", "objects"])
+def test_deeply_nested_body_is_a_400_problem(app: bottle.Bottle, opening: str, closing: str) -> None:
+    deep = (opening * 100_000 + "1" + closing * 100_000).encode()
+    reply = request(app, "POST", "/api/v1/vms", deep)
+    problem = assert_problem(reply, 400, "ParseError")
+    assert problem["data"]["field"] == "params.vmParams"
+    assert "Traceback" not in reply.body.decode() and "RecursionError" not in reply.body.decode()
+
+
+def test_deeply_nested_query_value_is_a_400_problem(app: bottle.Bottle) -> None:
+    deep = '{"a":' * 3000 + "1" + "}" * 3000
+    reply = request(app, "POST", "/api/v1/vms?vmParams=" + quote(deep))
+    assert assert_problem(reply, 400, "InvalidParams")["data"]["field"] == "params.vmParams"

@@ -136,6 +136,39 @@ def test_first_load_is_silent_and_a_resync_reports_changes(setup) -> None:
     assert len(rec.events) == 4, "an unchanged resync reports nothing"
 
 
+def test_first_load_corrects_what_was_last_published(setup) -> None:
+    """At start, the last VM_status each VM had in the event log stands in for the cache."""
+    disp, cache, rec, states = setup
+    published = {A: "Powering down", B: PAUSED, C: UP, D: DOWN}
+    disp._published = lambda: dict(published)
+    running = (E.VIR_DOMAIN_RUNNING, E.VIR_DOMAIN_RUNNING_BOOTED)
+    states.update({A: ("vm-a", *running), B: ("vm-b", E.VIR_DOMAIN_PAUSED, 1),
+                   "e0000000-0000-4000-8000-000000000000": ("vm-e", *running)})
+    disp.put(("connected", True))
+    assert disp.flush()
+    assert rec.statuses(A) == [UP], "running, though last published as powering down"
+    assert rec.statuses(B) == [], "paused, as published"
+    assert rec.statuses(C) == [DOWN] and rec.last(C)["exitReason"] == 9, "published running, now gone"
+    assert rec.statuses(D) == [], "published down, now gone: nothing new"
+    assert len(rec.events) == 2, "a VM with no history is loaded quietly"
+    assert cache.get(A).emitted == UP
+
+
+def test_a_reconnect_corrects_a_powering_down_that_libvirt_does_not_confirm(setup) -> None:
+    disp, cache, rec, states = setup
+    states.update({A: ("vm-a", E.VIR_DOMAIN_RUNNING, E.VIR_DOMAIN_RUNNING_BOOTED)})
+    disp.put(("connected", True))
+    assert disp.flush()
+    disp.put(("status", A, "Powering down"))
+    assert disp.flush()
+    assert rec.statuses(A) == ["Powering down"]
+    disp.put(("disconnected", 0))
+    disp.put(("connected", False))
+    assert disp.flush()
+    assert rec.statuses(A) == ["Powering down", UP]
+    assert cache.get(A).status == UP
+
+
 def test_wait_status_wakes_on_a_change(setup) -> None:
     disp, cache, _, _ = setup
     cache.add(VmRecord(A, "vm-a", status=UP, emitted=UP))

@@ -56,6 +56,26 @@ def test_stamping_sets_age_and_status_time() -> None:
     assert all(e["statsAge"] == "0.00" and int(e["statusTime"]) > 2**31 for e in entries)
 
 
+def test_stamping_marks_running_vms_unresponsive_when_libvirt_does_not_answer() -> None:
+    import time
+
+    def stamped(taken: float, connected: bool) -> tuple[str, dict]:
+        running, down = {"vmId": "a", "monitorResponse": "0"}, {"vmId": "b", "status": "Down"}
+        stamp_all([running, down], taken, connected)
+        assert "monitorResponse" not in down
+        return running["monitorResponse"], running
+
+    assert stamped(time.monotonic(), True)[0] == "0"
+    assert stamped(time.monotonic(), False)[0] == "-1", "libvirtd is away"
+    old, entry = stamped(time.monotonic() - 61, True)
+    assert old == "-1" and float(entry["statsAge"]) >= 61, "a sample older than VDSM's 60 s command timeout"
+
+
+def test_host_stats_say_whether_libvirt_answers() -> None:
+    assert HostStats(lambda: (0, 0, 0), lambda: False).get()["libvirtConnected"] is False
+    assert HostStats(lambda: (0, 0, 0), lambda: True).get()["libvirtConnected"] is True
+
+
 @pytest.mark.parametrize("state, reason, status, detail", [
     (libvirt.VIR_DOMAIN_RUNNING, 1, "Up", {}),
     (libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PAUSED_USER, "Paused", {"pauseCode": "NOERR"}),

@@ -129,6 +129,7 @@ def test_shutdown_task_through_the_registry(stack: Stack) -> None:
     stack.call("VM.create", vmID=VM_ID, vmParams={"vmName": "a", "memSize": 64})
     stubborn = stack.tasks.wait(stack.call("VM.shutdown", vmID=VM_ID, timeout=0)["taskID"], 5)
     assert stubborn["state"] == "failed" and stubborn["error"]["name"] == "nonresp"
+    assert stack.call("VM.getInfo", vmID=VM_ID)["status"] == "Up", "no longer powering down"
     forced = stack.tasks.wait(stack.call("VM.shutdown", vmID=VM_ID, timeout=0, force=True)["taskID"], 5)
     assert forced["state"] == "succeeded"
     assert stack.call("VM.getInfo", vmID=VM_ID)["status"] == "Down"
@@ -145,7 +146,7 @@ def test_reconcile_after_restart(schema, tmp_path: Path) -> None:
     second = build_stack(schema, tmp_path / "s.db", vms={VM_ID: {"vmId": VM_ID, "status": "Up"}})
     try:
         info = second.tasks.get(running["taskID"])
-        assert info["state"] == "failed" and "effect is not there" in info["error"]["message"]
+        assert info["state"] == "failed" and "while waiting for the guest to power off" in info["error"]["message"]
     finally:
         second.tasks.stop()
         second.events.close()
@@ -163,3 +164,111 @@ def test_reconcile_after_restart(schema, tmp_path: Path) -> None:
     finally:
         fourth.tasks.stop()
         fourth.events.close()
+
+
+def _restart_during(schema, db: Path, status_after: str | None, **shutdown: object) -> dict:
+    """Start a VM.shutdown, stop the agent while it waits, start again with the VM in `status_after`
+    (None: gone); the task's info after the restart."""
+    first = build_stack(schema, db)
+    first.call("VM.create", vmID=VM_ID, vmParams={"vmName": "a", "memSize": 64})
+    running = first.call("VM.shutdown", vmID=VM_ID, **shutdown)
+    deadline = time.monotonic() + 5
+    while first.tasks.get(running["taskID"])["state"] != "running":
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    first.tasks.stop()
+    first.events.close()
+    vms = {} if status_after is None else {VM_ID: {"vmId": VM_ID, "status": status_after}}
+    second = build_stack(schema, db, vms=vms)
+    try:
+        return second.tasks.get(running["taskID"])
+    finally:
+        second.tasks.stop()
+        second.events.close()
+
+
+def test_a_reboot_never_asked_for_is_not_reconciled_as_done(schema, tmp_path: Path) -> None:
+    info = _restart_during(schema, tmp_path / "s.db", "Up", reboot=True, delay=3600)
+    assert info["state"] == "failed", info
+    assert "before the reboot was asked for" in info["error"]["message"]
+    assert "Up" in info["error"]["message"]
+
+
+def test_a_power_off_never_asked_for_fails_unless_the_vm_is_down(schema, tmp_path: Path) -> None:
+    info = _restart_during(schema, tmp_path / "a.db", "Up", delay=3600)
+    assert info["state"] == "failed" and "before the guest was asked to power off" in info["error"]["message"]
+    assert _restart_during(schema, tmp_path / "b.db", "Down", delay=3600)["state"] == "succeeded"
+    asked = _restart_during(schema, tmp_path / "c.db", "Up", timeout=3600)
+    assert asked["state"] == "failed" and "still Up" in asked["error"]["message"]
+
+
+def test_a_reboot_of_a_vm_that_is_gone_fails(schema, tmp_path: Path) -> None:
+    info = _restart_during(schema, tmp_path / "s.db", None, reboot=True, delay=3600)
+    assert info["state"] == "failed" and info["error"]["name"] == "noVM"
+
+
+def test_a_reboot_interrupted_while_it_was_asked_for_says_so(stack: Stack) -> None:
+    """Between the step marker and libvirt's answer, nothing tells whether the guest was asked."""
+    from pier.api.vm import VmApi
+    from pier.rpc.errors import PierError
+
+    stack.node.vms = {VM_ID: {"vmId": VM_ID, "status": "Up"}}
+    with pytest.raises(PierError) as unknown:
+        VmApi(stack.node).shutdown_done({"vmID": VM_ID, "reboot": True}, "reboot")
+    assert "may or may not" in unknown.value.message
+
+
+def test_nothing_is_reconciled_as_done_while_libvirt_is_unreachable(stack: Stack) -> None:
+    from pier.api.vm import VmApi
+    from pier.rpc.errors import PierError
+
+    stack.node.connected = False
+    with pytest.raises(PierError) as unknown:
+        VmApi(stack.node).shutdown_done({"vmID": VM_ID, "reboot": False}, None)
+    assert "libvirtd" in unknown.value.message
+
+
+def test_a_reconciler_sees_the_last_step_saved(tmp_path: Path) -> None:
+    db = str(tmp_path / "s.db")
+    events = EventLog(db)
+    first = TaskManager(db, events.publish, workers=1)
+    first.start({})
+    reached = threading.Event()
+
+    def work(task):
+        task.step("second", 40, "doing the second thing")
+        reached.set()
+        task.cancelled.wait(60)
+        task.check_cancelled()  # the agent is stopping: the record stays "running"
+
+    info = first.submit("VM.shutdown", VM_ID, {"vmID": VM_ID}, work)
+    assert reached.wait(5)
+    first.stop()
+    seen = []
+    second = TaskManager(db, events.publish, workers=1)
+    second.start({"VM.shutdown": lambda params, step: seen.append((params, step)) or False})
+    try:
+        assert seen == [({"vmID": VM_ID}, "second")]
+        assert second.get(info["taskID"])["state"] == "failed"
+    finally:
+        second.stop()
+        events.close()
+
+
+def test_a_state_database_from_before_step_markers_is_kept(tmp_path: Path) -> None:
+    import sqlite3
+
+    db = str(tmp_path / "old.db")
+    old = sqlite3.connect(db)
+    old.execute("CREATE TABLE tasks (id TEXT PRIMARY KEY, verb TEXT, target TEXT, params TEXT, state TEXT,"
+                " progress INTEGER, message TEXT, result TEXT, error TEXT, created REAL, started REAL, ended REAL)")
+    old.execute("INSERT INTO tasks VALUES ('t1', 'VM.shutdown', ?, '{}', 'succeeded', 100, '', 'true', 'null',"
+                " 1.0, 1.0, ?)", (VM_ID, time.time()))
+    old.commit()
+    old.close()
+    tasks = TaskManager(db, lambda name, params: None, workers=1)
+    tasks.start({})
+    try:
+        assert tasks.get("t1")["state"] == "succeeded"
+    finally:
+        tasks.stop()
