@@ -40,9 +40,9 @@ import h11
 from pier.transports.fairqueue import FairQueue
 from pier.transports.httpexchange import (
     BUSY,
-    MAX_HEAD,
     HANDSHAKE,
     LINGER,
+    MAX_HEAD,
     READ,
     SNIFF,
     Connection,
