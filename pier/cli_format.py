@@ -289,7 +289,8 @@ def trusted_table(records: list[dict[str, Any]]) -> str:
                    r.get("name")] for r in records])
 
 
-_AUDIT_COLUMNS = [("SEQ", 6), ("TIME", 23), ("WHO", 24), ("VIA", 5), ("VERB", 22), ("TARGET", 36), ("OUTCOME", 0)]
+_AUDIT_COLUMNS = [("SEQ", 6), ("TIME", 23), ("WHO", 24), ("VIA", 5), ("PEER", 21), ("VERB", 22), ("TARGET", 36),
+                  ("OUTCOME", 0)]
 
 
 def audit_table(entries: list[dict[str, Any]]) -> str:
@@ -309,10 +310,12 @@ def audit_line(entry: dict[str, Any]) -> str:
 
 def _audit_cells(entry: dict[str, Any]) -> list[str]:
     outcome = entry.get("outcome") or ""
+    if entry.get("refused"):
+        outcome = f"refused {entry.get('count', 1)}x {outcome}"
     if outcome != "ok" and entry.get("message"):
         outcome += f": {entry['message']}"
     return [str(entry.get("seq", "?")), clock(entry.get("time")), entry.get("who") or "-", entry.get("via") or "-",
-            entry.get("verb") or "?", entry.get("target") or "-", outcome]
+            entry.get("peer") or "-", entry.get("verb") or "?", entry.get("target") or "-", outcome]
 
 
 def _audit_row(cells: list[str]) -> str:

@@ -198,14 +198,17 @@ def _last(text: str) -> int:
     return number
 
 
+def _filters(args: argparse.Namespace) -> dict[str, Any]:
+    """The audit filters the command line asked for."""
+    return {**({"verb": args.verb} if args.verb else {}), **({"refused": True} if args.refused else {})}
+
+
 def cmd_audit(client: cli.PierClient, args: argparse.Namespace) -> int:
     """Entries after --after (all of them, the first --limit or the newest --last) as a table; with
     --follow, line by line, then new ones every 2 s."""
     after, left, header, kept = args.after or 0, None if args.follow else args.limit, True, []
     if args.last:
-        params: dict[str, Any] = {"after": after, "limit": args.last, "newest": True}
-        if args.verb:
-            params["verb"] = args.verb
+        params: dict[str, Any] = {"after": after, "limit": args.last, "newest": True, **_filters(args)}
         page = client.call(cli.CONVENIENCE_VERBS["audit"], params)
         kept, after = page.get("entries", []), page.get("last", after)
         if not args.follow:
@@ -218,9 +221,7 @@ def cmd_audit(client: cli.PierClient, args: argparse.Namespace) -> int:
             cli._out(fmt.compact_json(entry) if args.json else fmt.audit_line(entry))
         kept = []
     while True:
-        params: dict[str, Any] = {"after": after, "limit": min(AUDIT_PAGE, left or AUDIT_PAGE)}
-        if args.verb:
-            params["verb"] = args.verb
+        params = {"after": after, "limit": min(AUDIT_PAGE, left or AUDIT_PAGE), **_filters(args)}
         page = client.call(cli.CONVENIENCE_VERBS["audit"], params)
         entries = page.get("entries", [])
         after = page.get("last", after)
@@ -311,6 +312,9 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     how_many.add_argument("--last", type=_last, metavar="N",
                           help="only the newest N entries (at most 1000; with --follow, then the new ones)")
     audit.add_argument("--verb", metavar="VERB", help="only calls of this verb, e.g. VM.destroy")
+    audit.add_argument("--refused", action="store_true",
+                       help="only refused calls (no or bad credentials, wrong role, limited, invalid params), "
+                       "counted per source and minute")
     audit.add_argument("--follow", "-f", action="store_true",
                        help=f"then look for new entries every {AUDIT_FOLLOW_INTERVAL:g} s until Ctrl-C")
     audit.set_defaults(run=cmd_audit)

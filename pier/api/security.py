@@ -16,8 +16,8 @@ class SecurityApi:
 
     @verb("Host.getAuditLog")
     def audit_log(self, ctx: CallContext, after: int = 0, limit: int = 100, verb: str | None = None,
-                  newest: bool = False) -> dict[str, Any]:
-        return self._audit.read(after, limit, verb, newest)
+                  newest: bool = False, refused: bool = False) -> dict[str, Any]:
+        return self._audit.read(after, limit, verb, newest, refused)
 
     @verb("Token.create")
     def create_token(self, ctx: CallContext, role: str, name: str = "",

@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from pier.rpc.errors import Forbidden, InvalidParams, NoSuchCredential, Unauthenticated
+from pier.rpc.errors import Forbidden, InvalidParams, NoSuchCredential, TooManyRequests, Unauthenticated
 from pier.rpc.limits import FailedLogins
 from pier.rpc.schema import ROLES
 from pier.rpc.store import open_state
@@ -147,7 +147,7 @@ class Credentials:
         if not changed:
             raise NoSuchCredential(f"no active token {token_id!r}", data={"tokenID": token_id})
 
-    def _known(self, proof: str | bytes) -> Identity | None:
+    def known(self, proof: str | bytes) -> Identity | None:
         """The identity `proof` gave since the last revocation, while it has not expired."""
         known = self._proven.get(proof)
         if known is None or known.generation != self.generation or (
@@ -163,7 +163,7 @@ class Credentials:
 
     def token_identity(self, token: str) -> Identity:
         """The identity a bearer token proves; Unauthenticated when it proves none."""
-        known = self._known(token)
+        known = self.known(token)
         if known is not None:
             return known
         token_id, _, secret = token.removeprefix(TOKEN_PREFIX).partition("_")
@@ -223,7 +223,7 @@ class Credentials:
 
     def certificate_identity(self, der: bytes) -> Identity:
         """The identity a client certificate proves; Unauthenticated when it is not trusted."""
-        return self._known(der) or self._remember(der, self._certificate_by_fingerprint(fingerprint(der)))
+        return self.known(der) or self._remember(der, self._certificate_by_fingerprint(fingerprint(der)))
 
     def _certificate_by_fingerprint(self, print_: str) -> Identity:
         with self._lock:
@@ -253,14 +253,22 @@ class Authenticator:
         """The caller's identity from (in this order) a client certificate, a bearer token, or
         unix-socket peer credentials. Raises Unauthenticated when none of them proves one, and
         TooManyRequests when `source` (the peer's address, where the wire has one) failed too often
-        lately."""
-        if (certificate or authorization) and source is not None:
-            self.failures.check(source)
+        lately: then only a credential proven before (since the last revocation) still passes, so
+        that guessing stops while a good client behind the same address goes on."""
         if certificate or authorization:
+            proof = certificate or _token_of(authorization or "")
+            if source is not None:
+                try:
+                    self.failures.check(source)
+                except TooManyRequests:
+                    known = self.credentials.known(proof)
+                    if known is None:
+                        raise
+                    return known
             try:
                 if certificate:
                     return self.credentials.certificate_identity(certificate)
-                return self.credentials.token_identity(_token_of(authorization or ""))
+                return self.credentials.token_identity(proof)
             except Unauthenticated:
                 if source is not None:
                     self.failures.failed(source)

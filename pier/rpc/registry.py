@@ -177,8 +177,13 @@ class Registry:
         declared = self.schema.resolve(name)
         if declared is None:
             raise MethodNotFound(f"Method not found: {name}", data={"method": name})
-        self._admit(declared, params, context)
-        params = declared.validate(params)
+        try:
+            self._admit(declared, context)
+            params = declared.validate(params)
+        except PierError as refusal:
+            if not declared.readonly and self.audit is not None:
+                self._refused(declared, context, refusal)
+            raise
         handler = self._handlers[declared.name]
         target = declared.target_of(params)
         started = time.perf_counter()
@@ -210,9 +215,9 @@ class Registry:
         declared = self.schema.resolve(name)
         if declared is None:
             raise MethodNotFound(f"Method not found: {name}", data={"method": name})
-        self._admit(declared, {}, context)
+        self._admit(declared, context)
 
-    def _admit(self, declared: Verb, params: Any, context: CallContext) -> None:
+    def _admit(self, declared: Verb, context: CallContext) -> None:
         """Refuse a caller without an identity, over its rate, or without the verb's role."""
         identity = context.identity
         if identity is None:
@@ -226,9 +231,6 @@ class Registry:
                               f"{identity.role} role",
                               data={"needs": declared.role, "role": identity.role})
             log.warning("%s refused to %s (%s)", declared.name, identity.name, context.describe())
-            if not declared.readonly and self.audit is not None:
-                self._audit(declared, params if isinstance(params, dict) else {"params": params}, None, context,
-                            None, error)
             raise error
 
     def _finished(self, declared: Verb, params: dict[str, Any], target: str | None, context: CallContext,
@@ -253,6 +255,12 @@ class Registry:
                           outcome=error.name if error else "ok", message=error.message if error else message,
                           ms=None if elapsed is None else round(elapsed * 1000, 3))
 
+    def _refused(self, declared: Verb, context: CallContext, error: PierError) -> None:
+        identity = context.identity
+        self.audit.refused(who=identity.name if identity else "unauthenticated", role=identity.role if identity else None,
+                           via=context.transport, source=source_of(context.peer), verb=declared.name,
+                           outcome=error.name, message=error.message)
+
     def _submit_task(self, declared: Verb, handler: Callable[..., Any], params: dict[str, Any],
                      context: CallContext, target: str | None) -> dict[str, Any]:
         def run(task: Any) -> Any:
@@ -262,6 +270,12 @@ class Registry:
             return self.locks.hold(target, f"{declared.name} (a task)")
 
         return self.tasks.submit(declared.name, target, params, run, guard=guard if target is not None else None)
+
+
+def source_of(peer: str) -> str:
+    """Where a call came from, without its port: '127.0.0.1:5555' -> '127.0.0.1', '[::1]:80' -> '[::1]'."""
+    host, sep, port = peer.rpartition(":")
+    return host if sep and port.isdigit() and host else peer
 
 
 def _check_signature(declared: Verb, handler: Callable[..., Any]) -> None:

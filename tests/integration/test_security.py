@@ -149,3 +149,25 @@ def served_certificate(host: str, port: int, ca: Path) -> bytes:
     context = ssl.create_default_context(cafile=str(ca))
     with socket.create_connection((host, port)) as raw, context.wrap_socket(raw, server_hostname=host) as tls:
         return tls.getpeercert(binary_form=True)
+
+
+def test_refused_changes_are_audited_and_counted(pierd: Pierd) -> None:
+    start = json.loads(http_request("GET", pierd.http + "/api/v1/audit?newest=true&limit=1")[2])["last"]
+    for _ in range(96):
+        status, _, _ = http_request("POST", pierd.http + "/api/v1/vms", vm_params(new_vm_id()),
+                                    headers={"Authorization": ""})
+        assert status == 401
+    viewer = pierd.make_token("viewer")
+    assert http_request("POST", pierd.http + "/api/v1/vms", vm_params(new_vm_id()), headers=bearer(viewer))[0] == 403
+    assert http_request("POST", pierd.http + "/api/v1/vms/not-a-uuid/pause", {})[0] == 400
+    for _ in range(25):  # past 20 failed logins a minute, the address is refused without a look at its token
+        http_request("POST", pierd.http + "/api/v1/vms/" + new_vm_id() + "/pause", {},
+                     headers=bearer("pier_guess_wrong"))
+    assert http_request("GET", pierd.http + "/api/v1/vms")[0] == 200  # reads are not audited, even refused
+    page = json.loads(http_request("GET", f"{pierd.http}/api/v1/audit?after={start}&refused=true")[2])
+    counted = {(e["verb"], e["outcome"]): e["count"] for e in page["entries"]}
+    assert all(e["refused"] and e["peer"] == "127.0.0.1" for e in page["entries"])
+    assert counted == {("VM.create", "unauthenticated"): 96, ("VM.create", "forbidden"): 1,
+                       ("VM.pause", "InvalidParams"): 1, ("VM.pause", "unauthenticated"): 20,
+                       ("VM.pause", "tooManyRequests"): 5}
+    assert len(page["entries"]) == 5  # 123 refusals, one entry per source, caller, verb and outcome

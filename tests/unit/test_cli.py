@@ -652,12 +652,12 @@ def test_audit_table_and_json(pier: Run, stack: Stack) -> None:
     assert pier("vms")[0] == 0  # reads are not audited
     code, out, _ = pier("audit")
     header, *rows = out.splitlines()
-    assert code == 0 and header.split() == ["SEQ", "TIME", "WHO", "VIA", "VERB", "TARGET", "OUTCOME"]
+    assert code == 0 and header.split() == ["SEQ", "TIME", "WHO", "VIA", "PEER", "VERB", "TARGET", "OUTCOME"]
     cells = [re.split(r"\s{2,}", row.strip()) for row in rows]
-    assert [(c[0], c[2], c[3], c[4], c[5]) for c in cells] == [
+    assert [(c[0], c[2], c[3], c[5], c[6]) for c in cells] == [
         ("1", "test admin", "http", "VM.create", VM_ID), ("2", "test admin", "http", "VM.pause", VM_ID),
         ("3", "test admin", "http", "VM.pause", UNKNOWN_VM)]
-    assert cells[0][6] == "ok" and cells[2][6].startswith("noVM: Virtual machine does not exist")
+    assert cells[0][7] == "ok" and cells[2][7].startswith("noVM: Virtual machine does not exist")
     assert [len(row.split(VM_ID)[0]) for row in rows[:2]] == [header.index("TARGET")] * 2  # columns line up
     code, out, _ = pier("audit", "--json", "--verb", "VM.pause", "--after", "2")
     entries = [json.loads(line) for line in out.splitlines()]
@@ -673,6 +673,15 @@ def test_audit_table_and_json(pier: Run, stack: Stack) -> None:
     with pytest.raises(SystemExit) as usage:
         pier("audit", "--last", "2", "--limit", "2")
     assert usage.value.code == 2
+    assert pier("audit", "--refused")[:2] == (0, "no audit entries\n")
+    for _ in range(3):
+        assert pier("call", "VM.pause", "vmID=not-a-uuid")[0] != 0
+    code, out, _ = pier("audit", "--refused", "--json")
+    refused = [json.loads(line) for line in out.splitlines()]
+    assert [(e["verb"], e["outcome"], e["count"], e["refused"]) for e in refused] == [
+        ("VM.pause", "InvalidParams", 3, True)]
+    row = pier("audit", "--refused")[1].splitlines()[1]
+    assert "refused 3x InvalidParams: " in row
 
 
 def test_audit_limit_must_be_positive(offline: Run, capsys: pytest.CaptureFixture[str]) -> None:
@@ -712,7 +721,7 @@ def test_audit_follow_polls_from_the_last_entry(pier: Run, stack: Stack, monkeyp
     monkeypatch.setattr(cli, "_out", out)
     assert pier("audit", *args)[0] == 130
     assert seen[0].split()[0] == "SEQ"
-    assert [re.split(r"\s{2,}", line.strip())[4] for line in seen[1:]] == shown
+    assert [re.split(r"\s{2,}", line.strip())[5] for line in seen[1:]] == shown
 
 
 # -- init-tls --------------------------------------------------------------------------------------
