@@ -8,13 +8,16 @@ written is sent at once by the offering thread (a response from a worker then co
 to the writer); the rest is queued in order. Past `out_limit` queued bytes the reader stops
 reading and `put` waits, so a client that does not read holds up only itself; one that takes
 nothing for `WRITE_STALL` seconds is dropped. TLS sockets (wrapped with
-`do_handshake_on_connect=False`) get their handshake on the reader thread.
+`do_handshake_on_connect=False`) get their handshake on the reader thread. Another thread that
+closes the connection (`close_after`, say when its credential is revoked) wakes the reader
+through an eventfd, so that it lingers and closes at once rather than at the client's next byte.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import select
 import socket
 import ssl
@@ -68,6 +71,7 @@ class StompWire:
         self._send_every = 0.0
         self._expect_every = 0.0
         self._last_rx = self._last_tx = time.monotonic()
+        self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)  # closed with the socket
         self._reader = threading.Thread(target=self._run, name=f"{name}-rx", daemon=True)
         self._writer = threading.Thread(target=self._write_loop, name=f"{name}-tx", daemon=True)
 
@@ -136,13 +140,19 @@ class StompWire:
         self._send_now(data)
 
     def close_after(self, data: bytes) -> None:
-        """Queue a last frame (an ERROR, a RECEIPT); the connection closes once it is sent."""
+        """Queue a last frame (an ERROR, a RECEIPT); the connection closes once it is sent. From any thread."""
         with self.cond:
             if self.state == OPEN:
                 self._queue(data)
                 self.state = CLOSING
                 self.cond.notify_all()
                 self._work.notify_all()
+                self._wake_reader()
+
+    def _wake_reader(self) -> None:
+        """Make the reader look at the state again (holding `cond`, while OPEN)."""
+        if self._wake >= 0:
+            os.eventfd_write(self._wake, 1)
 
     # -- reading --------------------------------------------------------------------------------
 
@@ -164,11 +174,16 @@ class StompWire:
         reader = FrameReader(self._max_frame)
         poller = select.poll()
         poller.register(self._sock, select.POLLIN)
+        poller.register(self._wake, select.POLLIN)
         connect_deadline = time.monotonic() + CONNECT_TIMEOUT
         while self._wait_for_room():
-            if not (self._tls and self._sock.pending()) and not poller.poll(self._poll_ms(connect_deadline)):
-                self._check_silence(connect_deadline)
-                continue
+            if not (self._tls and self._sock.pending()):
+                ready = [fd for fd, _ in poller.poll(self._poll_ms(connect_deadline))]
+                if self._wake in ready:
+                    os.eventfd_read(self._wake)
+                if self._sock.fileno() not in ready:
+                    self._check_silence(connect_deadline)
+                    continue
             try:
                 with self._io_lock:
                     data = self._sock.recv(65536)
@@ -330,6 +345,9 @@ class StompWire:
             self._linger()
         self._shutdown(socket.SHUT_RDWR)
         self._sock.close()
+        with self.cond:  # no one writes to it once the state is not OPEN, as it is now
+            os.close(self._wake)
+            self._wake = -1
         log.debug("connection from %s closed", self.peer)
         self.closed()
 

@@ -8,6 +8,7 @@ log on its own thread and waits when the client is behind, so the publisher neve
 
 Subscriptions live in one table shared by the listener's connections, as in VDSM: a SEND to a
 destination reaches every subscription to it or to a dotted prefix of it, on any connection.
+A connection whose token or certificate is revoked gets an ERROR saying so and is closed at once.
 """
 
 from __future__ import annotations
@@ -128,6 +129,7 @@ class Connection(StompWire):
     def __init__(self, sock: socket.socket, peer: str, number: int, endpoint: Endpoint) -> None:
         super().__init__(sock, peer, f"vdsm-stomp-{number}", max_frame=endpoint.max_frame,
                          out_limit=endpoint.out_limit)
+        self._unwatch: Callable[[], Any] | None = None
         self._end = endpoint
         self._in_flight = 0
         self._subs: dict[str, str] = {}
@@ -153,6 +155,8 @@ class Connection(StompWire):
         self.close_after(error_frame(message, detail))
 
     def ended(self) -> None:
+        if self._unwatch is not None:
+            self._unwatch()
         self.session.close()
         with self.cond:
             subs, self._subs = self._subs, {}
@@ -188,6 +192,12 @@ class Connection(StompWire):
             log.info("STOMP connection from %s is not authenticated: %s", self.peer, exc.message)
         else:
             self._context = replace(self._context, identity=identity)
+            self._unwatch = self._end.authenticator.watch(identity, self._revoked)
+
+    def _revoked(self, reason: str) -> None:
+        """The connection's credential was revoked (on the revoking thread): stop pushing, refuse, close."""
+        self.session.cancel()
+        self.fail("Not authenticated", reason)
 
     def _subscribe(self, frame: Frame) -> None:
         destination, sub_id = frame.headers.get("destination"), frame.headers.get("id")

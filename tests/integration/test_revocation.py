@@ -1,7 +1,7 @@
 """Revoking a token or removing a trusted certificate ends, within a second, every session opened with it.
 
-Each test opens a session that outlives one call (a WebSocket connection, a server-sent-events
-stream, a long-poll), revokes the credential it authenticated with, and checks that
+Each test opens a session that outlives one call (a WebSocket connection, a VDSM STOMP connection, a
+server-sent-events stream, a long-poll), revokes the credential it authenticated with, and checks that
 the session ends soon and says why. Each runs once with a bearer token (plain text on loopback) and
 once with a trusted client certificate (over TLS).
 """
@@ -25,6 +25,7 @@ from pier.rpc.auth import fingerprint
 from pier.tlsfiles import init_tls
 from tests.integration.clients import CallFailed, WsClient, http_request, unix_request
 from tests.integration.conftest import Pierd
+from tests.unit.vdsm_stomp_client import EVENTS, Closed, VdsmLikeClient, address_of
 
 # The issue asks for "within a second"; the machine is shared and noisy.
 DEADLINE = 2.0
@@ -44,11 +45,16 @@ class Caller:
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}" if self.token else ""}
 
+    @property
+    def vdsm_stomp(self) -> tuple[str, int]:
+        return address_of(next(line.split(" on ")[-1].strip() for line in self.daemon.log
+                               if "VDSM-compatible STOMP on" in line))
+
 
 @pytest.fixture(params=["token", "certificate"])
 def caller(request: pytest.FixtureRequest, tmp_path: Path, test_uri: str) -> Iterator[Caller]:
     secure = request.param == "certificate"
-    daemon = Pierd(tmp_path / "state", test_uri, secure=secure)
+    daemon = Pierd(tmp_path / "state", test_uri, "--vdsm-stomp", "127.0.0.1:0", secure=secure)
     try:
         if secure:
             own = init_tls(tmp_path / "elsewhere")  # a certificate pierd knows nothing of, until trusted
@@ -90,6 +96,23 @@ def test_websocket_is_closed_with_the_reason(caller: Caller) -> None:
         assert caller.reason in closed.value.rcvd.reason
     finally:
         client.close()
+
+
+def test_vdsm_stomp_gets_an_error_then_is_closed(caller: Caller) -> None:
+    client = VdsmLikeClient(caller.vdsm_stomp, tls=caller.tls, passcode=caller.token or None, timeout=DEADLINE + 5)
+    try:
+        client.subscribe(EVENTS)
+        assert client.call("Host.ping2") is True
+        started = time.monotonic()
+        caller.revoke()
+        error = client.read_frame()
+        assert time.monotonic() - started < DEADLINE
+        assert error.command == "ERROR", error
+        assert caller.reason in error.body.decode()
+        with pytest.raises((Closed, ConnectionResetError)):
+            client.read_frame()
+    finally:
+        client.sock.close()
 
 
 def test_event_stream_ends_with_the_reason(caller: Caller) -> None:

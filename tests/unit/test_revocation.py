@@ -1,5 +1,5 @@
 """A session learns at once that the credential it opened with was revoked: `Credentials.watch`,
-and the long-poll that uses it (`Events.poll` with `wait`)."""
+the long-poll that uses it (`Events.poll` with `wait`), and a VDSM STOMP connection."""
 
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ from pier.rpc.auth import Authenticator, Credentials
 from pier.rpc.errors import Unauthenticated
 from pier.rpc.registry import CallContext
 from pier.tlsfiles import init_tls
+from pier.transports.vdsm_stomp import VdsmStompListener
 from tests.unit.conftest import Stack
+from tests.unit.vdsm_stomp_client import EVENTS, Closed, VdsmLikeClient, address_of
 
 
 @pytest.fixture
@@ -112,3 +114,27 @@ def test_a_waiting_poll_is_refused_when_its_token_is_revoked(stack: Stack) -> No
     event = stack.events.publish("|pier|test|1", {})
     polls[1].join(10)
     assert [e["seq"] for e in outcomes[kept["tokenID"]]["events"]] == [event.seq]
+
+
+def test_a_vdsm_stomp_connection_ends_when_its_token_is_revoked(stack: Stack) -> None:
+    made = stack.credentials.create_token("viewer")
+    server = VdsmStompListener(stack.jsonrpc, stack.events, "127.0.0.1", 0,
+                               authenticator=Authenticator(stack.credentials))
+    server.start()
+    client = VdsmLikeClient(address_of(server.address), passcode=made["token"])
+    try:
+        client.subscribe(EVENTS)
+        assert client.call("Host.ping2") is True
+        stack.credentials.revoke_token(made["tokenID"])
+        error = client.read_frame()
+        assert error.command == "ERROR" and error.body == f"Not authenticated: token {made['tokenID']} was revoked".encode()
+        with pytest.raises((Closed, ConnectionResetError)):
+            client.read_frame()
+        # The server lets go of the connection though this client keeps its end open and sends nothing.
+        deadline = time.monotonic() + 5
+        while server.connections and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert server.connections == 0
+    finally:
+        client.sock.close()
+        server.stop()
