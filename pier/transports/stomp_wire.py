@@ -12,9 +12,9 @@ nothing for `WRITE_STALL` seconds is dropped. TLS sockets (wrapped with
 
 The reader keeps every deadline of the connection: CONNECT within `CONNECT_TIMEOUT` of the
 accept, each frame whole within `FRAME_TIMEOUT` of its first byte (heart-beats and dribbled bytes
-do not extend it), and the client's heart-beats. Another thread that closes the connection
-(`close_after`, say when its credential is revoked) wakes the reader through an eventfd, so that
-it lingers and closes at once rather than at the next byte.
+do not extend it), the client's heart-beats, and one the dialect sets with `close_at`. Another
+thread that closes the connection (`close_after`, say when its credential is revoked) wakes the
+reader through an eventfd, so that it lingers and closes at once rather than at the next byte.
 """
 
 from __future__ import annotations
@@ -77,6 +77,7 @@ class StompWire:
         self._expect_every = 0.0
         self._last_rx = self._last_tx = time.monotonic()
         self._frame_started: float | None = None  # when the first byte of an unfinished frame came
+        self._deadline: tuple[float, str, str] | None = None  # the dialect's: when, and the ERROR to send
         self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)  # closed with the socket
         self._reader = threading.Thread(target=self._run, name=f"{name}-rx", daemon=True)
         self._writer = threading.Thread(target=self._write_loop, name=f"{name}-tx", daemon=True)
@@ -96,6 +97,15 @@ class StompWire:
 
     def closed(self) -> None:
         """The socket is closed (on the reader thread, last)."""
+
+    def handshake_done(self) -> None:
+        """The TLS handshake is complete and `peer_certificate` known (on the reader thread)."""
+
+    def close_at(self, deadline: float, message: str, detail: str = "") -> None:
+        """Refuse the connection with `message` at `deadline` (time.monotonic()), unless it ends before."""
+        with self.cond:
+            self._deadline = (deadline, message, detail)
+            self._wake_reader()
 
     def start(self) -> None:
         self._writer.start()
@@ -167,11 +177,15 @@ class StompWire:
         try:
             if self._tls:
                 self._handshake()
+                self.handshake_done()
             graceful = self._read_loop()
         except (OSError, ValueError) as exc:
             log.debug("connection from %s failed: %s", self.peer, exc)
-        except Exception:
-            log.exception("connection from %s failed", self.peer)
+        except Exception as exc:
+            if self.state != CLOSED:
+                log.exception("connection from %s failed", self.peer)
+            else:  # aborted: the TLS socket was shut down under its handshake
+                log.debug("connection from %s ended: %r", self.peer, exc)
         finally:
             self._finish(graceful)
 
@@ -217,6 +231,8 @@ class StompWire:
             deadlines.append(self._last_rx + self._expect_every * HEARTBEAT_GRACE)
         if self._frame_started is not None:
             deadlines.append(self._frame_started + FRAME_TIMEOUT)
+        if self._deadline is not None:
+            deadlines.append(self._deadline[0])
         return deadlines
 
     def _poll_ms(self, connect_deadline: float) -> int | None:
@@ -233,6 +249,8 @@ class StompWire:
             self.fail("Frame timeout", f"a frame must arrive whole within {FRAME_TIMEOUT:g} s of its first byte")
         elif self.connected and self._expect_every and now - self._last_rx >= self._expect_every * HEARTBEAT_GRACE:
             self.fail("Heart-beat timeout", f"nothing received for {now - self._last_rx:.1f} s")
+        elif self._deadline is not None and now >= self._deadline[0]:
+            self.fail(*self._deadline[1:])
 
     def _wait_for_room(self) -> bool:
         with self.cond:
