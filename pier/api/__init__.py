@@ -20,5 +20,5 @@ from pier.api.vm import VmApi
 def handlers(node: Any, tasks: Any, events: Any, about: Callable[[], dict[str, Any]], credentials: Any,
              audit: Any) -> list[object]:
     """Every handler object, ready for `Registry(schema, handlers(...))`."""
-    return [HostApi(node, tasks, about), VmApi(node), TaskApi(tasks), EventsApi(events),
+    return [HostApi(node, tasks, about), VmApi(node), TaskApi(tasks), EventsApi(events, credentials),
             SecurityApi(credentials, audit)]

@@ -1,17 +1,23 @@
-"""Handlers of the Events namespace: subscribe a connection, or read the log by sequence."""
+"""Handlers of the Events namespace: subscribe a connection, or read the log by sequence.
+
+A poll that waits ends at once, unauthenticated, when the credential of its caller is revoked.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from pier.rpc.errors import UnsupportedOperation
+from pier.rpc.auth import Credentials
+from pier.rpc.errors import Unauthenticated, UnsupportedOperation
 from pier.rpc.events import EventLog, normalize_types
 from pier.rpc.registry import CallContext, verb
 
 
 class EventsApi:
-    def __init__(self, events: EventLog) -> None:
+    def __init__(self, events: EventLog, credentials: Credentials | None = None) -> None:
         self._events = events
+        self._credentials = credentials
 
     @verb("Events.subscribe")
     def subscribe(self, ctx: CallContext, after: int | None = None,
@@ -30,14 +36,30 @@ class EventsApi:
              limit: int = 1000) -> dict[str, Any]:
         if after is None:
             after = self._events.oldest_seq - 1
-        return self._batch(after, types, limit, wait)
+        if wait <= 0 or ctx.identity is None or self._credentials is None:
+            return self._batch(after, types, limit, wait)
+        ended: list[str] = []
+
+        def revoked(reason: str) -> None:  # on the revoking thread
+            ended.append(reason)
+            self._events.wake()
+
+        unwatch = self._credentials.watch(ctx.identity, revoked)
+        try:
+            batch = self._batch(after, types, limit, wait, stop=lambda: bool(ended))
+        finally:
+            unwatch()
+        if ended:
+            raise Unauthenticated(ended[0])
+        return batch
 
     @verb("Events.replay")
     def replay(self, ctx: CallContext, after: int, types: list[str] | None = None, limit: int = 1000) -> dict[str, Any]:
         return self._batch(after, types, limit, 0)
 
-    def _batch(self, after: int, types: list[str] | None, limit: int, wait: float) -> dict[str, Any]:
-        events, reached = self._events.wait(after, normalize_types(types), limit, wait)
+    def _batch(self, after: int, types: list[str] | None, limit: int, wait: float,
+               stop: Callable[[], bool] | None = None) -> dict[str, Any]:
+        events, reached = self._events.wait(after, normalize_types(types), limit, wait, stop)
         return {"events": [event.as_dict() for event in events], "last": reached,
                 "oldest": self._events.oldest_seq}
 

@@ -41,7 +41,7 @@ def make_app(registry: Registry, events: EventLog, *, info: Callable[[], dict[st
     app.default_error_handler = bottle_error_handler
     app.add_hook("before_request", _strip_trailing_slash)
     streams = EventStreams(events, stopping=stopping or threading.Event(), max_streams=max_streams,
-                           keepalive=stream_keepalive)
+                           keepalive=stream_keepalive, credentials=registry.credentials)
     document = openapi_document(registry.schema)
     text = json.dumps(document, separators=(",", ":"))
 

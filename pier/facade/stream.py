@@ -9,7 +9,9 @@ answered `410` before the stream starts, as the long-poll answers it.
 Each open stream holds one server worker for its whole life, so streams are capped (beyond the
 cap: `503` with `Retry-After`), wait on the log with a short timeout so that they end soon after
 `stopping` is set (a server cannot stop while a stream is open), and send a comment line every
-`keepalive` seconds so that a departed client is noticed when the write fails.
+`keepalive` seconds so that a departed client is noticed when the write fails. When the token or
+certificate a stream was opened with is revoked, the stream ends at once with a last event,
+`|pier|session_ended|`, whose params give the reason.
 """
 
 from __future__ import annotations
@@ -25,10 +27,11 @@ from typing import Any
 import bottle
 
 from pier.facade.problems import problem_response
+from pier.rpc.auth import WSGI_IDENTITY, Credentials
 from pier.rpc.errors import EventsExpired, InvalidRequest, Unavailable
 from pier.rpc.events import Event, EventLog, Subscription
 from pier.rpc.schema import Verb
-from pier.rpc.session import EVENTS_LOST
+from pier.rpc.session import EVENTS_LOST, SESSION_ENDED
 
 log = logging.getLogger("pier.facade")
 
@@ -48,8 +51,9 @@ class EventStreams:
     """Opens, counts and ends the server-sent-event streams of one app."""
 
     def __init__(self, events: EventLog, *, stopping: threading.Event, max_streams: int = 32,
-                 keepalive: float = 15.0) -> None:
+                 keepalive: float = 15.0, credentials: Credentials | None = None) -> None:
         self.events = events
+        self.credentials = credentials
         self.stopping = stopping
         self.max_streams = max_streams
         self.keepalive = keepalive
@@ -81,8 +85,12 @@ class EventStreams:
             raise
         peer = f"{environ.get('REMOTE_ADDR', '')}:{environ.get('REMOTE_PORT', '')}"
         log.debug("event stream to %s opened after %d", peer, subscription.after)
+        stream = _Stream(self, subscription, peer)
+        identity = environ.get(WSGI_IDENTITY)
+        if self.credentials is not None and identity is not None:
+            stream.unwatch = self.credentials.watch(identity, stream.revoked)
         return bottle.HTTPResponse(
-            body=_Stream(self, subscription, peer),
+            body=stream,
             status=200,
             headers={"Content-Type": EVENT_STREAM, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
@@ -114,6 +122,8 @@ class _Stream:
         self._peer = peer
         self._frames = self._generate()
         self._closed = False
+        self._ended: str | None = None  # why the stream's credential no longer holds
+        self.unwatch: Any = None
 
     def __iter__(self) -> Iterator[bytes]:
         return self
@@ -125,17 +135,25 @@ class _Stream:
         if self._closed:
             return
         self._closed = True
+        if self.unwatch is not None:
+            self.unwatch()
         self._frames.close()
         self._subscription.close()
         self._owner._release()
         log.debug("event stream to %s closed", self._peer)
+
+    def revoked(self, reason: str) -> None:
+        """The stream's credential was revoked (on the revoking thread): end the stream, saying why."""
+        log.info("ending the event stream to %s: %s", self._peer, reason)
+        self._ended = reason
+        self._subscription.close()  # wakes the stream's wait
 
     def _generate(self) -> Iterator[bytes]:
         owner, subscription = self._owner, self._subscription
         # Sent at once so that the status line and headers go out before the first event.
         yield f"retry: 3000\n: events after {subscription.after}\n\n".encode()
         quiet_since = time.monotonic()
-        while not owner.stopping.is_set() and not owner.events.closed:
+        while self._ended is None and not owner.stopping.is_set() and not owner.events.closed:
             try:
                 frames = self._drain(min(STOP_CHECK, owner.keepalive))
             except EventsExpired as exc:
@@ -148,6 +166,8 @@ class _Stream:
             elif time.monotonic() - quiet_since >= owner.keepalive:
                 yield b": keepalive\n\n"
                 quiet_since = time.monotonic()
+        if self._ended is not None:
+            yield frame(Event(0, SESSION_ENDED, {"reason": self._ended}, time.time()), with_id=False)
 
     def _drain(self, timeout: float) -> list[bytes]:
         """The frames of the next event (waiting up to `timeout`) and of those already there."""

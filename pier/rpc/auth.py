@@ -8,7 +8,9 @@ operator or admin, as the schema declares per verb):
 - the peer credentials of a local unix-socket connection (root, or a member of the admin group).
 The stores live in sqlite in the state directory, so `pier trust` and `pier token` take effect
 for the next call without a restart. Transports call `Authenticator.identify` with what the wire
-gave them and put the result in the CallContext; the registry checks the role.
+gave them and put the result in the CallContext; the registry checks the role. A session that
+outlives one call (a WebSocket or STOMP connection, an event stream, a long-poll) calls
+`Credentials.watch` to learn at once when its credential is revoked, and ends.
 """
 
 from __future__ import annotations
@@ -17,10 +19,13 @@ import base64
 import grp
 import hashlib
 import hmac
+import itertools
+import logging
 import secrets
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +33,8 @@ from pier.rpc.errors import Forbidden, InvalidParams, NoSuchCredential, TooManyR
 from pier.rpc.limits import FailedLogins
 from pier.rpc.schema import ROLES
 from pier.rpc.store import open_state
+
+log = logging.getLogger("pier.auth")
 
 TOKEN_PREFIX = "pier_"
 # Where the HTTP listener leaves the caller's identity (or why there is none) for the WSGI apps.
@@ -98,6 +105,8 @@ class Credentials:
         self.on_trust: Any = None  # called with a certificate's PEM when it is trusted (the TLS context)
         self._rechecked: dict[str, Identity] = {}
         self._proven: dict[str | bytes, Identity] = {}  # by token text or certificate: no sqlite read a call
+        self._watchers: dict[str, dict[int, Callable[[str], None]]] = {}  # by credential
+        self._watch_ids = itertools.count(1)
 
     def close(self) -> None:
         with self._lock:
@@ -117,6 +126,48 @@ class Credentials:
             known = self._token_by_id(key) if kind == "token" else self._certificate_by_fingerprint(key)
             self._rechecked[identity.credential] = known
         return known
+
+    def watch(self, identity: Identity, revoked: Callable[[str], None]) -> Callable[[], bool]:
+        """Call `revoked(reason)` once when the credential behind `identity` is revoked or no longer
+        trusted (at once when that already happened); returns a function that stops watching (True
+        when it still was).
+
+        `revoked` runs on the thread that revokes (or on this one) and must not block. An identity
+        without a credential (a local peer) is never revoked.
+        """
+        credential = identity.credential
+        if not credential:
+            return _nothing
+        key = next(self._watch_ids)
+        with self._lock:
+            self._watchers.setdefault(credential, {})[key] = revoked
+
+        def unwatch() -> bool:
+            with self._lock:
+                watchers = self._watchers.get(credential, {})
+                if watchers.pop(key, None) is None:
+                    return False
+                if not watchers:
+                    del self._watchers[credential]
+                return True
+
+        try:
+            self.current(identity)
+        except Unauthenticated as exc:  # revoked before it was watched
+            if unwatch():
+                revoked(exc.message)
+        return unwatch
+
+    def _revoked(self, credential: str, reason: str) -> None:
+        with self._lock:
+            watchers = list(self._watchers.pop(credential, {}).values())
+        if watchers:
+            log.info("%s: ending %d session(s) that authenticated with it", reason, len(watchers))
+        for revoked in watchers:
+            try:
+                revoked(reason)
+            except Exception:  # one session's failure must not keep the others open
+                log.exception("ending a session after '%s' failed", reason)
 
     # -- tokens -----------------------------------------------------------------------------------
 
@@ -146,6 +197,7 @@ class Credentials:
             self.generation += changed
         if not changed:
             raise NoSuchCredential(f"no active token {token_id!r}", data={"tokenID": token_id})
+        self._revoked(f"token:{token_id}", f"token {token_id} was revoked")
 
     def known(self, proof: str | bytes) -> Identity | None:
         """The identity `proof` gave since the last revocation, while it has not expired."""
@@ -214,12 +266,13 @@ class Credentials:
                 for r in rows]
 
     def distrust(self, fingerprint_text: str) -> None:
+        print_ = fingerprint_text.upper()
         with self._lock:
-            changed = self._db.execute("DELETE FROM trusted WHERE fingerprint = ?",
-                                       (fingerprint_text.upper(),)).rowcount
+            changed = self._db.execute("DELETE FROM trusted WHERE fingerprint = ?", (print_,)).rowcount
             self.generation += changed
         if not changed:
             raise NoSuchCredential(f"no trusted certificate {fingerprint_text}", data={"fingerprint": fingerprint_text})
+        self._revoked(f"certificate:{print_}", f"the client certificate {print_[:23]}... is no longer trusted")
 
     def certificate_identity(self, der: bytes) -> Identity:
         """The identity a client certificate proves; Unauthenticated when it is not trusted."""
@@ -278,6 +331,10 @@ class Authenticator:
         raise Unauthenticated("no credentials: present a trusted client certificate or a bearer token "
                               "(an admin makes one with 'pier token create --role viewer')")
 
+    def watch(self, identity: Identity, revoked: Callable[[str], None]) -> Callable[[], bool]:
+        """See `Credentials.watch`: a session learns when the credential it was opened with is revoked."""
+        return self.credentials.watch(identity, revoked)
+
     def peer_identity(self, uid: int, gid: int | None = None) -> Identity:
         """Local callers on the unix socket: root and the admin group are admins; others are refused."""
         if uid == 0:
@@ -289,6 +346,10 @@ class Authenticator:
         if group is not None and (gid == group.gr_gid or _user_in_group(uid, group)):
             return Identity(f"local uid {uid}", "admin", "peer-credentials", local_uid=uid)
         raise Forbidden(f"local uid {uid} is neither root nor in the {self.admin_group} group")
+
+
+def _nothing() -> bool:
+    return False
 
 
 def _token_of(authorization: str) -> str:

@@ -4,7 +4,8 @@ A transport that can push gives each connection a `PushSession` with a `push(eve
 that writes one event to the wire. `Events.subscribe` attaches a subscription to the session;
 the session's own thread then follows the event log from the subscription's cursor and pushes
 each event in order, so a slow client never holds up the publisher or other clients. Closing
-the session (when the connection ends) stops and joins that thread.
+the session (when the connection ends) stops and joins that thread; `cancel` stops it without
+waiting, from any thread (when the credential the connection opened with is revoked).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ log = logging.getLogger("pier.events")
 
 _ids = itertools.count(1)
 EVENTS_LOST = "|pier|events_lost|"
+# The last event of a stream that ends because its credential was revoked; params: {"reason": ...}.
+SESSION_ENDED = "|pier|session_ended|"
 
 
 class PushSession:
@@ -57,6 +60,13 @@ class PushSession:
             thread.join()
 
     close = detach
+
+    def cancel(self) -> None:
+        """Stop pushing soon, without waiting for the push thread (`close` still joins it)."""
+        with self._lock:
+            subscription = self._subscription
+        if subscription is not None:
+            subscription.close()
 
     def _pump(self, subscription: Subscription) -> None:
         while not subscription.closed:

@@ -52,6 +52,11 @@ class FrameReader:
         self._head: tuple[Frame, int, int] | None = None  # frame without body, body start, length
         self._failed = False
 
+    @property
+    def in_frame(self) -> bool:
+        """True while the bytes fed so far end inside a frame (heart-beats between frames aside)."""
+        return self._head is not None or bool(self._buf)
+
     def feed(self, data: bytes) -> list[Frame | FrameError]:
         """The frames completed by `data`, in order; an error, if any, comes last."""
         if self._failed:

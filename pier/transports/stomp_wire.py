@@ -9,12 +9,19 @@ to the writer); the rest is queued in order. Past `out_limit` queued bytes the r
 reading and `put` waits, so a client that does not read holds up only itself; one that takes
 nothing for `WRITE_STALL` seconds is dropped. TLS sockets (wrapped with
 `do_handshake_on_connect=False`) get their handshake on the reader thread.
+
+The reader keeps every deadline of the connection: CONNECT within `CONNECT_TIMEOUT` of the
+accept, each frame whole within `FRAME_TIMEOUT` of its first byte (heart-beats and dribbled bytes
+do not extend it), the client's heart-beats, and one the dialect sets with `close_at`. Another
+thread that closes the connection (`close_after`, say when its credential is revoked) wakes the
+reader through an eventfd, so that it lingers and closes at once rather than at the next byte.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import select
 import socket
 import ssl
@@ -27,6 +34,7 @@ from pier.transports.stomp_frames import HEARTBEAT, Frame, FrameError, FrameRead
 log = logging.getLogger("pier.transports.vdsm_stomp")
 
 CONNECT_TIMEOUT = 10.0  # seconds from accept to CONNECT (the TLS handshake included)
+FRAME_TIMEOUT = 10.0  # seconds from a frame's first byte to its last
 WRITE_STALL = 60.0  # a client that takes no byte for this long is dropped
 CLOSE_FLUSH = 5.0  # how long the last frames (an ERROR, a RECEIPT) may take to leave
 LINGER = 1.0  # after them, how long to read and discard before closing, so that no RST eats them
@@ -68,6 +76,9 @@ class StompWire:
         self._send_every = 0.0
         self._expect_every = 0.0
         self._last_rx = self._last_tx = time.monotonic()
+        self._frame_started: float | None = None  # when the first byte of an unfinished frame came
+        self._deadline: tuple[float, str, str] | None = None  # the dialect's: when, and the ERROR to send
+        self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)  # closed with the socket
         self._reader = threading.Thread(target=self._run, name=f"{name}-rx", daemon=True)
         self._writer = threading.Thread(target=self._write_loop, name=f"{name}-tx", daemon=True)
 
@@ -86,6 +97,15 @@ class StompWire:
 
     def closed(self) -> None:
         """The socket is closed (on the reader thread, last)."""
+
+    def handshake_done(self) -> None:
+        """The TLS handshake is complete and `peer_certificate` known (on the reader thread)."""
+
+    def close_at(self, deadline: float, message: str, detail: str = "") -> None:
+        """Refuse the connection with `message` at `deadline` (time.monotonic()), unless it ends before."""
+        with self.cond:
+            self._deadline = (deadline, message, detail)
+            self._wake_reader()
 
     def start(self) -> None:
         self._writer.start()
@@ -136,13 +156,19 @@ class StompWire:
         self._send_now(data)
 
     def close_after(self, data: bytes) -> None:
-        """Queue a last frame (an ERROR, a RECEIPT); the connection closes once it is sent."""
+        """Queue a last frame (an ERROR, a RECEIPT); the connection closes once it is sent. From any thread."""
         with self.cond:
             if self.state == OPEN:
                 self._queue(data)
                 self.state = CLOSING
                 self.cond.notify_all()
                 self._work.notify_all()
+                self._wake_reader()
+
+    def _wake_reader(self) -> None:
+        """Make the reader look at the state and its deadlines again (holding `cond`, while OPEN)."""
+        if self._wake >= 0:
+            os.eventfd_write(self._wake, 1)
 
     # -- reading --------------------------------------------------------------------------------
 
@@ -151,11 +177,15 @@ class StompWire:
         try:
             if self._tls:
                 self._handshake()
+                self.handshake_done()
             graceful = self._read_loop()
         except (OSError, ValueError) as exc:
             log.debug("connection from %s failed: %s", self.peer, exc)
-        except Exception:
-            log.exception("connection from %s failed", self.peer)
+        except Exception as exc:
+            if self.state != CLOSED:
+                log.exception("connection from %s failed", self.peer)
+            else:  # aborted: the TLS socket was shut down under its handshake
+                log.debug("connection from %s ended: %r", self.peer, exc)
         finally:
             self._finish(graceful)
 
@@ -164,11 +194,16 @@ class StompWire:
         reader = FrameReader(self._max_frame)
         poller = select.poll()
         poller.register(self._sock, select.POLLIN)
+        poller.register(self._wake, select.POLLIN)
         connect_deadline = time.monotonic() + CONNECT_TIMEOUT
         while self._wait_for_room():
-            if not (self._tls and self._sock.pending()) and not poller.poll(self._poll_ms(connect_deadline)):
-                self._check_silence(connect_deadline)
-                continue
+            if not (self._tls and self._sock.pending()):
+                ready = [fd for fd, _ in poller.poll(self._poll_ms(connect_deadline))]
+                if self._wake in ready:
+                    os.eventfd_read(self._wake)
+                if self._sock.fileno() not in ready:
+                    self._check_deadlines(connect_deadline)
+                    continue
             try:
                 with self._io_lock:
                     data = self._sock.recv(65536)
@@ -184,30 +219,48 @@ class StompWire:
                     self.handle(item)
                 if self.state != OPEN:
                     break
+            if not reader.in_frame:
+                self._frame_started = None
+            elif self._frame_started is None:
+                self._frame_started = self._last_rx
         return self.state == CLOSING
 
-    def _poll_ms(self, connect_deadline: float) -> int | None:
-        if not self.connected:
-            deadline = connect_deadline
-        elif self._expect_every:
-            deadline = self._last_rx + self._expect_every * HEARTBEAT_GRACE
-        else:
-            return None
-        return max(0, int((deadline - time.monotonic()) * 1000) + 1)
+    def _deadlines(self, connect_deadline: float) -> list[float]:
+        deadlines = [connect_deadline] if not self.connected else []
+        if self.connected and self._expect_every:
+            deadlines.append(self._last_rx + self._expect_every * HEARTBEAT_GRACE)
+        if self._frame_started is not None:
+            deadlines.append(self._frame_started + FRAME_TIMEOUT)
+        if self._deadline is not None:
+            deadlines.append(self._deadline[0])
+        return deadlines
 
-    def _check_silence(self, connect_deadline: float) -> None:
+    def _poll_ms(self, connect_deadline: float) -> int | None:
+        deadlines = self._deadlines(connect_deadline)
+        if not deadlines:
+            return None
+        return max(0, int((min(deadlines) - time.monotonic()) * 1000) + 1)
+
+    def _check_deadlines(self, connect_deadline: float) -> None:
         now = time.monotonic()
         if not self.connected and now >= connect_deadline:
             self.fail("CONNECT timeout", f"no CONNECT frame within {CONNECT_TIMEOUT:g} s")
+        elif self._frame_started is not None and now >= self._frame_started + FRAME_TIMEOUT:
+            self.fail("Frame timeout", f"a frame must arrive whole within {FRAME_TIMEOUT:g} s of its first byte")
         elif self.connected and self._expect_every and now - self._last_rx >= self._expect_every * HEARTBEAT_GRACE:
             self.fail("Heart-beat timeout", f"nothing received for {now - self._last_rx:.1f} s")
+        elif self._deadline is not None and now >= self._deadline[0]:
+            self.fail(*self._deadline[1:])
 
     def _wait_for_room(self) -> bool:
         with self.cond:
             if self._out_bytes >= self._out_limit:
+                paused = time.monotonic()
                 while self._out_bytes >= self._out_limit and self.state == OPEN:
                     self.cond.wait()
                 self._last_rx = time.monotonic()  # the silence was ours, not the client's
+                if self._frame_started is not None:  # and so was the wait for the rest of a frame
+                    self._frame_started += self._last_rx - paused
             return self.state == OPEN
 
     def _handshake(self) -> None:
@@ -330,6 +383,9 @@ class StompWire:
             self._linger()
         self._shutdown(socket.SHUT_RDWR)
         self._sock.close()
+        with self.cond:  # no one writes to it once the state is not OPEN, as it is now
+            os.close(self._wake)
+            self._wake = -1
         log.debug("connection from %s closed", self.peer)
         self.closed()
 

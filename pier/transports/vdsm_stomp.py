@@ -10,6 +10,15 @@ with an ERROR frame, closing the connection when the stream cannot go on. VDSM's
 `vdsm_stomp_connection`, one connection's socket, threads and bounds in `stomp_wire`, frames in
 `stomp_frames`.
 
+Admission: a connection is authenticated once it has shown a trusted client certificate (after the
+TLS handshake) or a valid passcode (at CONNECT). At most `max_connections` authenticated ones are
+open (`max_per_client` from one address); beyond that CONNECT gets an ERROR. Connections not (yet)
+authenticated never take those slots: they have a budget of their own, `max_unauthenticated`
+(`max_per_client` from one address), and a new connection beyond it is admitted by dropping the
+oldest of them (first those that CONNECTed without credentials, then those that have not sent
+CONNECT yet). So a flood of anonymous connections can neither fill the table nor keep out a client
+that authenticates, and one address can only push out its own.
+
 The listener owns the accepting thread, the request worker pool and every connection; `stop()`
 closes them all and joins their threads.
 """
@@ -29,7 +38,8 @@ from typing import Any
 
 from pier.rpc.events import EventLog
 from pier.rpc.jsonrpc import JsonRpc
-from pier.transports.vdsm_stomp_connection import Connection, Endpoint, Subscriptions, error_frame
+from pier.transports.stomp_wire import OPEN
+from pier.transports.vdsm_stomp_connection import Connection, Endpoint, Subscriptions
 
 log = logging.getLogger("pier.transports.vdsm_stomp")
 
@@ -41,8 +51,8 @@ class VdsmStompListener:
 
     def __init__(self, jsonrpc: JsonRpc, events: EventLog, host: str, port: int = DEFAULT_PORT, *,
                  authenticator: Any, ssl_context: ssl_module.SSLContext | None = None, max_frame: int = 1 << 20,
-                 max_connections: int = 256, max_per_client: int = 32, workers: int = 8,
-                 max_in_flight: int = 8) -> None:
+                 max_connections: int = 256, max_per_client: int = 32, max_unauthenticated: int = 64,
+                 workers: int = 8, max_in_flight: int = 8) -> None:
         self._jsonrpc = jsonrpc
         self._authenticator = authenticator
         self._events = events
@@ -52,6 +62,7 @@ class VdsmStompListener:
         self._max_frame = max_frame
         self._max_connections = max_connections
         self._max_per_client = max_per_client
+        self._max_unauthenticated = max(1, max_unauthenticated)
         self._workers = workers
         self._max_in_flight = max_in_flight
         self._lock = threading.Lock()
@@ -84,7 +95,7 @@ class VdsmStompListener:
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind(address)
-            sock.listen(min(self._max_connections, 128))
+            sock.listen(min(self._max_connections + self._max_unauthenticated, 128))
             sock.setblocking(False)
         except OSError:
             sock.close()
@@ -95,7 +106,8 @@ class VdsmStompListener:
         self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="vdsm-stomp-worker")
         self._endpoint = Endpoint(self._jsonrpc, self._events, Subscriptions(), self._pool.submit,
                                   self._max_frame, self._max_in_flight, out_limit=max(self._max_frame, 1 << 20),
-                                  closed=self._forget, authenticator=self._authenticator)
+                                  closed=self._forget, authenticator=self._authenticator,
+                                  admit=self._admit_authenticated)
         self._thread = threading.Thread(target=self._accept_loop, name="vdsm-stomp-listener", daemon=True)
         self._thread.start()
 
@@ -151,30 +163,43 @@ class VdsmStompListener:
         client.setblocking(False)
         host = f"[{address[0]}]" if ":" in address[0] else address[0]
         peer = f"{host}:{address[1]}"
-        with self._lock:
-            from_client = sum(1 for c in self._connections if c.peer.rsplit(":", 1)[0] == host)
-            if len(self._connections) >= self._max_connections:
-                refusal = f"at most {self._max_connections} clients at a time"
-            elif from_client >= self._max_per_client:
-                refusal = f"at most {self._max_per_client} connections from one client ({host})"
-            else:
-                refusal = ""
-        if refusal:
-            log.warning("refused a STOMP connection from %s: %s", peer, refusal)
-            if self._ssl is None:
-                with contextlib.suppress(OSError):
-                    client.send(error_frame("Too many connections", refusal))
-                    client.recv(65536)  # what the client sent, so that closing does not reset the ERROR away
-            client.close()
-            return
         if self._ssl is not None:
             client = self._ssl.wrap_socket(client, server_side=True, do_handshake_on_connect=False)
         assert self._endpoint is not None
         connection = Connection(client, peer, next(self._numbers), self._endpoint)
         with self._lock:
+            dropped = self._make_room(host)
+            if dropped is not None:
+                dropped.abort()  # now, so that it is no longer counted
             self._connections.add(connection)
+        if dropped is not None:
+            log.info("dropped the unauthenticated STOMP connection from %s to admit one from %s",
+                     dropped.peer, peer)
         connection.start()
         log.debug("STOMP connection from %s", peer)
+
+    def _make_room(self, host: str) -> Connection | None:
+        """The unauthenticated connection to drop so that one more from `host` fits in their budget."""
+        waiting = [c for c in self._connections if not c.authenticated and c.state == OPEN]
+        from_host = [c for c in waiting if c.host == host]
+        if len(from_host) >= self._max_per_client:
+            candidates = from_host
+        elif len(waiting) >= self._max_unauthenticated:
+            candidates = waiting
+        else:
+            return None
+        return min(candidates, key=lambda c: (not c.connected, c.number))  # refused credentials first
+
+    def _admit_authenticated(self, connection: Connection) -> str:
+        """Count `connection` as authenticated, or say why there is no room for it."""
+        with self._lock:
+            authenticated = [c for c in self._connections if c.authenticated and c.state == OPEN]
+            if len(authenticated) >= self._max_connections:
+                return f"at most {self._max_connections} clients at a time"
+            if sum(c.host == connection.host for c in authenticated) >= self._max_per_client:
+                return f"at most {self._max_per_client} connections from one client ({connection.host})"
+            connection.authenticated = True
+            return ""
 
     def _forget(self, connection: Connection) -> None:
         with self._lock:

@@ -8,6 +8,13 @@ log on its own thread and waits when the client is behind, so the publisher neve
 
 Subscriptions live in one table shared by the listener's connections, as in VDSM: a SEND to a
 destination reaches every subscription to it or to a dotted prefix of it, on any connection.
+
+Who connected is learnt from the TLS client certificate once the handshake is done, else from
+CONNECT (the certificate, or a bearer token as the passcode). Only then does the listener count
+the connection as authenticated (`Endpoint.admit`); until then it is one of a smaller number of
+connections that may be dropped to admit others. A connection that CONNECTs without proving who
+it is can only be refused, so `UNAUTHENTICATED_TIMEOUT` seconds later it gets an ERROR and is
+closed; one whose token or certificate is revoked gets an ERROR saying so and is closed at once.
 """
 
 from __future__ import annotations
@@ -17,10 +24,12 @@ import json
 import logging
 import socket
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+from pier.rpc.auth import Identity
 from pier.rpc.errors import PierError
 from pier.rpc.events import Event, EventLog
 from pier.rpc.jsonrpc import JsonRpc
@@ -38,6 +47,7 @@ EVENTS_DESTINATION = "jms.queue.events"
 MIN_HEARTBEAT_MS = 1000
 MAX_HEARTBEAT_MS = 3_600_000
 MAX_SUBSCRIPTIONS = 100
+UNAUTHENTICATED_TIMEOUT = 10.0  # seconds a connection that proved no identity stays after CONNECT
 
 
 def covers(subscribed: str, destination: str) -> bool:
@@ -99,6 +109,7 @@ class Endpoint:
     out_limit: int
     closed: Callable[[Connection], None]
     authenticator: Any
+    admit: Callable[[Connection], str]  # counts a connection as authenticated; or says why it cannot be
 
 
 def error_frame(message: str, detail: str = "", receipt: str | None = None) -> bytes:
@@ -128,6 +139,10 @@ class Connection(StompWire):
     def __init__(self, sock: socket.socket, peer: str, number: int, endpoint: Endpoint) -> None:
         super().__init__(sock, peer, f"vdsm-stomp-{number}", max_frame=endpoint.max_frame,
                          out_limit=endpoint.out_limit)
+        self.number = number
+        self.host = peer.rsplit(":", 1)[0]
+        self.authenticated = False  # set by the listener when it admits the connection as such
+        self._unwatch: Callable[[], Any] | None = None
         self._end = endpoint
         self._in_flight = 0
         self._subs: dict[str, str] = {}
@@ -153,6 +168,8 @@ class Connection(StompWire):
         self.close_after(error_frame(message, detail))
 
     def ended(self) -> None:
+        if self._unwatch is not None:
+            self._unwatch()
         self.session.close()
         with self.cond:
             subs, self._subs = self._subs, {}
@@ -161,6 +178,16 @@ class Connection(StompWire):
 
     def closed(self) -> None:
         self._end.closed(self)
+
+    def handshake_done(self) -> None:
+        """Over TLS a trusted client certificate authenticates the connection before CONNECT."""
+        certificate = self.peer_certificate()
+        if certificate:
+            try:
+                identity = self._end.authenticator.identify(certificate=certificate)
+            except PierError:
+                return  # CONNECT tells why
+            self._authenticate(identity)
 
     # -- commands (on the reader thread) --------------------------------------------------------
 
@@ -171,14 +198,18 @@ class Connection(StompWire):
         if frame.headers.get("accept-version") != "1.2":
             self.fail("Version unsupported")
             return
-        self._identify(frame)
+        if self._context.identity is None and not self._identify(frame):
+            return
         can_send, wants = parse_heart_beat(frame.headers.get("heart-beat"))
         self.heart_beats(wants / 1000, can_send / 1000)
         self.offer(encode_frame("CONNECTED", {"version": "1.2", "heart-beat": f"{wants},{can_send}"}), force=True)
         log.debug("%s connected (heart-beats: ours every %d ms, theirs every %d ms)", self.peer, wants, can_send)
 
-    def _identify(self, frame: Frame) -> None:
-        """Who connected: the TLS client certificate (VDSM's way), or a bearer token as the passcode."""
+    def _identify(self, frame: Frame) -> bool:
+        """Who connected: the TLS client certificate (VDSM's way), or a bearer token as the passcode.
+
+        False when the connection is refused (the listener has no room for another authenticated one).
+        """
         try:
             identity = self._end.authenticator.identify(
                 certificate=self.peer_certificate(),
@@ -186,8 +217,27 @@ class Connection(StompWire):
         except PierError as exc:
             self._context = replace(self._context, auth_error=exc)
             log.info("STOMP connection from %s is not authenticated: %s", self.peer, exc.message)
-        else:
-            self._context = replace(self._context, identity=identity)
+            self.close_at(time.monotonic() + UNAUTHENTICATED_TIMEOUT, "Not authenticated",
+                          f"{exc.message}; a connection that proves no identity is closed "
+                          f"{UNAUTHENTICATED_TIMEOUT:g} s after CONNECT")
+            return True
+        return self._authenticate(identity)
+
+    def _authenticate(self, identity: Identity) -> bool:
+        """Count the connection as `identity`'s, and end it when its credential is revoked."""
+        refusal = self._end.admit(self)
+        if refusal:
+            log.warning("refused a STOMP connection from %s: %s", self.peer, refusal)
+            self.fail("Too many connections", refusal)
+            return False
+        self._context = replace(self._context, identity=identity)
+        self._unwatch = self._end.authenticator.watch(identity, self._revoked)
+        return True
+
+    def _revoked(self, reason: str) -> None:
+        """The connection's credential was revoked (on the revoking thread): stop pushing, refuse, close."""
+        self.session.cancel()
+        self.fail("Not authenticated", reason)
 
     def _subscribe(self, frame: Frame) -> None:
         destination, sub_id = frame.headers.get("destination"), frame.headers.get("id")

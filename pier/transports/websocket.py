@@ -7,7 +7,9 @@ time), and whoever read a message answers it, after making sure another thread i
 call is handed from thread to thread, and a connection that never has two calls at once has only
 one extra thread. Beyond MAX_IN_FLIGHT calls at once, reading waits. `Events.subscribe` gives the connection a push thread
 (see `pier.rpc.session`) so events never wait for calls, nor calls for events. Compression is off (it
-costs more than it saves on small frames) and every accepted socket has TCP_NODELAY.
+costs more than it saves on small frames) and every accepted socket has TCP_NODELAY. When the token or
+certificate a connection opened with is revoked, the connection is closed (1008, with the reason) by a
+closing thread of the listener's, since a close handshake may wait on the client.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ log = logging.getLogger("pier.transports.ws")
 FRAME_LIMIT = 4 << 20
 MAX_IN_FLIGHT = 8
 HELPER_IDLE = 30.0
+REVOKED = 1008  # policy violation: the credential the connection opened with was revoked
+_MAX_REASON = 123  # bytes a close reason may have
 
 
 class WebSocketListener:
@@ -54,6 +58,7 @@ class WebSocketListener:
         self._ssl = ssl
         self._server: Server | None = None
         self._thread: threading.Thread | None = None
+        self._closers: list[threading.Thread] = []
 
     @property
     def address(self) -> str:
@@ -77,6 +82,10 @@ class WebSocketListener:
         if self._thread is not None:
             self._thread.join()
         self._server = self._thread = None
+        with self._count_lock:
+            closers, self._closers = self._closers, []
+        for closer in closers:
+            closer.join()
 
     def _refuse_beyond_limit(self, connection: ServerConnection, request: Any) -> Any:
         """Before the handshake: a client with too many connections open gets 429."""
@@ -109,12 +118,29 @@ class WebSocketListener:
         identity, error = self._identify(connection)
         context = CallContext("ws", peer, identity=identity, session=session, auth_error=error)
         log.debug("connection from %s", peer)
+        unwatch = None
+        if identity is not None:
+            unwatch = self._authenticator.watch(identity, lambda reason: self._revoked(connection, session, reason))
         readers = _Readers(connection, lambda message: self._answer(connection, context, message), peer)
         try:
             readers.run()
         finally:
+            if unwatch is not None:
+                unwatch()
             session.close()
             log.debug("connection from %s closed", peer)
+
+    def _revoked(self, connection: ServerConnection, session: PushSession, reason: str) -> None:
+        """The connection's credential was revoked (on the revoking thread): stop pushing, and close."""
+        log.info("closing the WebSocket connection from %s: %s", session.peer, reason)
+        session.cancel()
+        reason = reason.encode()[:_MAX_REASON].decode(errors="ignore")
+        closer = threading.Thread(target=connection.close, args=(REVOKED, reason), name=f"ws-close {session.peer}",
+                                  daemon=True)
+        with self._count_lock:
+            self._closers = [thread for thread in self._closers if thread.is_alive()]
+            self._closers.append(closer)
+        closer.start()
 
     def _answer(self, connection: ServerConnection, context: CallContext, message: str | bytes) -> None:
         reply = self._jsonrpc.handle(message, context)

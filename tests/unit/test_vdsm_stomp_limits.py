@@ -252,7 +252,8 @@ def test_too_many_connections(stack: Stack) -> None:
     server.start()
     try:
         first, second = (VdsmLikeClient(address_of(server.address)) for _ in range(2))
-        with _raw(server) as third:
+        with _raw(server) as third:  # admitted as unauthenticated; refused once it authenticates
+            third.send_frame("CONNECT", {"accept-version": "1.2"})
             _refused(third, "Too many connections")
         first.close()
         deadline = time.monotonic() + 5

@@ -76,7 +76,7 @@ class VdsmLikeClient:
     """One connection, read synchronously: `call` reads frames until its response is in."""
 
     def __init__(self, address: tuple[str, int], *, heart_beat: str = "0,24000", connect: bool = True,
-                 timeout: float = 5.0, tls: ssl.SSLContext | None = None) -> None:
+                 timeout: float = 5.0, tls: ssl.SSLContext | None = None, passcode: str | None = None) -> None:
         self.sock = socket.create_connection(address, timeout=timeout)
         if tls is not None:
             self.sock = tls.wrap_socket(self.sock, server_hostname="localhost")
@@ -89,6 +89,7 @@ class VdsmLikeClient:
         self.messages: list[Frame] = []  # MESSAGEs that are neither responses nor events
         self.heart_beats = 0
         self.connected: Frame | None = None
+        self.passcode = passcode  # VDSM's client sends none; a Pier token may go here
         self._buf = b""
         if connect:
             self.connect(heart_beat)
@@ -102,7 +103,8 @@ class VdsmLikeClient:
         self.sock.sendall(encode(command, headers, body))
 
     def connect(self, heart_beat: str = "0,24000") -> Frame:
-        self.send_frame("CONNECT", {"accept-version": "1.2", "heart-beat": heart_beat})
+        passcode = {"passcode": self.passcode} if self.passcode else {}
+        self.send_frame("CONNECT", {"accept-version": "1.2", "heart-beat": heart_beat, **passcode})
         self.reply_sub = self.subscribe(self.reply_to)  # before CONNECTED, as VDSM's client does
         self.connected = self.read_frame()
         assert self.connected.command == "CONNECTED", self.connected
