@@ -48,6 +48,11 @@ _WOULD_BLOCK = (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 class StompWire:
     """One client's socket, its reader and writer threads, and what waits to be sent."""
 
+    @property
+    def source(self) -> str:
+        """The peer's address without its port."""
+        return self.peer.rsplit(":", 1)[0]
+
     def peer_certificate(self) -> bytes | None:
         """The client's TLS certificate (DER), when it presented one."""
         if not self._tls:

@@ -184,7 +184,7 @@ class Connection(StompWire):
         certificate = self.peer_certificate()
         if certificate:
             try:
-                identity = self._end.authenticator.identify(certificate=certificate)
+                identity = self._end.authenticator.identify(certificate=certificate, source=self.source)
             except PierError:
                 return  # CONNECT tells why
             self._authenticate(identity)
@@ -212,7 +212,7 @@ class Connection(StompWire):
         """
         try:
             identity = self._end.authenticator.identify(
-                certificate=self.peer_certificate(),
+                certificate=self.peer_certificate(), source=self.source,
                 authorization=f"Bearer {frame.headers['passcode']}" if frame.headers.get("passcode") else None)
         except PierError as exc:
             self._context = replace(self._context, auth_error=exc)

@@ -155,7 +155,8 @@ class WebSocketListener:
                 certificate = connection.socket.getpeercert(binary_form=True)
         try:
             return self._authenticator.identify(authorization=connection.request.headers.get("Authorization"),
-                                                certificate=certificate), None
+                                                certificate=certificate,
+                                                source=_peer(connection).rsplit(":", 1)[0]), None
         except PierError as exc:
             return None, exc
 
