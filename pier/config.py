@@ -59,6 +59,7 @@ class Settings:
     auth_failures: int = 20  # failed authentications from one address in a minute before it must wait
     max_client_connections: int = 32
     audit_retention_days: float = 90.0
+    metrics_open: bool = False  # /metrics without credentials (by default a viewer token or certificate)
 
     def __post_init__(self) -> None:
         if not self.state_dir:
@@ -115,6 +116,9 @@ def argument_parser() -> argparse.ArgumentParser:
     security.add_argument("--tls-ca", metavar="FILE", help="CA that signs client certificates")
     security.add_argument("--unix-socket", metavar="PATH", help="local socket for the CLI and local admins "
                           "(default /run/pier/pier.sock as root; 'off' to disable)")
+    security.add_argument("--metrics-open", action="store_true", default=None,
+                          help="serve /metrics without credentials (by default Prometheus needs a viewer token, "
+                          "as its bearer_token, or a trusted client certificate)")
     security.add_argument("--rate-limit", type=float, metavar="CALLS",
                           help="calls a second per caller, beyond which calls are refused (default 0: no limit; "
                           "root on the local socket is never limited)")

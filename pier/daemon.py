@@ -35,7 +35,7 @@ from pier.rpc.registry import Registry
 from pier.rpc.schema import Schema
 from pier.rpc.store import private_directory
 from pier.rpc.tasks import TaskManager
-from pier.transports.http import HttpListener, jsonrpc_app
+from pier.transports.http import HttpListener, identified_only, jsonrpc_app
 from pier.transports.stomp import StompListener, StompOptions
 from pier.transports.tls import CertificateState, ServerTls
 from pier.transports.vdsm_stomp import VdsmStompListener
@@ -167,8 +167,9 @@ class Daemon:
         facade = make_app(self.registry, self.events, info=self.about, stopping=self.stopping,
                           max_streams=max(1, settings.http_threads // 2))
         self._register_gauges()
+        metrics = make_wsgi_app(METRICS)
         mounts = {"/jsonrpc": jsonrpc_app(jsonrpc), "/RPC2": xmlrpc_app(self.registry),
-                  "/metrics": make_wsgi_app(METRICS)}
+                  "/metrics": metrics if settings.metrics_open else identified_only(metrics)}
         own: list[tuple[str, Any]] = [
             ("http", HttpListener(parse_address(settings.http), mounts, facade, authenticator, tls=self.tls,
                                   threads=settings.http_threads, before_stop=self._end_waits)),

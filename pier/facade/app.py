@@ -18,6 +18,7 @@ from pier.facade import routes
 from pier.facade.openapi import openapi_document
 from pier.facade.problems import bottle_error_handler, problem_response, unexpected
 from pier.facade.stream import EventStreams
+from pier.rpc.auth import WSGI_IDENTITY
 from pier.rpc.events import EventLog
 from pier.rpc.limits import DRAIN_LIMIT
 from pier.rpc.registry import Registry
@@ -30,7 +31,9 @@ def make_app(registry: Registry, events: EventLog, *, info: Callable[[], dict[st
              max_body: int = routes.MAX_BODY) -> bottle.Bottle:
     """The REST facade over `registry`.
 
-    `info` adds facts about the running agent to the served OpenAPI document (as `x-pier-agent`).
+    `info` adds facts about the running agent to the served OpenAPI document (as `x-pier-agent`),
+    for identified callers only: anyone may read the API's shape, not the host's id, its libvirt URI,
+    socket paths or queue names.
     `stopping`, once set, ends every open event stream (set it before stopping the server).
     At most `max_streams` event streams are open at once; each sends a keepalive comment after
     `stream_keepalive` quiet seconds. Request bodies over `max_body` bytes are answered 413.
@@ -47,7 +50,7 @@ def make_app(registry: Registry, events: EventLog, *, info: Callable[[], dict[st
 
     def serve_openapi() -> bottle.HTTPResponse:
         body = text
-        if info is not None:
+        if info is not None and bottle.request.environ.get(WSGI_IDENTITY) is not None:
             try:
                 body = json.dumps({**document, "info": {**document["info"], "x-pier-agent": info()}},
                                   separators=(",", ":"), default=str)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Iterable
+from http import HTTPStatus
 from typing import Any
 
 from pier.rpc.auth import WSGI_AUTH_ERROR, WSGI_IDENTITY
@@ -62,6 +63,23 @@ def jsonrpc_app(jsonrpc: JsonRpc) -> WsgiApp:
         return [body]
 
     return app
+
+
+def identified_only(app: WsgiApp) -> WsgiApp:
+    """`app` for callers the listener identified (any role: viewer is the least); others get 401
+    in plain text, which is what a scraper such as Prometheus logs."""
+
+    def guarded(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if environ.get(WSGI_IDENTITY) is None:
+            error = environ.get(WSGI_AUTH_ERROR)
+            status = HTTPStatus(error.http_status if isinstance(error, PierError) else 401)
+            text = (error.message if isinstance(error, PierError) else "no credentials") + "\n"
+            start_response(f"{status.value} {status.phrase}", [("Content-Type", "text/plain"),
+                                                               ("WWW-Authenticate", "Bearer")])
+            return [text.encode()]
+        return app(environ, start_response)
+
+    return guarded
 
 
 class _PrefixRouter:

@@ -175,3 +175,26 @@ def test_refused_changes_are_audited_and_counted(pierd: Pierd) -> None:
                        ("VM.pause", "InvalidParams"): 1, ("VM.pause", "unauthenticated"): 20,
                        ("VM.pause", "tooManyRequests"): 5}
     assert len(page["entries"]) == 5  # 123 refusals, one entry per source, caller, verb and outcome
+
+
+def test_reads_without_credentials_tell_nothing_of_the_host(pierd: Pierd) -> None:
+    status, headers, body = http_request("GET", pierd.http + "/metrics", headers={"Authorization": ""})
+    assert status == 401 and b"no credentials" in body and headers["WWW-Authenticate"] == "Bearer"
+    status, _, body = http_request("GET", pierd.http + "/metrics", headers=bearer(pierd.make_token("viewer")))
+    assert status == 200 and b"pier_calls_total" in body
+    status, _, body = http_request("GET", pierd.http + "/api/v1/openapi.json", headers={"Authorization": ""})
+    info = json.loads(body)["info"]
+    assert status == 200 and "x-pier-agent" not in info
+    host_id = json.loads(http_request("GET", pierd.http + "/api/v1")[2])["hostId"]
+    for fact in (host_id, pierd.uri, pierd.socket, str(pierd.state_dir)):
+        assert fact.encode() not in body
+    identified = json.loads(http_request("GET", pierd.http + "/api/v1/openapi.json")[2])["info"]
+    assert identified["x-pier-agent"]["hostId"] == host_id
+
+
+def test_metrics_can_be_served_openly_when_asked(tmp_path: Path, test_uri: str) -> None:
+    daemon = Pierd(tmp_path / "state", test_uri, "--metrics-open")
+    try:
+        assert http_request("GET", daemon.http + "/metrics", headers={"Authorization": ""})[0] == 200
+    finally:
+        assert daemon.stop() == 0
