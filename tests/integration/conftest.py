@@ -49,14 +49,14 @@ class Pierd:
     the admin token is made through its local socket, as root may; `secure=True` leaves TLS on.
     """
 
-    def __init__(self, state_dir: Path, uri: str, *extra: str, secure: bool = False) -> None:
+    def __init__(self, state_dir: Path, uri: str, *extra: str, secure: bool = False, socket: str = "") -> None:
         self.state_dir = state_dir
         self.uri = uri
         self.log: list[str] = []
         self.http = self.ws = ""
         self.requests = self.events = ""
         self._changed = threading.Condition()
-        self.socket = str(state_dir / "pier.sock")
+        self.socket = socket or str(state_dir / "pier.sock")
         insecure = [] if secure else ["--insecure-loopback"]
         command = [sys.executable, "-m", "pier.daemon", "--libvirt-uri", uri, "--http", "127.0.0.1:0",
                    "--ws", "127.0.0.1:0", "--state-dir", str(state_dir), "--unix-socket", self.socket,
