@@ -1,7 +1,8 @@
 """Round-trip latency of Pier's transports, each beside a bare server of the same library.
 
   Host.ping2 over WebSocket         vs a bare websockets echo server (threaded, no compression)
-  Host.ping2 over POST /jsonrpc     vs a bare bottle-on-cheroot POST handler
+  Host.ping2 over POST /jsonrpc     vs a bare bottle-on-cheroot POST handler (and that handler on
+                                       pier's own HTTP server beside it: what the server costs)
   GET /api/v1/host                  vs a bare bottle-on-cheroot GET handler
   Host.ping2 over XML-RPC /RPC2     vs a bare bottle-on-cheroot handler doing the stdlib's XML-RPC
                                        (un)marshalling
@@ -54,6 +55,13 @@ def rpc2():
 def host():
     bottle.response.content_type = "application/json"
     return json.dumps({"uuid": "x", "cpuCores": "2"})
+import sys, threading
+if sys.argv[1:] == ["pier"]:  # the same app on pier's own HTTP server
+    from pier.transports.httpserver import HttpServer
+    server = HttpServer(("127.0.0.1", 0), app, workers=16)
+    server.start()
+    print(server.bound[1], flush=True)
+    threading.Event().wait()
 server = cheroot.wsgi.Server(("127.0.0.1", 0), app, numthreads=16)
 server.prepare()
 print(server.bind_addr[1], flush=True)
@@ -146,6 +154,7 @@ def main() -> None:
     stomp_floor, stomp_port = spawn_floor(STOMP_BARE)
     ws_floor, ws_port = spawn_floor(WS_ECHO)
     http_floor, http_port = spawn_floor(BOTTLE_BARE)
+    own_floor, own_port = spawn_floor(BOTTLE_BARE, "pier")
     try:
         pierd_port = int(pierd.http.rsplit(":", 1)[1])
         print(f"pierd listeners ready after {pierd.ready_after:.2f} s from spawn (target 1.5 s)")
@@ -160,6 +169,9 @@ def main() -> None:
         subject, floor = interleaved(http_caller(pierd_port, pierd.token, "GET", "/api/v1/host"),
                                      http_caller(http_port, pierd.token, "GET", "/api/v1/host"), args.count)
         report("GET /api/v1/host", subject, floor)
+        subject, floor = interleaved(http_caller(own_port, pierd.token, "POST", "/jsonrpc", PING),
+                                     http_caller(http_port, pierd.token, "POST", "/jsonrpc", PING), args.count)
+        report("bare app: pier's server / cheroot", subject, floor)
         subject, floor = interleaved(
             http_caller(pierd_port, pierd.token, "POST", "/RPC2", XMLRPC_PING, "text/xml", xmlrpc.client.loads),
             http_caller(http_port, pierd.token, "POST", "/RPC2", XMLRPC_PING, "text/xml", xmlrpc.client.loads),
@@ -172,6 +184,7 @@ def main() -> None:
         pierd.stop()
         ws_floor.terminate()
         http_floor.terminate()
+        own_floor.terminate()
         stomp_floor.terminate()
 
 
