@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import resource
 import signal
 import sys
 import threading
@@ -248,6 +249,14 @@ def stomp_options(settings: Settings, host_id: str) -> StompOptions:
                         max_age=settings.stomp_max_age)
 
 
+def raise_descriptor_limit() -> None:
+    """Take every file descriptor the hard limit allows (as systemd's LimitNOFILE would): each
+    client connection is one, and a soft limit of 1024 is soon reached by idle keep-alive ones."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def main(argv: list[str] | None = None) -> int:
     settings = load_settings(argv)
     logging.basicConfig(level=settings.log_level, stream=sys.stderr,
@@ -255,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     for wire in WIRE_LOGGERS:
         logging.getLogger(wire).setLevel(max(logging.INFO, logging.getLogger().level))
     sys.setswitchinterval(0.0005)  # PITFALLS: a busy thread otherwise adds 5 ms to every reply
+    raise_descriptor_limit()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

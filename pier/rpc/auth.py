@@ -291,8 +291,8 @@ class Credentials:
 class Authenticator:
     """Turns what a wire knows about its peer into an Identity, or refuses.
 
-    Failed authentications are counted per source address (`failures`): past the limit, that
-    source is refused without its credentials being looked at, until the window has passed.
+    Failed authentications are counted per source address (`failures`): past the limit, new
+    credentials from that source are refused without being looked at, until the window has passed.
     """
 
     def __init__(self, credentials: Credentials, *, admin_group: str = "pier-admin",

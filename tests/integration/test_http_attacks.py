@@ -21,6 +21,14 @@ from tests.integration.conftest import Pierd
 SLOW = 1.0  # seconds: no good call may take longer while an attack runs (the target is 0.1)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def descriptors() -> None:
+    """This process holds a thousand connections at once: take what the hard limit allows."""
+    from pier.daemon import raise_descriptor_limit
+
+    raise_descriptor_limit()
+
+
 @pytest.fixture(scope="module")
 def tls_daemon(tmp_path_factory: pytest.TempPathFactory) -> Pierd:
     from pier.host.testdriver import make_test_uri
