@@ -16,13 +16,11 @@ def _declared_type(schema: Any, verb: Any, path: list[str]) -> Any:
     """The JSON Schema `type` declared for params.<path>, following $refs; None when unknown."""
     node: Any = {"properties": verb.params}
     for key in path:
-        while isinstance(node, dict) and str(node.get("$ref", "")).startswith("#/$defs/"):
-            node = schema.defs.get(node["$ref"][8:], {})
+        node = schema.deref(node)
         node = (node.get("properties") or {}).get(key) if isinstance(node, dict) else None
         if node is None:
             return None
-    while isinstance(node, dict) and str(node.get("$ref", "")).startswith("#/$defs/"):
-        node = schema.defs.get(node["$ref"][8:], {})
+    node = schema.deref(node)
     return node.get("type") if isinstance(node, dict) else None
 
 

@@ -18,20 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from pier.rpc.errors import PierError, all_error_classes, error_by_name
-from pier.rpc.schema import SCHEMA_PATH, Route, Schema, Verb
+from pier.rpc.schema import SCHEMA_PATH, Route, Schema, Verb, ref_name
 
 API_DOC_PATH = Path(__file__).resolve().parent.parent / "docs" / "api.md"
 REST_PREFIX = "/api/v1"
-_REF_PREFIX = "#/$defs/"
 
 
 # -- describing a JSON Schema in words (shared with the CLI) ----------------------------------
-
-
-def ref_name(schema: dict[str, Any]) -> str | None:
-    """The `$defs` name a schema refers to, or None."""
-    ref = schema.get("$ref", "")
-    return ref[len(_REF_PREFIX):] if ref.startswith(_REF_PREFIX) else None
 
 
 def type_text(schema: dict[str, Any], link: Callable[[str], str] | None = None) -> str:

@@ -15,11 +15,10 @@ from pier.facade.problems import PROBLEM_JSON, TYPE_BASE
 from pier.facade.routes import BODY_METHODS, JSON, Endpoint, endpoints
 from pier.facade.stream import EVENT_STREAM
 from pier.rpc.errors import InvalidParams, ParseError, PierError, RequestTooLarge, Unavailable, error_by_name
-from pier.rpc.schema import Schema
+from pier.rpc.schema import Schema, ref_name
 
 OPENAPI_VERSION = "3.1.0"
 PROBLEM = "Problem"
-_REF_FROM = "#/$defs/"
 _REF_TO = "#/components/schemas/"
 
 PROBLEM_SCHEMA: dict[str, Any] = {
@@ -180,8 +179,8 @@ def _openapi_schema(node: Any, names: bool = False) -> Any:
         for key, value in node.items():
             if names:
                 out[key] = _openapi_schema(value)
-            elif key == "$ref" and isinstance(value, str) and value.startswith(_REF_FROM):
-                out[key] = _REF_TO + value[len(_REF_FROM):]
+            elif key == "$ref" and ref_name(node) is not None:
+                out[key] = _REF_TO + ref_name(node)
             elif key not in ("$defs", "optional"):
                 out[key] = _openapi_schema(value, key in ("properties", "patternProperties"))
         return out

@@ -27,7 +27,7 @@ from pier.rpc.errors import InvalidParams, InvalidRequest, ParseError, PierError
 from pier.rpc.jsonrpc import loads
 from pier.rpc.limits import DRAIN_LIMIT, drain, drain_oversized
 from pier.rpc.registry import CallContext, Registry
-from pier.rpc.schema import Route, Verb
+from pier.rpc.schema import Route, Verb, deref
 
 API_PREFIX = "/api/v1"
 MAX_BODY = 1 << 20
@@ -226,7 +226,7 @@ def coerce(values: list[str], schema: Mapping[str, Any] | None, defs: Mapping[st
 
     Text that does not fit is passed on as it is, so that validation names the field.
     """
-    schema = _resolve(schema or {}, defs)
+    schema = deref(schema or {}, defs)
     types = _types(schema)
     if "array" in types:
         items = [item for value in values for item in value.split(",")]  # an empty item is refused by name
@@ -261,15 +261,6 @@ def _scalar(text: str, types: list[str]) -> Any:
         except (ValueError, RecursionError):
             pass
     return text
-
-
-def _resolve(schema: Mapping[str, Any], defs: Mapping[str, Any]) -> Mapping[str, Any]:
-    seen = 0
-    while isinstance(schema.get("$ref"), str) and schema["$ref"].startswith("#/$defs/") and seen < 32:
-        schema = {**defs.get(schema["$ref"][len("#/$defs/"):], {}),
-                  **{k: v for k, v in schema.items() if k != "$ref"}}
-        seen += 1
-    return schema
 
 
 def _types(schema: Mapping[str, Any]) -> list[str]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,8 +27,61 @@ from pier.rpc.errors import InvalidParams, error_by_name
 
 SCHEMA_PATH = Path(__file__).parent / "schema" / "pier-api.yml"
 ROLES = ("viewer", "operator", "admin")
+REF_PREFIX = "#/$defs/"
 _YamlLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _PLACEHOLDER = re.compile(r"\{(\w+)\}")
+_NAMED_SCHEMAS = frozenset({"properties", "$defs", "definitions", "patternProperties"})
+_VALUES = frozenset({"enum", "const", "default", "examples"})
+
+
+class SchemaError(ValueError):
+    """The schema cannot be loaded: what is wrong, and where."""
+
+
+# -- following `$ref`s: the one resolver everything that reads the schema uses --------------------
+
+
+def ref_name(node: Any) -> str | None:
+    """The name of the shared type `node` refers to (`{$ref: '#/$defs/UUID'}` gives 'UUID'), or None."""
+    ref = node.get("$ref") if isinstance(node, Mapping) else None
+    return ref[len(REF_PREFIX):] if isinstance(ref, str) and ref.startswith(REF_PREFIX) else None
+
+
+def deref(node: Any, defs: Mapping[str, Any]) -> Any:
+    """`node` with its `$ref` followed into `defs` (through types that are themselves references);
+    the keys written beside a `$ref` (a description, a default) win over those of the type.
+
+    A node that is no reference comes back as it is. Raises SchemaError on a reference to nothing
+    or a cycle of references, which a loaded `Schema` has neither of.
+    """
+    followed: list[str] = []
+    while (name := ref_name(node)) is not None:
+        if name in followed:
+            raise SchemaError(f"the $refs {' -> '.join([*followed, name])} go round in a circle")
+        if name not in defs:
+            raise SchemaError(f"{node['$ref']!r} refers to no type in $defs")
+        followed.append(name)
+        node = {**defs[name], **{key: value for key, value in node.items() if key != "$ref"}}
+    return node
+
+
+def refs(node: Any) -> Iterator[tuple[str, str]]:
+    """Every `$ref` in the schema `node`, as (the `$ref` text, the type name or '' when it does not
+    point into `$defs`); values (`enum`, `const`, `default`) are not schemas and are not searched."""
+    pending = [node]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, list):
+            pending.extend(reversed(item))
+        elif isinstance(item, Mapping):
+            ref = item.get("$ref")
+            if ref is not None:
+                yield str(ref), ref_name(item) or ""
+            for key, value in reversed(list(item.items())):
+                if key in _NAMED_SCHEMAS and isinstance(value, Mapping):
+                    pending.extend(reversed(list(value.values())))
+                elif key not in _VALUES and key != "$ref":
+                    pending.append(value)
 
 
 @dataclass(frozen=True)
@@ -128,8 +181,6 @@ class Verb:
 
 
 _ANNOTATIONS = frozenset({"description", "title", "examples"})
-_NAMED_SCHEMAS = frozenset({"properties", "$defs", "definitions", "patternProperties"})
-_VALUES = frozenset({"enum", "const", "default"})
 
 
 def _without_annotations(schema: Any) -> Any:
@@ -199,10 +250,10 @@ def _marked_secret(node: Any, defs: dict[str, Any]) -> set[str]:
             pending.extend(item)
         if not isinstance(item, dict):
             continue
-        ref = item.get("$ref")
-        if isinstance(ref, str) and ref.startswith("#/$defs/") and ref not in followed:
-            followed.add(ref)
-            pending.append(defs.get(ref[len("#/$defs/"):]))
+        type_name = ref_name(item)
+        if type_name is not None and type_name not in followed:
+            followed.add(type_name)
+            pending.append(defs.get(type_name))
         for key, value in item.items():
             if key in ("properties", "patternProperties") and isinstance(value, dict):
                 found.update(name for name, child in value.items()
@@ -247,6 +298,10 @@ class Schema:
         with open(path, encoding="utf-8") as stream:
             return cls(yaml.load(stream, Loader=_YamlLoader))
 
+    def deref(self, node: Any) -> Any:
+        """Schema `node` with its `$ref` followed into this schema's `$defs` (see `deref`)."""
+        return deref(node, self.defs)
+
     def resolve(self, name: str) -> Verb | None:
         """The verb called `name`, directly or by one of its legacy names."""
         verb = self.verbs.get(name)
@@ -259,15 +314,10 @@ class Schema:
         found: dict[str, Any] = {}
         pending = [node]
         while pending:
-            item = pending.pop()
-            if isinstance(item, dict):
-                ref = item.get("$ref", "")
-                if ref.startswith("#/$defs/") and ref[8:] not in found:
-                    found[ref[8:]] = self.defs[ref[8:]]
-                    pending.append(self.defs[ref[8:]])
-                pending.extend(item.values())
-            elif isinstance(item, list):
-                pending.extend(item)
+            for _, name in refs(pending.pop()):
+                if name and name not in found:
+                    found[name] = self.defs[name]
+                    pending.append(found[name])
         return found
 
     def _build(self, name: str, spec: dict[str, Any]) -> Verb:

@@ -32,7 +32,7 @@ from defusedxml.xmlrpc import DefusedExpatParser
 from pier.rpc.errors import InvalidParams, InvalidRequest, MethodNotFound, ParseError, PierError, Unexpected
 from pier.rpc.limits import drain_oversized
 from pier.rpc.registry import CallContext, Registry
-from pier.rpc.schema import Schema, Verb
+from pier.rpc.schema import Schema, Verb, deref
 from pier.transports.http import WsgiApp, peer_of
 
 log = logging.getLogger("pier.transports.xmlrpc")
@@ -107,12 +107,6 @@ def _response(value: Any) -> bytes:
 # -- schema-driven helpers ------------------------------------------------------------------
 
 
-def _resolve(schema: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
-    while "$ref" in schema and schema["$ref"].startswith("#/$defs/"):
-        schema = defs.get(schema["$ref"][len("#/$defs/"):], {})
-    return schema
-
-
 def _types(schema: dict[str, Any]) -> list[str]:
     declared = schema.get("type", [])
     return declared if isinstance(declared, list) else [declared]
@@ -120,7 +114,7 @@ def _types(schema: dict[str, Any]) -> list[str]:
 
 def read_numbers(value: Any, schema: dict[str, Any], defs: dict[str, Any]) -> Any:
     """`value` with digit strings read as numbers wherever `schema` wants a number and no string."""
-    schema = _resolve(schema, defs)
+    schema = deref(schema, defs)
     types = _types(schema)
     if isinstance(value, str) and "string" not in types and _NUMBER.fullmatch(value.strip()):
         if "integer" in types or "number" in types:
@@ -149,7 +143,7 @@ def payload_key(schema: Schema, name: str, verb: Verb) -> str | None:
 
 def xmlrpc_type(schema: dict[str, Any], defs: dict[str, Any]) -> str:
     """The XML-RPC type (int, string, struct, ...) of a value matching the JSON Schema `schema`."""
-    schema = _resolve(schema, defs)
+    schema = deref(schema, defs)
     kinds = [kind for kind in _types(schema) if kind != "null"]
     return _XMLRPC_TYPES.get(kinds[0], "undef") if kinds else "undef"
 
