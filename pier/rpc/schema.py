@@ -1,8 +1,14 @@
-"""Loading `pier-api.yml`: the one place where verbs are declared.
+"""Loading pier/rpc/schema/*.yml: the one place where verbs are declared.
 
 A `Schema` holds one `Verb` per declared verb with its params (as JSON Schema, compiled once
 with fastjsonschema), returns, errors, legacy names, task flag, role and REST routes. The
 registry, the transports, the REST facade, OpenAPI, the CLI and the docs all read it from here.
+
+The schema is one file per verb namespace (host.yml, vm.yml, ...; security.yml holds the
+credential verbs) plus shared type files; index.yml holds the API's `info` and lists the files.
+`Schema.load` reads them, in that order, into one set of verbs and one set of types (`$defs`),
+which every file's `$ref: '#/$defs/Name'` points into; `ref_name`, `deref` and `refs` are the one
+way to follow those references.
 
 `secret: true` on a param, or on a property anywhere in a verb's params or returns (directly or
 in a `$defs` type they refer to), marks a secret: the verb's `secrets` (params) and
@@ -25,10 +31,10 @@ import yaml
 
 from pier.rpc.errors import InvalidParams, error_by_name
 
-SCHEMA_PATH = Path(__file__).parent / "schema" / "pier-api.yml"
+SCHEMA_DIR = Path(__file__).parent / "schema"
+INDEX = "index.yml"
 ROLES = ("viewer", "operator", "admin")
 REF_PREFIX = "#/$defs/"
-_YamlLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _PLACEHOLDER = re.compile(r"\{(\w+)\}")
 _NAMED_SCHEMAS = frozenset({"properties", "$defs", "definitions", "patternProperties"})
 _VALUES = frozenset({"enum", "const", "default", "examples"})
@@ -36,6 +42,35 @@ _VALUES = frozenset({"enum", "const", "default", "examples"})
 
 class SchemaError(ValueError):
     """The schema cannot be loaded: what is wrong, and where."""
+
+
+class _UniqueKeyLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    """YAML's safe loader, refusing a key given twice in one mapping (YAML keeps the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"{key!r} is declared twice in one mapping",
+                                                        key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    """One schema file as a mapping; SchemaError naming the file when it cannot be read or is no mapping."""
+    try:
+        with open(path, encoding="utf-8") as stream:
+            document = yaml.load(stream, Loader=_UniqueKeyLoader)
+    except yaml.MarkedYAMLError as exc:
+        line = f", line {exc.problem_mark.line + 1}" if exc.problem_mark else ""
+        raise SchemaError(f"{path.name}{line}: {exc.problem or exc}") from None
+    except (OSError, yaml.YAMLError) as exc:
+        raise SchemaError(f"{path.name}: {exc}") from None
+    if not isinstance(document, dict):
+        raise SchemaError(f"{path.name}: a schema file must be a mapping")
+    return document
 
 
 # -- following `$ref`s: the one resolver everything that reads the schema uses --------------------
@@ -277,26 +312,91 @@ def _unmarked(node: Any, names: bool = False) -> Any:
 
 
 class Schema:
-    """Every verb declared in the schema file, plus the shared type definitions."""
+    """Every declared verb, plus the shared type definitions (`$defs`).
 
-    def __init__(self, document: dict[str, Any]) -> None:
+    `origins` names the file each verb and type came from ('verb VM.create' -> 'vm.yml'), for the
+    messages of a schema that cannot be loaded.
+    """
+
+    def __init__(self, document: dict[str, Any], *, origins: Mapping[str, str] | None = None) -> None:
+        self._origins = dict(origins or {})
         self.info: dict[str, Any] = document.get("info", {})
-        self._marked_defs: dict[str, Any] = document.get("$defs", {})
+        self._marked_defs: dict[str, Any] = document.get("$defs") or {}
+        self._check_refs(document)
         self.defs: dict[str, Any] = _unmarked(self._marked_defs, names=True)
         self.verbs: dict[str, Verb] = {}
         self.legacy: dict[str, tuple[Verb, LegacyName]] = {}
-        for name, spec in (document.get("verbs") or {}).items():
-            verb = self._build(name, spec or {})
+        declared = document.get("verbs") or {}
+        for name, spec in declared.items():
+            try:
+                if not isinstance(spec or {}, dict):
+                    raise ValueError("a verb is a mapping of summary, params, returns, ...")
+                verb = self._build(name, spec or {})
+            except (TypeError, ValueError) as exc:
+                raise SchemaError(f"{self._origin('verb', name)}: {name}: {exc}") from None
             self.verbs[name] = verb
             for legacy in verb.legacy:
-                if legacy.name in self.legacy or legacy.name in document["verbs"]:
-                    raise ValueError(f"legacy name {legacy.name!r} of {name} is declared twice")
+                if legacy.name in self.legacy or legacy.name in declared:
+                    raise SchemaError(f"{self._origin('verb', name)}: legacy name {legacy.name!r} of {name} "
+                                      "is declared twice")
                 self.legacy[legacy.name] = (verb, legacy)
 
     @classmethod
-    def load(cls, path: Path = SCHEMA_PATH) -> Schema:
-        with open(path, encoding="utf-8") as stream:
-            return cls(yaml.load(stream, Loader=_YamlLoader))
+    def load(cls, directory: Path = SCHEMA_DIR) -> Schema:
+        """The schema in `directory`: its index.yml and every file the index lists, in that order.
+
+        Raises SchemaError naming the file when a file is not listed or not there, a verb or type is
+        declared twice (in one file or two), or a `$ref` points to no declared type.
+        """
+        index = _read_yaml(directory / INDEX)
+        files = index.get("files")
+        if not files or not isinstance(files, list) or not all(isinstance(name, str) for name in files):
+            raise SchemaError(f"{INDEX}: `files` must list the schema files")
+        unlisted = sorted(path.name for path in directory.glob("*.yml") if path.name not in (INDEX, *files))
+        if unlisted:
+            raise SchemaError(f"{', '.join(unlisted)}: not listed in {INDEX}'s `files`, so nothing in it would be "
+                              "served")
+        document: dict[str, Any] = {"info": index.get("info") or {}, "verbs": {}, "$defs": {}}
+        origins: dict[str, str] = {}
+        for name in files:
+            part = _read_yaml(directory / name)
+            unknown = sorted(set(part) - {"verbs", "$defs"})
+            if unknown:
+                raise SchemaError(f"{name}: unknown top-level keys {unknown}; a schema file holds `verbs` and `$defs`")
+            for section, kind in (("verbs", "verb"), ("$defs", "type")):
+                entries = part.get(section) or {}
+                if not isinstance(entries, dict):
+                    raise SchemaError(f"{name}: `{section}` must be a mapping of names")
+                for key, value in entries.items():
+                    first = origins.setdefault(f"{kind} {key}", name)
+                    if first != name:
+                        raise SchemaError(f"{name}: {kind} {key} is declared twice, in {first} and in {name}")
+                    document[section][key] = value
+        return cls(document, origins=origins)
+
+    def _origin(self, kind: str, name: str) -> str:
+        return self._origins.get(f"{kind} {name}", "the schema")
+
+    def _check_refs(self, document: dict[str, Any]) -> None:
+        """Refuse a `$ref` that is not '#/$defs/<Name>' or names no declared type, and a cycle of them."""
+        for name, definition in self._marked_defs.items():
+            if not isinstance(definition, dict):
+                raise SchemaError(f"{self._origin('type', name)}: type {name} must be a JSON Schema object")
+        places = [("type", name, definition) for name, definition in self._marked_defs.items()]
+        places += [("verb", name, spec) for name, spec in (document.get("verbs") or {}).items()]
+        for kind, name, node in places:
+            for ref, type_name in refs(node):
+                if not type_name:
+                    raise SchemaError(f"{self._origin(kind, name)}: {kind} {name} has $ref {ref!r}; only "
+                                      f"'{REF_PREFIX}<Name>' is supported")
+                if type_name not in self._marked_defs:
+                    raise SchemaError(f"{self._origin(kind, name)}: {kind} {name} refers to {ref!r}, which no "
+                                      "schema file declares")
+        for name in self._marked_defs:
+            try:
+                deref({"$ref": REF_PREFIX + name}, self._marked_defs)
+            except SchemaError as exc:
+                raise SchemaError(f"{self._origin('type', name)}: {exc}") from None
 
     def deref(self, node: Any) -> Any:
         """Schema `node` with its `$ref` followed into this schema's `$defs` (see `deref`)."""

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import fnmatch
+import shutil
+import tomllib
+from pathlib import Path
+
 import pytest
 
-from pier.rpc.schema import SchemaError, deref, ref_name, refs
+from pier.rpc.schema import SCHEMA_DIR, Schema, SchemaError, deref, ref_name, refs
 
 DEFS = {
     "UUID": {"type": "string", "description": "A UUID."},
@@ -46,3 +51,92 @@ def test_refs_finds_every_reference_in_schemas_but_none_in_values_or_names() -> 
     }
     assert sorted(refs(node)) == [("#/$defs/Disk", "Disk"), ("#/$defs/Extra", "Extra"),
                                   ("#/$defs/VmId", "VmId"), ("elsewhere.yml#/X", "")]
+
+
+
+# -- loading the schema from its files ----------------------------------------------------------
+
+
+@pytest.fixture
+def schema_dir(tmp_path: Path) -> Path:
+    """A copy of the real schema files, to break."""
+    copied = tmp_path / "schema"
+    shutil.copytree(SCHEMA_DIR, copied)
+    return copied
+
+
+def add(path: Path, section: str, entry: str) -> None:
+    """Put the one-line `entry` first in the `section` ('verbs' or '$defs') of schema file `path`."""
+    text = path.read_text(encoding="utf-8")
+    if f"\n{section}:\n" not in "\n" + text:
+        text += f"\n{section}:\n"
+    head, _, rest = ("\n" + text).partition(f"\n{section}:\n")
+    path.write_text(f"{head[1:]}\n{section}:\n  {entry}\n{rest}", encoding="utf-8")
+
+
+def test_the_files_load_into_one_schema_in_the_order_the_index_lists(schema_dir: Path) -> None:
+    schema = Schema.load(schema_dir)
+    assert list(schema.verbs)[:2] == ["Host.getAgentInfo", "Host.ping2"]
+    assert list(schema.defs)[:3] == ["UUID", "VmStatus", "AgentInfo"]
+    assert schema.deref(schema.verbs["Task.stop"].params["taskID"])["type"] == "string"  # task.yml -> types.yml
+
+
+def test_a_verb_declared_in_two_files_names_both(schema_dir: Path) -> None:
+    add(schema_dir / "security.yml", "verbs", "VM.reset: {summary: again}")
+    with pytest.raises(SchemaError, match=r"^security\.yml: verb VM\.reset is declared twice, in vm\.yml and in "
+                                          r"security\.yml$"):
+        Schema.load(schema_dir)
+
+
+def test_a_verb_declared_twice_in_one_file_names_the_file_and_line(schema_dir: Path) -> None:
+    add(schema_dir / "vm.yml", "verbs", "VM.reset: {summary: again}")
+    with pytest.raises(SchemaError, match=r"^vm\.yml, line \d+: 'VM\.reset' is declared twice in one mapping$"):
+        Schema.load(schema_dir)
+
+
+def test_a_type_declared_in_two_files_names_both(schema_dir: Path) -> None:
+    add(schema_dir / "events.yml", "$defs", "UUID: {type: string}")
+    with pytest.raises(SchemaError, match=r"^events\.yml: type UUID is declared twice, in types\.yml and in "
+                                          r"events\.yml$"):
+        Schema.load(schema_dir)
+
+
+@pytest.mark.parametrize("file, section, entry, message", [
+    ("task.yml", "verbs", "Task.peek: {params: {taskID: {$ref: '#/$defs/TaskId'}}}",
+     r"^task\.yml: verb Task\.peek refers to '#/\$defs/TaskId', which no schema file declares$"),
+    ("types.yml", "$defs", "Pair: {type: array, items: {$ref: '#/$defs/Half'}}",
+     r"^types\.yml: type Pair refers to '#/\$defs/Half', which no schema file declares$"),
+    ("host.yml", "$defs", "Id: {$ref: 'types.yml#/$defs/UUID'}",
+     r"^host\.yml: type Id has \$ref 'types\.yml#/\$defs/UUID'; only '#/\$defs/<Name>' is supported$"),
+    ("vm.yml", "$defs", "Ping: {$ref: '#/$defs/Pong'}\n  Pong: {$ref: '#/$defs/Ping'}",
+     r"^vm\.yml: the \$refs Ping -> Pong -> Ping go round in a circle$"),
+])
+def test_a_ref_to_nothing_fails_the_load_naming_the_file(schema_dir: Path, file: str, section: str, entry: str,
+                                                         message: str) -> None:
+    add(schema_dir / file, section, entry)
+    with pytest.raises(SchemaError, match=message):
+        Schema.load(schema_dir)
+
+
+def test_every_file_is_listed_and_every_listed_file_is_there(schema_dir: Path) -> None:
+    (schema_dir / "storage.yml").write_text("verbs: {}\n", encoding="utf-8")
+    with pytest.raises(SchemaError, match=r"^storage\.yml: not listed in index\.yml's `files`"):
+        Schema.load(schema_dir)
+    (schema_dir / "storage.yml").unlink()
+    (schema_dir / "events.yml").unlink()
+    with pytest.raises(SchemaError, match=r"^events\.yml: .*No such file"):
+        Schema.load(schema_dir)
+
+
+def test_an_error_inside_a_verb_names_its_file(schema_dir: Path) -> None:
+    add(schema_dir / "events.yml", "verbs", "Events.peek: {role: root}")
+    with pytest.raises(SchemaError, match=r"^events\.yml: Events\.peek: .*role 'root' is not one of"):
+        Schema.load(schema_dir)
+
+
+def test_the_package_ships_every_schema_file() -> None:
+    pyproject = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text(encoding="utf-8"))
+    shipped = pyproject["tool"]["setuptools"]["package-data"]["pier.rpc"]
+    package = SCHEMA_DIR.parent
+    files = [path.relative_to(package).as_posix() for path in SCHEMA_DIR.iterdir()]
+    assert files and all(any(fnmatch.fnmatch(name, pattern) for pattern in shipped) for name in files)
