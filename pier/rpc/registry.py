@@ -4,9 +4,9 @@ Handlers live in `pier/api/`, as methods marked with `@verb("Namespace.name")` o
 daemon builds. The registry refuses to start when a declared verb has no handler, a handler has
 no declaration, or a handler's signature does not take the declared params. Every transport calls
 `Registry.call(name, params, context)`: the caller's identity (set by the transport) must hold
-the verb's role, params are validated against the schema, changing calls on one target run one
-at a time and are written to the audit log, slow verbs become tasks, and every failure comes out
-as a `PierError`.
+the verb's role, params are validated against the schema, changing calls that share a lock key
+(a VM, a destination host, ...; the schema's `locks`) run one at a time and are written to the
+audit log, slow verbs become tasks, and every failure comes out as a `PierError`.
 """
 
 from __future__ import annotations
@@ -85,42 +85,54 @@ class CallContext:
 
 
 class TargetLocks:
-    """One lock per target (a VM id, ...): changing operations on one target run one at a time.
+    """One lock per key (a VM id, a destination host, an image, ...): changing operations that share
+    a key run one at a time.
 
-    A call waits at most `wait` seconds for the target (a task may hold it for minutes), then is
-    refused naming what holds it; tasks themselves wait as long as it takes.
+    A call holds all of its keys or none: it takes them in sorted order (so two calls wanting the
+    same keys in any order cannot deadlock) and, when one is not free within `wait` seconds in all
+    (a task may hold it for minutes), gives back those it took and is refused naming the busy key
+    and what holds it. Tasks themselves wait as long as it takes.
     """
 
     def __init__(self, wait: float = 10.0) -> None:
         self.wait = wait
         self._guard = threading.Lock()
-        self._targets: dict[str, _Target] = {}
+        self._keys: dict[str, _Key] = {}
 
     @contextmanager
-    def hold(self, target: str, holder: str = "", wait: float | None = None) -> Iterator[None]:
+    def hold(self, keys: str | Iterable[str], holder: str = "", wait: float | None = None) -> Iterator[None]:
+        """Hold every one of `keys` (one key may be given alone) for the `with` block, as `holder`."""
+        wanted = sorted({keys} if isinstance(keys, str) else set(keys))
+        deadline = None if wait is None else time.monotonic() + wait
         with self._guard:
-            entry = self._targets.setdefault(target, _Target())
-            entry.users += 1
+            entries = [self._keys.setdefault(key, _Key()) for key in wanted]
+            for entry in entries:
+                entry.users += 1
+        taken: list[_Key] = []
         try:
-            if not entry.lock.acquire(timeout=-1 if wait is None else wait):
-                raise TargetBusy(f"{target} is busy with {entry.holder or 'another call'}; try again when it ends "
-                                 "(or stop that task)", data={"target": target, "busyWith": entry.holder})
-            entry.holder = holder
-            try:
-                yield
-            finally:
+            for key, entry in zip(wanted, entries, strict=True):
+                timeout = -1 if deadline is None else max(0.0, deadline - time.monotonic())
+                if not entry.lock.acquire(timeout=timeout):
+                    busy_with = entry.holder
+                    raise TargetBusy(f"{key} is busy with {busy_with or 'another call'}; try again when it ends "
+                                     "(or stop that task)", data={"target": key, "busyWith": busy_with})
+                entry.holder = holder
+                taken.append(entry)
+            yield
+        finally:
+            for entry in reversed(taken):
                 entry.holder = ""
                 entry.lock.release()
-        finally:
             with self._guard:
-                entry.users -= 1
-                if entry.users == 0:
-                    del self._targets[target]
+                for key, entry in zip(wanted, entries, strict=True):
+                    entry.users -= 1
+                    if entry.users == 0:
+                        del self._keys[key]
 
 
 @dataclass
-class _Target:
-    """A target's lock, how many calls hold or wait for it, and what holds it (for `busy`)."""
+class _Key:
+    """A key's lock, how many calls hold or wait for it, and what holds it (for `busy`)."""
 
     lock: threading.Lock = field(default_factory=threading.Lock)
     users: int = 0
@@ -186,14 +198,15 @@ class Registry:
             raise
         handler = self._handlers[declared.name]
         target = declared.target_of(params)
+        keys = declared.lock_keys(params)
         started = time.perf_counter()
         try:
             if declared.task:
-                result = self._submit_task(declared, handler, params, context, target)
-            elif target is not None and not declared.readonly:
-                if declared.preempts and self.tasks is not None:
+                result = self._submit_task(declared, handler, params, context, target, keys)
+            elif keys and not declared.readonly:
+                if declared.preempts and self.tasks is not None and target is not None:
                     self.tasks.stop_tasks_on(target, f"{declared.name} was called")
-                with self.locks.hold(target, declared.name, self.locks.wait):
+                with self.locks.hold(keys, declared.name, self.locks.wait):
                     result = handler(context, **params)
             else:
                 result = handler(context, **params)
@@ -262,14 +275,14 @@ class Registry:
                            outcome=error.name, message=error.message)
 
     def _submit_task(self, declared: Verb, handler: Callable[..., Any], params: dict[str, Any],
-                     context: CallContext, target: str | None) -> dict[str, Any]:
+                     context: CallContext, target: str | None, keys: list[str]) -> dict[str, Any]:
         def run(task: Any) -> Any:
             return handler(replace(context, task=task), **params)
 
         def guard() -> Any:
-            return self.locks.hold(target, f"{declared.name} (a task)")
+            return self.locks.hold(keys, f"{declared.name} (a task)")
 
-        return self.tasks.submit(declared.name, target, params, run, guard=guard if target is not None else None)
+        return self.tasks.submit(declared.name, target, params, run, guard=guard if keys else None)
 
 
 def source_of(peer: str) -> str:

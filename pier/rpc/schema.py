@@ -161,6 +161,7 @@ class Verb:
     preempts: bool
     secrets: list[str]
     params_schema: dict[str, Any] = field(repr=False)
+    locks: tuple[str, ...] = ()
     result_secrets: frozenset[str] = frozenset()
     _validator: Callable[[Any], Any] | None = field(default=None, repr=False)
 
@@ -170,13 +171,13 @@ class Verb:
 
     def target_of(self, params: dict[str, Any]) -> str | None:
         """The object this call acts on: the first of the `target` paths ('vmID|vmParams.vmId') given."""
-        for path in (self.target or "").split("|"):
-            value: Any = params
-            for key in path.split("."):
-                value = value.get(key) if isinstance(value, dict) else None
-            if isinstance(value, str) and value:
-                return value
-        return None
+        return _first_given(self.target, params)
+
+    def lock_keys(self, params: dict[str, Any]) -> list[str]:
+        """What a changing call with `params` locks: the value of each of the `locks` entries given
+        (a VM id and a destination host, ...), each once, in declared order."""
+        keys = (_first_given(entry, params) for entry in self.locks)
+        return list(dict.fromkeys(key for key in keys if key is not None))
 
     def validate(self, params: Any) -> dict[str, Any]:
         """Check `params` (by name, or by position in declared order) and fill defaults.
@@ -213,6 +214,17 @@ class Verb:
         # A null in an optional position means "not given", as XML-RPC clients send it.
         return {name: value for name, value in zip(names, values, strict=False)
                 if value is not None or name in self.required}
+
+
+def _first_given(paths: str | None, params: dict[str, Any]) -> str | None:
+    """The first non-empty text among params at `paths` ('vmID|vmParams.vmId'), or None."""
+    for path in (paths or "").split("|"):
+        value: Any = params
+        for key in path.split("."):
+            value = value.get(key) if isinstance(value, dict) else None
+        if isinstance(value, str) and value:
+            return value
+    return None
 
 
 _ANNOTATIONS = frozenset({"description", "title", "examples"})
@@ -423,7 +435,7 @@ class Schema:
     def _build(self, name: str, spec: dict[str, Any]) -> Verb:
         role = spec.get("role", "admin")
         if role not in ROLES:
-            raise ValueError(f"{name}: role {role!r} is not one of {ROLES}")
+            raise ValueError(f"role {role!r} is not one of {ROLES}")
         params: dict[str, dict[str, Any]] = {}
         required: list[str] = []
         secrets: list[str] = []
@@ -440,10 +452,13 @@ class Schema:
         result_secrets = frozenset(_marked_secret(spec.get("returns"), self._marked_defs))
         task = bool(spec.get("task", False))
         if task and (secrets or result_secrets):
-            raise ValueError(f"{name}: a task verb cannot have secrets ({sorted({*secrets, *result_secrets})}): "
+            raise ValueError(f"a task verb cannot have secrets ({sorted({*secrets, *result_secrets})}): "
                              "its params and result are kept in the task table, and its events carry the result")
         for error in spec.get("errors", []):
-            error_by_name(error)  # fails start-up on a typo
+            try:
+                error_by_name(error)
+            except KeyError:
+                raise ValueError(f"error {error!r} is not in pier/rpc/errors.py") from None
         params_schema = {
             "type": "object",
             "properties": params,
@@ -455,17 +470,23 @@ class Schema:
         for route in routes:
             unknown = [p for p in route.path_params if p not in params]
             if unknown or (route.body and route.body not in params):
-                raise ValueError(f"{name}: route {route.path} names unknown params {unknown or route.body}")
+                raise ValueError(f"route {route.path} names unknown params {unknown or route.body}")
         target = spec.get("target")
-        for path in (target or "").split("|"):
-            if path and path.split(".")[0] not in params:
-                raise ValueError(f"{name}: target {path!r} is not a param")
+        locks = spec.get("locks", [target] if target else [])
+        if not isinstance(locks, list) or not all(isinstance(entry, str) and entry for entry in locks):
+            raise ValueError("locks must be a list of params, e.g. [vmID, dst]")
+        target = target or (locks[0] if locks else None)
+        for entry in [target or "", *locks]:
+            for path in entry.split("|"):
+                if path and path.split(".")[0] not in params:
+                    raise ValueError(f"target or lock {path!r} is not a param")
         return Verb(
             name=name,
             summary=spec.get("summary", ""),
             role=role,
             readonly=bool(spec.get("readonly", False)),
             target=target,
+            locks=tuple(locks),
             params=params,
             required=required,
             returns=_unmarked(spec.get("returns", {"const": True})),
