@@ -6,8 +6,8 @@ Schema type (integer, number, boolean as true/false/1/0, arrays as repeated keys
 separated); on POST, PUT and PATCH the JSON body is the params object, or, when the route says
 `body: <param>`, the body is that one param and the other params come from the query string.
 The params then go through `Registry.call`, which validates them against the schema. Success
-answers with the route's status (202 for a task verb unless the route says otherwise) and, for
-201 and 202, a `Location` naming the GET route that reads the same kind of object.
+answers with the route's status (202 for a task verb unless the route says otherwise) and, when
+the route declares one (`location: /vms/{vmId}`), a `Location` filled from the result's fields.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from pier.rpc.errors import InvalidParams, InvalidRequest, ParseError, PierError
 from pier.rpc.jsonrpc import loads
 from pier.rpc.limits import DRAIN_LIMIT, drain, drain_oversized
 from pier.rpc.registry import CallContext, Registry
-from pier.rpc.schema import Route, Verb, deref
+from pier.rpc.schema import Route, Verb, deref, path_shape, reading_routes
 
 API_PREFIX = "/api/v1"
 MAX_BODY = 1 << 20
@@ -42,7 +42,7 @@ StreamOpener = Callable[[Verb, dict[str, Any], Mapping[str, Any]], bottle.HTTPRe
 
 @dataclass(frozen=True)
 class Endpoint:
-    """One declared route of one verb, and the GET route that reads what it creates."""
+    """One declared route of one verb, and the GET route its `location` points at."""
 
     verb: Verb
     route: Route
@@ -63,14 +63,9 @@ class Endpoint:
 
 def endpoints(verbs: Mapping[str, Verb]) -> list[Endpoint]:
     """Every route the schema declares, in declaration order."""
-    readers = [(verb, route) for verb in verbs.values() for route in verb.rest
-               if route.method == "GET" and route.path_params and not route.stream]
-    found = []
-    for verb in verbs.values():
-        for route in verb.rest:
-            location = next((r for v, r in readers if v is not verb and v.returns == verb.returns), None)
-            found.append(Endpoint(verb, route, location))
-    return found
+    readers = reading_routes(verbs)
+    return [Endpoint(verb, route, readers.get(path_shape(route.location)) if route.location else None)
+            for verb in verbs.values() for route in verb.rest]
 
 
 def install(app: bottle.Bottle, registry: Registry, streams: Mapping[str, StreamOpener], *,
@@ -118,25 +113,23 @@ def wants_event_stream(environ: Mapping[str, Any]) -> bool:
 
 def _success(endpoint: Endpoint, result: Any) -> bottle.HTTPResponse:
     headers = {"Content-Type": JSON}
-    status = endpoint.status
-    if status in (201, 202) and endpoint.location is not None:
-        location = _fill(endpoint.location, result)
+    if endpoint.route.location is not None:
+        location = _fill(endpoint.route.location, result)
         if location:
             headers["Location"] = location
-    return bottle.HTTPResponse(body=json.dumps(result, separators=(",", ":")), status=status, headers=headers)
+    return bottle.HTTPResponse(body=json.dumps(result, separators=(",", ":")), status=endpoint.status,
+                               headers=headers)
 
 
-def _fill(route: Route, result: Any) -> str | None:
-    """`route`'s path with each placeholder taken from the same-named field of `result`."""
+def _fill(template: str, result: Any) -> str | None:
+    """The `template` path with each `{field}` taken from `result` (None when one is missing)."""
     if not isinstance(result, dict):
         return None
-    by_lower = {str(key).lower(): value for key, value in result.items()}
-    path = route.path
-    for name in route.path_params:
-        value = result.get(name, by_lower.get(name.lower()))
-        if value is None:
+    path = template
+    for name in _PLACEHOLDER.findall(template):
+        if result.get(name) is None:
             return None
-        path = path.replace("{" + name + "}", quote(str(value), safe=""))
+        path = path.replace("{" + name + "}", quote(str(result[name]), safe=""))
     return API_PREFIX + path
 
 

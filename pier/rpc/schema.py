@@ -128,10 +128,21 @@ class Route:
     body: str | None = None
     status: int = 200
     stream: str | None = None
+    location: str | None = None  # where what it creates is read: a GET route's path, {fields} of the result
 
     @property
     def path_params(self) -> list[str]:
         return _PLACEHOLDER.findall(self.path)
+
+    @property
+    def shape(self) -> str:
+        """The path with its placeholders blanked: routes of one shape answer the same URLs."""
+        return path_shape(self.path)
+
+
+def path_shape(path: str) -> str:
+    """`path` with each `{name}` made `{}`."""
+    return _PLACEHOLDER.sub("{}", path)
 
 
 @dataclass(frozen=True)
@@ -214,6 +225,17 @@ class Verb:
         # A null in an optional position means "not given", as XML-RPC clients send it.
         return {name: value for name, value in zip(names, values, strict=False)
                 if value is not None or name in self.required}
+
+
+def reading_routes(verbs: Mapping[str, Verb]) -> dict[str, Route]:
+    """The GET routes of `verbs` that read one object (a path param, no stream), by shape; the first
+    declared of a shape."""
+    found: dict[str, Route] = {}
+    for verb in verbs.values():
+        for route in verb.rest:
+            if route.method == "GET" and route.path_params and not route.stream:
+                found.setdefault(route.shape, route)
+    return found
 
 
 def _first_given(paths: str | None, params: dict[str, Any]) -> str | None:
@@ -352,6 +374,7 @@ class Schema:
                     raise SchemaError(f"{self._origin('verb', name)}: legacy name {legacy.name!r} of {name} "
                                       "is declared twice")
                 self.legacy[legacy.name] = (verb, legacy)
+        self._check_locations()
 
     @classmethod
     def load(cls, directory: Path = SCHEMA_DIR) -> Schema:
@@ -388,6 +411,27 @@ class Schema:
 
     def _origin(self, kind: str, name: str) -> str:
         return self._origins.get(f"{kind} {name}", "the schema")
+
+    def _check_locations(self) -> None:
+        """Refuse a `location` that no GET route answers, names a field the verb does not return,
+        or is on a route that creates nothing; and a task verb's route without one."""
+        readers = reading_routes(self.verbs)
+        for verb in self.verbs.values():
+            fields = self.deref(verb.returns).get("properties") or {}
+            for route in verb.rest:
+                where = f"{self._origin('verb', verb.name)}: {verb.name}: route {route.method} {route.path}"
+                if route.location is None:
+                    if verb.task:
+                        raise SchemaError(f"{where}: a task verb's route needs a location (where the task is read)")
+                    continue
+                if not verb.task and route.status not in (201, 202):
+                    raise SchemaError(f"{where}: only a route answering 201 or 202 has a location")
+                if path_shape(route.location) not in readers:
+                    raise SchemaError(f"{where}: location {route.location} is no GET route")
+                unknown = [name for name in _PLACEHOLDER.findall(route.location) if name not in fields]
+                if unknown:
+                    raise SchemaError(f"{where}: location {route.location} names {', '.join(unknown)}, which "
+                                      f"{verb.name} does not return")
 
     def _check_refs(self, document: dict[str, Any]) -> None:
         """Refuse a `$ref` that is not '#/$defs/<Name>' or names no declared type, and a cycle of them."""

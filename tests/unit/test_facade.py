@@ -29,6 +29,9 @@ OTHER_ID = "6f1e3e4c-1111-4222-8333-777777777777"
 TASK_ID = "0a0a0a0a-1111-4222-8333-444455556666"
 VM_PARAMS = {"vmId": VM_ID, "vmName": "a", "memSize": 32}
 ROUTES = endpoints(Schema.load().verbs)
+# The routes that answer a Location, and where it points for a result with this taskID and vmId.
+LOCATIONS = {"POST /api/v1/vms": f"/api/v1/vms/{VM_ID}",
+             "POST /api/v1/vms/{vmID}/shutdown": f"/api/v1/tasks/{TASK_ID}"}
 
 
 @dataclass
@@ -144,6 +147,7 @@ def test_every_route_reaches_its_verb(stack: Stack, endpoint: Any, monkeypatch: 
     body = {} if endpoint.route.method in ("POST", "PUT") else None
     reply = request(app, endpoint.route.method, path, body)
     assert reply.status == endpoint.status
+    assert reply.header("Location") == LOCATIONS.get(f"{endpoint.route.method} {endpoint.path}")
     assert [(name, params) for name, params, _ in seen] == [
         (endpoint.verb.name, {**values, **({endpoint.route.body: {}} if endpoint.route.body else {})})]
     assert seen[0][2].transport == "rest" and seen[0][2].peer == "127.0.0.1:40000"

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from pier.facade.openapi import openapi_document
 from pier.rpc.schema import SCHEMA_DIR, Schema, SchemaError, deref, ref_name, refs
 
 DEFS = {
@@ -140,3 +141,39 @@ def test_the_package_ships_every_schema_file() -> None:
     package = SCHEMA_DIR.parent
     files = [path.relative_to(package).as_posix() for path in SCHEMA_DIR.iterdir()]
     assert files and all(any(fnmatch.fnmatch(name, pattern) for pattern in shipped) for name in files)
+
+
+# -- the Location of what a route creates -------------------------------------------------------
+
+
+def location_described(schema: Schema, method: str, path: str) -> str:
+    """What the OpenAPI document says the Location header of `method path` points at."""
+    success = openapi_document(schema)["paths"]["/api/v1" + path][method.lower()]["responses"]
+    return next(iter(success.values()))["headers"]["Location"]["description"]
+
+
+def test_a_location_is_the_one_declared_not_the_first_reader_of_the_same_type(schema_dir: Path) -> None:
+    add(schema_dir / "host.yml", "verbs", "Host.getVmDefinition: {role: viewer, readonly: true, "
+        "params: {vmID: {$ref: '#/$defs/UUID'}}, returns: {$ref: '#/$defs/VmDefinition'}, "
+        "rest: [{method: GET, path: '/host/vms/{vmID}'}]}")
+    schema = Schema.load(schema_dir)
+    assert location_described(schema, "POST", "/vms") == "Where to read the result: /vms/{vmID} under /api/v1."
+
+
+@pytest.mark.parametrize("old, new, message", [
+    ("location: '/vms/{vmId}'", "location: '/vm/{vmId}'", r"route POST /vms: location /vm/\{vmId\} is no GET route"),
+    ("location: '/vms/{vmId}'", "location: '/vms/{vmID}'",
+     r"route POST /vms: location /vms/\{vmID\} names vmID, which VM.create does not return"),
+    ("status: 201, location: '/vms/{vmId}'", "location: '/vms/{vmId}'",
+     r"route POST /vms: only a route answering 201 or 202 has a location"),
+    (", status: 202, location: '/tasks/{taskID}'", "",
+     r"route POST /vms/\{vmID\}/shutdown: a task verb's route needs a location"),
+])
+def test_a_location_must_be_a_get_route_filled_from_the_result(schema_dir: Path, old: str, new: str,
+                                                               message: str) -> None:
+    vm = schema_dir / "vm.yml"
+    text = vm.read_text(encoding="utf-8")
+    assert text.count(old) == 1
+    vm.write_text(text.replace(old, new), encoding="utf-8")
+    with pytest.raises(SchemaError, match=r"^vm\.yml: VM\.\w+: " + message):
+        Schema.load(schema_dir)
