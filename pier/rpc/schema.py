@@ -173,6 +173,7 @@ class Verb:
     secrets: list[str]
     params_schema: dict[str, Any] = field(repr=False)
     locks: tuple[str, ...] = ()
+    rpc_only: str | None = None  # why the verb has no REST route (`rest: {none: <why>}`)
     result_secrets: frozenset[str] = frozenset()
     _validator: Callable[[Any], Any] | None = field(default=None, repr=False)
 
@@ -510,7 +511,12 @@ class Schema:
             "additionalProperties": False,
             "$defs": self._reachable_defs(params),
         }
-        routes = [Route(**route) for route in spec.get("rest", [])]
+        rest = spec.get("rest", [])
+        rpc_only = rest.get("none") if isinstance(rest, dict) else None
+        if not (isinstance(rest, list) and all(isinstance(route, dict) for route in rest)
+                or isinstance(rest, dict) and set(rest) == {"none"} and isinstance(rpc_only, str) and rpc_only):
+            raise ValueError("rest must be a list of routes, or {none: <why the verb has no route>}")
+        routes = [] if rpc_only else [Route(**route) for route in rest]
         for route in routes:
             unknown = [p for p in route.path_params if p not in params]
             if unknown or (route.body and route.body not in params):
@@ -538,6 +544,7 @@ class Schema:
             legacy=[LegacyName(**legacy) for legacy in spec.get("legacy", [])],
             task=task,
             rest=routes,
+            rpc_only=rpc_only,
             preempts=bool(spec.get("preempts", False)),
             secrets=secrets,
             params_schema=params_schema,

@@ -177,3 +177,11 @@ def test_a_location_must_be_a_get_route_filled_from_the_result(schema_dir: Path,
     vm.write_text(text.replace(old, new), encoding="utf-8")
     with pytest.raises(SchemaError, match=r"^vm\.yml: VM\.\w+: " + message):
         Schema.load(schema_dir)
+
+
+@pytest.mark.parametrize("rest", ["{none: ''}", "{none: yes}", "{none: why, also: what}", "none"])
+def test_a_verb_without_routes_says_why_in_words(schema_dir: Path, rest: str) -> None:
+    add(schema_dir / "events.yml", "verbs", f"Events.peek: {{rest: {rest}}}")
+    with pytest.raises(SchemaError, match=r"^events\.yml: Events\.peek: rest must be a list of routes, or "
+                                          r"\{none: <why the verb has no route>\}$"):
+        Schema.load(schema_dir)
