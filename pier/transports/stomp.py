@@ -27,7 +27,6 @@ no state of a dead one is reused), until `stop()`.
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import socket
@@ -43,7 +42,7 @@ from stomp.utils import Frame
 from pier.rpc.auth import Authenticator, Identity
 from pier.rpc.errors import InternalError, PierError, Unauthenticated
 from pier.rpc.events import EventLog
-from pier.rpc.jsonrpc import JsonRpc, error_object
+from pier.rpc.jsonrpc import Answer, JsonRpc, Message, error_object, responses_of
 from pier.rpc.registry import CallContext
 from pier.transports.stomp_frames import flow_id_of
 from pier.transports.stomp_outbox import RECEIPT_PREFIX, EventOutbox
@@ -80,10 +79,6 @@ class StompOptions:
     workers: int = 8
     reply_ttl: float = 300.0
     max_age: float = 180.0
-
-
-def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"))
 
 
 class _Link(stomp.ConnectionListener):
@@ -317,18 +312,20 @@ class StompListener:
             if stale:
                 log.warning("STOMP: dropped a request from %s: %s", reply_to or "a sender without reply-to", stale)
             else:
-                reply = self._answer(frame.body, reply_to, context)
-                if reply is not None and reply_to:
-                    sent = self._send(reply_to, reply, headers.get("correlation-id"))
-                elif reply is not None:
-                    level = logging.WARNING if '"error"' in reply else logging.DEBUG
-                    log.log(level, "STOMP: a frame without reply-to was answered; the answer is dropped: %.300s",
-                            self._replies.loggable(frame.body, reply))
+                message = self._jsonrpc.parse(frame.body)
+                answer = self._answer(message, reply_to, context)
+                if answer is not None and reply_to:
+                    sent = self._send(reply_to, self._jsonrpc.encode(answer), headers.get("correlation-id"))
+                elif answer is not None:
+                    failed = any("error" in response for response in responses_of(answer))
+                    log.log(logging.WARNING if failed else logging.DEBUG,
+                            "STOMP: a frame without reply-to was answered; the answer is dropped: %.300s",
+                            self._replies.loggable(message, answer))
         except Exception:
             log.exception("STOMP: could not serve a request from %s", reply_to)
             if reply_to:
-                sent = self._send(reply_to, _dumps(error_object(InternalError("the request could not be served"))),
-                                  headers.get("correlation-id"))
+                error = error_object(InternalError("the request could not be served"))
+                sent = self._send(reply_to, self._jsonrpc.encode(error), headers.get("correlation-id"))
         if sent:
             self._ack(link, headers.get("ack"))
 
@@ -342,12 +339,12 @@ class StompListener:
         except PierError as exc:
             return None, exc
 
-    def _answer(self, body: bytes, reply_to: str, context: CallContext) -> str | None:
-        """The reply to a frame; a sender without an identity is refused whatever it asks, with no
-        reply cached."""
+    def _answer(self, message: Message, reply_to: str, context: CallContext) -> Answer:
+        """The answer to a frame's message; a sender without an identity is refused whatever it
+        asks, with no reply cached."""
         if context.identity is None:
-            return self._jsonrpc.handle(body, context)
-        return self._replies.answer(body, reply_to, context)
+            return self._jsonrpc.answer(message, context)
+        return self._replies.answer(message, reply_to, context)
 
     def _send(self, destination: str, body: str, correlation_id: str | None) -> bool:
         """Send a reply over the current connection; False when there is none."""

@@ -11,7 +11,8 @@ again whose reply is known gets that reply again; one started by an
 earlier pierd process that has no reply (pierd died while running it) is not run again but
 answered with error 99 (`recovery`) telling the caller to check the state. Read-only verbs skip
 the cache: running them twice is harmless and costs less than two sqlite writes. Everything else
-is `JsonRpc.handle`, the wire's one error mapper.
+is `JsonRpc`'s, the wire's one error mapper; answers are passed as data, and encoded only to be
+kept in the cache.
 
 The cache keeps no secret: a reply whose result holds fields the schema marks secret (the token
 of a `Token.create`) is kept as error 99 saying that the call succeeded and that its secrets are
@@ -33,16 +34,12 @@ from typing import Any
 
 from pier.rpc.audit import redact
 from pier.rpc.errors import InternalError, Recovering
-from pier.rpc.jsonrpc import JsonRpc, error_object, loads
+from pier.rpc.jsonrpc import Answer, JsonRpc, Message, error_object, loads, responses_of
 from pier.rpc.registry import CallContext
 from pier.rpc.schema import Verb
 from pier.rpc.store import open_state
 
 log = logging.getLogger("pier.transports.stomp")
-
-
-def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"))
 
 
 def request_key(reply_to: str, request: dict[str, Any], sender: str) -> str:
@@ -175,28 +172,15 @@ class Replies:
             return f"it was sent {(now - sent) / 1000:.0f} s ago, more than {self.max_age:.0f} s"
         return None
 
-    def answer(self, body: bytes, reply_to: str, context: CallContext) -> str | None:
-        """The reply to a frame's body (None when there is nothing to send back)."""
-        message = self._parse(body)
-        items = message if isinstance(message, list) else [message]
-        if not any(self._changes(item) for item in items):
-            return self._jsonrpc.handle(body, context)
-        if not isinstance(message, list):
-            return self._answer_item(message, reply_to, context)
-        answers = [answer for answer in (self._answer_item(item, reply_to, context) for item in items) if answer]
-        return "[" + ",".join(answers) + "]" if answers else None
-
-    def _parse(self, body: bytes) -> Any:
-        """The message, or None when JsonRpc alone answers it (not JSON, too large, a bad batch)."""
-        if len(body) > self._jsonrpc.max_bytes:
-            return None
-        try:
-            message = loads(body)
-        except (ValueError, RecursionError):
-            return None
-        if isinstance(message, list) and not 0 < len(message) <= self._jsonrpc.max_batch:
-            return None
-        return message
+    def answer(self, message: Message, reply_to: str, context: CallContext) -> Answer:
+        """The answer to a frame's parsed message (None when there is nothing to send back)."""
+        if message.refusal is not None or not any(self._changes(item) for item in message.requests):
+            return self._jsonrpc.answer(message, context)
+        if not message.batch:
+            return self._answer_item(message.requests[0], reply_to, context)
+        answers = [answer for answer in (self._answer_item(item, reply_to, context) for item in message.requests)
+                   if answer is not None]
+        return answers or None
 
     def _verb(self, item: Any) -> Verb | None:
         """The verb `item` calls, when it is a request object of a declared one."""
@@ -209,14 +193,11 @@ class Replies:
         declared = self._verb(item)
         return declared is not None and "id" in item and not declared.readonly
 
-    def _kept(self, declared: Verb | None, answer: str) -> str:
-        """What the cache keeps of `answer`: itself, or when its result holds secrets, error 99
+    def _kept(self, declared: Verb | None, response: dict[str, Any]) -> str:
+        """What the cache keeps of `response`: itself, or when its result holds secrets, error 99
         saying so, with the result redacted."""
-        if declared is None or not declared.result_secrets or '"result"' not in answer:
-            return answer
-        response = json.loads(answer)
-        if "result" not in response:
-            return answer
+        if declared is None or not declared.result_secrets or "result" not in response:
+            return self._jsonrpc.encode(response)
         secrets = sorted(declared.result_secrets)
         ran = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         error = Recovering(f"{declared.name} was delivered again; it ran at {ran} and succeeded, but its answer "
@@ -224,52 +205,46 @@ class Replies:
                            "data.result is that answer with them redacted",
                            data={"method": declared.name, "ran": ran, "redacted": secrets,
                                  "result": redact(response["result"], secrets, guess=False)})
-        return _dumps(error_object(error, response.get("id")))
+        return self._jsonrpc.encode(error_object(error, response.get("id")))
 
-    def loggable(self, body: bytes, reply: str) -> str:
-        """`reply` to the request frame `body` with the secrets of its results redacted, for a log line."""
-        message = self._parse(body)
-        items = message if isinstance(message, list) else [message]
-        secrets = {name for item in items if (verb := self._verb(item)) is not None for name in verb.result_secrets}
-        if not secrets:
-            return reply
-        answer = json.loads(reply)
-        for response in answer if isinstance(answer, list) else [answer]:
-            if isinstance(response, dict) and "result" in response:
-                response["result"] = redact(response["result"], secrets, guess=False)
-        return _dumps(answer)
+    def loggable(self, message: Message, answer: Answer) -> str:
+        """`answer` to `message` as text, with the secrets of its results redacted, for a log line."""
+        secrets = {name for item in message.requests if (verb := self._verb(item)) is not None
+                   for name in verb.result_secrets}
+        if secrets:
+            redacted = [{**response, "result": redact(response["result"], secrets, guess=False)}
+                        if "result" in response else response for response in responses_of(answer)]
+            answer = redacted if isinstance(answer, list) else redacted[0] if redacted else answer
+        return "" if answer is None else self._jsonrpc.encode(answer)
 
-    def _answer_item(self, item: Any, reply_to: str, context: CallContext) -> str | None:
-        if not isinstance(item, dict):
-            answer = self._jsonrpc.handle(_dumps([item]), context)  # a batch of one: its error, inside [...]
-            return answer[1:-1] if answer else None
+    def _answer_item(self, item: Any, reply_to: str, context: CallContext) -> dict[str, Any] | None:
         if not self._changes(item):
-            return self._jsonrpc.handle(_dumps(item), context)
+            return self._jsonrpc.answer_one(item, context)
         method, request_id = item["method"], item["id"]
         key = request_key(reply_to, item, context.identity.credential if context.identity else "")
         known = self._cache.begin(key)
         if known is None:
-            answer = _dumps(error_object(InternalError("the request failed"), request_id))
+            response = error_object(InternalError("the request failed"), request_id)
             try:
-                answer = self._jsonrpc.handle(_dumps(item), context) or answer
+                response = self._jsonrpc.answer_one(item, context) or response
             finally:
-                self._cache.finish(key, self._kept(self._verb(item), answer))
-            return answer
+                self._cache.finish(key, self._kept(self._verb(item), response))
+            return response
         if isinstance(known, Started) and known.here:
             log.info("STOMP: %s (id %r) was delivered again while it runs; waiting for its reply", method, request_id)
             known = self._wait(key)
             if known is None:
-                return _dumps(error_object(InternalError(f"{method} with this id is still running"), request_id))
+                return error_object(InternalError(f"{method} with this id is still running"), request_id)
         if isinstance(known, str):
             log.info("STOMP: %s (id %r) was delivered again; sending its reply again", method, request_id)
-            return known
+            return loads(known)
         started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(known.at))
         log.warning("STOMP: %s (id %r) was delivered again after the agent restarted while running it; "
                     "not running it again", method, request_id)
         error = Recovering(f"the agent restarted while running {method} (started {started}); it may or may not "
                            "have taken effect: check the state before calling it again",
                            data={"method": method, "started": started})
-        return _dumps(error_object(error, request_id))
+        return error_object(error, request_id)
 
     def _wait(self, key: str) -> str | None:
         deadline = time.monotonic() + self._cache.ttl

@@ -20,7 +20,6 @@ closed; one whose token or certificate is revoked gets an ERROR saying so and is
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import socket
 import threading
@@ -32,7 +31,7 @@ from typing import Any
 from pier.rpc.auth import Identity
 from pier.rpc.errors import PierError
 from pier.rpc.events import Event, EventLog
-from pier.rpc.jsonrpc import JsonRpc
+from pier.rpc.jsonrpc import Answer, JsonRpc
 from pier.rpc.registry import CallContext
 from pier.rpc.session import PushSession
 from pier.transports.stomp_frames import Frame, encode_frame, flow_id_of
@@ -330,10 +329,11 @@ class Connection(StompWire):
             self._release()
 
     def _execute(self, body: bytes, reply_to: str | None, flow_id: str | None) -> None:
+        jsonrpc = self._end.jsonrpc
         try:
-            reply = self._end.jsonrpc.handle(body, replace(self._context, flow_id=flow_id) if flow_id else self._context)
-            if reply is not None:
-                self._reply(reply, reply_to)
+            answer = jsonrpc.answer(jsonrpc.parse(body),
+                                    replace(self._context, flow_id=flow_id) if flow_id else self._context)
+            self._reply(answer, reply_to)
         except Exception:
             log.exception("answering a request from %s failed", self.peer)
         finally:
@@ -346,22 +346,21 @@ class Connection(StompWire):
             self._in_flight -= 1
             self.cond.notify_all()
 
-    def _reply(self, reply: str, reply_to: str | None) -> None:
-        """Send a response to `reply_to`; one without an id (it has no caller) to the responses topic."""
-        if '"id":null' not in reply:
-            if reply_to:
-                self._publish(reply_to, reply.encode())
-            return
-        answer = json.loads(reply)
+    def _reply(self, answer: Answer, reply_to: str | None) -> None:
+        """Send the responses to `reply_to`; those without an id (they have no caller) to the
+        responses topic. A batch's responses stay in an array, a single one stays an object."""
+        encode = self._end.jsonrpc.encode
         if isinstance(answer, dict):
-            self._publish(RESPONSE_DESTINATION, reply.encode())
+            destination = RESPONSE_DESTINATION if answer["id"] is None else reply_to
+            if destination:
+                self._publish(destination, encode(answer).encode())
             return
-        orphans = [item for item in answer if item.get("id") is None]
-        answered = [item for item in answer if item.get("id") is not None]
+        orphans = [response for response in answer or () if response["id"] is None]
+        answered = [response for response in answer or () if response["id"] is not None]
         if orphans:
-            self._publish(RESPONSE_DESTINATION, json.dumps(orphans, separators=(",", ":")).encode())
+            self._publish(RESPONSE_DESTINATION, encode(orphans).encode())
         if answered and reply_to:
-            self._publish(reply_to, json.dumps(answered, separators=(",", ":")).encode())
+            self._publish(reply_to, encode(answered).encode())
 
     def _publish(self, destination: str, body: bytes) -> None:
         for connection, sub_id in self._end.subscriptions.find(destination):

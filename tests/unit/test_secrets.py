@@ -49,9 +49,9 @@ def test_secret_marks_are_found_through_refs_and_refused_on_tasks() -> None:
 def test_a_redelivered_token_create_gets_its_answer_without_the_secret(stack: Stack, tmp_path: Path) -> None:
     replies = Replies(stack.jsonrpc, str(stack.db))
     try:
-        first = json.loads(replies.answer(token_request(), "/temp-queue/engine", ADMIN))
+        first = replies.answer(stack.jsonrpc.parse(token_request()), "/temp-queue/engine", ADMIN)
         secret = first["result"]["token"].split("_", 2)[2]
-        again = json.loads(replies.answer(token_request(), "/temp-queue/engine", ADMIN))
+        again = replies.answer(stack.jsonrpc.parse(token_request()), "/temp-queue/engine", ADMIN)
     finally:
         replies.stop()
         replies.close()
@@ -66,16 +66,17 @@ def test_a_redelivered_token_create_gets_its_answer_without_the_secret(stack: St
 def test_the_log_text_of_a_dropped_answer_has_no_secret(stack: Stack) -> None:
     replies = Replies(stack.jsonrpc, str(stack.db))
     try:
-        batch = b"[" + token_request(1) + b',{"jsonrpc": "2.0", "method": "Host.ping2", "id": 2}]'
+        batch = stack.jsonrpc.parse(b"[" + token_request(1) + b',{"jsonrpc": "2.0", "method": "Host.ping2", "id": 2}]')
         answer = replies.answer(batch, "", ADMIN)
         logged = json.loads(replies.loggable(batch, answer))
     finally:
         replies.stop()
         replies.close()
-    secret = json.loads(answer)[0]["result"]["token"]
+    secret = answer[0]["result"]["token"]
     assert logged[0]["result"]["token"] == "***" and logged[0]["result"]["tokenID"] == secret.split("_")[1]
     assert logged[1] == {"jsonrpc": "2.0", "result": True, "id": 2}
-    assert replies.loggable(b"{not json", '{"error": 1}') == '{"error": 1}'
+    not_json = stack.jsonrpc.parse(b"{not json")
+    assert json.loads(replies.loggable(not_json, not_json.refusal)) == not_json.refusal
 
 
 def test_cache_entries_go_after_the_ttl_with_no_further_request(tmp_path: Path) -> None:

@@ -125,6 +125,32 @@ def test_send_without_reply_to_runs_and_answers_nothing(stack: Stack, client: Vd
     assert frame.json()[0]["id"] == request_id
 
 
+def test_non_batch_requests_are_answered_to_the_reply_destination(client: VdsmLikeClient) -> None:
+    """VDSM's client sends some requests as a bare object rather than a one-element batch."""
+    request_id = client.send_request("Host.ping2", batch=False)
+    frame = client.read_frame()
+    assert frame.headers["destination"] == client.reply_to
+    assert frame.json() == {"jsonrpc": "2.0", "result": True, "id": request_id}
+    request_id = client.send_request("VM.destroy", {"vmID": VM}, batch=False)
+    frame = client.read_frame()
+    assert frame.headers["destination"] == client.reply_to
+    assert frame.json()["id"] == request_id and frame.json()["error"]["code"] == 1  # noVM
+
+
+def test_a_result_holding_id_null_goes_to_the_caller(client: VdsmLikeClient) -> None:
+    """Where a response goes depends on its own id, not on what its result holds."""
+    responses = client.subscribe("jms.topic.vdsm_responses")
+    created = client.send_request("VM.create", {"vmID": VM, "vmParams": {**VM_PARAMS, "id": None}}, batch=False)
+    assert client.wait_response(created)["result"]["vmId"] == VM
+    request_id = client.send_request("Host.getAuditLog", {"verb": "VM.create"}, batch=False)
+    frame = client.read_frame()
+    assert frame.headers["subscription"] != responses, "the answer went to the responses topic"
+    assert frame.headers["destination"] == client.reply_to
+    answer = frame.json()
+    assert answer["id"] == request_id
+    assert b'"id":null' in frame.body.replace(b" ", b"")  # the case that was misrouted
+
+
 def test_response_without_id_goes_to_the_responses_topic(client: VdsmLikeClient) -> None:
     responses = client.subscribe("jms.topic.vdsm_responses")
     client.send_frame("SEND", {"destination": REQUESTS, "content-type": "application/json",

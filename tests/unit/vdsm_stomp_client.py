@@ -8,7 +8,8 @@ Pier's frame code, so that it checks the server rather than agreeing with it:
   `ack:auto` and another UUID as `id`;
 - requests only once `CONNECTED` is in: `SEND` to `jms.topic.vdsm_requests` with headers
   `destination`, `content-type:application/json`, `reply-to`, optionally `ovirtCorrelationId`,
-  then `content-length`; the body is a one-element JSON-RPC batch, params by name, a UUID id;
+  then `content-length`; the body is a one-element JSON-RPC batch (or, as VDSM's client also
+  sends some requests, a bare request object), params by name, a UUID id;
 - header values escaped as STOMP 1.2 says; frames without a body carry no `content-length`;
 - incoming frames: EOLs between frames are heart-beats; a body is read by `content-length` when
   there is one; a MESSAGE is routed by its `subscription` header, and a response body may be an
@@ -121,7 +122,8 @@ class VdsmLikeClient:
         self.send_frame("UNSUBSCRIBE", {"id": sub_id})
 
     def send_request(self, method: str, params: dict[str, Any] | None = None, *, destination: str = REQUESTS,
-                     reply_to: bool = True, flow_id: str | None = None, request_id: Any = None) -> Any:
+                     reply_to: bool = True, flow_id: str | None = None, request_id: Any = None,
+                     batch: bool = True) -> Any:
         request_id = request_id if request_id is not None else str(uuid.uuid4())
         request = {"jsonrpc": "2.0", "method": method, "params": params or {}, "id": request_id}
         headers = {"content-type": "application/json"}
@@ -129,7 +131,8 @@ class VdsmLikeClient:
             headers["reply-to"] = self.reply_to
         if flow_id is not None:
             headers["ovirtCorrelationId"] = flow_id
-        self.send_frame("SEND", {"destination": destination, **headers}, ("[" + json.dumps(request) + "]").encode())
+        body = json.dumps([request] if batch else request).encode()
+        self.send_frame("SEND", {"destination": destination, **headers}, body)
         return request_id
 
     def call(self, method: str, **params: Any) -> Any:
