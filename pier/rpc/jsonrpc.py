@@ -34,13 +34,19 @@ def _not_json(constant: str) -> Any:
     raise ValueError(f"{constant} is not JSON")
 
 
+# Made once: json.loads and json.dumps given options build a new decoder or encoder on every call.
+_DECODER = json.JSONDecoder(parse_constant=_not_json)
+_dumps = json.JSONEncoder(separators=(",", ":")).encode
+
+
 def loads(raw: str | bytes) -> Any:
-    """Parse JSON as RFC 8259 says: NaN and Infinity are not JSON (Python's parser takes them)."""
-    return json.loads(raw, parse_constant=_not_json)
-
-
-def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"))
+    """Parse JSON as RFC 8259 says: NaN and Infinity are not JSON (Python's parser takes them).
+    Bytes are decoded as json.loads does (UTF-8, -16 or -32, told by their first bytes)."""
+    if isinstance(raw, (bytes, bytearray)):
+        raw = raw.decode(json.detect_encoding(raw), "surrogatepass")
+    elif raw.startswith("\ufeff"):
+        raise ValueError("a JSON text does not begin with a byte order mark")
+    return _DECODER.decode(raw)
 
 
 def error_object(error: PierError, request_id: Any = None) -> dict[str, Any]:

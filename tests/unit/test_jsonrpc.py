@@ -116,6 +116,30 @@ def test_unexpected_errors_do_not_leak_internals(stack: Stack) -> None:
     assert reply["error"]["data"]["reference"]
 
 
+def test_a_result_that_is_not_json_fails_only_its_own_response(stack: Stack) -> None:
+    stack.node.host_stats = lambda *args: {"when": object()}
+    reply = answer(stack, [{"jsonrpc": "2.0", "method": "Host.getStats", "id": 1},
+                           {"jsonrpc": "2.0", "method": "Host.ping2", "id": 2}])
+    assert reply[0]["id"] == 1 and reply[0]["error"]["code"] == -32603
+    assert reply[1] == {"jsonrpc": "2.0", "result": True, "id": 2}
+
+
+def test_an_invalid_request_says_why_and_keeps_a_valid_id(stack: Stack) -> None:
+    reply = answer(stack, {"jsonrpc": "1.0", "method": "Host.ping2", "id": 7})
+    assert reply["id"] == 7 and reply["error"]["code"] == -32600
+    assert "jsonrpc" in reply["error"]["message"]
+    reply = answer(stack, {"jsonrpc": "2.0", "method": "Host.ping2", "id": 7, "extra": 1})
+    assert reply["id"] == 7 and "extra" in reply["error"]["message"]
+    assert answer(stack, {"jsonrpc": "2.0", "method": "Host.ping2", "id": True})["id"] is None
+
+
+def test_a_param_named_context_is_the_callers_and_is_refused_by_name(stack: Stack) -> None:
+    reply = answer(stack, {"jsonrpc": "2.0", "method": "Host.ping2", "params": {"context": 1}, "id": 1})
+    assert reply["error"]["code"] == -32602 and "context" in reply["error"]["message"]
+    reply = answer(stack, {"jsonrpc": "2.0", "method": "VM.destroy", "params": {"vmID": VM_ID, "context": 1}, "id": 2})
+    assert reply["error"]["code"] == -32602 and "context" in reply["error"]["message"]
+
+
 def test_every_verbs_params_schema_compiles(schema) -> None:
     """Validators are compiled on first use; a schema fastjsonschema cannot compile must still fail here."""
     for declared in schema.verbs.values():
