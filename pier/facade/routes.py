@@ -23,9 +23,9 @@ from urllib.parse import parse_qsl, quote
 import bottle
 
 from pier.facade.problems import problem_response, unexpected
-from pier.rpc.errors import InvalidParams, InvalidRequest, ParseError, PierError, RequestTooLarge
+from pier.rpc.errors import InvalidParams, ParseError, PierError
 from pier.rpc.jsonrpc import loads
-from pier.rpc.limits import DRAIN_LIMIT, drain, drain_oversized
+from pier.rpc.limits import read_body
 from pier.rpc.registry import CallContext, Registry
 from pier.rpc.schema import Route, Verb, deref, path_shape, reading_routes
 
@@ -176,25 +176,7 @@ def query_values(environ: Mapping[str, Any]) -> dict[str, list[str]]:
 
 def read_json_body(environ: Mapping[str, Any], max_body: int, field: str) -> Any:
     """The request body parsed as JSON, or None when there is none."""
-    length_text = environ.get("CONTENT_LENGTH") or ""
-    stream = environ.get("wsgi.input")
-    if length_text:
-        try:
-            length = int(length_text)
-        except ValueError:
-            raise InvalidRequest(f"Content-Length {length_text!r} is not a number") from None
-        if length > max_body:
-            drain_oversized(stream, length)
-            raise RequestTooLarge(f"the request body is {length} bytes; at most {max_body} are accepted",
-                                  data={"limit": max_body})
-        raw = stream.read(length) if length > 0 and stream is not None else b""
-    elif "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower() and stream is not None:
-        raw = stream.read(max_body + 1)
-        if len(raw) > max_body:
-            drain(stream, DRAIN_LIMIT - len(raw))
-            raise RequestTooLarge(f"the request body is over {max_body} bytes", data={"limit": max_body})
-    else:
-        raw = b""
+    raw = read_body(environ, max_body)
     if not raw.strip():
         return None
     media_type = environ.get("CONTENT_TYPE", "").split(";")[0].strip().lower()

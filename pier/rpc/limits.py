@@ -9,8 +9,10 @@ guessing credentials is slow while a client with good ones is never held up.
 second on average; beyond that a call is refused with TooManyRequests saying when to try again.
 VDSM's client and the engine do not retry, so it is off unless asked for.
 
-A body over a listener's limit is refused with 413; up to DRAIN_LIMIT bytes of it are read and
-dropped first, so that a client still sending reads the answer rather than a reset connection.
+`read_body` is how every HTTP endpoint (POST /jsonrpc, /RPC2, the REST facade) reads a request
+body, sent with a Content-Length or chunked. A body over the endpoint's limit is refused with 413
+(RequestTooLarge); up to DRAIN_LIMIT bytes of it are read and dropped first, so that a client
+still sending reads the answer rather than a reset connection.
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ from __future__ import annotations
 import collections
 import threading
 import time
+from collections.abc import Mapping
 from typing import Any
 
-from pier.rpc.errors import TooManyRequests
+from pier.rpc.errors import InvalidRequest, RequestTooLarge, TooManyRequests
 
 DRAIN_LIMIT = 4 << 20
 
@@ -38,6 +41,34 @@ def drain_oversized(stream: Any, length: int) -> None:
     """Before refusing a body of `length` bytes: drop it when it is within DRAIN_LIMIT."""
     if 0 < length <= DRAIN_LIMIT and stream is not None:
         drain(stream, length)
+
+
+def read_body(environ: Mapping[str, Any], limit: int) -> bytes:
+    """The body of a WSGI request, sent with a Content-Length or chunked (b"" when there is none).
+
+    Raises RequestTooLarge when it is over `limit` bytes (after dropping it, up to DRAIN_LIMIT),
+    and InvalidRequest when the Content-Length is not a number.
+    """
+    stream = environ.get("wsgi.input")
+    length_text = environ.get("CONTENT_LENGTH") or ""
+    if stream is None:
+        return b""
+    if length_text:
+        if not (length_text.isascii() and length_text.isdigit()):
+            raise InvalidRequest(f"Content-Length {length_text[:40]!r} is not a number of bytes")
+        length = int(length_text)
+        if length > limit:
+            drain_oversized(stream, length)
+            raise RequestTooLarge(f"the request body of {length} bytes exceeds the limit of {limit} bytes",
+                                  data={"limit": limit})
+        return stream.read(length) if length else b""
+    if "chunked" not in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
+        return b""
+    body = stream.read(limit + 1)  # the server ends a chunked body: reading one byte past the limit tells
+    if len(body) > limit:
+        drain(stream, DRAIN_LIMIT - len(body))
+        raise RequestTooLarge(f"the request body exceeds the limit of {limit} bytes", data={"limit": limit})
+    return body
 
 
 class FailedLogins:

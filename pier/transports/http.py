@@ -1,13 +1,13 @@
 """The HTTP listener: JSON-RPC 2.0 at POST /jsonrpc, the REST facade, /RPC2 and /metrics.
 
-`jsonrpc_app` is a WSGI app answering one JSON-RPC message per POST (a notification gets 204).
+`jsonrpc_app` is a WSGI app answering one JSON-RPC message per POST (a notification gets 204); its
+body may be sent with a Content-Length or chunked (`read_body`).
 `HttpListener` owns an `HttpServer` (pier's own, see `httpserver` for why) and routes each request
 by path prefix to the app mounted there (without rewriting the path, so apps see their full routes).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Iterable
 from http import HTTPStatus
@@ -16,7 +16,7 @@ from typing import Any
 from pier.rpc.auth import WSGI_AUTH_ERROR, WSGI_IDENTITY
 from pier.rpc.errors import InvalidRequest, PierError
 from pier.rpc.jsonrpc import JsonRpc, error_object
-from pier.rpc.limits import drain_oversized
+from pier.rpc.limits import read_body
 from pier.rpc.registry import CallContext
 from pier.transports.httpexchange import PEER_CERTIFICATE, PEER_CREDENTIALS, WsgiApp
 from pier.transports.httpserver import HttpServer
@@ -38,22 +38,15 @@ def jsonrpc_app(jsonrpc: JsonRpc) -> WsgiApp:
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         if environ["REQUEST_METHOD"] != "POST":
-            body = json.dumps(error_object(InvalidRequest("JSON-RPC over HTTP takes POST"))).encode()
+            body = jsonrpc.encode(error_object(InvalidRequest("JSON-RPC over HTTP takes POST"))).encode()
             start_response("405 Method Not Allowed", [*_JSON, ("Allow", "POST")])
             return [body]
         try:
-            length = int(environ.get("CONTENT_LENGTH") or 0)
-        except ValueError:
-            length = -1
-        if length < 0 or length > jsonrpc.max_bytes:
-            error = InvalidRequest(f"message of {length} bytes exceeds the limit of {jsonrpc.max_bytes} bytes"
-                                   if length > 0 else "Content-Length is missing or invalid",
-                                   data={"limit": jsonrpc.max_bytes})
-            drain_oversized(environ["wsgi.input"], length)
-            start_response("413 Payload Too Large" if length > 0 else "411 Length Required",
-                           [*_JSON, ("Connection", "close")])
-            return [json.dumps(error_object(error)).encode()]
-        raw = environ["wsgi.input"].read(length) if length else b""
+            raw = read_body(environ, jsonrpc.max_bytes)
+        except PierError as exc:
+            status = HTTPStatus(exc.http_status)
+            start_response(f"{status.value} {status.phrase}", [*_JSON, ("Connection", "close")])
+            return [jsonrpc.encode(error_object(exc)).encode()]
         reply = jsonrpc.handle(raw, CallContext.for_wsgi(environ, "http"))
         if reply is None:
             start_response("204 No Content", [])

@@ -24,13 +24,14 @@ import logging
 import re
 import xmlrpc.client
 from collections.abc import Callable, Iterable
+from http import HTTPStatus
 from typing import Any
 
 from defusedxml import DefusedXmlException
 from defusedxml.xmlrpc import DefusedExpatParser
 
 from pier.rpc.errors import InvalidParams, InvalidRequest, MethodNotFound, ParseError, PierError, Unexpected
-from pier.rpc.limits import drain_oversized
+from pier.rpc.limits import read_body
 from pier.rpc.registry import CallContext, Registry
 from pier.rpc.schema import Schema, Verb, deref
 from pier.transports.http import WsgiApp, peer_of
@@ -267,29 +268,15 @@ def xmlrpc_app(registry: Registry, *, max_bytes: int = MAX_BYTES) -> WsgiApp:
         if environ["REQUEST_METHOD"] != "POST":
             start_response("405 Method Not Allowed", [*_XML, ("Allow", "POST")])
             return [_fault(InvalidRequest("XML-RPC takes POST"))]
-        body = _read_body(environ, max_bytes)
-        if body is None:
-            error = InvalidRequest(f"request body exceeds the limit of {max_bytes} bytes", data={"limit": max_bytes})
-            log.warning("XML-RPC request from %s refused: %s", peer_of(environ), error.message)
-            start_response("413 Payload Too Large", [*_XML, ("Connection", "close")])
-            return [_fault(error)]
+        try:
+            body = read_body(environ, max_bytes)
+        except PierError as exc:
+            log.warning("XML-RPC request from %s refused: %s", peer_of(environ), exc.message)
+            status = HTTPStatus(exc.http_status)
+            start_response(f"{status.value} {status.phrase}", [*_XML, ("Connection", "close")])
+            return [_fault(exc)]
         reply = endpoint.handle(body, CallContext.for_wsgi(environ, "xmlrpc"))
         start_response("200 OK", [*_XML, ("Content-Length", str(len(reply)))])
         return [reply]
 
     return app
-
-
-def _read_body(environ: dict[str, Any], max_bytes: int) -> bytes | None:
-    """The request body, or None when it is longer than `max_bytes`."""
-    try:
-        length = int(environ.get("CONTENT_LENGTH") or -1)
-    except ValueError:
-        length = -1
-    if length > max_bytes:
-        drain_oversized(environ["wsgi.input"], length)
-        return None
-    if length >= 0:
-        return environ["wsgi.input"].read(length) if length else b""
-    body = environ["wsgi.input"].read(max_bytes + 1)  # chunked: read one byte past the limit
-    return None if len(body) > max_bytes else body
