@@ -18,6 +18,7 @@ import collections
 import contextlib
 import http
 import logging
+import socket
 import ssl as ssl_module
 import threading
 from typing import Any
@@ -66,8 +67,11 @@ class WebSocketListener:
         return f"{'wss' if self._ssl else 'ws'}://{_bracket(host)}:{port}/"
 
     def start(self) -> None:
+        # websockets binds with socket.create_server, whose family is IPv4 unless told
+        family = socket.getaddrinfo(self._host or None, self._port, type=socket.SOCK_STREAM,
+                                    flags=socket.AI_PASSIVE)[0][0]
         self._server = serve(
-            self._serve_connection, self._host, self._port, ssl=self._ssl, compression=None,
+            self._serve_connection, self._host, self._port, family=family, ssl=self._ssl, compression=None,
             process_request=self._refuse_beyond_limit,
             max_size=FRAME_LIMIT, ping_interval=20, ping_timeout=20,
             logger=logging.getLogger("pier.transports.ws.server"),
