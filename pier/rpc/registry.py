@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from pier.rpc.addresses import host_of, with_port
 from pier.rpc.audit import AuditLog, redact
 from pier.rpc.auth import WSGI_AUTH_ERROR, WSGI_IDENTITY, Credentials, Identity
 from pier.rpc.errors import Forbidden, MethodNotFound, PierError, TargetBusy, Unauthenticated, Unexpected
@@ -80,7 +81,7 @@ class CallContext:
     def for_wsgi(cls, environ: dict[str, Any], transport: str) -> CallContext:
         """The context of a WSGI request, with what the HTTP listener learnt of its caller."""
         host, port = environ.get("REMOTE_ADDR", ""), environ.get("REMOTE_PORT", "")
-        return cls(transport, f"{host}:{port}" if port else host or "local",
+        return cls(transport, with_port(host, port) if port else host or "local",
                    identity=environ.get(WSGI_IDENTITY), auth_error=environ.get(WSGI_AUTH_ERROR))
 
 
@@ -271,7 +272,7 @@ class Registry:
     def _refused(self, declared: Verb, context: CallContext, error: PierError) -> None:
         identity = context.identity
         self.audit.refused(who=identity.name if identity else "unauthenticated", role=identity.role if identity else None,
-                           via=context.transport, source=source_of(context.peer), verb=declared.name,
+                           via=context.transport, source=host_of(context.peer), verb=declared.name,
                            outcome=error.name, message=error.message)
 
     def _submit_task(self, declared: Verb, handler: Callable[..., Any], params: dict[str, Any],
@@ -283,12 +284,6 @@ class Registry:
             return self.locks.hold(keys, f"{declared.name} (a task)")
 
         return self.tasks.submit(declared.name, target, params, run, guard=guard if keys else None)
-
-
-def source_of(peer: str) -> str:
-    """Where a call came from, without its port: '127.0.0.1:5555' -> '127.0.0.1', '[::1]:80' -> '[::1]'."""
-    host, sep, port = peer.rpartition(":")
-    return host if sep and port.isdigit() and host else peer
 
 
 def _check_signature(declared: Verb, handler: Callable[..., Any]) -> None:

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable
 from http import HTTPStatus
 from typing import Any
 
+from pier.rpc.addresses import with_port
 from pier.rpc.auth import WSGI_AUTH_ERROR, WSGI_IDENTITY
 from pier.rpc.errors import InvalidRequest, PierError
 from pier.rpc.jsonrpc import JsonRpc, error_object
@@ -28,9 +29,10 @@ _JSON = [("Content-Type", "application/json")]
 
 
 def peer_of(environ: dict[str, Any]) -> str:
+    """The caller's address and port (for a log line)."""
     host = environ.get("REMOTE_ADDR", "")
     port = environ.get("REMOTE_PORT", "")
-    return f"{host}:{port}" if port else host
+    return with_port(host, port) if port else host
 
 
 def jsonrpc_app(jsonrpc: JsonRpc) -> WsgiApp:
@@ -117,8 +119,7 @@ class HttpListener:
         bind = self._server.bound
         if isinstance(bind, str):
             return f"http+unix://{bind}"
-        host = f"[{bind[0]}]" if ":" in bind[0] else bind[0]
-        return f"{'https' if self._tls else 'http'}://{host}:{bind[1]}"
+        return f"{'https' if self._tls else 'http'}://{with_port(*bind)}"
 
     def start(self) -> None:
         """Bind (raising at once if the address is taken) and serve on threads of its own."""

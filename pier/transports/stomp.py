@@ -39,6 +39,7 @@ from typing import Any
 import stomp
 from stomp.utils import Frame
 
+from pier.rpc.addresses import with_port
 from pier.rpc.auth import Authenticator, Identity
 from pier.rpc.errors import InternalError, PierError, Unauthenticated
 from pier.rpc.events import EventLog
@@ -176,8 +177,7 @@ class StompListener:
 
     @property
     def _broker(self) -> str:
-        host = f"[{self.options.host}]" if ":" in self.options.host else self.options.host
-        return f"{host}:{self.options.port}"
+        return with_port(self.options.host, self.options.port)
 
     def start(self) -> None:
         """Start serving; connecting happens in the background, so a broker that is down delays nothing."""

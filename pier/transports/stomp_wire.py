@@ -29,6 +29,7 @@ import threading
 import time
 from typing import Any
 
+from pier.rpc.addresses import host_of
 from pier.transports.stomp_frames import HEARTBEAT, Frame, FrameError, FrameReader
 
 log = logging.getLogger("pier.transports.vdsm_stomp")
@@ -51,7 +52,7 @@ class StompWire:
     @property
     def source(self) -> str:
         """The peer's address without its port."""
-        return self.peer.rsplit(":", 1)[0]
+        return host_of(self.peer)
 
     def peer_certificate(self) -> bytes | None:
         """The client's TLS certificate (DER), when it presented one."""

@@ -36,6 +36,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from pier.rpc.addresses import with_port
 from pier.rpc.events import EventLog
 from pier.rpc.jsonrpc import JsonRpc
 from pier.transports.stomp_wire import OPEN
@@ -77,9 +78,7 @@ class VdsmStompListener:
 
     @property
     def address(self) -> str:
-        host, port = self._bound or (self._host, self._port)
-        host = f"[{host}]" if ":" in host else host
-        return f"{'stomp+ssl' if self._ssl else 'stomp'}://{host}:{port}"
+        return f"{'stomp+ssl' if self._ssl else 'stomp'}://{with_port(*(self._bound or (self._host, self._port)))}"
 
     @property
     def connections(self) -> int:
@@ -161,8 +160,8 @@ class VdsmStompListener:
         client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         client.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         client.setblocking(False)
-        host = f"[{address[0]}]" if ":" in address[0] else address[0]
-        peer = f"{host}:{address[1]}"
+        host = address[0]
+        peer = with_port(host, address[1])
         if self._ssl is not None:
             client = self._ssl.wrap_socket(client, server_side=True, do_handshake_on_connect=False)
         assert self._endpoint is not None

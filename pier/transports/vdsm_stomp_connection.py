@@ -28,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+from pier.rpc.addresses import host_of
 from pier.rpc.auth import Identity
 from pier.rpc.errors import PierError
 from pier.rpc.events import Event, EventLog
@@ -139,7 +140,7 @@ class Connection(StompWire):
         super().__init__(sock, peer, f"vdsm-stomp-{number}", max_frame=endpoint.max_frame,
                          out_limit=endpoint.out_limit)
         self.number = number
-        self.host = peer.rsplit(":", 1)[0]
+        self.host = host_of(peer)
         self.authenticated = False  # set by the listener when it admits the connection as such
         self._unwatch: Callable[[], Any] | None = None
         self._end = endpoint

@@ -26,6 +26,7 @@ from typing import Any
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.server import Server, ServerConnection, serve
 
+from pier.rpc.addresses import host_of, with_port
 from pier.rpc.auth import Identity
 from pier.rpc.errors import PierError
 from pier.rpc.events import Event
@@ -64,7 +65,7 @@ class WebSocketListener:
     @property
     def address(self) -> str:
         host, port = self._server.socket.getsockname()[:2] if self._server else (self._host, self._port)
-        return f"{'wss' if self._ssl else 'ws'}://{_bracket(host)}:{port}/"
+        return f"{'wss' if self._ssl else 'ws'}://{with_port(host, port)}/"
 
     def start(self) -> None:
         # websockets binds with socket.create_server, whose family is IPv4 unless told
@@ -93,7 +94,7 @@ class WebSocketListener:
 
     def _refuse_beyond_limit(self, connection: ServerConnection, request: Any) -> Any:
         """Before the handshake: a client with too many connections open gets 429."""
-        host = _peer(connection).rsplit(":", 1)[0]
+        host = host_of(_peer(connection))
         with self._count_lock:
             if self._per_client[host] < self._max_per_client:
                 return None
@@ -103,7 +104,7 @@ class WebSocketListener:
 
     def _serve_connection(self, connection: ServerConnection) -> None:
         peer = _peer(connection)
-        host = peer.rsplit(":", 1)[0]
+        host = host_of(peer)
         with self._count_lock:
             self._per_client[host] += 1
         try:
@@ -160,7 +161,7 @@ class WebSocketListener:
         try:
             return self._authenticator.identify(authorization=connection.request.headers.get("Authorization"),
                                                 certificate=certificate,
-                                                source=_peer(connection).rsplit(":", 1)[0]), None
+                                                source=host_of(_peer(connection))), None
         except PierError as exc:
             return None, exc
 
@@ -237,10 +238,6 @@ class _Readers:
 def _peer(connection: ServerConnection) -> str:
     try:
         host, port = connection.remote_address[:2]
-        return f"{_bracket(host)}:{port}"
+        return with_port(host, port)
     except (OSError, TypeError, ValueError):
         return "unknown"
-
-
-def _bracket(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
