@@ -70,7 +70,7 @@ def main() -> None:
             monitor.activate()
         activation = time.perf_counter() - started
         cpu_activation = broker_cpu_seconds() - cpu_before
-        print(f"activation of {len(monitors)} hosts (4 calls each, one host after another): "
+        print(f"activation of {len(monitors)} hosts (5 calls and a subscription each, one host after another): "
               f"{activation * 1000:.0f} ms, broker CPU {cpu_activation * 1000:.0f} ms")
         time.sleep(2.5)  # a stats sample on every host
         cycles = []
