@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,25 @@ from pier.rpc.errors import JobNotDone, TargetBusy, UnknownTask
 from pier.rpc.events import EventLog
 from pier.rpc.tasks import TaskManager
 from tests.unit.conftest import VM_ID, Stack, build_stack
+
+
+def wait_until(events: EventLog, reached: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Return once `reached()` holds, checking again at each event published (every task state
+    and VM status change is one); fail the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    after = 0
+    while not reached():
+        remaining = deadline - time.monotonic()
+        assert remaining > 0, f"not reached within {timeout} s"
+        _, after = events.wait(after, None, 1000, remaining)
+
+
+def running(tasks: TaskManager, task_id: str) -> Callable[[], bool]:
+    return lambda: tasks.get(task_id)["state"] == "running"
+
+
+def asked_to_power_off(stack: Stack) -> Callable[[], bool]:
+    return lambda: stack.node.vms[VM_ID]["status"] == "Powering down"
 
 
 @pytest.fixture
@@ -56,12 +76,16 @@ def test_wait_returns_early_when_the_wait_runs_out(manager) -> None:
 def test_stop_cancels_a_running_task(manager) -> None:
     tasks, _ = manager
 
+    started = threading.Event()
+
     def work(task):
+        started.set()
         task.cancelled.wait(10)
         task.check_cancelled()
 
     info = tasks.submit("VM.shutdown", None, {}, work)
-    time.sleep(0.1)
+    assert started.wait(5)
+    assert tasks.get(info["taskID"])["state"] == "running"  # stopped while it runs, not before it starts
     tasks.stop_task(info["taskID"])
     done = tasks.wait(info["taskID"], 5)
     assert done["state"] == "cancelled"
@@ -107,7 +131,7 @@ def test_a_call_waits_a_bounded_time_for_a_task_on_its_vm(stack: Stack) -> None:
     stack.call("VM.create", vmID=VM_ID, vmParams={"vmName": "a", "memSize": 64})
     stack.registry.locks.wait = 0.2
     waiting = stack.call("VM.shutdown", vmID=VM_ID, delay=3600)
-    time.sleep(0.1)
+    wait_until(stack.events, running(stack.tasks, waiting["taskID"]))  # it holds the VM
     with pytest.raises(TargetBusy, match="VM.shutdown") as busy:
         stack.call("VM.pause", vmID=VM_ID)
     assert busy.value.http_status == 409 and busy.value.data["target"] == VM_ID
@@ -120,7 +144,7 @@ def test_destroy_stops_the_tasks_on_its_vm_first(stack: Stack) -> None:
     stack.call("VM.create", vmID=VM_ID, vmParams={"vmName": "a", "memSize": 64})
     waiting = stack.call("VM.shutdown", vmID=VM_ID, delay=3600)
     stack.registry.locks.wait = 1.0  # without stopping the shutdown first, the destroy would be refused as busy
-    time.sleep(0.1)
+    wait_until(stack.events, running(stack.tasks, waiting["taskID"]))
     assert stack.call("VM.destroy", vmID=VM_ID) is True
     assert stack.tasks.wait(waiting["taskID"], 5)["state"] == "cancelled"
 
@@ -138,14 +162,14 @@ def test_shutdown_task_through_the_registry(stack: Stack) -> None:
 def test_reconcile_after_restart(schema, tmp_path: Path) -> None:
     first = build_stack(schema, tmp_path / "s.db")
     first.call("VM.create", vmID=VM_ID, vmParams={"vmName": "a", "memSize": 64})
-    running = first.call("VM.shutdown", vmID=VM_ID, timeout=60)
-    time.sleep(0.2)
+    asked = first.call("VM.shutdown", vmID=VM_ID, timeout=60)
+    wait_until(first.events, asked_to_power_off(first))
     first.tasks.stop()  # the agent stops while the guest is still shutting down
     first.events.close()
 
     second = build_stack(schema, tmp_path / "s.db", vms={VM_ID: {"vmId": VM_ID, "status": "Up"}})
     try:
-        info = second.tasks.get(running["taskID"])
+        info = second.tasks.get(asked["taskID"])
         assert info["state"] == "failed" and "while waiting for the guest to power off" in info["error"]["message"]
     finally:
         second.tasks.stop()
@@ -154,34 +178,32 @@ def test_reconcile_after_restart(schema, tmp_path: Path) -> None:
     third_db = tmp_path / "t.db"
     third = build_stack(schema, third_db)
     third.call("VM.create", vmID=VM_ID, vmParams={"vmName": "a", "memSize": 64})
-    pending = third.call("VM.shutdown", vmID=VM_ID, timeout=60)
-    time.sleep(0.2)
-    third.tasks.stop()
+    powering_down = third.call("VM.shutdown", vmID=VM_ID, timeout=60)
+    wait_until(third.events, asked_to_power_off(third))
+    third.tasks.stop()  # the guest powers off while the agent is away
     third.events.close()
     fourth = build_stack(schema, third_db, vms={VM_ID: {"vmId": VM_ID, "status": "Down"}})
     try:
-        assert fourth.tasks.get(pending["taskID"])["state"] == "succeeded"
+        assert fourth.tasks.get(powering_down["taskID"])["state"] == "succeeded"
     finally:
         fourth.tasks.stop()
         fourth.events.close()
 
 
-def _restart_during(schema, db: Path, status_after: str | None, **shutdown: object) -> dict:
-    """Start a VM.shutdown, stop the agent while it waits, start again with the VM in `status_after`
-    (None: gone); the task's info after the restart."""
+def _restart_during(schema, db: Path, status_after: str | None, *, asked: bool = False, **shutdown: object) -> dict:
+    """Start a VM.shutdown, stop the agent while it runs (once the guest was asked to power off
+    when `asked`), start again with the VM in `status_after` (None: gone); the task's info after
+    the restart."""
     first = build_stack(schema, db)
     first.call("VM.create", vmID=VM_ID, vmParams={"vmName": "a", "memSize": 64})
-    running = first.call("VM.shutdown", vmID=VM_ID, **shutdown)
-    deadline = time.monotonic() + 5
-    while first.tasks.get(running["taskID"])["state"] != "running":
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+    task = first.call("VM.shutdown", vmID=VM_ID, **shutdown)
+    wait_until(first.events, asked_to_power_off(first) if asked else running(first.tasks, task["taskID"]))
     first.tasks.stop()
     first.events.close()
     vms = {} if status_after is None else {VM_ID: {"vmId": VM_ID, "status": status_after}}
     second = build_stack(schema, db, vms=vms)
     try:
-        return second.tasks.get(running["taskID"])
+        return second.tasks.get(task["taskID"])
     finally:
         second.tasks.stop()
         second.events.close()
@@ -198,8 +220,9 @@ def test_a_power_off_never_asked_for_fails_unless_the_vm_is_down(schema, tmp_pat
     info = _restart_during(schema, tmp_path / "a.db", "Up", delay=3600)
     assert info["state"] == "failed" and "before the guest was asked to power off" in info["error"]["message"]
     assert _restart_during(schema, tmp_path / "b.db", "Down", delay=3600)["state"] == "succeeded"
-    asked = _restart_during(schema, tmp_path / "c.db", "Up", timeout=3600)
+    asked = _restart_during(schema, tmp_path / "c.db", "Up", asked=True, timeout=3600)
     assert asked["state"] == "failed" and "still Up" in asked["error"]["message"]
+    assert "while waiting for the guest to power off" in asked["error"]["message"]
 
 
 def test_a_reboot_of_a_vm_that_is_gone_fails(schema, tmp_path: Path) -> None:
