@@ -91,9 +91,11 @@ def _check_role(role: str) -> str:
 
 
 class Credentials:
-    """Tokens and trusted certificates, in sqlite."""
+    """Tokens and trusted certificates, in sqlite. `clock` gives the time in seconds since the
+    epoch that creation, expiry and revocation are measured by."""
 
-    def __init__(self, db_path: str) -> None:
+    def __init__(self, db_path: str, *, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
         self._db = open_state(db_path)
         self._db.execute("CREATE TABLE IF NOT EXISTS tokens (id TEXT PRIMARY KEY, hash TEXT NOT NULL, role TEXT NOT NULL,"
                          " name TEXT NOT NULL, created REAL NOT NULL, expires REAL, revoked REAL)")
@@ -115,7 +117,7 @@ class Credentials:
     def current(self, identity: Identity) -> Identity:
         """`identity` as the stores stand now; Unauthenticated when its credential was revoked
         or has expired since it was checked."""
-        if identity.expires is not None and identity.expires < time.time():
+        if identity.expires is not None and identity.expires < self._clock():
             raise Unauthenticated(f"the credentials of {identity.name} have expired")
         if identity.generation == self.generation or not identity.credential:
             return identity
@@ -176,7 +178,7 @@ class Credentials:
         _check_role(role)
         token_id = secrets.token_hex(6)
         secret = secrets.token_urlsafe(32)
-        now = time.time()
+        now = self._clock()
         expires = now + expires_in_days * 86400 if expires_in_days else None
         with self._lock:
             self._db.execute("INSERT INTO tokens VALUES (?, ?, ?, ?, ?, ?, NULL)",
@@ -193,7 +195,7 @@ class Credentials:
     def revoke_token(self, token_id: str) -> None:
         with self._lock:
             changed = self._db.execute("UPDATE tokens SET revoked = ? WHERE id = ? AND revoked IS NULL",
-                                       (time.time(), token_id)).rowcount
+                                       (self._clock(), token_id)).rowcount
             self.generation += changed
         if not changed:
             raise NoSuchCredential(f"no active token {token_id!r}", data={"tokenID": token_id})
@@ -203,7 +205,7 @@ class Credentials:
         """The identity `proof` gave since the last revocation, while it has not expired."""
         known = self._proven.get(proof)
         if known is None or known.generation != self.generation or (
-                known.expires is not None and known.expires < time.time()):
+                known.expires is not None and known.expires < self._clock()):
             return None
         return known
 
@@ -232,7 +234,7 @@ class Credentials:
                                    (token_id,)).fetchone()
         if row is None or row[3] is not None:
             raise Unauthenticated(f"token {token_id} was revoked")
-        if row[2] is not None and row[2] < time.time():
+        if row[2] is not None and row[2] < self._clock():
             raise Unauthenticated(f"token {token_id} has expired")
         return Identity(f"token {token_id}" + (f" ({row[1]})" if row[1] else ""), row[0], "token",
                         f"token:{token_id}", row[2], generation)
@@ -245,7 +247,7 @@ class Credentials:
         der = certificate_der(pem)
         subject, not_after = _describe(der)
         record = {"fingerprint": fingerprint(der), "role": role, "name": name or subject, "subject": subject,
-                  "notAfter": not_after, "added": time.time()}
+                  "notAfter": not_after, "added": self._clock()}
         with self._lock:
             self._db.execute("INSERT OR REPLACE INTO trusted VALUES (?, ?, ?, ?, ?, ?, ?)",
                              (*record.values(), ssl.DER_cert_to_PEM_cert(der)))

@@ -20,7 +20,7 @@ from __future__ import annotations
 import collections
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from pier.rpc.errors import InvalidRequest, RequestTooLarge, TooManyRequests
@@ -72,20 +72,22 @@ def read_body(environ: Mapping[str, Any], limit: int) -> bytes:
 
 
 class FailedLogins:
-    """Failed authentications per source in the last `window` seconds; refuses a source past `limit`."""
+    """Failed authentications per source in the last `window` seconds (of `clock`); refuses a source
+    past `limit`."""
 
-    def __init__(self, limit: int = 20, window: float = 60.0) -> None:
+    def __init__(self, limit: int = 20, window: float = 60.0, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.limit = limit
         self.window = window
+        self._clock = clock
         self._failures: dict[str, collections.deque[float]] = {}
         self._lock = threading.Lock()
-        self._next_sweep = time.monotonic() + window
+        self._next_sweep = clock() + window
 
     def check(self, source: str) -> None:
         """Raise TooManyRequests while `source` is over its limit."""
         if self.limit <= 0:
             return
-        now = time.monotonic()
+        now = self._clock()
         with self._lock:
             failures = self._failures.get(source)
             if failures is None:
@@ -102,7 +104,7 @@ class FailedLogins:
         """Count one failed authentication from `source`."""
         if self.limit <= 0:
             return
-        now = time.monotonic()
+        now = self._clock()
         with self._lock:
             self._failures.setdefault(source, collections.deque(maxlen=self.limit)).append(now)
             if now >= self._next_sweep:
@@ -112,18 +114,19 @@ class FailedLogins:
 
 
 class RateLimiter:
-    """Token buckets keyed by caller; idle buckets are forgotten."""
+    """Token buckets keyed by caller, refilled as `clock` (seconds) goes on; idle buckets are forgotten."""
 
-    def __init__(self, rate: float, burst: int) -> None:
+    def __init__(self, rate: float, burst: int, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.rate = rate
         self.burst = burst
+        self._clock = clock
         self._buckets: dict[str, list[float]] = {}
         self._lock = threading.Lock()
-        self._next_sweep = time.monotonic() + 60
+        self._next_sweep = clock() + 60
 
     def take(self, key: str) -> None:
         """Spend one call of `key`'s allowance, or raise TooManyRequests."""
-        now = time.monotonic()
+        now = self._clock()
         with self._lock:
             tokens, last = self._buckets.get(key, (float(self.burst), now))
             tokens = min(float(self.burst), tokens + (now - last) * self.rate)

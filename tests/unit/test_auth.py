@@ -16,9 +16,27 @@ from pier.tlsfiles import init_tls
 from tests.unit.conftest import VM_ID, Stack
 
 
+class Clock:
+    """A clock that moves only when the test says so."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 @pytest.fixture
-def credentials(tmp_path: Path):
-    store = Credentials(str(tmp_path / "c.db"))
+def clock() -> Clock:
+    return Clock(time.time())
+
+
+@pytest.fixture
+def credentials(tmp_path: Path, clock: Clock):
+    store = Credentials(str(tmp_path / "c.db"), clock=clock)
     yield store
     store.close()
 
@@ -39,14 +57,19 @@ def test_a_token_proves_its_role_until_revoked(credentials: Credentials) -> None
         Authenticator(credentials).identify(authorization=f"Bearer {made['token']}")
 
 
-def test_wrong_expired_and_malformed_tokens_are_refused(credentials: Credentials) -> None:
-    made = credentials.create_token("admin", expires_in_days=0.00001)
+def test_wrong_expired_and_malformed_tokens_are_refused(credentials: Credentials, clock: Clock) -> None:
+    made = credentials.create_token("admin", expires_in_days=1)
     authenticator = Authenticator(credentials)
     with pytest.raises(Unauthenticated, match="not valid"):
         authenticator.identify(authorization=f"Bearer {made['token']}x")
-    time.sleep(1.0)
+    clock.advance(86400 - 1)
+    held = authenticator.identify(authorization=f"Bearer {made['token']}")  # valid until its last second
+    assert held.role == "admin"
+    clock.advance(2)
     with pytest.raises(Unauthenticated, match="expired"):
-        authenticator.identify(authorization=f"Bearer {made['token']}")
+        authenticator.identify(authorization=f"Bearer {made['token']}")  # though proven a moment ago
+    with pytest.raises(Unauthenticated, match="expired"):
+        credentials.current(held)  # an open connection that proved it ends too
     with pytest.raises(Unauthenticated, match="Bearer"):
         authenticator.identify(authorization="Token abc")
     with pytest.raises(Unauthenticated, match="no credentials"):
@@ -139,15 +162,23 @@ def test_audit_pages(tmp_path: Path) -> None:
 
 
 def test_rate_limit_per_caller() -> None:
-    limiter = RateLimiter(rate=10, burst=3)
+    clock = Clock(100.0)
+    limiter = RateLimiter(rate=10, burst=3, clock=clock)
     for _ in range(3):
         limiter.take("a")
     with pytest.raises(TooManyRequests) as refused:
         limiter.take("a")
-    assert 0 < refused.value.data["retryAfter"] <= 0.1
+    assert refused.value.data["retryAfter"] == pytest.approx(0.1)
     limiter.take("b")  # another caller is not slowed down
-    time.sleep(0.11)
-    limiter.take("a")
+    clock.advance(0.125)
+    limiter.take("a")  # one call's allowance came back, and only one
+    with pytest.raises(TooManyRequests):
+        limiter.take("a")
+    clock.advance(10)
+    for _ in range(3):  # a long pause gives back the burst, no more
+        limiter.take("a")
+    with pytest.raises(TooManyRequests):
+        limiter.take("a")
 
 
 def test_rate_limit_through_the_registry(stack: Stack) -> None:
@@ -172,21 +203,24 @@ def test_the_rate_limit_is_opt_in() -> None:
     assert load_settings([]).rate_limit == 0
 
 
-def test_failed_authentications_are_throttled_per_source(credentials: Credentials) -> None:
+def test_failed_authentications_are_throttled_per_source(credentials: Credentials, clock: Clock) -> None:
     good = credentials.create_token("viewer")["token"]
-    authenticator = Authenticator(credentials, failures=FailedLogins(limit=3, window=0.5))
+    authenticator = Authenticator(credentials, failures=FailedLogins(limit=3, window=60, clock=clock))
     for _ in range(3):
         with pytest.raises(Unauthenticated):
             authenticator.identify(authorization="Bearer pier_nothere_guess", source="10.0.0.9")
     with pytest.raises(TooManyRequests, match="3 failed authentications from 10.0.0.9") as refused:
         authenticator.identify(authorization=f"Bearer {good}", source="10.0.0.9")  # not even looked at
-    assert 0 < refused.value.data["retryAfter"] <= 0.5
+    assert refused.value.data["retryAfter"] == pytest.approx(60)
     assert authenticator.identify(authorization=f"Bearer {good}", source="10.0.0.7").role == "viewer"
     # Proven once, the good token passes from the throttled address too: a client there goes on.
     assert authenticator.identify(authorization=f"Bearer {good}", source="10.0.0.9").role == "viewer"
     with pytest.raises(TooManyRequests):
         authenticator.identify(authorization="Bearer pier_nothere_other", source="10.0.0.9")
     assert authenticator.identify(peer_uid=0, source="local").role == "admin"  # the local socket needs none
-    time.sleep(0.55)
-    with pytest.raises(Unauthenticated):  # looked at again once the window has passed
+    clock.advance(59.5)
+    with pytest.raises(TooManyRequests):  # until the window has passed
+        authenticator.identify(authorization="Bearer pier_nothere_other", source="10.0.0.9")
+    clock.advance(0.5)
+    with pytest.raises(Unauthenticated):  # looked at again once it has
         authenticator.identify(authorization="Bearer pier_nothere_other", source="10.0.0.9")
