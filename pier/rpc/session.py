@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 from pier.rpc.errors import EventsExpired
 from pier.rpc.events import Event, Subscription
+from pier.rpc.threads import OwnedThread
 
 log = logging.getLogger("pier.events")
 
@@ -33,42 +34,50 @@ class PushSession:
         self._push = push
         self.peer = peer
         self._lock = threading.Lock()
-        self._subscription: Subscription | None = None
-        self._thread: threading.Thread | None = None
+        self._pump: _Pump | None = None
 
     @property
     def subscribed(self) -> bool:
-        return self._subscription is not None
+        return self._pump is not None
 
     def attach(self, subscription: Subscription) -> None:
         """Push the events `subscription` yields, replacing any earlier subscription."""
         self.detach()
         with self._lock:
-            self._subscription = subscription
-            self._thread = threading.Thread(target=self._pump, args=(subscription,),
-                                            name=f"events-push-{next(_ids)}", daemon=True)
-            self._thread.start()
+            self._pump = _Pump(subscription, self._push, self.peer)
+            self._pump.start()
 
     def detach(self) -> None:
-        """Stop pushing; returns once the push thread has ended."""
+        """Stop pushing; returns once the push thread has ended (or its join gave up, with a warning)."""
         with self._lock:
-            subscription, thread = self._subscription, self._thread
-            self._subscription = self._thread = None
-        if subscription is not None:
-            subscription.close()
-        if thread is not None and thread is not threading.current_thread():
-            thread.join()
+            pump, self._pump = self._pump, None
+        if pump is not None:
+            pump.stop()
 
     close = detach
 
     def cancel(self) -> None:
         """Stop pushing soon, without waiting for the push thread (`close` still joins it)."""
         with self._lock:
-            subscription = self._subscription
-        if subscription is not None:
-            subscription.close()
+            pump = self._pump
+        if pump is not None:
+            pump.request_stop()
 
-    def _pump(self, subscription: Subscription) -> None:
+
+class _Pump(OwnedThread):
+    """Follows one subscription and pushes each event, in order, until the subscription is closed."""
+
+    def __init__(self, subscription: Subscription, push: Callable[[Event], None], peer: str) -> None:
+        super().__init__(f"events-push-{next(_ids)}")
+        self.subscription = subscription
+        self._push = push
+        self.peer = peer
+
+    def wake(self) -> None:
+        self.subscription.close()
+
+    def run(self) -> None:
+        subscription = self.subscription
         while not subscription.closed:
             try:
                 event = subscription.next(timeout=0.5)

@@ -24,6 +24,7 @@ from pier.rpc.errors import EventsExpired
 from pier.rpc.events import Event, EventLog
 from pier.rpc.jsonrpc import JsonRpc
 from pier.rpc.store import open_state
+from pier.rpc.threads import OwnedThread
 
 log = logging.getLogger("pier.transports.stomp")
 
@@ -42,10 +43,11 @@ def event_topic(base: str, name: str) -> str:
     return f"{base}.{parts[0]}.{parts[1]}"
 
 
-class EventOutbox:
-    """Owns the thread that publishes the event log to `base` topics over the current connection."""
+class EventOutbox(OwnedThread):
+    """The thread that publishes the event log to `base` topics over the current connection."""
 
     def __init__(self, events: EventLog, db_path: str, jsonrpc: JsonRpc, base: str) -> None:
+        super().__init__("stomp-outbox")
         self._events = events
         self._jsonrpc = jsonrpc
         self.base = base
@@ -55,25 +57,19 @@ class EventOutbox:
         self._connection: Any = None
         self._receipts: set[str] = set()
         self._ids = itertools.count(1)
-        self._stop = threading.Event()
         self._stopped_at = 0.0
-        self._thread: threading.Thread | None = None
         self.cursor = self._load_cursor()
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="stomp-outbox", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
+    def stop(self, timeout: float | None = None) -> bool:
         """Stop publishing (the cursor stays where the broker's receipts put it) and close sqlite."""
         self._stopped_at = time.monotonic()
-        self._stop.set()
+        ended = super().stop(timeout)
+        self._db.close()
+        return ended
+
+    def wake(self) -> None:
         with self._changed:
             self._changed.notify_all()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-        self._db.close()
 
     def attach(self, connection: Any) -> None:
         """Publish over `connection` (a connected stomp.py connection) from now on."""
@@ -96,14 +92,14 @@ class EventOutbox:
 
     # -- the thread ---------------------------------------------------------------------------
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
+    def run(self) -> None:
+        while not self.stopping.is_set():
             connection = self._wait_for_connection()
             if connection is None:
                 return
             began = time.monotonic()
             try:
-                events, _ = self._events.wait(self.cursor, None, WINDOW, 0.5, self._stop.is_set)
+                events, _ = self._events.wait(self.cursor, None, WINDOW, 0.5, self.stopping.is_set)
             except EventsExpired as exc:
                 oldest = (exc.data or {}).get("oldest", self._events.oldest_seq)
                 log.warning("STOMP outbox: events %d to %d were dropped from the log before the broker got them; "
@@ -112,16 +108,16 @@ class EventOutbox:
                 continue
             if not events:
                 if time.monotonic() - began < 0.25:  # the log is closing or refuses waits: do not spin
-                    self._stop.wait(0.05)
+                    self.stopping.wait(0.05)
                 continue
             if self._publish(connection, events):
                 self._save_cursor(events[-1].seq)
 
     def _wait_for_connection(self) -> Any:
         with self._changed:
-            while self._connection is None and not self._stop.is_set():
+            while self._connection is None and not self.stopping.is_set():
                 self._changed.wait()
-            return None if self._stop.is_set() else self._connection
+            return None if self.stopping.is_set() else self._connection
 
     def _publish(self, connection: Any, events: list[Event]) -> bool:
         """Send `events` and wait for every receipt; False when the connection went first."""
@@ -140,7 +136,7 @@ class EventOutbox:
         deadline = time.monotonic() + RECEIPT_TIMEOUT
         with self._changed:
             while not pending <= self._receipts and self._connection is connection:
-                if self._stop.is_set():
+                if self.stopping.is_set():
                     deadline = min(deadline, self._stopped_at + STOP_GRACE)
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -149,7 +145,7 @@ class EventOutbox:
             confirmed = pending <= self._receipts
             self._receipts -= pending
             lost = self._connection is not connection
-        if not confirmed and not lost and not self._stop.is_set():
+        if not confirmed and not lost and not self.stopping.is_set():
             log.warning("STOMP outbox: no receipt from the broker for events %d to %d within %.0f s; "
                         "sending them again", events[0].seq, events[-1].seq, RECEIPT_TIMEOUT)
         return confirmed
@@ -157,7 +153,7 @@ class EventOutbox:
     def _forget(self, connection: Any) -> None:
         """Wait until the owner notices that `connection` is gone (or stop)."""
         with self._changed:
-            self._changed.wait_for(lambda: self._connection is not connection or self._stop.is_set(), 1.0)
+            self._changed.wait_for(lambda: self._connection is not connection or self.stopping.is_set(), 1.0)
 
     # -- the cursor ---------------------------------------------------------------------------
 
