@@ -133,6 +133,7 @@ def rabbitmqctl(*args: str) -> None:
     subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=120)
 
 
+@pytest.mark.disruptive
 @pytest.mark.skipif(shutil.which("rabbitmqctl") is None or os.geteuid() != 0,
                     reason="restarting the broker needs rabbitmqctl as root")
 def test_broker_restart_during_traffic_loses_no_event(stomp_pierd: Pierd) -> None:
