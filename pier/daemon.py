@@ -21,7 +21,7 @@ from typing import Any
 
 from prometheus_client import make_wsgi_app
 
-from pier.api import handlers
+from pier.api import Services, handlers
 from pier.config import Settings, load_settings, parse_address
 from pier.facade.app import make_app
 from pier.host.node import Node
@@ -106,12 +106,14 @@ class Daemon:
         self.node.start()
         self.tasks = TaskManager(db, self.events.publish, workers=settings.task_workers)
         limiter = RateLimiter(settings.rate_limit, settings.rate_burst) if settings.rate_limit > 0 else None
-        self.registry = Registry(Schema.load(), handlers(self.node, self.tasks, self.events, self.about,
-                                                         self.credentials, self.audit),
+        schema = Schema.load()
+        services = Services(self.node.host, self.node.vms, self.tasks, self.events, self.credentials, self.audit,
+                            self.about)
+        self.registry = Registry(schema, handlers(services, schema.verbs),
                                  self.tasks, audit=self.audit, limiter=limiter, credentials=self.credentials)
         self.tasks.start(self.registry.reconcilers)
         self._start_listeners(JsonRpc(self.registry), db)
-        self._facts = {"name": "pier", "version": agent_version(), "hostId": self.node.host_uuid(),
+        self._facts = {"name": "pier", "version": agent_version(), "hostId": self.node.host.uuid(),
                        "libvirtUri": self.node.uri,
                        "transports": {name: listener.address for name, listener in self.listeners.items()},
                        "verbs": len(self.registry.verbs)}
@@ -198,7 +200,7 @@ class Daemon:
         if "vdsm-stomp" in self.listeners:
             log.info("VDSM-compatible STOMP on %s", self.listeners["vdsm-stomp"].address)
         if settings.stomp_broker:
-            stomp = StompListener(jsonrpc, self.events, db, stomp_options(settings, self.node.host_uuid()),
+            stomp = StompListener(jsonrpc, self.events, db, stomp_options(settings, self.node.host.uuid()),
                                   authenticator=authenticator)
             stomp.start()  # connects in the background: a broker that is down delays nothing else
             self.listeners["stomp"] = stomp
@@ -206,7 +208,7 @@ class Daemon:
     def _register_gauges(self) -> None:
         gauge("pier_events_last_seq", "Sequence number of the newest event.", lambda: self.events.last_seq)
         gauge("pier_libvirt_connected", "1 while the libvirt connection is up.", lambda: int(self.node.connected))
-        gauge("pier_vms", "VMs defined on this host.", lambda: len(self.node.list_vms()))
+        gauge("pier_vms", "VMs defined on this host.", lambda: len(self.node.vms.list()))
 
     def _end_waits(self) -> None:
         """Release every long-poll and stream so the listeners' workers can finish."""

@@ -5,121 +5,130 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
+from pier.host.services import HostService, VmService
 from pier.rpc.errors import NoVM, UnsupportedOperation, VMDown, VMExists
 
 
-class FakeNode:
-    """Implements the `pier.host.node.Node` surface the verb handlers use, in memory."""
+class FakeHost:
+    """A `pier.host.services.HostService` in memory, counting the VMs of `vms`."""
 
-    uri = "fake:///"
+    def __init__(self, vms: FakeVms) -> None:
+        self._vms = vms
+
+    def uuid(self) -> str:
+        return "00000000-0000-4000-8000-000000000001"
+
+    def capabilities(self) -> dict[str, Any]:
+        return {"uuid": self.uuid(), "cpuCores": "2", "memSize": "1024", "kvmEnabled": "true"}
+
+    def hardware_info(self) -> dict[str, str]:
+        return {"systemManufacturer": "Fake"}
+
+    def stats(self) -> dict[str, Any]:
+        return {"cpuIdle": "99.0", "vmCount": len(self._vms.records)}
+
+
+class FakeVms:
+    """A `pier.host.services.VmService` in memory: `records` holds each VM's definition by id."""
+
     connected = True
 
     def __init__(self, emit: Callable[[str, dict[str, Any]], Any] | None = None) -> None:
         self.emit = emit or (lambda name, params: None)
-        self.vms: dict[str, dict[str, Any]] = {}
+        self.records: dict[str, dict[str, Any]] = {}
         self.changed = threading.Condition()
         self.guest_obeys_shutdown = False
 
-    def host_uuid(self) -> str:
-        return "00000000-0000-4000-8000-000000000001"
-
-    def capabilities(self) -> dict[str, Any]:
-        return {"uuid": self.host_uuid(), "cpuCores": "2", "memSize": "1024", "kvmEnabled": "true"}
-
-    def hardware_info(self) -> dict[str, Any]:
-        return {"systemManufacturer": "Fake"}
-
-    def host_stats(self) -> dict[str, Any]:
-        return {"cpuIdle": "99.0", "vmCount": len(self.vms)}
-
     def _set(self, vm_id: str, status: str) -> None:
         with self.changed:
-            self.vms[vm_id]["status"] = status
+            self.records[vm_id]["status"] = status
             self.changed.notify_all()
         self.emit(f"|virt|VM_status|{vm_id}", {vm_id: {"status": status}})
 
     def _get(self, vm_id: str) -> dict[str, Any]:
-        if vm_id not in self.vms:
+        if vm_id not in self.records:
             raise NoVM(f"Virtual machine does not exist: {vm_id}", data={"vmId": vm_id})
-        return self.vms[vm_id]
-
-    def list_vms(self, vm_ids: list[str] | None = None, full: bool = False) -> list[dict[str, Any]]:
-        return [dict(vm) if full else {"vmId": vm["vmId"], "status": vm["status"]}
-                for vm in self.vms.values() if vm_ids is None or vm["vmId"] in vm_ids]
-
-    def vm_info(self, vm_id: str) -> dict[str, Any]:
-        return dict(self._get(vm_id))
-
-    def vm_status(self, vm_id: str) -> str:
-        return self._get(vm_id)["status"]
-
-    def vm_stats(self, vm_id: str) -> dict[str, Any]:
-        vm = self._get(vm_id)
-        return {"vmId": vm_id, "status": vm["status"], "statsAge": "0.1"}
-
-    def all_vm_stats(self) -> list[dict[str, Any]]:
-        return [self.vm_stats(vm_id) for vm_id in self.vms]
-
-    def create_vm(self, vm_id: str | None, params: dict[str, Any]) -> dict[str, Any]:
-        vm_id = vm_id or str(uuid.uuid4())
-        if vm_id in self.vms:
-            raise VMExists(data={"vmId": vm_id})
-        self.vms[vm_id] = {"vmId": vm_id, "vmName": params.get("vmName", vm_id), "status": "WaitForLaunch"}
-        self._set(vm_id, "Up")
-        return dict(self.vms[vm_id])
-
-    def destroy_vm(self, vm_id: str) -> None:
-        self._get(vm_id)
-        self._set(vm_id, "Down")
-        del self.vms[vm_id]
-
-    def poweroff_vm(self, vm_id: str) -> None:
-        self._set(vm_id, "Down")
+        return self.records[vm_id]
 
     def _running(self, vm_id: str) -> None:
         if self._get(vm_id)["status"] == "Down":
             raise VMDown(data={"vmId": vm_id})
 
-    def shutdown_vm(self, vm_id: str) -> None:
-        self._running(vm_id)
-        self._set(vm_id, "Down" if self.guest_obeys_shutdown else "Powering down")
+    def list(self, vm_ids: Iterable[str] | None = None, full: bool = False) -> list[dict[str, Any]]:
+        wanted = None if vm_ids is None else set(vm_ids)
+        return [dict(vm) if full else {"vmId": vm["vmId"], "status": vm["status"]}
+                for vm in self.records.values() if wanted is None or vm["vmId"] in wanted]
 
-    def end_power_down(self, vm_id: str) -> None:
-        if self.vms.get(vm_id, {}).get("status") == "Powering down":
-            self._set(vm_id, "Up")
+    def definition(self, vm_id: str) -> dict[str, Any]:
+        return dict(self._get(vm_id))
 
-    def reboot_vm(self, vm_id: str) -> None:
-        self._running(vm_id)
+    def status(self, vm_id: str) -> str:
+        return str(self._get(vm_id)["status"])
 
-    def reset_vm(self, vm_id: str) -> None:
-        self._running(vm_id)
+    def stats(self, vm_id: str) -> dict[str, Any]:
+        vm = self._get(vm_id)
+        return {"vmId": vm_id, "status": vm["status"], "statsAge": "0.1"}
 
-    def pause_vm(self, vm_id: str) -> dict[str, Any]:
-        self._running(vm_id)
-        self._set(vm_id, "Paused")
-        return self.vm_info(vm_id)
+    def all_stats(self) -> list[dict[str, Any]]:
+        return [self.stats(vm_id) for vm_id in self.records]
 
-    def cont_vm(self, vm_id: str) -> dict[str, Any]:
-        self._running(vm_id)
-        if self._get(vm_id)["status"] != "Paused":
-            raise UnsupportedOperation(f"cannot cont VM {vm_id} while it is {self._get(vm_id)['status']}",
-                                       data={"vmId": vm_id, "status": self._get(vm_id)["status"]})
-        self._set(vm_id, "Up")
-        return self.vm_info(vm_id)
-
-    def wait_vm_status(self, vm_id: str, statuses: set[str], timeout: float,
-                       cancelled: threading.Event | None = None) -> str | None:
+    def wait_status(self, vm_id: str, statuses: set[str], timeout: float,
+                    cancelled: threading.Event | None = None) -> str | None:
         deadline = time.monotonic() + timeout
         with self.changed:
             while True:
-                status = self.vms.get(vm_id, {}).get("status")
+                status = self.records.get(vm_id, {}).get("status")
                 remaining = deadline - time.monotonic()
                 if status in statuses or remaining <= 0 or (cancelled is not None and cancelled.is_set()):
                     return status if status in statuses else None
                 self.changed.wait(min(remaining, 0.05))
+
+    def create(self, vm_id: str | None, params: dict[str, Any]) -> dict[str, Any]:
+        vm_id = vm_id or str(uuid.uuid4())
+        if vm_id in self.records:
+            raise VMExists(data={"vmId": vm_id})
+        self.records[vm_id] = {"vmId": vm_id, "vmName": params.get("vmName", vm_id), "status": "WaitForLaunch"}
+        self._set(vm_id, "Up")
+        return dict(self.records[vm_id])
+
+    def destroy(self, vm_id: str) -> None:
+        self._get(vm_id)
+        self._set(vm_id, "Down")
+        del self.records[vm_id]
+
+    def poweroff(self, vm_id: str) -> None:
+        self._set(vm_id, "Down")
+
+    def shutdown(self, vm_id: str) -> None:
+        self._running(vm_id)
+        self._set(vm_id, "Down" if self.guest_obeys_shutdown else "Powering down")
+
+    def end_power_down(self, vm_id: str) -> None:
+        if self.records.get(vm_id, {}).get("status") == "Powering down":
+            self._set(vm_id, "Up")
+
+    def reboot(self, vm_id: str) -> None:
+        self._running(vm_id)
+
+    def reset(self, vm_id: str) -> None:
+        self._running(vm_id)
+
+    def pause(self, vm_id: str) -> dict[str, Any]:
+        self._running(vm_id)
+        self._set(vm_id, "Paused")
+        return self.definition(vm_id)
+
+    def cont(self, vm_id: str) -> dict[str, Any]:
+        self._running(vm_id)
+        status = self._get(vm_id)["status"]
+        if status != "Paused":
+            raise UnsupportedOperation(f"cannot cont VM {vm_id} while it is {status}",
+                                       data={"vmId": vm_id, "status": status})
+        self._set(vm_id, "Up")
+        return self.definition(vm_id)
 
 
 class FixedAuthenticator:
@@ -133,3 +142,8 @@ class FixedAuthenticator:
 
     def watch(self, identity: Any, revoked: Any) -> Any:
         return lambda: False  # nothing it stands for is ever revoked
+
+
+def as_services(host: FakeHost, vms: FakeVms) -> tuple[HostService, VmService]:
+    """The fakes as the handlers see them; mypy checks here that they keep to the services' protocols."""
+    return host, vms

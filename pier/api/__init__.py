@@ -7,7 +7,8 @@ full set the registry binds.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from pier.api.events import EventsApi
@@ -15,10 +16,29 @@ from pier.api.host import HostApi
 from pier.api.security import SecurityApi
 from pier.api.task import TaskApi
 from pier.api.vm import VmApi
+from pier.host.services import HostService, VmService
+from pier.rpc.audit import AuditLog
+from pier.rpc.auth import Credentials
+from pier.rpc.events import EventLog
+from pier.rpc.tasks import TaskManager
 
 
-def handlers(node: Any, tasks: Any, events: Any, about: Callable[[], dict[str, Any]], credentials: Any,
-             audit: Any) -> list[object]:
-    """Every handler object, ready for `Registry(schema, handlers(...))`."""
-    return [HostApi(node, tasks, about), VmApi(node), TaskApi(tasks), EventsApi(events, credentials),
-            SecurityApi(credentials, audit)]
+@dataclass(frozen=True)
+class Services:
+    """What the handlers work with: this host's services and the agent's own."""
+
+    host: HostService
+    vms: VmService
+    tasks: TaskManager
+    events: EventLog
+    credentials: Credentials
+    audit: AuditLog
+    about: Callable[[], dict[str, Any]]
+
+
+def handlers(services: Services, served: Iterable[str]) -> list[object]:
+    """Every handler object, ready for `Registry(schema, handlers(services, schema.verbs))`;
+    `served` names the verbs the registry will serve (capabilities promise no others)."""
+    s = services
+    return [HostApi(s.host, s.vms, s.tasks, s.about, served), VmApi(s.vms), TaskApi(s.tasks),
+            EventsApi(s.events, s.credentials), SecurityApi(s.credentials, s.audit)]

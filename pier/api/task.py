@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from pier.rpc.registry import CallContext, verb
+from pier.rpc.tasks import TaskManager
 
 
 class TaskApi:
-    def __init__(self, tasks: Any) -> None:
+    def __init__(self, tasks: TaskManager) -> None:
         self._tasks = tasks
 
     @verb("Task.getInfo")

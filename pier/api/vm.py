@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from pier.host.services import VmService
 from pier.rpc.errors import GuestTimeout, InvalidParams, LibvirtUnavailable, NoVM, Recovering, TaskCancelled
 from pier.rpc.registry import CallContext, reconciler, verb
 
@@ -15,39 +16,39 @@ POWERING_OFF = "poweroff"
 
 
 class VmApi:
-    def __init__(self, node: Any) -> None:
-        self._node = node
+    def __init__(self, vms: VmService) -> None:
+        self._vms = vms
 
     @verb("VM.create")
     def create(self, ctx: CallContext, vmParams: dict[str, Any], vmID: str | None = None) -> dict[str, Any]:
         given = vmParams.get("vmId")
         if vmID and given and vmID.lower() != given.lower():
             raise InvalidParams(f"vmID {vmID} differs from vmParams.vmId {given}", data={"field": "params.vmID"})
-        return self._node.create_vm(vmID or given, vmParams)
+        return self._vms.create(vmID or given, vmParams)
 
     @verb("VM.destroy")
     def destroy(self, ctx: CallContext, vmID: str, gracefulAttempts: int = 1) -> None:
-        self._node.destroy_vm(vmID)
+        self._vms.destroy(vmID)
 
     @verb("VM.shutdown")
     def shutdown(self, ctx: CallContext, vmID: str, delay: int = 0, message: str = "", reboot: bool = False,
                  timeout: int = 120, force: bool = False) -> dict[str, Any]:
         task = ctx.task
-        self._node.vm_status(vmID)  # NoVM now rather than after the delay
+        self._vms.status(vmID)  # NoVM now rather than after the delay
         if delay:
             task.progress(0, f"waiting {delay} s before asking the guest")
             if task.cancelled.wait(delay):
                 raise TaskCancelled()
         if reboot:
             task.step(ASKING_REBOOT, 50, "asking the guest to reboot")
-            self._node.reboot_vm(vmID)
-            return {"vmId": vmID, "status": self._node.vm_status(vmID)}
+            self._vms.reboot(vmID)
+            return {"vmId": vmID, "status": self._vms.status(vmID)}
         task.step(ASKING_POWER_OFF, 10, "asking the guest to power off")
-        self._node.shutdown_vm(vmID)
+        self._vms.shutdown(vmID)
         started = time.monotonic()
-        status = self._node.wait_vm_status(vmID, {"Down"}, timeout, task.cancelled)
+        status = self._vms.wait_status(vmID, {"Down"}, timeout, task.cancelled)
         if status is None and (not force or task.cancelled.is_set()):
-            self._node.end_power_down(vmID)
+            self._vms.end_power_down(vmID)
         task.check_cancelled()
         if status is None:
             if not force:
@@ -55,7 +56,7 @@ class VmApi:
                                    "call again with force=true to power it off", data={"vmId": vmID})
             task.step(POWERING_OFF, 90,
                       f"the guest did not power off in {time.monotonic() - started:.0f} s; powering off")
-            self._node.poweroff_vm(vmID)
+            self._vms.poweroff(vmID)
         return {"vmId": vmID, "status": "Down"}
 
     @reconciler("VM.shutdown")
@@ -64,12 +65,12 @@ class VmApi:
         no trace to check, so an unfinished reboot task fails; the reason says how far it got."""
         vm_id = params["vmID"]
         reboot = bool(params.get("reboot"))
-        if not self._node.connected:
+        if not self._vms.connected:
             raise LibvirtUnavailable(f"libvirtd was not reachable when the agent restarted; whether VM {vm_id} "
                                      f"{'rebooted' if reboot else 'powered off'} is not known",
                                      data={"vmId": vm_id})
         try:
-            status = self._node.vm_status(vm_id)
+            status = self._vms.status(vm_id)
         except NoVM:
             if not reboot:
                 return True
@@ -88,24 +89,24 @@ class VmApi:
 
     @verb("VM.reboot")
     def reboot(self, ctx: CallContext, vmID: str) -> None:
-        self._node.reboot_vm(vmID)
+        self._vms.reboot(vmID)
 
     @verb("VM.reset")
     def reset(self, ctx: CallContext, vmID: str) -> None:
-        self._node.reset_vm(vmID)
+        self._vms.reset(vmID)
 
     @verb("VM.pause")
     def pause(self, ctx: CallContext, vmID: str) -> dict[str, Any]:
-        return self._node.pause_vm(vmID)
+        return self._vms.pause(vmID)
 
     @verb("VM.cont")
     def cont(self, ctx: CallContext, vmID: str) -> dict[str, Any]:
-        return self._node.cont_vm(vmID)
+        return self._vms.cont(vmID)
 
     @verb("VM.getInfo")
     def info(self, ctx: CallContext, vmID: str) -> dict[str, Any]:
-        return self._node.vm_info(vmID)
+        return self._vms.definition(vmID)
 
     @verb("VM.getStats")
     def stats(self, ctx: CallContext, vmID: str) -> list[dict[str, Any]]:
-        return [self._node.vm_stats(vmID)]
+        return [self._vms.stats(vmID)]

@@ -16,7 +16,6 @@ from typing import Any
 import defusedxml.ElementTree as SafeET
 import libvirt
 
-SUPPORTED_ENGINES = ["4.2", "4.3", "4.4", "4.5", "4.6", "4.7"]
 _OS_NAMES = {"rhel": "RHEL", "centos": "RHEL", "almalinux": "RHEL", "rocky": "RHEL",
              "fedora": "Fedora", "debian": "Debian", "ubuntu": "Debian"}
 
@@ -157,10 +156,6 @@ class HostFacts:
             "software_version": "4.50",
             "software_revision": "0",
             "version_name": "Pier",
-            "supportedENGINEs": SUPPORTED_ENGINES,
-            "clusterLevels": SUPPORTED_ENGINES,
-            "liveSnapshot": "true",
-            "liveMerge": "true",
             "kdumpStatus": -1,
             "autoNumaBalancing": _autonuma(),
             "hostdevPassthrough": "false",

@@ -1,9 +1,10 @@
-"""Node: the one object the verb handlers call to reach this host's hypervisor.
+"""Node: this host's hypervisor, wired together; it hands the verb handlers their services.
 
-It wires the parts of `pier.host` together and owns their threads: the libvirt connection
-(and through it the shared event loop and the reconnect thread), the event dispatcher, and
-the stats sampler. `start()` does not fail when libvirtd is away; verbs that need libvirt
-then raise LibvirtUnavailable at once, while lists, statuses and stats come from the cache.
+It builds the parts of `pier.host` and owns their threads: the libvirt connection (and through
+it the shared event loop and the reconnect thread), the event dispatcher, and the stats sampler.
+The handlers get `node.vms` (a `VmService`) and `node.host` (a `HostService`) and call them
+directly. `start()` does not fail when libvirtd is away; verbs that need libvirt then raise
+LibvirtUnavailable at once, while lists, statuses and stats come from the cache.
 """
 
 from __future__ import annotations
@@ -15,19 +16,19 @@ from typing import Any
 
 import libvirt
 
-from pier.host.capabilities import HostFacts
 from pier.host.connection import Connection, EventLoop
 from pier.host.events import STATUS_EVENT_PREFIX, EventDispatcher, published_statuses
-from pier.host.stats import HostStats, StatsSampler
+from pier.host.hostinfo import HostInfo
+from pier.host.services import HostService, VmService
+from pier.host.stats import StatsSampler
 from pier.host.vms import Vms
-from pier.host.vmstate import DOWN, VmCache, read_states
-from pier.rpc.errors import LibvirtUnavailable
+from pier.host.vmstate import VmCache, read_states
 
 log = logging.getLogger(__name__)
 
 
 class Node:
-    """Facade over this host's libvirt: VMs, their events and stats, and host facts."""
+    """This host's services (`vms`, `host`) and the threads behind them."""
 
     def __init__(self, uri: str, emit: Callable[[str, dict], None], *,
                  stats_interval: float = 2.0, slow_stats_interval: float = 15.0,
@@ -41,12 +42,12 @@ class Node:
                                            on_vms_changed=self._vms_changed,
                                            published=self._published_statuses)
         self._connection = Connection(uri, self._dispatcher.put, on_connect=self._on_connect)
-        self._vms = Vms(self._connection, self._cache, self._dispatcher.put)
         self._sampler = StatsSampler(self._connection, self._cache, stats_interval,
                                      slow_stats_interval)
         self._cache.on_change = self._sampler.patch_status
-        self._facts = HostFacts(uri)
-        self._host_stats = HostStats(self._cache.counts, lambda: self._connection.connected)
+        self._vms = Vms(self._connection, self._cache, self._sampler, self._dispatcher.put)
+        self.vms: VmService = self._vms
+        self.host: HostService = HostInfo(self._connection, self._cache)
         self._running = False
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -86,99 +87,6 @@ class Node:
         if not EventLoop.call_soon(done.set):
             done.set()
         return done.wait(timeout) and self._dispatcher.flush(timeout)
-
-    # -- host ----------------------------------------------------------------------------------
-
-    def host_uuid(self) -> str:
-        return self._facts.host_uuid()
-
-    def capabilities(self) -> dict[str, Any]:
-        """VdsmCapabilities (VDSM's field names and types)."""
-        conn = self._connection.current()
-        try:
-            return self._facts.capabilities(conn)
-        except libvirt.libvirtError as exc:
-            try:
-                self._connection.check(exc, conn)
-            except LibvirtUnavailable:
-                pass
-            return self._facts.capabilities(None)
-
-    def hardware_info(self) -> dict[str, str]:
-        conn = self._connection.current()
-        try:
-            return self._facts.hardware_info(conn)
-        except libvirt.libvirtError:
-            return self._facts.hardware_info(None)
-
-    def host_stats(self) -> dict[str, Any]:
-        """HostStats from /proc and the VM cache; never calls libvirt."""
-        return self._host_stats.get()
-
-    # -- VMs: reads (served from the cache) ------------------------------------------------------
-
-    def list_vms(self, vm_ids: list[str] | None = None, full: bool = False
-                 ) -> list[dict[str, Any]]:
-        return self._vms.list(vm_ids, full)
-
-    def vm_info(self, vm_id: str) -> dict[str, Any]:
-        return self._vms.definition(vm_id)
-
-    def vm_status(self, vm_id: str) -> str:
-        return self._vms.status(vm_id)
-
-    def vm_stats(self, vm_id: str) -> dict[str, Any]:
-        rec = self._cache.require(vm_id)
-        found = self._sampler.stats(vm_id)
-        if found is not None:
-            return found
-        out: dict[str, Any] = {"vmId": rec.vm_id, "vmName": rec.name, "status": rec.status,
-                               "statsAge": "0.00"}
-        if rec.status == DOWN:
-            out.update(rec.details)
-        else:  # not sampled yet: no figures, and no answer from libvirt if it is away
-            out["monitorResponse"] = "0" if self._connection.connected else "-1"
-        return out
-
-    def all_vm_stats(self) -> list[dict[str, Any]]:
-        """VmStats of every VM, prepared at the last sample (cheap at any size)."""
-        return self._sampler.all_stats()
-
-    def wait_vm_status(self, vm_id: str, statuses: set[str], timeout: float,
-                       cancelled: threading.Event | None = None) -> str | None:
-        return self._cache.wait_status(vm_id, statuses, timeout, cancelled)
-
-    # -- VMs: verbs (need libvirt) ---------------------------------------------------------------
-
-    def create_vm(self, vm_id: str | None, params: dict[str, Any]) -> dict[str, Any]:
-        """Define and start a VM; see Vms.create (vm_id may come from params or the XML)."""
-        return self._vms.create(vm_id or "", params)
-
-    def destroy_vm(self, vm_id: str) -> None:
-        self._vms.destroy(vm_id)
-
-    def poweroff_vm(self, vm_id: str) -> None:
-        """Hard power-off that keeps the VM defined (the end of a forced shutdown)."""
-        self._vms.poweroff(vm_id)
-
-    def shutdown_vm(self, vm_id: str) -> None:
-        self._vms.shutdown(vm_id)
-
-    def end_power_down(self, vm_id: str) -> None:
-        """A shutdown gave up without the VM going down: report it Up again if libvirt says it runs."""
-        self._vms.end_power_down(vm_id)
-
-    def reboot_vm(self, vm_id: str) -> None:
-        self._vms.reboot(vm_id)
-
-    def reset_vm(self, vm_id: str) -> None:
-        self._vms.reset(vm_id)
-
-    def pause_vm(self, vm_id: str) -> dict[str, Any]:
-        return self._vms.pause(vm_id)
-
-    def cont_vm(self, vm_id: str) -> dict[str, Any]:
-        return self._vms.cont(vm_id)
 
     # -- wiring --------------------------------------------------------------------------------
 

@@ -1,7 +1,9 @@
-"""The VM verbs, a thin wrapper over libvirt that keeps `pier.host.vmstate.VmCache` current.
+"""The VMs of this host (`pier.host.services.VmService`): a thin wrapper over libvirt that keeps
+`pier.host.vmstate.VmCache` current.
 
-Reads are answered from the cache, so they work while libvirtd is away. `Vms` runs the verbs: create (define, start, undo on failure), destroy (power off and undefine), shutdown,
-reboot, reset, pause, cont. libvirt errors become Pier errors here.
+Reads are answered from the cache and the stats sampler, so they work while libvirtd is away.
+`Vms` runs the verbs: create (define, start, undo on failure), destroy (power off and undefine),
+shutdown, reboot, reset, pause, cont. libvirt errors become Pier errors here.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pier.host.capabilities import guest_domain_types
 from pier.host.connection import Connection
 from pier.host.devices import as_bool
 from pier.host.domxml import DomainXml, build_domain, domain_from_raw, normalize_uuid
+from pier.host.stats import StatsSampler
 from pier.host.vmstate import (
     DOWN,
     EXIT_ERROR,
@@ -60,12 +63,13 @@ _ACTS_ON = {
 
 
 class Vms:
-    """The VM verbs. `notify` hands a synthetic item to the event dispatcher."""
+    """The VMs: reads and verbs. `notify` hands a synthetic item to the event dispatcher."""
 
-    def __init__(self, connection: Connection, cache: VmCache,
+    def __init__(self, connection: Connection, cache: VmCache, sampler: StatsSampler,
                  notify: Callable[[tuple[Any, ...]], None]) -> None:
         self._connection = connection
         self._cache = cache
+        self._sampler = sampler
         self._notify = notify
         self._lock = threading.Lock()
         self._busy: set[str] = set()
@@ -73,6 +77,10 @@ class Vms:
         self._domain_types: tuple[int, set[str]] | None = None
 
     # -- reads ---------------------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        return self._connection.connected
 
     def definition(self, vm_id: str) -> dict[str, Any]:
         """VmDefinition: the parsed domain XML (cached) plus status, pid and exit details."""
@@ -123,9 +131,31 @@ class Vms:
     def status(self, vm_id: str) -> str:
         return self._cache.require(vm_id).status
 
+    def stats(self, vm_id: str) -> dict[str, Any]:
+        """VmStats from the latest sample; before the first, what the cache knows."""
+        rec = self._cache.require(vm_id)
+        found = self._sampler.stats(vm_id)
+        if found is not None:
+            return found
+        out: dict[str, Any] = {"vmId": rec.vm_id, "vmName": rec.name, "status": rec.status,
+                               "statsAge": "0.00"}
+        if rec.status == DOWN:
+            out.update(rec.details)
+        else:  # not sampled yet: no figures, and no answer from libvirt if it is away
+            out["monitorResponse"] = "0" if self._connection.connected else "-1"
+        return out
+
+    def all_stats(self) -> list[dict[str, Any]]:
+        """VmStats of every VM, prepared at the last sample (cheap at any size)."""
+        return self._sampler.all_stats()
+
+    def wait_status(self, vm_id: str, statuses: set[str], timeout: float,
+                    cancelled: threading.Event | None = None) -> str | None:
+        return self._cache.wait_status(vm_id, statuses, timeout, cancelled)
+
     # -- create / destroy ------------------------------------------------------------------------
 
-    def create(self, vm_id: str, params: dict[str, Any]) -> dict[str, Any]:
+    def create(self, vm_id: str | None, params: dict[str, Any]) -> dict[str, Any]:
         """Define and start a VM from vmParams (or vmParams["xml"]); nothing stays on failure.
 
         Without a `vm_id`, vmParams["vmId"] or the raw XML's <uuid> names the VM, else a new UUID."""

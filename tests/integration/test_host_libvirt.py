@@ -139,28 +139,28 @@ def vm_params(name: str, image: str | None = None, **extra: Any) -> dict[str, An
 def test_create_pause_cont_destroy_with_events_in_order(node: Node, events: Events,
                                                         image: str) -> None:
     vm_id = new_id()
-    info = node.create_vm(vm_id, vm_params("pier-test-a", image))
+    info = node.vms.create(vm_id, vm_params("pier-test-a", image))
     assert (info["vmId"], info["vmName"], info["status"], info["memSize"]) == (
         vm_id, "pier-test-a", "Up", 64)
     assert {d["deviceType"] for d in info["devices"]} >= {"disk", "interface", "graphics"}
     disk = next(d for d in info["devices"] if d["deviceType"] == "disk")
     assert (disk["path"], disk["name"]) == (image, "vda")
-    assert node.list_vms() == [{"vmId": vm_id, "status": "Up"}]
-    assert node.list_vms(full=True)[0]["vmName"] == "pier-test-a"
-    assert node.vm_status(vm_id) == "Up"
+    assert node.vms.list() == [{"vmId": vm_id, "status": "Up"}]
+    assert node.vms.list(full=True)[0]["vmName"] == "pier-test-a"
+    assert node.vms.status(vm_id) == "Up"
 
-    assert node.pause_vm(vm_id)["status"] == "Paused"
-    assert node.vm_status(vm_id) == "Paused"
-    assert node.cont_vm(vm_id)["status"] == "Up"
-    node.destroy_vm(vm_id)
+    assert node.vms.pause(vm_id)["status"] == "Paused"
+    assert node.vms.status(vm_id) == "Paused"
+    assert node.vms.cont(vm_id)["status"] == "Up"
+    node.vms.destroy(vm_id)
     assert node.flush_events()
 
     assert events.statuses(vm_id) == ["WaitForLaunch", "Up", "Paused", "Up", "Down"]
     assert events.last(vm_id)["exitReason"] == 6
     assert events.threads == {"libvirt-events"}
     with pytest.raises(NoVM):
-        node.vm_info(vm_id)
-    assert node.list_vms() == [] and defined_names(node) == []
+        node.vms.definition(vm_id)
+    assert node.vms.list() == [] and defined_names(node) == []
 
 
 def test_create_from_raw_xml_fills_in_the_uuid(node: Node, image: str) -> None:
@@ -168,54 +168,54 @@ def test_create_from_raw_xml_fills_in_the_uuid(node: Node, image: str) -> None:
     xml = f"""<domain type='test'><name>pier-test-raw</name><memory unit='MiB'>32</memory>
       <os><type>hvm</type></os><devices><disk type='file' device='disk'>
       <source file='{image}'/><target dev='vdb' bus='virtio'/></disk></devices></domain>"""
-    info = node.create_vm(vm_id, {"xml": xml})
+    info = node.vms.create(vm_id, {"xml": xml})
     assert info["vmId"] == vm_id and info["status"] == "Up"
     assert node._connection.get().lookupByName("pier-test-raw").UUIDString() == vm_id
     with pytest.raises(InvalidParams, match=vm_id):
-        node.create_vm(vm_id, {"xml": xml.replace("<name>", f"<uuid>{new_id()}</uuid><name>")})
+        node.vms.create(vm_id, {"xml": xml.replace("<name>", f"<uuid>{new_id()}</uuid><name>")})
     other = new_id()
     named = xml.replace("<name>pier-test-raw", f"<uuid>{other}</uuid><name>pier-test-raw2")
-    assert node.create_vm(None, {"xml": named})["vmId"] == other
+    assert node.vms.create(None, {"xml": named})["vmId"] == other
 
 
 def test_create_without_an_id_gives_the_vm_a_new_uuid(node: Node, image: str) -> None:
-    info = node.create_vm(None, vm_params("pier-test-noid", image))
+    info = node.vms.create(None, vm_params("pier-test-noid", image))
     assert info["vmId"] == str(uuid.UUID(info["vmId"]))
     assert node._connection.get().lookupByName("pier-test-noid").UUIDString() == info["vmId"]
 
 
 def test_launch_paused_starts_paused(node: Node, events: Events) -> None:
     vm_id = new_id()
-    info = node.create_vm(vm_id, vm_params("pier-test-paused", launchPaused=True))
+    info = node.vms.create(vm_id, vm_params("pier-test-paused", launchPaused=True))
     assert info["status"] == "Paused"
     assert node.flush_events()
     assert events.statuses(vm_id) == ["WaitForLaunch", "Paused"]
-    assert node.cont_vm(vm_id)["status"] == "Up"
+    assert node.vms.cont(vm_id)["status"] == "Up"
 
 
 def test_duplicate_id_or_name_is_vm_exists(node: Node) -> None:
     vm_id = new_id()
-    node.create_vm(vm_id, vm_params("pier-test-dup"))
+    node.vms.create(vm_id, vm_params("pier-test-dup"))
     with pytest.raises(VMExists):
-        node.create_vm(vm_id, vm_params("pier-test-other"))
+        node.vms.create(vm_id, vm_params("pier-test-other"))
     with pytest.raises(VMExists, match="pier-test-dup"):
-        node.create_vm(new_id(), vm_params("pier-test-dup"))
+        node.vms.create(new_id(), vm_params("pier-test-dup"))
     assert defined_names(node) == ["pier-test-dup"]
 
 
-@pytest.mark.parametrize("verb", ["vm_info", "vm_status", "vm_stats", "destroy_vm", "poweroff_vm",
-                                  "shutdown_vm", "reboot_vm", "reset_vm", "pause_vm", "cont_vm"])
+@pytest.mark.parametrize("verb", ["definition", "status", "stats", "destroy", "poweroff",
+                                  "shutdown", "reboot", "reset", "pause", "cont"])
 def test_unknown_vm_is_no_vm(node: Node, verb: str) -> None:
     with pytest.raises(NoVM):
-        getattr(node, verb)(new_id())
+        getattr(node.vms, verb)(new_id())
 
 
 def test_missing_image_is_image_error_naming_the_path(node: Node, tmp_path: Path) -> None:
     missing = str(tmp_path / "nowhere.img")
     with pytest.raises(ImageError, match="nowhere.img") as err:
-        node.create_vm(new_id(), vm_params("pier-test-noimg", missing))
+        node.vms.create(new_id(), vm_params("pier-test-noimg", missing))
     assert err.value.data == {"path": missing}
-    assert defined_names(node) == [] and node.list_vms() == []
+    assert defined_names(node) == [] and node.vms.list() == []
 
 
 def test_xml_libvirt_rejects_leaves_nothing_defined(node: Node) -> None:
@@ -223,8 +223,8 @@ def test_xml_libvirt_rejects_leaves_nothing_defined(node: Node) -> None:
       <os><type>hvm</type></os><devices><disk type='file' device='disk'>
       <target dev='vda' bus='bogus'/></disk></devices></domain>"""
     with pytest.raises(CreateError, match="bogus"):
-        node.create_vm(new_id(), {"xml": xml})
-    assert defined_names(node) == [] and node.list_vms() == []
+        node.vms.create(new_id(), {"xml": xml})
+    assert defined_names(node) == [] and node.vms.list() == []
 
 
 def test_a_failed_start_is_undefined_again(node: Node, events: Events,
@@ -235,8 +235,8 @@ def test_a_failed_start_is_undefined_again(node: Node, events: Events,
     monkeypatch.setattr(libvirt.virDomain, "create", refuse)
     vm_id = new_id()
     with pytest.raises(CreateError, match="cannot start"):
-        node.create_vm(vm_id, vm_params("pier-test-nostart"))
-    assert defined_names(node) == [] and node.list_vms() == []
+        node.vms.create(vm_id, vm_params("pier-test-nostart"))
+    assert defined_names(node) == [] and node.vms.list() == []
     assert node.flush_events()
     assert events.statuses(vm_id) == ["WaitForLaunch", "Down"]
     assert events.last(vm_id)["exitReason"] == 3
@@ -245,17 +245,17 @@ def test_a_failed_start_is_undefined_again(node: Node, events: Events,
 
 def test_shutdown_goes_down_and_destroy_then_removes(node: Node, events: Events) -> None:
     vm_id = new_id()
-    node.create_vm(vm_id, vm_params("pier-test-shut"))
-    node.shutdown_vm(vm_id)
-    assert node.wait_vm_status(vm_id, {"Down"}, 5.0) == "Down"
+    node.vms.create(vm_id, vm_params("pier-test-shut"))
+    node.vms.shutdown(vm_id)
+    assert node.vms.wait_status(vm_id, {"Down"}, 5.0) == "Down"
     assert events.wait_for(vm_id, ["Down"])[-1] == "Down"
     assert events.last(vm_id)["exitReason"] == 7
-    assert node.vm_info(vm_id)["status"] == "Down"
+    assert node.vms.definition(vm_id)["status"] == "Down"
     with pytest.raises(VMDown):
-        node.pause_vm(vm_id)
+        node.vms.pause(vm_id)
     with pytest.raises(VMDown):
-        node.shutdown_vm(vm_id)
-    node.destroy_vm(vm_id)
+        node.vms.shutdown(vm_id)
+    node.vms.destroy(vm_id)
     assert node.flush_events()
     assert events.statuses(vm_id).count("Down") == 1
     assert defined_names(node) == []
@@ -263,49 +263,49 @@ def test_shutdown_goes_down_and_destroy_then_removes(node: Node, events: Events)
 
 def test_poweroff_keeps_the_vm_defined_and_down(node: Node, events: Events) -> None:
     vm_id = new_id()
-    node.create_vm(vm_id, vm_params("pier-test-poweroff"))
-    node.poweroff_vm(vm_id)
-    assert node.vm_status(vm_id) == "Down"
+    node.vms.create(vm_id, vm_params("pier-test-poweroff"))
+    node.vms.poweroff(vm_id)
+    assert node.vms.status(vm_id) == "Down"
     seen = events.wait_for(vm_id, ["Down"])
     # Under load the dispatcher may reach the start event after the VM is already off, and then
     # reports what is true now rather than a stale Up.
     assert seen[0] == "WaitForLaunch" and seen[-1] == "Down" and seen.count("Down") == 1, seen
     assert events.last(vm_id)["exitReason"] == 6
-    node.poweroff_vm(vm_id)  # already off: nothing to do
+    node.vms.poweroff(vm_id)  # already off: nothing to do
     assert defined_names(node) == ["pier-test-poweroff"]
-    node.destroy_vm(vm_id)
+    node.vms.destroy(vm_id)
     assert node.flush_events() and events.statuses(vm_id).count("Down") == 1
 
 
 def test_stats_are_sampled_for_a_running_vm(node: Node, image: str) -> None:
     vm_id = new_id()
-    node.create_vm(vm_id, vm_params("pier-test-stats", image))
+    node.vms.create(vm_id, vm_params("pier-test-stats", image))
     stats = wait_until(lambda: node._sampler.stats(vm_id))
     assert stats["vmId"] == vm_id and stats["status"] == "Up"
     for key in ("vmName", "cpuUser", "cpuSys", "elapsedTime", "memUsage", "balloonInfo",
                 "disks", "network", "monitorResponse", "statsAge", "statusTime"):
         assert key in stats, key
     assert float(stats["statsAge"]) < 5
-    assert [s["vmId"] for s in node.all_vm_stats()] == [vm_id]
-    node.pause_vm(vm_id)
-    assert node.vm_stats(vm_id)["status"] == "Paused"
-    node.destroy_vm(vm_id)
-    assert wait_until(lambda: node.all_vm_stats() == [])
+    assert [s["vmId"] for s in node.vms.all_stats()] == [vm_id]
+    node.vms.pause(vm_id)
+    assert node.vms.stats(vm_id)["status"] == "Paused"
+    node.vms.destroy(vm_id)
+    assert wait_until(lambda: node.vms.all_stats() == [])
 
 
 def test_host_facts(node: Node) -> None:
-    caps = node.capabilities()
+    caps = node.host.capabilities()
     for key in ("cpuModel", "cpuCores", "cpuSockets", "cpuThreads", "onlineCpus", "cpuSpeed",
                 "cpuFlags", "memSize", "numaNodes", "numaNodeDistance", "kvmEnabled",
                 "packages2", "operatingSystem", "uuid", "emulatedMachines", "vmTypes",
                 "software_version"):
         assert key in caps, key
-    assert caps["uuid"] == node.host_uuid() == node.host_uuid()
+    assert caps["uuid"] == node.host.uuid() == node.host.uuid()
     assert int(caps["memSize"]) > 0 and caps["packages2"]["libvirt"]["version"]
-    assert set(node.hardware_info()) == {"systemManufacturer", "systemProductName",
+    assert set(node.host.hardware_info()) == {"systemManufacturer", "systemProductName",
                                          "systemVersion", "systemSerialNumber", "systemUUID",
                                          "systemFamily"}
-    stats = node.host_stats()
+    stats = node.host.stats()
     for key in ("cpuUser", "cpuSys", "cpuIdle", "cpuLoad", "memFree", "memUsed", "swapTotal",
                 "swapFree", "elapsedTime", "dateTime", "vmCount", "cpuStatistics",
                 "numaNodeMemFree", "bootTime"):
@@ -326,19 +326,19 @@ def test_start_stop_start_leaves_no_thread_behind(test_uri: str, events: Events)
 def test_lost_connection_serves_reads_fails_verbs_fast_and_resyncs(node: Node, events: Events
                                                                     ) -> None:
     vm_id = new_id()
-    node.create_vm(vm_id, vm_params("pier-test-lost"))
+    node.vms.create(vm_id, vm_params("pier-test-lost"))
     wait_until(lambda: node._sampler.stats(vm_id))
     node._connection.lost()
     assert not node.connected or node.flush_events()
     # Reads keep answering from the cache while the link is down (it may be back already).
-    assert node.list_vms()[0]["vmId"] == vm_id
-    assert node.vm_stats(vm_id)["vmId"] == vm_id
+    assert node.vms.list()[0]["vmId"] == vm_id
+    assert node.vms.stats(vm_id)["vmId"] == vm_id
     # The reconnected test driver starts from its file again: the VM is gone, and the resync
     # reports it.
     assert wait_until(lambda: node.connected, 5)
     assert events.wait_for(vm_id, ["Down"])[-1] == "Down"
     assert events.last(vm_id)["exitReason"] == 9
-    assert wait_until(lambda: node.list_vms() == [])
+    assert wait_until(lambda: node.vms.list() == [])
 
 
 def test_verbs_fail_fast_while_disconnected(test_uri: str, events: Events,
@@ -353,13 +353,13 @@ def test_verbs_fail_fast_while_disconnected(test_uri: str, events: Events,
     try:
         assert not n.connected
         with pytest.raises(LibvirtUnavailable):
-            n.create_vm(new_id(), vm_params("pier-test-away"))
+            n.vms.create(new_id(), vm_params("pier-test-away"))
         with pytest.raises(LibvirtUnavailable):
-            n.destroy_vm(new_id())
+            n.vms.destroy(new_id())
         with pytest.raises(NoVM):
-            n.vm_status(new_id())
-        assert n.list_vms() == [] and n.all_vm_stats() == []
-        assert n.capabilities()["memSize"]
+            n.vms.status(new_id())
+        assert n.vms.list() == [] and n.vms.all_stats() == []
+        assert n.host.capabilities()["memSize"]
         assert time.monotonic() - started < 5, "a verb waited for a connection attempt"  # a bound, not a figure
     finally:
         n.stop()
@@ -373,8 +373,8 @@ def test_all_vm_stats_lists_1000_vms(node: Node) -> None:
         dom = conn.defineXML(f"<domain type='test'><name>pier-test-{i}</name>"
                              "<memory unit='MiB'>32</memory><os><type>hvm</type></os></domain>")
         dom.create()
-    assert wait_until(lambda: len(node.all_vm_stats()) == 1000, 20)
-    result = node.all_vm_stats()
+    assert wait_until(lambda: len(node.vms.all_stats()) == 1000, 20)
+    result = node.vms.all_stats()
     assert sorted(stats["vmName"] for stats in result) == sorted(f"pier-test-{i}" for i in range(1000))
 
 
@@ -384,23 +384,23 @@ def test_libvirtd_restart_reconnects_serves_cache_and_resyncs(private_libvirtd: 
     n.start()
     try:
         assert n.connected
-        preexisting = {v["vmId"] for v in n.list_vms()}  # the test driver's own "test" VM
+        preexisting = {v["vmId"] for v in n.vms.list()}  # the test driver's own "test" VM
         vm_id = new_id()
-        n.create_vm(vm_id, vm_params("pier-test-private"))
+        n.vms.create(vm_id, vm_params("pier-test-private"))
         assert wait_until(lambda: n._sampler.stats(vm_id))
 
         private_libvirtd.kill()
         assert wait_until(lambda: not n.connected, 5), "the close callback marks it dead"
         started = time.monotonic()
         with pytest.raises(LibvirtUnavailable):
-            n.pause_vm(vm_id)
+            n.vms.pause(vm_id)
         with pytest.raises(LibvirtUnavailable):
-            n.create_vm(new_id(), vm_params("pier-test-private-2"))
+            n.vms.create(new_id(), vm_params("pier-test-private-2"))
         assert time.monotonic() - started < 5, "verbs fail at once while libvirtd is away"  # a bound, not a figure
-        assert n.vm_status(vm_id) == "Up"
-        assert {v["vmId"] for v in n.list_vms()} == preexisting | {vm_id}
-        assert any(s["vmId"] == vm_id for s in n.all_vm_stats())
-        assert n.vm_info(vm_id)["vmName"] == "pier-test-private"
+        assert n.vms.status(vm_id) == "Up"
+        assert {v["vmId"] for v in n.vms.list()} == preexisting | {vm_id}
+        assert any(s["vmId"] == vm_id for s in n.vms.all_stats())
+        assert n.vms.definition(vm_id)["vmName"] == "pier-test-private"
 
         private_libvirtd.start()
         assert wait_until(lambda: n.connected, 10), "reconnected with backoff"
@@ -409,9 +409,9 @@ def test_libvirtd_restart_reconnects_serves_cache_and_resyncs(private_libvirtd: 
         assert events.wait_for(vm_id, ["Down"])[-1] == "Down"
         assert events.last(vm_id)["exitReason"] == 9
         assert all(events.statuses(v) == [] for v in preexisting)
-        assert wait_until(lambda: {v["vmId"] for v in n.list_vms()} == preexisting)
+        assert wait_until(lambda: {v["vmId"] for v in n.vms.list()} == preexisting)
         vm2 = new_id()
-        assert n.create_vm(vm2, vm_params("pier-test-private-3"))["status"] == "Up"
+        assert n.vms.create(vm2, vm_params("pier-test-private-3"))["status"] == "Up"
         assert events.wait_for(vm2, ["Up"])[-1] == "Up", "callbacks registered again"
     finally:
         n.stop()
@@ -452,7 +452,7 @@ def kvm_node(events: Events) -> Iterator[Node]:
     yield n
     for vm_id in created:
         try:
-            n.destroy_vm(vm_id)
+            n.vms.destroy(vm_id)
         except NoVM:
             pass
     n.stop()
@@ -480,7 +480,7 @@ def test_kvm_guest_create_pause_cont_destroy(kvm_node: Node, events: Events) -> 
     name = f"pier-test-kvm-{vm_id[:8]}"
     kvm_node.created.append(vm_id)  # type: ignore[attr-defined]
     started = time.monotonic()
-    info = kvm_node.create_vm(vm_id, diskless(name))
+    info = kvm_node.vms.create(vm_id, diskless(name))
     created_in = time.monotonic() - started
     assert info["status"] == "Up" and info["pid"] > 0
     assert info["kvmEnable"] is os.path.exists("/dev/kvm")
@@ -488,13 +488,13 @@ def test_kvm_guest_create_pause_cont_destroy(kvm_node: Node, events: Events) -> 
     nic = next(d for d in info["devices"] if d["deviceType"] == "interface")
     assert nic["network"] == "default" and nic["alias"] and nic["macAddr"]
 
-    assert kvm_node.pause_vm(vm_id)["status"] == "Paused"
-    assert kvm_node.cont_vm(vm_id)["status"] == "Up"
+    assert kvm_node.vms.pause(vm_id)["status"] == "Paused"
+    assert kvm_node.vms.cont(vm_id)["status"] == "Up"
     stats = wait_until(lambda: (s := kvm_node._sampler.stats(vm_id)) and s.get("cpuActual")
                        and s, 10)
     assert stats and "balloonInfo" in stats and stats["network"]
     started = time.monotonic()
-    kvm_node.destroy_vm(vm_id)
+    kvm_node.vms.destroy(vm_id)
     destroyed_in = time.monotonic() - started
     statuses = events.wait_for(vm_id, ["Down"])
     assert statuses == ["WaitForLaunch", "Up", "Paused", "Up", "Down"]
@@ -509,10 +509,10 @@ def test_kvm_failed_start_leaves_nothing_defined(kvm_node: Node) -> None:
     params = diskless(name)
     params["devices"][0]["network"] = "pier-test-no-such-network"
     with pytest.raises(CreateError, match="pier-test-no-such-network"):
-        kvm_node.create_vm(vm_id, params)
+        kvm_node.vms.create(vm_id, params)
     assert name not in virsh_names()
     with pytest.raises(NoVM):
-        kvm_node.vm_info(vm_id)
+        kvm_node.vms.definition(vm_id)
 
 
 @pytest.mark.kvm
@@ -522,15 +522,15 @@ def test_kvm_failed_start_leaves_nothing_defined(kvm_node: Node) -> None:
 def test_kvm_libvirtd_restart_reconnects_and_resyncs(kvm_node: Node, events: Events) -> None:
     vm_id = new_id()
     kvm_node.created.append(vm_id)  # type: ignore[attr-defined]
-    kvm_node.create_vm(vm_id, diskless(f"pier-test-kvm-{vm_id[:8]}"))
+    kvm_node.vms.create(vm_id, diskless(f"pier-test-kvm-{vm_id[:8]}"))
     pid = int(Path("/run/libvirtd.pid").read_text().strip())
     os.kill(pid, signal.SIGKILL)
     try:
         assert wait_until(lambda: not kvm_node.connected, 5)
-        assert kvm_node.vm_status(vm_id) == "Up"
-        assert kvm_node.list_vms([vm_id]) == [{"vmId": vm_id, "status": "Up"}]
+        assert kvm_node.vms.status(vm_id) == "Up"
+        assert kvm_node.vms.list([vm_id]) == [{"vmId": vm_id, "status": "Up"}]
         with pytest.raises(LibvirtUnavailable, match="libvirtd"):  # at once, not after a reconnect
-            kvm_node.pause_vm(vm_id)
+            kvm_node.vms.pause(vm_id)
     finally:
         subprocess.run(["libvirtd", "-d"], check=False)
     assert wait_until(lambda: kvm_node.connected, 10)
@@ -538,4 +538,4 @@ def test_kvm_libvirtd_restart_reconnects_and_resyncs(kvm_node: Node, events: Eve
     subprocess.run(["virsh", "-c", "qemu:///system", "suspend", vm_id], check=False,
                    capture_output=True)
     assert events.wait_for(vm_id, ["Paused"]) == ["WaitForLaunch", "Up", "Paused"]
-    assert kvm_node.vm_status(vm_id) == "Paused"
+    assert kvm_node.vms.status(vm_id) == "Paused"

@@ -1,4 +1,4 @@
-"""Unit-test fixtures: the real registry, event log and task manager over a fake node."""
+"""Unit-test fixtures: the real registry, event log and task manager over fake host services."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pier.api import handlers
+from pier.api import Services, handlers
 from pier.rpc.audit import AuditLog
 from pier.rpc.auth import Credentials, Identity
 from pier.rpc.events import EventLog
@@ -16,7 +16,7 @@ from pier.rpc.jsonrpc import JsonRpc
 from pier.rpc.registry import CallContext, Registry
 from pier.rpc.schema import Schema
 from pier.rpc.tasks import TaskManager
-from tests.fakes import FakeNode
+from tests.fakes import FakeHost, FakeVms, as_services
 
 VM_ID = "6f1e3e4c-1111-4222-8333-444455556666"
 ADMIN = Identity("test admin", "admin", "test")
@@ -24,7 +24,8 @@ ADMIN = Identity("test admin", "admin", "test")
 
 @dataclass
 class Stack:
-    node: FakeNode
+    host: FakeHost
+    vms: FakeVms
     events: EventLog
     tasks: TaskManager
     registry: Registry
@@ -43,17 +44,18 @@ def schema() -> Schema:
 
 
 def build_stack(schema: Schema, db: Path, vms: dict[str, dict[str, object]] | None = None) -> Stack:
-    """The real rpc parts over a FakeNode holding `vms`, with the task manager started."""
+    """The real rpc parts over fakes holding `vms`, with the task manager started."""
     events = EventLog(str(db))
     tasks = TaskManager(str(db), events.publish, workers=4)
-    node = FakeNode(events.publish)
-    node.vms = vms or {}
+    fake_vms = FakeVms(events.publish)
+    host = FakeHost(fake_vms)
+    fake_vms.records = vms or {}
     credentials = Credentials(str(db))
     audit = AuditLog(str(db))
-    registry = Registry(schema, handlers(node, tasks, events, lambda: {"name": "pier"}, credentials, audit), tasks,
-                        audit=audit)
+    services = Services(*as_services(host, fake_vms), tasks, events, credentials, audit, lambda: {"name": "pier"})
+    registry = Registry(schema, handlers(services, schema.verbs), tasks, audit=audit)
     tasks.start(registry.reconcilers)
-    return Stack(node, events, tasks, registry, JsonRpc(registry), db, credentials, audit)
+    return Stack(host, fake_vms, events, tasks, registry, JsonRpc(registry), db, credentials, audit)
 
 
 @pytest.fixture

@@ -232,12 +232,12 @@ def test_call_with_a_json_object(pier: Run, stack: Stack) -> None:
     code, out, _ = pier("call", "VM.create", params)
     assert code == 0 and json.loads(out)["vmName"] == "web"
     assert out.startswith("{\n  ")  # pretty for people
-    assert stack.node.vms[VM_ID]["vmName"] == "web"
+    assert stack.vms.records[VM_ID]["vmName"] == "web"
 
 
 def test_call_with_key_value_pairs(pier: Run, stack: Stack) -> None:
     code, _, _ = pier("call", "VM.create", f"vmID={VM_ID}", "vmParams.vmName=db", "vmParams.memSize=64")
-    assert code == 0 and stack.node.vms[VM_ID]["vmName"] == "db"
+    assert code == 0 and stack.vms.records[VM_ID]["vmName"] == "db"
     code, out, _ = pier("call", "VM.pause", f"vmID={VM_ID}", "--json")
     assert code == 0 and json.loads(out)["status"] == "Paused" and "\n" not in out.strip()
     code, out, _ = pier("call", "--json", "Host.getVMList", "onlyUUID=true")
@@ -341,7 +341,7 @@ def test_host_summary_and_json(pier: Run, stack: Stack) -> None:
     code, out, _ = pier("host")
     assert code == 0
     facts = {line[:9].strip(): line[9:].strip() for line in out.splitlines()}
-    assert facts["host id"] == stack.node.host_uuid()
+    assert facts["host id"] == stack.host.uuid()
     assert facts["memory"] == "1024 MiB" and facts["kvm"] == "enabled" and facts["vms"] == "1"
     code, out, _ = pier("--json", "host")
     assert json.loads(out)["capabilities"]["cpuCores"] == "2" and json.loads(out)["stats"]["vmCount"] == 1
@@ -429,7 +429,7 @@ def test_call_wait_follows_the_task(pier: Run, stack: Stack) -> None:
     code, out, _ = pier("call", "VM.shutdown", f"vmID={VM_ID}", "timeout=0", "force=true", "--wait")
     assert code == 0
     assert out.splitlines()[0].endswith("(VM.shutdown) started") and "succeeded" in out
-    assert stack.node.vms[VM_ID]["status"] == "Down"
+    assert stack.vms.records[VM_ID]["status"] == "Down"
 
 
 def test_task_wait_times_out_then_stop_cancels(pier: Run, stack: Stack) -> None:

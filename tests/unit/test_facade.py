@@ -1,4 +1,4 @@
-"""The REST facade, driven in-process as a WSGI app over the real registry and a FakeNode."""
+"""The REST facade, driven in-process as a WSGI app over the real registry and fake host services."""
 
 from __future__ import annotations
 
@@ -315,7 +315,7 @@ def test_result_that_is_not_json_is_a_500_problem(stack: Stack, monkeypatch: pyt
 
 
 def test_task_verb_answers_202_and_where_to_wait(app: bottle.Bottle, stack: Stack) -> None:
-    stack.node.guest_obeys_shutdown = True
+    stack.vms.guest_obeys_shutdown = True
     request(app, "POST", "/api/v1/vms", VM_PARAMS)
     accepted = request(app, "POST", f"/api/v1/vms/{VM_ID}/shutdown", {"timeout": 5})
     assert accepted.status == 202

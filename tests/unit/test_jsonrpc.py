@@ -102,14 +102,14 @@ def test_limits(stack: Stack) -> None:
 
 def test_legacy_names_are_callable(stack: Stack) -> None:
     reply = answer(stack, {"jsonrpc": "2.0", "method": "getVdsCapabilities", "id": 1})
-    assert reply["result"]["uuid"] == stack.node.host_uuid()
+    assert reply["result"]["uuid"] == stack.host.uuid()
 
 
 def test_unexpected_errors_do_not_leak_internals(stack: Stack) -> None:
     def explode(*args: object) -> None:
         raise RuntimeError("secret internal detail")
 
-    stack.node.host_stats = explode
+    stack.host.stats = explode
     reply = answer(stack, {"jsonrpc": "2.0", "method": "Host.getStats", "id": 1})
     assert reply["error"]["code"] == 16
     assert "secret" not in json.dumps(reply)
@@ -117,7 +117,7 @@ def test_unexpected_errors_do_not_leak_internals(stack: Stack) -> None:
 
 
 def test_a_result_that_is_not_json_fails_only_its_own_response(stack: Stack) -> None:
-    stack.node.host_stats = lambda *args: {"when": object()}
+    stack.host.stats = lambda *args: {"when": object()}
     reply = answer(stack, [{"jsonrpc": "2.0", "method": "Host.getStats", "id": 1},
                            {"jsonrpc": "2.0", "method": "Host.ping2", "id": 2}])
     assert reply[0]["id"] == 1 and reply[0]["error"]["code"] == -32603

@@ -13,7 +13,7 @@ PIER = Path(__file__).resolve().parents[2] / "pier"
 ALLOWED = {
     "rpc": ("pier.rpc",),
     "host": ("pier.host", "pier.rpc.errors"),
-    "api": ("pier.api", "pier.rpc"),
+    "api": ("pier.api", "pier.rpc", "pier.host"),
     "transports": ("pier.transports", "pier.rpc"),
     "facade": ("pier.facade", "pier.rpc"),
 }

@@ -31,7 +31,7 @@ def running(tasks: TaskManager, task_id: str) -> Callable[[], bool]:
 
 
 def asked_to_power_off(stack: Stack) -> Callable[[], bool]:
-    return lambda: stack.node.vms[VM_ID]["status"] == "Powering down"
+    return lambda: stack.vms.records[VM_ID]["status"] == "Powering down"
 
 
 @pytest.fixture
@@ -235,9 +235,9 @@ def test_a_reboot_interrupted_while_it_was_asked_for_says_so(stack: Stack) -> No
     from pier.api.vm import VmApi
     from pier.rpc.errors import PierError
 
-    stack.node.vms = {VM_ID: {"vmId": VM_ID, "status": "Up"}}
+    stack.vms.records = {VM_ID: {"vmId": VM_ID, "status": "Up"}}
     with pytest.raises(PierError) as unknown:
-        VmApi(stack.node).shutdown_done({"vmID": VM_ID, "reboot": True}, "reboot")
+        VmApi(stack.vms).shutdown_done({"vmID": VM_ID, "reboot": True}, "reboot")
     assert "may or may not" in unknown.value.message
 
 
@@ -245,9 +245,9 @@ def test_nothing_is_reconciled_as_done_while_libvirt_is_unreachable(stack: Stack
     from pier.api.vm import VmApi
     from pier.rpc.errors import PierError
 
-    stack.node.connected = False
+    stack.vms.connected = False
     with pytest.raises(PierError) as unknown:
-        VmApi(stack.node).shutdown_done({"vmID": VM_ID, "reboot": False}, None)
+        VmApi(stack.vms).shutdown_done({"vmID": VM_ID, "reboot": False}, None)
     assert "libvirtd" in unknown.value.message
 
 

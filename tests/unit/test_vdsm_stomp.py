@@ -52,7 +52,7 @@ def test_connected_swaps_the_heart_beats(client: VdsmLikeClient) -> None:
 
 def test_vdsm_client_session(stack: Stack, client: VdsmLikeClient) -> None:
     assert client.call("Host.ping2") is True
-    assert client.call("Host.getCapabilities")["uuid"] == stack.node.host_uuid()
+    assert client.call("Host.getCapabilities")["uuid"] == stack.host.uuid()
     assert client.call("Host.getVMList") == []
     events = client.subscribe(EVENTS)
 
@@ -118,9 +118,9 @@ def test_send_without_reply_to_runs_and_answers_nothing(stack: Stack, client: Vd
     client.send_request("VM.create", {"vmID": VM, "vmParams": VM_PARAMS}, reply_to=False)
     request_id = client.send_request("Host.getVMList")
     deadline = time.monotonic() + 5
-    while VM not in stack.node.vms and time.monotonic() < deadline:
+    while VM not in stack.vms.records and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert VM in stack.node.vms
+    assert VM in stack.vms.records
     frame = client.read_frame()  # the only reply is getVMList's
     assert frame.json()[0]["id"] == request_id
 

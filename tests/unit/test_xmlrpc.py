@@ -86,7 +86,7 @@ def test_the_schema_declares_vdsm_payload_keys(schema: Schema) -> None:
 
 
 def test_every_legacy_name_answers_the_envelope_with_its_payload_key(vdsm, schema: Schema, stack: Stack) -> None:
-    stack.node.guest_obeys_shutdown = True
+    stack.vms.guest_obeys_shutdown = True
     with_vm(vdsm)
     with_vm(vdsm, UNKNOWN_VM)
     task = stack.call("VM.shutdown", vmID=UNKNOWN_VM, timeout=0, force=True)
@@ -161,7 +161,7 @@ def test_legacy_names_are_callable_over_json_rpc_with_a_bare_result(stack: Stack
 def test_integers_beyond_32_bits_travel_as_strings(vdsm, stack: Stack, monkeypatch) -> None:
     stats = {"memTotal": 2**40, "swapFree": -(2**35), "vmCount": 3, "ksmState": True, "load": 0.5,
              "numa": {0: {"free": 2**31}, 1: {"free": 2**31 - 1}}, "sizes": [2**32, 7], "none": None}
-    monkeypatch.setattr(stack.node, "host_stats", lambda: stats)
+    monkeypatch.setattr(stack.host, "stats", lambda: stats)
     info = vdsm.getVdsStats()["info"]
     assert info == {"memTotal": str(2**40), "swapFree": str(-(2**35)), "vmCount": 3, "ksmState": True,
                     "load": 0.5, "numa": {"0": {"free": "2147483648"}, "1": {"free": 2**31 - 1}},
@@ -176,12 +176,12 @@ def test_to_wire_leaves_what_fits_alone() -> None:
 def test_digit_strings_are_read_as_numbers_where_the_schema_wants_one(vdsm, stack: Stack) -> None:
     res = vdsm.create({"vmId": VM_ID, "vmName": "12", "memSize": "4096"})
     assert res["status"] == DONE
-    assert stack.node.vms[VM_ID]["vmName"] == "12"
+    assert stack.vms.records[VM_ID]["vmName"] == "12"
     assert vdsm.destroy(VM_ID, "1") == {"status": DONE}
 
 
 def test_a_result_that_cannot_be_marshalled_is_an_unexpected_error(vdsm, stack: Stack, monkeypatch) -> None:
-    monkeypatch.setattr(stack.node, "host_stats", lambda: {"odd": {1, 2}})
+    monkeypatch.setattr(stack.host, "stats", lambda: {"odd": {1, 2}})
     res = vdsm.getVdsStats()
     assert res["status"]["code"] == 16 and set(res) == {"status"}
 

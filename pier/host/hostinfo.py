@@ -1,0 +1,53 @@
+"""This host's facts and figures as the Host verbs serve them: capabilities, hardware, statistics.
+
+`HostInfo` joins the cached facts (`pier.host.capabilities.HostFacts`), the figures read from /proc
+(`pier.host.stats.HostStats`) and the libvirt connection, which fills what only libvirt knows when
+it is there and is left out when it is not.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import libvirt
+
+from pier.host.capabilities import HostFacts
+from pier.host.connection import Connection
+from pier.host.stats import HostStats
+from pier.host.vmstate import VmCache
+from pier.rpc.errors import LibvirtUnavailable
+
+
+class HostInfo:
+    """Implements `pier.host.services.HostService` over libvirt, /proc and /sys."""
+
+    def __init__(self, connection: Connection, cache: VmCache) -> None:
+        self._connection = connection
+        self._facts = HostFacts(connection.uri)
+        self._stats = HostStats(cache.counts, lambda: self._connection.connected)
+
+    def uuid(self) -> str:
+        return self._facts.host_uuid()
+
+    def capabilities(self) -> dict[str, Any]:
+        """VdsmCapabilities (VDSM's field names and types)."""
+        conn = self._connection.current()
+        try:
+            return self._facts.capabilities(conn)
+        except libvirt.libvirtError as exc:
+            try:
+                self._connection.check(exc, conn)
+            except LibvirtUnavailable:
+                pass
+            return self._facts.capabilities(None)
+
+    def hardware_info(self) -> dict[str, str]:
+        conn = self._connection.current()
+        try:
+            return self._facts.hardware_info(conn)
+        except libvirt.libvirtError:
+            return self._facts.hardware_info(None)
+
+    def stats(self) -> dict[str, Any]:
+        """HostStats from /proc and the VM cache; never calls libvirt."""
+        return self._stats.get()

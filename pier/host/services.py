@@ -1,0 +1,103 @@
+"""What the verb handlers may ask of this host: one `typing.Protocol` per service.
+
+`pier.api` handlers are typed against these, `pier.host` implements them (`Vms`, `HostInfo`), and
+the unit tests' fakes (tests/fakes.py) implement them too; mypy checks all three against each other,
+and the contract suite (tests/integration/test_contract.py) runs the same assertions on the fakes
+and on the real services over libvirt's test driver.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+from typing import Any, Protocol
+
+
+class HostService(Protocol):
+    """This host's identity, facts and figures."""
+
+    def uuid(self) -> str:
+        """The host's id (stable across restarts)."""
+        ...
+
+    def capabilities(self) -> dict[str, Any]:
+        """VdsmCapabilities; what only libvirt knows is left out while libvirtd is away."""
+        ...
+
+    def hardware_info(self) -> dict[str, str]:
+        """HardwareInformation (manufacturer, product, serial, UUID, ...)."""
+        ...
+
+    def stats(self) -> dict[str, Any]:
+        """HostStats; never waits for libvirt."""
+        ...
+
+
+class VmService(Protocol):
+    """The VMs of this host: reads answered from a cache, verbs that act through libvirt."""
+
+    @property
+    def connected(self) -> bool:
+        """Whether libvirtd answers now."""
+        ...
+
+    def list(self, vm_ids: Iterable[str] | None = None, full: bool = False) -> list[dict[str, Any]]:
+        """{vmId, status} of each VM (only those of `vm_ids` when given); the full VmDefinition when `full`."""
+        ...
+
+    def definition(self, vm_id: str) -> dict[str, Any]:
+        """VmDefinition with status, pid and exit details; NoVM when it does not exist."""
+        ...
+
+    def status(self, vm_id: str) -> str:
+        """VDSM's status of the VM; NoVM when it does not exist."""
+        ...
+
+    def stats(self, vm_id: str) -> dict[str, Any]:
+        """VmStats from the latest sample (a stub before the first)."""
+        ...
+
+    def all_stats(self) -> list[dict[str, Any]]:
+        """VmStats of every VM from the latest sample; the caller may change what it gets."""
+        ...
+
+    def wait_status(self, vm_id: str, statuses: set[str], timeout: float,
+                    cancelled: threading.Event | None = None) -> str | None:
+        """Wait until the VM's status is one of `statuses` (it, then) or the timeout or a cancel (None)."""
+        ...
+
+    def create(self, vm_id: str | None, params: dict[str, Any]) -> dict[str, Any]:
+        """Define and start a VM from vmParams; nothing stays defined on failure."""
+        ...
+
+    def destroy(self, vm_id: str) -> None:
+        """Power the VM off if it runs and undefine it."""
+        ...
+
+    def poweroff(self, vm_id: str) -> None:
+        """Power the VM off hard and keep it defined."""
+        ...
+
+    def shutdown(self, vm_id: str) -> None:
+        """Ask the guest to power off (ACPI); returns at once."""
+        ...
+
+    def end_power_down(self, vm_id: str) -> None:
+        """A shutdown gave up without the VM going down: it is Up again if libvirt says it runs."""
+        ...
+
+    def reboot(self, vm_id: str) -> None:
+        """Ask the guest to reboot."""
+        ...
+
+    def reset(self, vm_id: str) -> None:
+        """Reset the VM as a reset button would."""
+        ...
+
+    def pause(self, vm_id: str) -> dict[str, Any]:
+        """Pause the VM; its VmDefinition after."""
+        ...
+
+    def cont(self, vm_id: str) -> dict[str, Any]:
+        """Resume a paused VM; its VmDefinition after."""
+        ...

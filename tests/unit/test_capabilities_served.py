@@ -1,0 +1,24 @@
+"""Capabilities promise only what Pier serves: an engine is never invited to call a missing verb."""
+
+from __future__ import annotations
+
+from pier.api.host import ENGINE_NEEDS, ENGINE_VERSIONS, served_features
+from tests.unit.conftest import Stack
+
+
+def test_no_cluster_level_or_live_snapshot_is_promised_while_their_verbs_are_missing(stack: Stack) -> None:
+    caps = stack.call("Host.getCapabilities")
+    assert isinstance(caps, dict)
+    missing = ENGINE_NEEDS - set(stack.registry.verbs)
+    assert missing  # Pier does not serve an engine's whole set yet; this test changes when it does
+    assert caps["clusterLevels"] == [] and caps["supportedENGINEs"] == []
+    assert caps["liveSnapshot"] == "false" and caps["liveMerge"] == "false"
+    assert caps["uuid"] == stack.host.uuid()  # the host's own facts are kept
+
+
+def test_the_levels_and_features_appear_when_their_verbs_are_served() -> None:
+    features = served_features(ENGINE_NEEDS)
+    assert features["clusterLevels"] == ENGINE_VERSIONS == features["supportedENGINEs"]
+    assert features["liveSnapshot"] == "true" and features["liveMerge"] == "true"
+    one_short = served_features(ENGINE_NEEDS - {"Host.setupNetworks"})
+    assert one_short["clusterLevels"] == [] and one_short["liveSnapshot"] == "true"
