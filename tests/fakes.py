@@ -100,6 +100,7 @@ class FakeVms:
         del self.records[vm_id]
 
     def poweroff(self, vm_id: str) -> None:
+        self._get(vm_id)
         self._set(vm_id, "Down")
 
     def shutdown(self, vm_id: str) -> None:
