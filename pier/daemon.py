@@ -265,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for wire in WIRE_LOGGERS:
         logging.getLogger(wire).setLevel(max(logging.INFO, logging.getLogger().level))
-    sys.setswitchinterval(0.0005)  # PITFALLS: a busy thread otherwise adds 5 ms to every reply
+    sys.setswitchinterval(0.0005)  # one busy thread otherwise adds the GIL's 5 ms switch interval to every reply
     raise_descriptor_limit()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -174,7 +174,7 @@ class StatsSampler:
                 slots[2], slots[3] = slots[3], (taken, values)
             by_id[vm_id] = self._vm_stats(vm_id, name, slots)
             if count % 200 == 199:
-                time.sleep(0)  # let serving threads in; see PITFALLS on long bursts
+                time.sleep(0)  # let serving threads in: a long burst holding the GIL delays every reply
         self._by_id = by_id
         self._all = list(by_id.values())
         for vm_id, entry in by_id.items():  # a status change while building went to the old sample
