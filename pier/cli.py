@@ -193,8 +193,8 @@ class PierClient:
         if reply is None:
             raise HttpProblem(f"pierd answered HTTP {status} without JSON at {self.url}/jsonrpc")
         if error:
-            data = error.get("data") if isinstance(error.get("data"), dict) else {}
-            raise RpcError(error.get("code"), data.get("name"), error.get("message", ""), error.get("data"))
+            raise RpcError(error.get("code"), _mapping(error.get("data")).get("name"), error.get("message", ""),
+                           error.get("data"))
         if not isinstance(reply, dict) or "result" not in reply:
             raise HttpProblem(f"pierd answered HTTP {status} with no JSON-RPC result")
         return reply["result"]
@@ -208,17 +208,24 @@ class PierClient:
             body = None
         if status == 200 and body is not None:
             return body
-        problem = body if isinstance(body, dict) else {}
-        data = problem.get("data") if isinstance(problem.get("data"), dict) else {}
-        refused = _refused(status, problem.get("code"), problem.get("detail") or problem.get("message") or "", data)
+        problem = _mapping(body)
+        data = _mapping(problem.get("data"))
+        message = problem.get("detail") or problem.get("message")
+        refused = _refused(status, problem.get("code"), message or "", data)
         if refused is not None:
             raise refused
-        if status == 410 and isinstance(data.get("oldest", problem.get("oldest")), int):
-            raise EventsExpired(data.get("oldest", problem.get("oldest")))
-        if problem.get("detail") or problem.get("message"):
+        oldest = data.get("oldest", problem.get("oldest"))
+        if status == 410 and isinstance(oldest, int):
+            raise EventsExpired(oldest)
+        if message:
             raise RpcError(problem.get("code", status), problem.get("name") or data.get("name") or problem.get("title"),
-                           problem.get("detail") or problem.get("message"), data)
+                           str(message), data)
         raise HttpProblem(f"GET {self.url}{path} answered HTTP {status}")
+
+
+def _mapping(value: Any) -> dict[str, Any]:
+    """`value` when an answer's JSON has an object there, else an empty one."""
+    return value if isinstance(value, dict) else {}
 
 
 def _load_schema() -> Any:

@@ -99,7 +99,9 @@ class Daemon:
         self.events = EventLog(db, retention=settings.event_retention, max_events=settings.max_events)
         self.credentials = Credentials(db)
         self.audit = AuditLog(db, retention=settings.audit_retention_days * 86400)
-        self.tls = self._server_tls()
+        self.tls = self._server_tls(self.credentials)
+        # Node's `emit` is annotated `-> None` while events.publish returns the Event it recorded; the
+        # annotation in pier/host/node.py (restructured under issue 10) should read `-> object`.
         self.node = Node(resolve_libvirt_uri(settings), self.events.publish,
                          stats_interval=settings.stats_interval, slow_stats_interval=settings.slow_stats_interval,
                          last_events=self.events.latest)
@@ -120,7 +122,7 @@ class Daemon:
         log.info("pierd %s ready in %.2f s: %d verbs, libvirt %s, state in %s", agent_version(),
                  time.time() - self.started_at, len(self.registry.verbs), self.node.uri, settings.state_dir)
 
-    def _server_tls(self) -> ServerTls | None:
+    def _server_tls(self, credentials: Credentials) -> ServerTls | None:
         """The TCP listeners' TLS, from the configured files or those made at the first start."""
         settings = self.settings
         if settings.insecure_loopback:
@@ -135,12 +137,12 @@ class Daemon:
             files = TlsFiles(Path(settings.state_dir) / "tls")
             if not files.exist():
                 init_tls(files.directory)
-                self.credentials.trust(files.client.read_text(), "admin", "pier-admin (made at first start)")
+                credentials.trust(files.client.read_text(), "admin", "pier-admin (made at first start)")
                 log.warning("made a CA and certificates in %s for TLS; %s (key %s) is a client certificate "
                             "trusted as admin", files.directory, files.client, files.client_key)
             cert, key, ca = str(files.server), str(files.server_key), str(files.ca)
-        tls = ServerTls(cert, key, ca, self.credentials.trusted_pems())
-        self.credentials.on_trust = tls.trust
+        tls = ServerTls(cert, key, ca, credentials.trusted_pems())
+        credentials.on_trust = tls.trust
         self._warn_expiry(tls.state)
         return tls
 
@@ -163,6 +165,8 @@ class Daemon:
         self._warn_expiry(state)
 
     def _start_listeners(self, jsonrpc: JsonRpc, db: str) -> None:
+        assert (self.registry is not None and self.events is not None and self.node is not None
+                and self.credentials is not None), "start() builds them before the listeners"
         settings = self.settings
         authenticator = Authenticator(self.credentials, admin_group=settings.admin_group,
                                       failures=FailedLogins(settings.auth_failures))
@@ -206,9 +210,11 @@ class Daemon:
             self.listeners["stomp"] = stomp
 
     def _register_gauges(self) -> None:
-        gauge("pier_events_last_seq", "Sequence number of the newest event.", lambda: self.events.last_seq)
-        gauge("pier_libvirt_connected", "1 while the libvirt connection is up.", lambda: int(self.node.connected))
-        gauge("pier_vms", "VMs defined on this host.", lambda: len(self.node.vms.list()))
+        events, node = self.events, self.node
+        assert events is not None and node is not None, "start() builds them before the listeners"
+        gauge("pier_events_last_seq", "Sequence number of the newest event.", lambda: events.last_seq)
+        gauge("pier_libvirt_connected", "1 while the libvirt connection is up.", lambda: int(node.connected))
+        gauge("pier_vms", "VMs defined on this host.", lambda: len(node.vms.listing()))
 
     def _end_waits(self) -> None:
         """Release every long-poll and stream so the listeners' workers can finish."""

@@ -126,7 +126,11 @@ def init_tls(directory: Path, hostname: str | None = None, *, days: int = 825, f
 def renew_server(directory: Path, hostname: str | None = None, *, days: int = 825) -> TlsFiles:
     """A new server certificate and key from the CA in `directory`; send pierd SIGHUP to use it."""
     files = TlsFiles(Path(directory))
-    ca_key = serialization.load_pem_private_key((files.directory / "ca-key.pem").read_bytes(), password=None)
+    ca_key_file = files.directory / "ca-key.pem"
+    ca_key = serialization.load_pem_private_key(ca_key_file.read_bytes(), password=None)
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
+        raise ValueError(f"{ca_key_file} holds a {type(ca_key).__name__}, not the elliptic-curve key "
+                         "`pier init-tls` makes")
     ca_cert = x509.load_pem_x509_certificate(files.ca.read_bytes())
     hostname = hostname or socket.getfqdn()
     server_key = ec.generate_private_key(ec.SECP256R1())

@@ -57,7 +57,7 @@ class FakeVms:
         if self._get(vm_id)["status"] == "Down":
             raise VMDown(data={"vmId": vm_id})
 
-    def list(self, vm_ids: Iterable[str] | None = None, full: bool = False) -> list[dict[str, Any]]:
+    def listing(self, vm_ids: Iterable[str] | None = None, full: bool = False) -> list[dict[str, Any]]:
         wanted = None if vm_ids is None else set(vm_ids)
         return [dict(vm) if full else {"vmId": vm["vmId"], "status": vm["status"]}
                 for vm in self.records.values() if wanted is None or vm["vmId"] in wanted]

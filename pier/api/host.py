@@ -78,12 +78,12 @@ class HostApi:
     @verb("Host.getVMList")
     def vm_list(self, ctx: CallContext, fullStatus: bool = False, vmList: list[str] | None = None,
                 onlyUUID: bool = False) -> list[Any]:
-        vms = self._vms.list(vmList, full=fullStatus and not onlyUUID)
+        vms = self._vms.listing(vmList, full=fullStatus and not onlyUUID)
         return [vm["vmId"] for vm in vms] if onlyUUID else vms
 
     @verb("Host.getVMFullList")
     def vm_full_list(self, ctx: CallContext, vmList: list[str] | None = None) -> list[dict[str, Any]]:
-        return self._vms.list(vmList, full=True)
+        return self._vms.listing(vmList, full=True)
 
     @verb("Host.getAllVmStats")
     def all_vm_stats(self, ctx: CallContext) -> list[dict[str, Any]]:

@@ -179,8 +179,8 @@ def _openapi_schema(node: Any, names: bool = False) -> Any:
         for key, value in node.items():
             if names:
                 out[key] = _openapi_schema(value)
-            elif key == "$ref" and ref_name(node) is not None:
-                out[key] = _REF_TO + ref_name(node)
+            elif key == "$ref" and (name := ref_name(node)) is not None:
+                out[key] = _REF_TO + name
             elif key not in ("$defs", "optional"):
                 out[key] = _openapi_schema(value, key in ("properties", "patternProperties"))
         return out

@@ -21,7 +21,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Generator, Iterator, Mapping
 from typing import Any
 
 import bottle
@@ -148,7 +148,7 @@ class _Stream:
         self._ended = reason
         self._subscription.close()  # wakes the stream's wait
 
-    def _generate(self) -> Iterator[bytes]:
+    def _generate(self) -> Generator[bytes, None, None]:
         owner, subscription = self._owner, self._subscription
         # Sent at once so that the status line and headers go out before the first event.
         yield f"retry: 3000\n: events after {subscription.after}\n\n".encode()

@@ -50,7 +50,7 @@ def choice(value: Any, allowed: tuple[str, ...], where: str) -> str:
     return value
 
 
-def sub(parent: ET.Element, tag: str, **attrs: str) -> ET.Element:
+def sub(parent: ET.Element, tag: str, **attrs: str | None) -> ET.Element:
     """Append a child element with the given (non-None) attributes."""
     return ET.SubElement(parent, tag, {k: v for k, v in attrs.items() if v is not None})
 

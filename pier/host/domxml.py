@@ -229,10 +229,11 @@ class DomainXml:
 
 
 def _kib(el: ET.Element | None) -> int:
-    if el is None or not (el.text or "").strip():
+    text = "" if el is None else (el.text or "").strip()
+    if el is None or not text:
         return 0
     unit = el.get("unit", "KiB").lower()
-    return int(el.text.strip()) * _UNITS.get(unit, 1024) // 1024
+    return int(text) * _UNITS.get(unit, 1024) // 1024
 
 
 def _drive_letters(index: int) -> str:

@@ -42,7 +42,7 @@ from pier.host.vmstate import (
 
 log = logging.getLogger(__name__)
 
-Emit = Callable[[str, dict], None]
+Emit = Callable[[str, dict[str, Any]], object]
 REBOOT_GRACE = 0.5
 STATUS_EVENT_PREFIX = "|virt|VM_status|"
 

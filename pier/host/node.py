@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 class Node:
     """This host's services (`vms`, `host`) and the threads behind them."""
 
-    def __init__(self, uri: str, emit: Callable[[str, dict], None], *,
+    def __init__(self, uri: str, emit: Callable[[str, dict[str, Any]], object], *,
                  stats_interval: float = 2.0, slow_stats_interval: float = 15.0,
                  last_events: Callable[[str], dict[str, dict[str, Any]]] | None = None) -> None:
         """`emit` publishes an event; `last_events(prefix)` gives the params of the newest

@@ -41,7 +41,7 @@ class VmService(Protocol):
         """Whether libvirtd answers now."""
         ...
 
-    def list(self, vm_ids: Iterable[str] | None = None, full: bool = False) -> list[dict[str, Any]]:
+    def listing(self, vm_ids: Iterable[str] | None = None, full: bool = False) -> list[dict[str, Any]]:
         """{vmId, status} of each VM (only those of `vm_ids` when given); the full VmDefinition when `full`."""
         ...
 

@@ -112,7 +112,7 @@ class Vms:
         except Exception:  # LibvirtUnavailable, or XML libvirt gave us that we cannot read
             return None
 
-    def list(self, vm_ids: Iterable[str] | None = None, full: bool = False
+    def listing(self, vm_ids: Iterable[str] | None = None, full: bool = False
              ) -> list[dict[str, Any]]:
         if vm_ids is None:
             recs = self._cache.records()

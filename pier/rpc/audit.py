@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from pier.rpc.store import open_state
+from pier.rpc.store import inserted_rowid, open_state
 
 REDACTED = "***"
 _SECRET_NAMES = re.compile(r"pass(word|code|phrase)?|secret|token|private.?key", re.IGNORECASE)
@@ -91,7 +91,7 @@ class AuditLog:
                 "INSERT INTO audit (time, who, role, via, peer, verb, target, params, outcome, message, ms, refused)"
                 " VALUES (?, ?, ?, ?, ?, ?, NULL, '{}', ?, ?, NULL, 1)",
                 (now, who, role, via, source, verb, outcome, message))
-            self._open[key] = cursor.lastrowid
+            self._open[key] = inserted_rowid(cursor)
 
     def read(self, after: int = 0, limit: int = 100, verb: str | None = None, newest: bool = False,
              refused: bool = False) -> dict[str, Any]:

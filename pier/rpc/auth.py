@@ -311,7 +311,8 @@ class Authenticator:
         lately: then only a credential proven before (since the last revocation) still passes, so
         that guessing stops while a good client behind the same address goes on."""
         if certificate or authorization:
-            proof = certificate or _token_of(authorization or "")
+            token = "" if certificate else _token_of(authorization or "")
+            proof = certificate or token
             if source is not None:
                 try:
                     self.failures.check(source)
@@ -323,7 +324,7 @@ class Authenticator:
             try:
                 if certificate:
                     return self.credentials.certificate_identity(certificate)
-                return self.credentials.token_identity(proof)
+                return self.credentials.token_identity(token)
             except Unauthenticated:
                 if source is not None:
                     self.failures.failed(source)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pier.rpc.errors import EventsExpired
-from pier.rpc.store import open_state
+from pier.rpc.store import inserted_rowid, open_state
 
 log = logging.getLogger("pier.events")
 
@@ -103,7 +103,7 @@ class EventLog:
                 raise RuntimeError("the event log is closed")
             cursor = self._db.execute("INSERT INTO events (time, name, params) VALUES (?, ?, ?)",
                                       (now, name, text))
-            event = Event(cursor.lastrowid, name, params, now)
+            event = Event(inserted_rowid(cursor), name, params, now)
             self._last = event.seq
             if self._oldest > event.seq:
                 self._oldest = event.seq

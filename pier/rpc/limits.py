@@ -21,14 +21,20 @@ import collections
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from pier.rpc.errors import InvalidRequest, RequestTooLarge, TooManyRequests
 
 DRAIN_LIMIT = 4 << 20
 
 
-def drain(stream: Any, size: int) -> None:
+class Readable(Protocol):
+    """A request body as WSGI hands it over (`wsgi.input`)."""
+
+    def read(self, size: int, /) -> bytes: ...
+
+
+def drain(stream: Readable, size: int) -> None:
     """Read and drop up to `size` bytes of a request body (less if it ends first)."""
     while size > 0:
         chunk = stream.read(min(size, 1 << 16))
@@ -37,7 +43,7 @@ def drain(stream: Any, size: int) -> None:
         size -= len(chunk)
 
 
-def drain_oversized(stream: Any, length: int) -> None:
+def drain_oversized(stream: Readable | None, length: int) -> None:
     """Before refusing a body of `length` bytes: drop it when it is within DRAIN_LIMIT."""
     if 0 < length <= DRAIN_LIMIT and stream is not None:
         drain(stream, length)
@@ -49,7 +55,7 @@ def read_body(environ: Mapping[str, Any], limit: int) -> bytes:
     Raises RequestTooLarge when it is over `limit` bytes (after dropping it, up to DRAIN_LIMIT),
     and InvalidRequest when the Content-Length is not a number.
     """
-    stream = environ.get("wsgi.input")
+    stream: Readable | None = environ.get("wsgi.input")
     length_text = environ.get("CONTENT_LENGTH") or ""
     if stream is None:
         return b""

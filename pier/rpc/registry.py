@@ -17,9 +17,9 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, cast
 
 from pier.rpc.addresses import host_of, with_port
 from pier.rpc.audit import AuditLog, redact
@@ -28,6 +28,7 @@ from pier.rpc.errors import Forbidden, MethodNotFound, PierError, TargetBusy, Un
 from pier.rpc.limits import RateLimiter
 from pier.rpc.metrics import CALL_SECONDS, CALLS
 from pier.rpc.schema import Schema, Verb
+from pier.rpc.tasks import Reconciler, TaskHandle, TaskManager
 
 log = logging.getLogger("pier.rpc")
 
@@ -143,7 +144,7 @@ class _Key:
 class Registry:
     """Declared verbs bound to handlers; `call` is the single entry point of every transport."""
 
-    def __init__(self, schema: Schema, handlers: Iterable[object], tasks: Any = None, *,
+    def __init__(self, schema: Schema, handlers: Iterable[object], tasks: TaskManager | None = None, *,
                  audit: AuditLog | None = None, limiter: RateLimiter | None = None,
                  credentials: Credentials | None = None) -> None:
         self.schema = schema
@@ -153,7 +154,7 @@ class Registry:
         self.credentials = credentials
         self.locks = TargetLocks()
         self._handlers: dict[str, Callable[..., Any]] = {}
-        self.reconcilers: dict[str, Callable[[dict[str, Any], str | None], bool]] = {}
+        self.reconcilers: dict[str, Reconciler] = {}
         for owner in handlers:
             self._bind(owner)
         missing = sorted(set(schema.verbs) - set(self._handlers))
@@ -179,7 +180,7 @@ class Registry:
                 self._handlers[name] = member
             reconciles = getattr(member, _RECONCILER_ATTR, None)
             if reconciles is not None:
-                self.reconcilers[reconciles] = member
+                self.reconcilers[reconciles] = cast(Reconciler, member)  # @reconciler's contract
 
     def call(self, name: str, params: Any, context: CallContext) -> Any:
         """Check the caller, validate `params` for verb `name` (or a legacy alias), run its handler.
@@ -195,12 +196,13 @@ class Registry:
             params = declared.validate(params)
         except PierError as refusal:
             if not declared.readonly and self.audit is not None:
-                self._refused(declared, context, refusal)
+                self._refused(self.audit, declared, context, refusal)
             raise
         handler = self._handlers[declared.name]
         target = declared.target_of(params)
         keys = declared.lock_keys(params)
         started = time.perf_counter()
+        result: Any  # whatever JSON-safe value the handler returns, None included
         try:
             if declared.task:
                 result = self._submit_task(declared, handler, params, context, target, keys)
@@ -257,30 +259,33 @@ class Registry:
         if declared.readonly:
             return
         _log_call(declared, target, context, elapsed, error)
-        if self.audit is not None:
+        if self.audit is not None and context.identity is not None:  # _admit let in only callers with one
             message = f"task {result['taskID']}" if declared.task and error is None else ""
-            self._audit(declared, params, target, context, elapsed, error, message)
+            self._audit(self.audit, context.identity, declared, params, target, context, elapsed, error, message)
 
-    def _audit(self, declared: Verb, params: dict[str, Any], target: str | None, context: CallContext,
-               elapsed: float | None, error: PierError | None, message: str = "") -> None:
-        identity = context.identity
-        self.audit.record(who=identity.name, role=identity.role, via=context.transport, peer=context.peer,
-                          verb=declared.name, target=target, params=redact(params, declared.secrets),
-                          outcome=error.name if error else "ok", message=error.message if error else message,
-                          ms=None if elapsed is None else round(elapsed * 1000, 3))
+    @staticmethod
+    def _audit(audit: AuditLog, identity: Identity, declared: Verb, params: dict[str, Any], target: str | None,
+               context: CallContext, elapsed: float | None, error: PierError | None, message: str = "") -> None:
+        audit.record(who=identity.name, role=identity.role, via=context.transport, peer=context.peer,
+                     verb=declared.name, target=target, params=redact(params, declared.secrets),
+                     outcome=error.name if error else "ok", message=error.message if error else message,
+                     ms=None if elapsed is None else round(elapsed * 1000, 3))
 
-    def _refused(self, declared: Verb, context: CallContext, error: PierError) -> None:
+    @staticmethod
+    def _refused(audit: AuditLog, declared: Verb, context: CallContext, error: PierError) -> None:
         identity = context.identity
-        self.audit.refused(who=identity.name if identity else "unauthenticated", role=identity.role if identity else None,
-                           via=context.transport, source=host_of(context.peer), verb=declared.name,
-                           outcome=error.name, message=error.message)
+        audit.refused(who=identity.name if identity else "unauthenticated", role=identity.role if identity else None,
+                      via=context.transport, source=host_of(context.peer), verb=declared.name,
+                      outcome=error.name, message=error.message)
 
     def _submit_task(self, declared: Verb, handler: Callable[..., Any], params: dict[str, Any],
                      context: CallContext, target: str | None, keys: list[str]) -> dict[str, Any]:
-        def run(task: Any) -> Any:
+        assert self.tasks is not None, "__init__ refuses task verbs without a task manager"
+
+        def run(task: TaskHandle) -> Any:
             return handler(replace(context, task=task), **params)
 
-        def guard() -> Any:
+        def guard() -> AbstractContextManager[None]:
             return self.locks.hold(keys, f"{declared.name} (a task)")
 
         return self.tasks.submit(declared.name, target, params, run, guard=guard if keys else None)
@@ -303,7 +308,7 @@ def _check_signature(declared: Verb, handler: Callable[..., Any]) -> None:
 def _log_call(declared: Verb, target: str | None, context: CallContext, elapsed: float,
               error: PierError | None) -> None:
     elapsed_ms = elapsed * 1000
-    on = f" {declared.target.split('|')[0]}={target}" if target else ""
+    on = f" {declared.target.split('|')[0]}={target}" if target and declared.target else ""
     if error is None:
         log.info("%s%s done in %.1f ms (%s)", declared.name, on, elapsed_ms, context.describe())
     else:

@@ -24,7 +24,7 @@ import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import fastjsonschema
 import yaml
@@ -44,7 +44,13 @@ class SchemaError(ValueError):
     """The schema cannot be loaded: what is wrong, and where."""
 
 
-class _UniqueKeyLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+if TYPE_CHECKING:  # both offer the same SafeConstructor API; the stubs cannot say which one is built in
+    _SafeLoader = yaml.SafeLoader
+else:
+    _SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's, when PyYAML was built with it
+
+
+class _UniqueKeyLoader(_SafeLoader):
     """YAML's safe loader, refusing a key given twice in one mapping (YAML keeps the last silently)."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
@@ -175,7 +181,7 @@ class Verb:
     locks: tuple[str, ...] = ()
     rpc_only: str | None = None  # why the verb has no REST route (`rest: {none: <why>}`)
     result_secrets: frozenset[str] = frozenset()
-    _validator: Callable[[Any], Any] | None = field(default=None, repr=False)
+    _validator: Callable[[Any], dict[str, Any]] | None = field(default=None, repr=False)
 
     @property
     def namespace(self) -> str:
@@ -209,7 +215,7 @@ class Verb:
         except fastjsonschema.JsonSchemaValueException as exc:
             raise InvalidParams(_describe(exc), data={"field": _field(exc), "verb": self.name}) from None
 
-    def compile(self) -> Callable[[Any], Any]:
+    def compile(self) -> Callable[[Any], dict[str, Any]]:
         """The params validator, compiled on first use: compiling every verb's at start-up took
         ~100 ms and, for VM.create alone, a 6 MB peak that stayed in the idle agent's RSS."""
         if self._validator is None:  # two first calls at once both compile; either result is right
@@ -267,7 +273,8 @@ def _without_annotations(schema: Any) -> Any:
 
 
 def _field(exc: fastjsonschema.JsonSchemaValueException) -> str:
-    return "params" + (exc.name[len("data"):] if exc.name.startswith("data") else "." + exc.name)
+    name = exc.name or "data"  # the validators fastjsonschema generates always name the path
+    return "params" + (name[len("data"):] if name.startswith("data") else "." + name)
 
 
 def _describe(exc: fastjsonschema.JsonSchemaValueException) -> str:

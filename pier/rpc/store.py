@@ -60,3 +60,11 @@ def open_state(db_path: str, *schema: str) -> sqlite3.Connection:
     for statement in schema:
         db.execute(statement)
     return db
+
+
+def inserted_rowid(cursor: sqlite3.Cursor) -> int:
+    """The rowid of the row the INSERT just run on `cursor` made."""
+    rowid = cursor.lastrowid
+    if rowid is None:  # sqlite3 gives None only when the statement inserted nothing
+        raise RuntimeError("the statement inserted no row")
+    return rowid

@@ -153,6 +153,7 @@ class Exchange:
         self._status = ""
         self._headers: list[tuple[str, str]] = []
         self._head_sent = False
+        self._head_only = False  # a HEAD request: the answer has a head and no body
         self._input = _Input(connection)
 
     def serve(self) -> bool:
@@ -161,6 +162,7 @@ class Exchange:
         connection.sock.settimeout(self.site.io_timeout)
         request = connection.request
         assert request is not None
+        self._head_only = request.method == b"HEAD"
         try:
             self._answer(request)
             if connection.http.their_state is h11.SEND_BODY and not self._input.finish():
@@ -210,7 +212,8 @@ class Exchange:
                                                                      ("Connection", "close")]
         self._send_whole(_SERVER_ERROR)
 
-    def _start_response(self, status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Callable:
+    def _start_response(self, status: str, headers: list[tuple[str, str]],
+                        exc_info: Any = None) -> Callable[[bytes], None]:
         if exc_info is not None and self._head_sent:
             raise exc_info[1].with_traceback(exc_info[2])
         self._status, self._headers = status, headers
@@ -233,7 +236,7 @@ class Exchange:
         http = self.connection.http
         self._head_sent = True
         data = http.send(self._response(len(body)))
-        if body and self.connection.request.method != b"HEAD":
+        if body and not self._head_only:
             data += http.send(h11.Data(data=body))
         data += http.send(h11.EndOfMessage())
         self.connection.sock.sendall(data)
@@ -245,7 +248,7 @@ class Exchange:
 
     def _send(self, event: h11.Data | h11.EndOfMessage) -> None:
         self._send_head()
-        if isinstance(event, h11.Data) and self.connection.request.method == b"HEAD":
+        if isinstance(event, h11.Data) and self._head_only:
             return
         self.connection.sock.sendall(self.connection.http.send(event))
 

@@ -34,6 +34,7 @@ import stat
 import struct
 import threading
 import time
+from collections.abc import Callable
 
 import h11
 
@@ -131,8 +132,8 @@ class HttpServer:
         self._loop.start()
 
     def _listen(self) -> socket.socket:
-        if self._unix:
-            path = str(self._bind)
+        if isinstance(self._bind, str):
+            path = self._bind
             if os.path.lexists(path):
                 if not stat.S_ISSOCK(os.lstat(path).st_mode):
                     raise OSError(f"{path} exists and is not a socket")
@@ -224,17 +225,19 @@ class HttpServer:
                 self._expire(now)
                 self._grow()
 
-    def _step(self, connection: Connection, step: object) -> None:
+    def _step(self, connection: Connection, step: Callable[[Connection], None]) -> None:
         try:
-            step(connection)  # type: ignore[operator]
+            step(connection)
         except (OSError, ValueError) as exc:
             log.debug("%s: connection from %s failed: %s", self.name, connection.address, exc)
             self._close(connection)
 
     def _accept(self) -> None:
+        listener = self._sock
+        assert listener is not None, "start() listens before the loop runs"
         for _ in range(64):
             try:
-                sock, peer = self._sock.accept()
+                sock, peer = listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:  # out of descriptors: make room and try again on the next round
@@ -289,6 +292,7 @@ class HttpServer:
         if not first:
             self._close(connection)
         elif first[0] == _TLS_RECORD:
+            assert self.tls is not None, "only a TLS port sniffs"
             self._unregister(connection)
             connection.sock = self.tls.wrap_socket(connection.sock, server_side=True, do_handshake_on_connect=False)
             connection.state = HANDSHAKE
@@ -346,7 +350,7 @@ class HttpServer:
             connection.http.receive_data(data)
             self._want(connection, selectors.EVENT_READ)
             self._parse(connection)
-            if not (connection.tls and sock.pending()):
+            if not (isinstance(sock, ssl.SSLSocket) and sock.pending()):
                 return  # the selector says when there is more
 
     def _parse(self, connection: Connection) -> None:
@@ -403,9 +407,10 @@ class HttpServer:
 
     def _resume(self, connection: Connection) -> None:
         """A connection a worker gave back with bytes of its next request already read."""
-        if connection.tls and connection.sock.pending():
+        sock = connection.sock
+        if isinstance(sock, ssl.SSLSocket) and sock.pending():
             with contextlib.suppress(*_WOULD_BLOCK):
-                connection.http.receive_data(connection.sock.recv(65536))
+                connection.http.receive_data(sock.recv(65536))
         self._register(connection, selectors.EVENT_READ)
         self._parse(connection)
 
@@ -473,6 +478,8 @@ class HttpServer:
     def _serve(self, connection: Connection) -> bool:
         """Serve one request; its caller's share comes back when it ends, or once it is a stream
         (server-sent events), which may last for hours. True when the connection can go on."""
+        site = self._site
+        assert site is not None, "start() sets the site up before the workers run"
         released = False
 
         def release() -> None:
@@ -482,7 +489,7 @@ class HttpServer:
                 self._queue.done(connection.key)
 
         try:
-            return Exchange(self._site, connection, on_stream=release).serve()
+            return Exchange(site, connection, on_stream=release).serve()
         except Exception:
             log.exception("%s: serving %s failed", self.name, connection.address)
             return False
@@ -503,7 +510,8 @@ class HttpServer:
         connection.head_started = buffered
         connection.deadline = time.monotonic() + (self.head_timeout if buffered else self.idle_timeout)
         connection.state = READ
-        if buffered or (connection.tls and connection.sock.pending()):
+        sock = connection.sock
+        if buffered or (isinstance(sock, ssl.SSLSocket) and sock.pending()):
             self._handed_back.append(connection)  # parsed on the loop's thread, which owns the parse
             self._wake()
         else:
@@ -514,7 +522,8 @@ def _caller_key(connection: Connection) -> object:
     """Whom a request comes from, before anyone checked: its credential, or else its address."""
     if connection.certificate:
         return ("certificate", hash(connection.certificate))
-    for name, value in connection.request.headers:
+    headers = connection.request.headers if connection.request is not None else []
+    for name, value in headers:
         if name == b"authorization":
             return ("authorization", hash(value))
     if connection.credentials is not None:

@@ -295,6 +295,7 @@ class StompListener:
 
     def _received(self, link: _Link, frame: Frame) -> None:
         """On the receiver thread: hand the frame to a worker."""
+        assert self._pool is not None, "start() makes the pool before it connects"
         try:
             self._pool.submit(self._serve, link, frame)
         except RuntimeError:  # stopping: left unacknowledged, the broker delivers it again later
@@ -383,7 +384,9 @@ class _ConnectFailures(logging.Filter):
         if not isinstance(record.msg, str):
             return True
         if record.msg.startswith("could not connect to host"):
-            self._reasons[threading.get_ident()] = str(record.args[-1]) if record.args else record.getMessage()
+            args = record.args  # a tuple, or a mapping when the message was formatted with one dict
+            reason = str(args[-1]) if isinstance(args, tuple) and args else record.getMessage()
+            self._reasons[threading.get_ident()] = reason
             return False
         return not record.msg.startswith("established connection to host")
 

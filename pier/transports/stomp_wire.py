@@ -56,10 +56,10 @@ class StompWire:
 
     def peer_certificate(self) -> bytes | None:
         """The client's TLS certificate (DER), when it presented one."""
-        if not self._tls:
+        if self._tls_sock is None:
             return None
         try:
-            return self._sock.getpeercert(binary_form=True)
+            return self._tls_sock.getpeercert(binary_form=True)
         except (ValueError, OSError):
             return None
 
@@ -68,8 +68,9 @@ class StompWire:
         self.state = OPEN
         self.connected = False
         self._sock = sock
-        self._tls = isinstance(sock, ssl.SSLSocket)
-        self._io_lock: Any = threading.Lock() if self._tls else contextlib.nullcontext()
+        self._tls_sock = sock if isinstance(sock, ssl.SSLSocket) else None  # the same socket, when it speaks TLS
+        self._io_lock: contextlib.AbstractContextManager[Any] = (
+            threading.Lock() if self._tls_sock is not None else contextlib.nullcontext())
         self._max_frame = max_frame
         self._out_limit = out_limit
         lock = threading.Lock()
@@ -181,7 +182,7 @@ class StompWire:
     def _run(self) -> None:
         graceful = False
         try:
-            if self._tls:
+            if self._tls_sock is not None:
                 self._handshake()
                 self.handshake_done()
             graceful = self._read_loop()
@@ -203,7 +204,7 @@ class StompWire:
         poller.register(self._wake, select.POLLIN)
         connect_deadline = time.monotonic() + CONNECT_TIMEOUT
         while self._wait_for_room():
-            if not (self._tls and self._sock.pending()):
+            if not (self._tls_sock is not None and self._tls_sock.pending()):
                 ready = [fd for fd, _ in poller.poll(self._poll_ms(connect_deadline))]
                 if self._wake in ready:
                     os.eventfd_read(self._wake)

@@ -155,11 +155,13 @@ class WebSocketListener:
     def _identify(self, connection: ServerConnection) -> tuple[Identity | None, PierError | None]:
         """Who opened this connection: its client certificate or the handshake's Authorization header."""
         certificate = None
-        if self._ssl is not None:
-            with contextlib.suppress(AttributeError, ValueError):
+        if isinstance(connection.socket, ssl_module.SSLSocket):
+            with contextlib.suppress(ValueError):
                 certificate = connection.socket.getpeercert(binary_form=True)
+        request = connection.request  # the handshake's, which the handler runs after
+        authorization = request.headers.get("Authorization") if request is not None else None
         try:
-            return self._authenticator.identify(authorization=connection.request.headers.get("Authorization"),
+            return self._authenticator.identify(authorization=authorization,
                                                 certificate=certificate,
                                                 source=host_of(_peer(connection))), None
         except PierError as exc:

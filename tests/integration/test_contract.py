@@ -67,10 +67,10 @@ def test_a_created_vm_is_listed_described_and_counted(services: Services) -> Non
     vms = services.vms
     before = services.host.stats()["vmCount"]
     vm_id = create(vms, "listed")
-    assert {"vmId": vm_id, "status": "Up"} in vms.list()
-    assert vms.list([vm_id]) == [{"vmId": vm_id, "status": "Up"}]
-    assert vms.list([str(uuid.uuid4())]) == []
-    full = vms.list([vm_id], full=True)
+    assert {"vmId": vm_id, "status": "Up"} in vms.listing()
+    assert vms.listing([vm_id]) == [{"vmId": vm_id, "status": "Up"}]
+    assert vms.listing([str(uuid.uuid4())]) == []
+    full = vms.listing([vm_id], full=True)
     assert [(vm["vmId"], vm["vmName"], vm["status"]) for vm in full] == [(vm_id, "listed", "Up")]
     assert vms.definition(vm_id)["vmName"] == "listed"
     assert vms.status(vm_id) == "Up"
@@ -112,7 +112,7 @@ def test_poweroff_keeps_the_vm_down_and_destroy_removes_it(services: Services) -
     vms.destroy(vm_id)
     with pytest.raises(NoVM):
         vms.status(vm_id)
-    assert vm_id not in [vm["vmId"] for vm in vms.list()]
+    assert vm_id not in [vm["vmId"] for vm in vms.listing()]
 
 
 def test_wait_status_gives_up_with_none(services: Services) -> None:

@@ -145,8 +145,8 @@ def test_create_pause_cont_destroy_with_events_in_order(node: Node, events: Even
     assert {d["deviceType"] for d in info["devices"]} >= {"disk", "interface", "graphics"}
     disk = next(d for d in info["devices"] if d["deviceType"] == "disk")
     assert (disk["path"], disk["name"]) == (image, "vda")
-    assert node.vms.list() == [{"vmId": vm_id, "status": "Up"}]
-    assert node.vms.list(full=True)[0]["vmName"] == "pier-test-a"
+    assert node.vms.listing() == [{"vmId": vm_id, "status": "Up"}]
+    assert node.vms.listing(full=True)[0]["vmName"] == "pier-test-a"
     assert node.vms.status(vm_id) == "Up"
 
     assert node.vms.pause(vm_id)["status"] == "Paused"
@@ -160,7 +160,7 @@ def test_create_pause_cont_destroy_with_events_in_order(node: Node, events: Even
     assert events.threads == {"libvirt-events"}
     with pytest.raises(NoVM):
         node.vms.definition(vm_id)
-    assert node.vms.list() == [] and defined_names(node) == []
+    assert node.vms.listing() == [] and defined_names(node) == []
 
 
 def test_create_from_raw_xml_fills_in_the_uuid(node: Node, image: str) -> None:
@@ -215,7 +215,7 @@ def test_missing_image_is_image_error_naming_the_path(node: Node, tmp_path: Path
     with pytest.raises(ImageError, match="nowhere.img") as err:
         node.vms.create(new_id(), vm_params("pier-test-noimg", missing))
     assert err.value.data == {"path": missing}
-    assert defined_names(node) == [] and node.vms.list() == []
+    assert defined_names(node) == [] and node.vms.listing() == []
 
 
 def test_xml_libvirt_rejects_leaves_nothing_defined(node: Node) -> None:
@@ -224,7 +224,7 @@ def test_xml_libvirt_rejects_leaves_nothing_defined(node: Node) -> None:
       <target dev='vda' bus='bogus'/></disk></devices></domain>"""
     with pytest.raises(CreateError, match="bogus"):
         node.vms.create(new_id(), {"xml": xml})
-    assert defined_names(node) == [] and node.vms.list() == []
+    assert defined_names(node) == [] and node.vms.listing() == []
 
 
 def test_a_failed_start_is_undefined_again(node: Node, events: Events,
@@ -236,7 +236,7 @@ def test_a_failed_start_is_undefined_again(node: Node, events: Events,
     vm_id = new_id()
     with pytest.raises(CreateError, match="cannot start"):
         node.vms.create(vm_id, vm_params("pier-test-nostart"))
-    assert defined_names(node) == [] and node.vms.list() == []
+    assert defined_names(node) == [] and node.vms.listing() == []
     assert node.flush_events()
     assert events.statuses(vm_id) == ["WaitForLaunch", "Down"]
     assert events.last(vm_id)["exitReason"] == 3
@@ -331,14 +331,14 @@ def test_lost_connection_serves_reads_fails_verbs_fast_and_resyncs(node: Node, e
     node._connection.lost()
     assert not node.connected or node.flush_events()
     # Reads keep answering from the cache while the link is down (it may be back already).
-    assert node.vms.list()[0]["vmId"] == vm_id
+    assert node.vms.listing()[0]["vmId"] == vm_id
     assert node.vms.stats(vm_id)["vmId"] == vm_id
     # The reconnected test driver starts from its file again: the VM is gone, and the resync
     # reports it.
     assert wait_until(lambda: node.connected, 5)
     assert events.wait_for(vm_id, ["Down"])[-1] == "Down"
     assert events.last(vm_id)["exitReason"] == 9
-    assert wait_until(lambda: node.vms.list() == [])
+    assert wait_until(lambda: node.vms.listing() == [])
 
 
 def test_verbs_fail_fast_while_disconnected(test_uri: str, events: Events,
@@ -358,7 +358,7 @@ def test_verbs_fail_fast_while_disconnected(test_uri: str, events: Events,
             n.vms.destroy(new_id())
         with pytest.raises(NoVM):
             n.vms.status(new_id())
-        assert n.vms.list() == [] and n.vms.all_stats() == []
+        assert n.vms.listing() == [] and n.vms.all_stats() == []
         assert n.host.capabilities()["memSize"]
         assert time.monotonic() - started < 5, "a verb waited for a connection attempt"  # a bound, not a figure
     finally:
@@ -384,7 +384,7 @@ def test_libvirtd_restart_reconnects_serves_cache_and_resyncs(private_libvirtd: 
     n.start()
     try:
         assert n.connected
-        preexisting = {v["vmId"] for v in n.vms.list()}  # the test driver's own "test" VM
+        preexisting = {v["vmId"] for v in n.vms.listing()}  # the test driver's own "test" VM
         vm_id = new_id()
         n.vms.create(vm_id, vm_params("pier-test-private"))
         assert wait_until(lambda: n._sampler.stats(vm_id))
@@ -398,7 +398,7 @@ def test_libvirtd_restart_reconnects_serves_cache_and_resyncs(private_libvirtd: 
             n.vms.create(new_id(), vm_params("pier-test-private-2"))
         assert time.monotonic() - started < 5, "verbs fail at once while libvirtd is away"  # a bound, not a figure
         assert n.vms.status(vm_id) == "Up"
-        assert {v["vmId"] for v in n.vms.list()} == preexisting | {vm_id}
+        assert {v["vmId"] for v in n.vms.listing()} == preexisting | {vm_id}
         assert any(s["vmId"] == vm_id for s in n.vms.all_stats())
         assert n.vms.definition(vm_id)["vmName"] == "pier-test-private"
 
@@ -409,7 +409,7 @@ def test_libvirtd_restart_reconnects_serves_cache_and_resyncs(private_libvirtd: 
         assert events.wait_for(vm_id, ["Down"])[-1] == "Down"
         assert events.last(vm_id)["exitReason"] == 9
         assert all(events.statuses(v) == [] for v in preexisting)
-        assert wait_until(lambda: {v["vmId"] for v in n.vms.list()} == preexisting)
+        assert wait_until(lambda: {v["vmId"] for v in n.vms.listing()} == preexisting)
         vm2 = new_id()
         assert n.vms.create(vm2, vm_params("pier-test-private-3"))["status"] == "Up"
         assert events.wait_for(vm2, ["Up"])[-1] == "Up", "callbacks registered again"
@@ -528,7 +528,7 @@ def test_kvm_libvirtd_restart_reconnects_and_resyncs(kvm_node: Node, events: Eve
     try:
         assert wait_until(lambda: not kvm_node.connected, 5)
         assert kvm_node.vms.status(vm_id) == "Up"
-        assert kvm_node.vms.list([vm_id]) == [{"vmId": vm_id, "status": "Up"}]
+        assert kvm_node.vms.listing([vm_id]) == [{"vmId": vm_id, "status": "Up"}]
         with pytest.raises(LibvirtUnavailable, match="libvirtd"):  # at once, not after a reconnect
             kvm_node.vms.pause(vm_id)
     finally:
