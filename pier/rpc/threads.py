@@ -1,8 +1,9 @@
 """Background threads with one owner, which starts them, asks them to stop and joins them.
 
-A part of pier that runs a thread of its own subclasses `OwnedThread`: it implements `run()`,
-which returns soon after `stopping` is set, and `wake()` when `run()` waits on something else
-than `stopping` (a condition, a queue, a subscription). The owner calls `start()` once, and
+A part of pier that runs a thread of its own either subclasses `OwnedThread`, implementing `run()`
+(which returns soon after `stopping` is set) and `wake()` when `run()` waits on something else
+than `stopping` (a condition, a queue, a socket), or hands both in: `OwnedThread(name, target,
+wake=...)`, for a loop that already has its own way to be told. The owner calls `start()` once, and
 `stop()` when it stops: `stop()` sets `stopping`, wakes the thread and joins it. A join never
 hangs the owner: after `join_timeout` seconds it gives up, says so in the log at WARNING, naming
 the thread, and returns False. `request_stop()` asks without waiting (from any thread, even the
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 
 log = logging.getLogger("pier.threads")
 
@@ -22,18 +24,25 @@ class OwnedThread:
 
     join_timeout: float = 5.0
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, target: Callable[[], object] | None = None,
+                 wake: Callable[[], object] | None = None) -> None:
         self.name = name
         self.stopping = threading.Event()
+        self._target = target
+        self._wake = wake
         self._thread: threading.Thread | None = None
 
     def run(self) -> None:
-        """The thread's work; return soon after `stopping` is set."""
-        raise NotImplementedError
+        """The thread's work (`target` when given); return soon after `stopping` is set."""
+        if self._target is None:
+            raise NotImplementedError(f"thread {self.name} has neither a target nor a run()")
+        self._target()
 
     def wake(self) -> None:
-        """Interrupt what `run()` waits on besides `stopping` (nothing by default); called by
-        `request_stop()` after `stopping` is set."""
+        """Interrupt what `run()` waits on besides `stopping` (`wake` when given, else nothing);
+        called by `request_stop()` after `stopping` is set."""
+        if self._wake is not None:
+            self._wake()
 
     @property
     def alive(self) -> bool:

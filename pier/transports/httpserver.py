@@ -38,6 +38,7 @@ from collections.abc import Callable
 
 import h11
 
+from pier.rpc.threads import OwnedThread
 from pier.transports.fairqueue import FairQueue
 from pier.transports.httpexchange import (
     BUSY,
@@ -98,9 +99,9 @@ class HttpServer:
         self._connections_lock = threading.Lock()
         self._handed_back: collections.deque[Connection] = collections.deque()
         self._queue = FairQueue(share=max(1, self.workers // 2))
-        self._workers: set[threading.Thread] = set()
+        self._workers: set[OwnedThread] = set()
         self._workers_lock = threading.Lock()
-        self._loop: threading.Thread | None = None
+        self._loop: OwnedThread | None = None
         self._stopping = threading.Event()
         self._wake_r, self._wake_w = socket.socketpair()
 
@@ -128,7 +129,7 @@ class HttpServer:
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
         for _ in range(self.workers):
             self._add_worker(core=True)
-        self._loop = threading.Thread(target=self._run, name=f"{self.name}-loop", daemon=True)
+        self._loop = OwnedThread(f"{self.name}-loop", self._run, wake=self._wake)
         self._loop.start()
 
     def _listen(self) -> socket.socket:
@@ -173,8 +174,7 @@ class HttpServer:
         if self._loop is None:
             return
         self._stopping.set()
-        self._wake()
-        self._loop.join()
+        self._loop.stop()
         self._loop = None
         for connection in self._queue.close():
             self._close(connection)
@@ -450,7 +450,7 @@ class HttpServer:
     # -- workers ----------------------------------------------------------------------------------
 
     def _add_worker(self, core: bool) -> None:
-        worker = threading.Thread(target=self._work, args=(core,), name=f"{self.name}-worker", daemon=True)
+        worker = OwnedThread(f"{self.name}-worker", lambda: self._work(core, worker))
         with self._workers_lock:
             self._workers.add(worker)
         worker.start()
@@ -462,7 +462,7 @@ class HttpServer:
         if self._queue.idle == 0 and self._queue.oldest_wait() >= GROW_AFTER:
             self._add_worker(core=False)
 
-    def _work(self, core: bool) -> None:
+    def _work(self, core: bool, me: OwnedThread) -> None:
         try:
             while not self._stopping.is_set():
                 connection = self._queue.get(timeout=3600.0 if core else SHRINK_AFTER)
@@ -473,7 +473,7 @@ class HttpServer:
                 self._give_back(connection, self._serve(connection))
         finally:
             with self._workers_lock:
-                self._workers.discard(threading.current_thread())
+                self._workers.discard(me)
 
     def _serve(self, connection: Connection) -> bool:
         """Serve one request; its caller's share comes back when it ends, or once it is a stream

@@ -45,6 +45,7 @@ from pier.rpc.errors import InternalError, PierError, Unauthenticated
 from pier.rpc.events import EventLog
 from pier.rpc.jsonrpc import Answer, JsonRpc, Message, error_object, responses_of
 from pier.rpc.registry import CallContext
+from pier.rpc.threads import OwnedThread
 from pier.transports.stomp_frames import flow_id_of
 from pier.transports.stomp_outbox import RECEIPT_PREFIX, EventOutbox
 from pier.transports.stomp_replies import Replies
@@ -160,7 +161,7 @@ class StompListener:
         self._replies = Replies(jsonrpc, db_path, ttl=options.reply_ttl, max_age=options.max_age)
         self._outbox = EventOutbox(events, db_path, jsonrpc, self.events)
         self._pool: ThreadPoolExecutor | None = None
-        self._thread: threading.Thread | None = None
+        self._thread: OwnedThread | None = None
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._link: _Link | None = None
@@ -184,7 +185,7 @@ class StompListener:
         self._pool = ThreadPoolExecutor(self.options.workers, thread_name_prefix="stomp-worker")
         self._outbox.start()
         logging.getLogger("stomp.py").addFilter(_FAILURES)  # once: a logger does not add a filter twice
-        self._thread = threading.Thread(target=self._run, name="stomp-connection", daemon=True)
+        self._thread = OwnedThread("stomp-connection", self._run, wake=self._wake.set)
         self._thread.start()
 
     def stop(self) -> None:
@@ -194,9 +195,8 @@ class StompListener:
             self._pool.shutdown(wait=True, cancel_futures=True)  # unacked requests are delivered again
         self._outbox.stop()
         self._stop.set()
-        self._wake.set()
         if self._thread is not None:
-            self._thread.join()
+            self._thread.stop()
             self._thread = None
         self._replies.close()
 

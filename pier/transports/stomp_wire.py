@@ -30,6 +30,7 @@ import time
 from typing import Any
 
 from pier.rpc.addresses import host_of
+from pier.rpc.threads import OwnedThread
 from pier.transports.stomp_frames import HEARTBEAT, Frame, FrameError, FrameReader
 
 log = logging.getLogger("pier.transports.vdsm_stomp")
@@ -86,8 +87,8 @@ class StompWire:
         self._frame_started: float | None = None  # when the first byte of an unfinished frame came
         self._deadline: tuple[float, str, str] | None = None  # the dialect's: when, and the ERROR to send
         self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)  # closed with the socket
-        self._reader = threading.Thread(target=self._run, name=f"{name}-rx", daemon=True)
-        self._writer = threading.Thread(target=self._write_loop, name=f"{name}-tx", daemon=True)
+        self._reader = OwnedThread(f"{name}-rx", self._run)
+        self._writer = OwnedThread(f"{name}-tx", self._write_loop)
 
     # -- for the dialect ------------------------------------------------------------------------
 
@@ -118,8 +119,9 @@ class StompWire:
         self._writer.start()
         self._reader.start()
 
-    def join(self, timeout: float | None = None) -> None:
-        self._reader.join(timeout)
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the connection's threads to end (see OwnedThread.join): False, with a warning, if not."""
+        return self._reader.join(timeout)
 
     def abort(self) -> None:
         """Drop the connection now, unsent frames and all; its threads then end."""
@@ -385,7 +387,7 @@ class StompWire:
         if not graceful:
             self.abort()
         self.ended()
-        self._writer.join()
+        self._writer.join(WRITE_STALL + CLOSE_FLUSH)  # its own deadlines end it before this
         if graceful and self.state != CLOSED:
             self._linger()
         self._shutdown(socket.SHUT_RDWR)

@@ -39,6 +39,7 @@ from typing import Any
 from pier.rpc.addresses import with_port
 from pier.rpc.events import EventLog
 from pier.rpc.jsonrpc import JsonRpc
+from pier.rpc.threads import OwnedThread
 from pier.transports.stomp_wire import OPEN
 from pier.transports.vdsm_stomp_connection import Connection, Endpoint, Subscriptions
 
@@ -72,7 +73,7 @@ class VdsmStompListener:
         self._bound: tuple[str, int] | None = None
         self._sock: socket.socket | None = None
         self._wake: tuple[socket.socket, socket.socket] | None = None
-        self._thread: threading.Thread | None = None
+        self._thread: OwnedThread | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._endpoint: Endpoint | None = None
 
@@ -107,16 +108,19 @@ class VdsmStompListener:
                                   self._max_frame, self._max_in_flight, out_limit=max(self._max_frame, 1 << 20),
                                   closed=self._forget, authenticator=self._authenticator,
                                   admit=self._admit_authenticated)
-        self._thread = threading.Thread(target=self._accept_loop, name="vdsm-stomp-listener", daemon=True)
+        self._thread = OwnedThread("vdsm-stomp-listener", self._accept_loop, wake=self._poke)
         self._thread.start()
+
+    def _poke(self) -> None:
+        if self._wake is not None:
+            with contextlib.suppress(OSError):
+                self._wake[1].send(b"x")
 
     def stop(self) -> None:
         """Stop accepting, close every connection, wait for running requests and every thread."""
         if self._thread is None or self._wake is None or self._sock is None:
             return
-        with contextlib.suppress(OSError):
-            self._wake[1].send(b"x")
-        self._thread.join()
+        self._thread.stop()
         self._sock.close()
         for end in self._wake:
             end.close()

@@ -33,6 +33,7 @@ from pier.rpc.events import Event
 from pier.rpc.jsonrpc import JsonRpc
 from pier.rpc.registry import CallContext
 from pier.rpc.session import PushSession
+from pier.rpc.threads import OwnedThread
 
 log = logging.getLogger("pier.transports.ws")
 
@@ -59,8 +60,8 @@ class WebSocketListener:
         self._port = port
         self._ssl = ssl
         self._server: Server | None = None
-        self._thread: threading.Thread | None = None
-        self._closers: list[threading.Thread] = []
+        self._thread: OwnedThread | None = None
+        self._closers: list[OwnedThread] = []
 
     @property
     def address(self) -> str:
@@ -77,15 +78,13 @@ class WebSocketListener:
             max_size=FRAME_LIMIT, ping_interval=20, ping_timeout=20,
             logger=logging.getLogger("pier.transports.ws.server"),
         )
-        self._thread = threading.Thread(target=self._server.serve_forever, name="ws-listener", daemon=True)
+        self._thread = OwnedThread("ws-listener", self._server.serve_forever, wake=self._server.shutdown)
         self._thread.start()
 
     def stop(self) -> None:
         """Stop accepting, close every connection (1001), and wait for their handlers."""
-        if self._server is not None:
-            self._server.shutdown()
         if self._thread is not None:
-            self._thread.join()
+            self._thread.stop()
         self._server = self._thread = None
         with self._count_lock:
             closers, self._closers = self._closers, []
@@ -140,10 +139,9 @@ class WebSocketListener:
         log.info("closing the WebSocket connection from %s: %s", session.peer, reason)
         session.cancel()
         reason = reason.encode()[:_MAX_REASON].decode(errors="ignore")
-        closer = threading.Thread(target=connection.close, args=(REVOKED, reason), name=f"ws-close {session.peer}",
-                                  daemon=True)
+        closer = OwnedThread(f"ws-close {session.peer}", lambda: connection.close(REVOKED, reason))
         with self._count_lock:
-            self._closers = [thread for thread in self._closers if thread.is_alive()]
+            self._closers = [thread for thread in self._closers if thread.alive]
             self._closers.append(closer)
         closer.start()
 
@@ -183,7 +181,7 @@ class _Readers:
         self._guard = threading.Condition(threading.Lock())
         self._idle = 0  # threads waiting to read or reading
         self._live = 0  # helpers running
-        self._helpers: list[threading.Thread] = []
+        self._helpers: list[OwnedThread] = []
 
     def run(self) -> None:
         """Serve on this thread until the connection closes; then wait for the helpers to end."""
@@ -231,8 +229,8 @@ class _Readers:
             if self._idle > 0 or self._live >= MAX_IN_FLIGHT - 1:
                 return  # another thread reads, or MAX_IN_FLIGHT calls run: reading waits
             self._live += 1
-            self._helpers = [thread for thread in self._helpers if thread.is_alive()]
-            helper = threading.Thread(target=self._serve, args=(True,), name=f"ws-call {self._peer}", daemon=True)
+            self._helpers = [thread for thread in self._helpers if thread.alive]
+            helper = OwnedThread(f"ws-call {self._peer}", lambda: self._serve(True))
             self._helpers.append(helper)
             helper.start()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 from pier.rpc.events import EventLog
 from pier.rpc.session import PushSession, _Pump
 from pier.rpc.threads import OwnedThread
+from pier.transports.httpserver import HttpServer
 from pier.transports.stomp_outbox import EventOutbox
 
 
@@ -86,6 +88,31 @@ def test_a_thread_may_stop_itself_and_runs_once() -> None:
     with pytest.raises(RuntimeError, match="test-quitter was started already"):
         quitter.start()
     assert Quitter("test-never").stop() is True  # never started: nothing to wait for
+
+
+def test_a_loop_with_its_own_wake_runs_as_an_owned_thread() -> None:
+    """A target and a wake handed in: the shape the listeners use (a selector woken by a byte)."""
+    reader, writer = socket.socketpair()
+    served: list[bytes] = []
+
+    def serve() -> None:
+        served.append(reader.recv(1))
+
+    loop = OwnedThread("test-loop", serve, wake=lambda: writer.send(b"x"))
+    loop.start()
+    assert threads_named("test-loop")
+    assert loop.stop() is True and served == [b"x"] and threads_named("test-loop") == []
+    reader.close()
+    writer.close()
+
+
+def test_a_listener_stops_its_threads(tmp_path: Path) -> None:
+    """Every listener thread is an OwnedThread: after stop() none is left (the loop and its workers)."""
+    server = HttpServer(("127.0.0.1", 0), lambda environ, start_response: [], workers=2, name="test-http")
+    server.start()
+    assert {thread.name for thread in threading.enumerate()} >= {"test-http-loop", "test-http-worker"}
+    server.stop()
+    assert [t.name for t in threading.enumerate() if t.name.startswith("test-http")] == []
 
 
 def test_detaching_a_push_session_ends_its_thread(tmp_path: Path) -> None:
