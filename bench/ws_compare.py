@@ -34,6 +34,12 @@ def pierd_from(tree: str) -> PierdProcess:
             os.environ["PYTHONPATH"] = saved_path
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time the process (all its threads) has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("trees", nargs=2)
@@ -51,14 +57,21 @@ def main() -> None:
         per_round = args.count // args.rounds
         for run in range(args.runs):
             samples: list[list[float]] = [[], [], []]
+            cpu = [0.0, 0.0]
             for round_ in range(args.rounds):
                 order = range(3) if round_ % 2 == 0 else reversed(range(3))
                 for index in order:
+                    if index < 2:
+                        before = cpu_seconds(pierds[index].process.pid)
                     samples[index] += time_calls(callers[index], per_round, warmup=20)
+                    if index < 2:
+                        cpu[index] += cpu_seconds(pierds[index].process.pid) - before
             a, b, floor = (percentile(s, 0.5) * 1e6 for s in samples)
+            cpu_a, cpu_b = (seconds / (args.rounds * (per_round + 20)) * 1e6 for seconds in cpu)
             print(f"run {run + 1}: p50 A {a:6.1f} us  B {b:6.1f} us  floor {floor:6.1f} us   "
                   f"ratio A {a / floor:4.2f}  B {b / floor:4.2f}   A-B {a - b:+5.1f} us   "
-                  f"(means A {statistics.fmean(samples[0]) * 1e6:6.1f}  B {statistics.fmean(samples[1]) * 1e6:6.1f})")
+                  f"(means A {statistics.fmean(samples[0]) * 1e6:6.1f}  B {statistics.fmean(samples[1]) * 1e6:6.1f}; "
+                  f"server CPU a call A {cpu_a:5.1f}  B {cpu_b:5.1f} us)")
     finally:
         for pierd in pierds:
             pierd.stop()
