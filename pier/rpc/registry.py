@@ -21,6 +21,8 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
+from prometheus_client import Counter, Histogram
+
 from pier.rpc.addresses import host_of, with_port
 from pier.rpc.audit import AuditLog, redact
 from pier.rpc.auth import WSGI_AUTH_ERROR, WSGI_IDENTITY, Credentials, Identity
@@ -154,6 +156,7 @@ class Registry:
         self.credentials = credentials
         self.locks = TargetLocks()
         self._handlers: dict[str, Callable[..., Any]] = {}
+        self._meters: dict[tuple[str, str, str], tuple[Counter, Histogram]] = {}
         self.reconcilers: dict[str, Reconciler] = {}
         for owner in handlers:
             self._bind(owner)
@@ -253,15 +256,25 @@ class Registry:
                   started: float, error: PierError | None, result: Any = None) -> None:
         """Log, count and (for a changing verb) audit a call that ran."""
         elapsed = time.perf_counter() - started
-        CALLS.labels(declared.name, context.transport, error.name if error else "ok").inc()
+        calls, seconds = self._meters_of(declared.name, context.transport, error.name if error else "ok")
+        calls.inc()
         if error is None:
-            CALL_SECONDS.labels(declared.name).observe(elapsed)
+            seconds.observe(elapsed)
         if declared.readonly:
             return
         _log_call(declared, target, context, elapsed, error)
         if self.audit is not None and context.identity is not None:  # _admit let in only callers with one
             message = f"task {result['taskID']}" if declared.task and error is None else ""
             self._audit(self.audit, context.identity, declared, params, target, context, elapsed, error, message)
+
+    def _meters_of(self, verb: str, transport: str, outcome: str) -> tuple[Counter, Histogram]:
+        """The call counter and duration histogram of these labels, looked up once: prometheus's
+        `labels()` took ~3 us a call, a quarter of a ping's time in the registry."""
+        key = (verb, transport, outcome)
+        meters = self._meters.get(key)
+        if meters is None:  # a few per verb (transports and outcomes are few); a race makes the same pair
+            meters = self._meters[key] = (CALLS.labels(verb, transport, outcome), CALL_SECONDS.labels(verb))
+        return meters
 
     @staticmethod
     def _audit(audit: AuditLog, identity: Identity, declared: Verb, params: dict[str, Any], target: str | None,

@@ -133,11 +133,37 @@ def test_an_invalid_request_says_why_and_keeps_a_valid_id(stack: Stack) -> None:
     assert answer(stack, {"jsonrpc": "2.0", "method": "Host.ping2", "id": True})["id"] is None
 
 
-def test_a_param_named_context_is_the_callers_and_is_refused_by_name(stack: Stack) -> None:
-    reply = answer(stack, {"jsonrpc": "2.0", "method": "Host.ping2", "params": {"context": 1}, "id": 1})
-    assert reply["error"]["code"] == -32602 and "context" in reply["error"]["message"]
-    reply = answer(stack, {"jsonrpc": "2.0", "method": "VM.destroy", "params": {"vmID": VM_ID, "context": 1}, "id": 2})
-    assert reply["error"]["code"] == -32602 and "context" in reply["error"]["message"]
+@pytest.mark.parametrize("name", ["context", "self", "args", "kwargs"])
+def test_a_param_named_like_a_dispatch_argument_is_refused_by_name(stack: Stack, name: str) -> None:
+    reply = answer(stack, {"jsonrpc": "2.0", "method": "Host.ping2", "params": {name: 1}, "id": 1})
+    assert reply["error"]["code"] == -32602 and name in reply["error"]["message"]
+    reply = answer(stack, {"jsonrpc": "2.0", "method": "VM.destroy", "params": {"vmID": VM_ID, name: 1}, "id": 2})
+    assert reply["error"]["code"] == -32602 and name in reply["error"]["message"]
+
+
+def test_a_batch_inside_a_batch_is_an_invalid_element(stack: Stack) -> None:
+    reply = answer(stack, [[{"jsonrpc": "2.0", "method": "Host.ping2", "id": 1}],
+                           {"jsonrpc": "2.0", "method": "Host.ping2", "id": 2}])
+    assert reply[0]["error"]["code"] == -32600 and reply[0]["id"] is None
+    assert reply[1] == {"jsonrpc": "2.0", "result": True, "id": 2}
+
+
+def test_params_by_position_empty_or_absent_mean_the_same(stack: Stack) -> None:
+    stack.call("VM.create", vmID=VM_ID, vmParams={"vmName": "a", "memSize": 32})
+    replies = [answer(stack, {"jsonrpc": "2.0", "method": "Host.getVMList", **params, "id": 1})
+               for params in ({}, {"params": []}, {"params": {}})]
+    assert all(reply["result"] == replies[0]["result"] for reply in replies)
+    assert answer(stack, {"jsonrpc": "2.0", "method": "VM.destroy", "params": [VM_ID], "id": 2})["result"]
+
+
+def test_only_the_registrys_verbs_are_callable(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Functions put in jsonrpcserver's module-wide registry (what its @method does) are not Pier's verbs."""
+    from jsonrpcserver import Success
+    from jsonrpcserver.methods import global_methods
+
+    monkeypatch.setitem(global_methods, "Leaky.call", lambda *args: Success("leaked"))
+    reply = answer(stack, {"jsonrpc": "2.0", "method": "Leaky.call", "id": 1})
+    assert reply["error"]["code"] == -32601 and "Leaky.call" in reply["error"]["message"]
 
 
 def test_every_verbs_params_schema_compiles(schema) -> None:
