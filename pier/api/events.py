@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from pier.rpc.auth import Credentials
-from pier.rpc.errors import Unauthenticated, UnsupportedOperation
+from pier.rpc.errors import EventsExpired, Unauthenticated, UnsupportedOperation
 from pier.rpc.events import EventLog, normalize_types
 from pier.rpc.registry import CallContext, verb
 
@@ -34,8 +34,6 @@ class EventsApi:
     @verb("Events.poll")
     def poll(self, ctx: CallContext, after: int | None = None, types: list[str] | None = None, wait: float = 0,
              limit: int = 1000) -> dict[str, Any]:
-        if after is None:
-            after = self._events.oldest_seq - 1
         if wait <= 0 or ctx.identity is None or self._credentials is None:
             return self._batch(after, types, limit, wait)
         ended: list[str] = []
@@ -57,9 +55,18 @@ class EventsApi:
     def replay(self, ctx: CallContext, after: int, types: list[str] | None = None, limit: int = 1000) -> dict[str, Any]:
         return self._batch(after, types, limit, 0)
 
-    def _batch(self, after: int, types: list[str] | None, limit: int, wait: float,
+    def _batch(self, after: int | None, types: list[str] | None, limit: int, wait: float,
                stop: Callable[[], bool] | None = None) -> dict[str, Any]:
-        events, reached = self._events.wait(after, normalize_types(types), limit, wait, stop)
+        """Events after `after`, or from the oldest kept when None: a caller without a cursor is
+        never told its cursor expired, even when retention drops events while it asks."""
+        while True:
+            start = self._events.oldest_seq - 1 if after is None else after
+            try:
+                events, reached = self._events.wait(start, normalize_types(types), limit, wait, stop)
+                break
+            except EventsExpired:
+                if after is not None:
+                    raise
         return {"events": [event.as_dict() for event in events], "last": reached,
                 "oldest": self._events.oldest_seq}
 

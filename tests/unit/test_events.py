@@ -125,3 +125,34 @@ def test_closing_a_subscription_wakes_its_reader(log: EventLog) -> None:
     started = time.monotonic()
     assert sub.next(timeout=10) is None
     assert time.monotonic() - started < 5
+
+
+class PrunedWhileAsking(EventLog):
+    """An event log whose retention drops events between a reader learning the oldest and reading."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path, max_events=5)
+        self.stale = 1
+
+    @property
+    def oldest_seq(self) -> int:
+        if self.stale:
+            self.stale -= 1
+            return 1  # what it was before the prune that runs right after this
+        return super().oldest_seq
+
+
+@pytest.mark.parametrize("wait", [0, 0.1])
+def test_a_poll_without_a_cursor_is_never_told_it_expired(tmp_path: Path, wait: float) -> None:
+    from pier.api.events import EventsApi
+    from pier.rpc.registry import CallContext
+
+    log = PrunedWhileAsking(str(tmp_path / "e.db"))
+    for _ in range(12):
+        log.publish("|virt|VM_status|a", {})
+    log.prune()
+    batch = EventsApi(log).poll(CallContext("test"), wait=wait)
+    assert [event["seq"] for event in batch["events"]] == [8, 9, 10, 11, 12] and batch["last"] == 12
+    with pytest.raises(EventsExpired):  # a caller's own stale cursor still learns it expired
+        EventsApi(log).poll(CallContext("test"), after=3)
+    log.close()
