@@ -167,7 +167,7 @@ class EventDispatcher:
         elif kind == "device_removed":
             rec = self._cache.find(item[1])
             if rec is not None:
-                rec.invalidate()
+                self._cache.invalidate(rec)
                 self._emit(f"|virt|VM_device_removed|{item[1]}",
                            {item[1]: {"alias": item[3]}, "notify_time": event_time()})
         elif kind == "status":
@@ -233,7 +233,7 @@ class EventDispatcher:
                 return  # a transient domain we never saw; nothing to report
             rec = self._cache.add(VmRecord(vm_id, name, status=DOWN, emitted=DOWN))
             self._on_vms_changed()
-        rec.invalidate()
+        self._cache.invalidate(rec)
 
         if event == libvirt.VIR_DOMAIN_EVENT_DEFINED:
             if rec.announce_launch and rec.emitted is None:
@@ -326,7 +326,7 @@ class EventDispatcher:
                 if emitted != status:
                     self._set(rec, status, details)
                 continue
-            rec.invalidate()
+            self._cache.invalidate(rec)
             if vm_id in self._pending or rec.creating:
                 continue
             if first:

@@ -89,8 +89,8 @@ class Vms:
         if static is None:
             version = rec.def_version
             static = self._load_definition(rec)
-            if static is not None and rec.def_version == version:
-                rec.definition = static
+            if static is not None:
+                self._cache.keep_definition(rec, static, version)
         out = dict(static or {"vmId": rec.vm_id, "vmName": rec.name, "vmType": "kvm"})
         out["status"] = rec.status
         out.update(rec.details)
