@@ -107,7 +107,6 @@ class EventDispatcher:
         self._queue: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
         self._pending: dict[str, tuple[float, str, dict[str, Any], float]] = {}
         self._when = 0.0  # when the news being handled happened (monotonic)
-        self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def put(self, item: tuple[Any, ...]) -> None:
@@ -117,16 +116,18 @@ class EventDispatcher:
     def start(self) -> None:
         if self._thread is not None:
             return
-        self._stop.clear()
         self._thread = threading.Thread(target=self._run, name=self.THREAD_NAME, daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
+        """Handle what is queued, publish the Downs still held back for the reboot grace (an
+        orderly stop must not lose them), then end the thread."""
         if self._thread is None:
             return
-        self._stop.set()
-        self._queue.put(("wake",))
+        self._queue.put(("stop",))
         self._thread.join(2.0)
+        if self._thread.is_alive():
+            log.warning("the %s thread did not stop within 2 s", self.THREAD_NAME)
         self._thread = None
 
     def flush(self, timeout: float = 5.0) -> bool:
@@ -138,7 +139,7 @@ class EventDispatcher:
     # -- the thread ----------------------------------------------------------------------------
 
     def _run(self) -> None:
-        while not self._stop.is_set():
+        while True:
             timeout = 0.5
             if self._pending:
                 timeout = max(0.0, min(p[0] for p in self._pending.values()) - time.monotonic())
@@ -146,12 +147,15 @@ class EventDispatcher:
                 item = self._queue.get(timeout=timeout)
             except queue.Empty:
                 item = None
+            stopping = item is not None and item[0] == "stop"
             try:
-                self._fire_due()
-                if item is not None:
+                self._fire_due(force=stopping)
+                if item is not None and not stopping:
                     self._handle(item)
             except Exception:
                 log.exception("failed to handle libvirt event %r", item)
+            if stopping:
+                return
 
     def _handle(self, item: tuple[Any, ...]) -> None:
         kind = item[0]

@@ -189,3 +189,15 @@ def test_an_event_older_than_a_verbs_change_is_emitted_but_does_not_undo_it(setu
     assert disp.flush()
     assert rec.statuses(A) == [PAUSED]
     assert cache.get(A).status == UP
+
+
+def test_an_orderly_stop_publishes_the_down_held_back_for_the_reboot_grace() -> None:
+    cache, rec = VmCache(), Recorder()
+    disp = EventDispatcher(cache, rec, dict, reboot_grace=60.0)
+    disp.start()
+    cache.add(VmRecord(A, "vm-a", status=UP, emitted=UP))
+    disp.put(life(A, E.VIR_DOMAIN_EVENT_STOPPED, E.VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN))
+    disp.stop()
+    assert rec.statuses(A) == [DOWN]
+    assert rec.last(A)["exitReason"] == 7
+    assert rec.threads == {"libvirt-events"}
