@@ -1,8 +1,7 @@
 """libvirt events -> VDSM events, on one dispatcher thread (`libvirt-events`).
 
-libvirt callbacks and verbs put small tuples on the dispatcher's queue (see
-`connection.EventSink`, plus ("status", vm_id, status, when) from verbs and ("barrier", Event)).
-The dispatcher alone turns them into VM status changes: it updates the VM cache and calls the
+libvirt callbacks, the connection and verbs put news on the dispatcher's queue: the frozen
+dataclasses of `pier.host.news`, one handler each. The dispatcher alone turns them into VM status changes: it updates the VM cache and calls the
 event sink with `|virt|VM_status|<vmId>` and `{vmId: {...}, "notify_time": ...}` as VDSM does.
 
 A VM that stops is reported Down only after a short grace: if it starts again meanwhile it
@@ -24,6 +23,18 @@ from typing import Any
 
 import libvirt
 
+from pier.host.news import (
+    Barrier,
+    Connected,
+    DeviceRemoved,
+    Disconnected,
+    Lifecycle,
+    News,
+    Reboot,
+    StatusNews,
+    Stop,
+    VmNews,
+)
 from pier.host.vmstate import (
     DOWN,
     EXIT_ERROR,
@@ -104,14 +115,23 @@ class EventDispatcher:
         self._published = published or dict
         self._on_vms_changed = on_vms_changed or (lambda: None)
         self._grace = reboot_grace
-        self._queue: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[News] = queue.SimpleQueue()
         self._pending: dict[str, tuple[float, str, dict[str, Any], float]] = {}
         self._when = 0.0  # when the news being handled happened (monotonic)
         self._thread: threading.Thread | None = None
+        self._handlers: dict[type[News], Callable[[Any], None]] = {
+            Lifecycle: self._lifecycle,
+            Reboot: self._reboot,
+            DeviceRemoved: self._device_removed,
+            StatusNews: self._status_news,
+            Connected: self._connected,
+            Disconnected: self._disconnected,
+            Barrier: self._barrier,
+        }
 
-    def put(self, item: tuple[Any, ...]) -> None:
-        """Enqueue an item; safe from any thread, including libvirt callbacks."""
-        self._queue.put(item)
+    def put(self, news: News) -> None:
+        """Enqueue news; safe from any thread, including libvirt callbacks."""
+        self._queue.put(news)
 
     def start(self) -> None:
         if self._thread is not None:
@@ -124,7 +144,7 @@ class EventDispatcher:
         orderly stop must not lose them), then end the thread."""
         if self._thread is None:
             return
-        self._queue.put(("stop",))
+        self._queue.put(Stop())
         self._thread.join(2.0)
         if self._thread.is_alive():
             log.warning("the %s thread did not stop within 2 s", self.THREAD_NAME)
@@ -133,7 +153,7 @@ class EventDispatcher:
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until everything queued before this call has been handled."""
         done = threading.Event()
-        self._queue.put(("barrier", done))
+        self._queue.put(Barrier(done))
         return done.wait(timeout)
 
     # -- the thread ----------------------------------------------------------------------------
@@ -143,52 +163,52 @@ class EventDispatcher:
             timeout = 0.5
             if self._pending:
                 timeout = max(0.0, min(p[0] for p in self._pending.values()) - time.monotonic())
+            news: News | None
             try:
-                item = self._queue.get(timeout=timeout)
+                news = self._queue.get(timeout=timeout)
             except queue.Empty:
-                item = None
-            stopping = item is not None and item[0] == "stop"
+                news = None
+            stopping = isinstance(news, Stop)
             try:
                 self._fire_due(force=stopping)
-                if item is not None and not stopping:
-                    self._handle(item)
+                if news is not None and not stopping:
+                    self._handle(news)
             except Exception:
-                log.exception("failed to handle libvirt event %r", item)
+                log.exception("failed to handle %r", news)
             if stopping:
                 return
 
-    def _handle(self, item: tuple[Any, ...]) -> None:
-        kind = item[0]
-        self._when = time.monotonic()
-        if kind == "lifecycle":
-            if len(item) > 5:
-                self._when = item[5]
-            self._lifecycle(*item[1:5])
-        elif kind == "reboot":
-            if len(item) > 3:
-                self._when = item[3]
-            self._reboot(item[1])
-        elif kind == "device_removed":
-            rec = self._cache.find(item[1])
-            if rec is not None:
-                self._cache.invalidate(rec)
-                self._emit(f"|virt|VM_device_removed|{item[1]}",
-                           {item[1]: {"alias": item[3]}, "notify_time": event_time()})
-        elif kind == "status":
-            # A verb's announcement (e.g. Powering down); libvirt's own events may have
-            # overtaken it, so it only applies to a VM that still runs.
-            if len(item) > 3:
-                self._when = item[3]
-            rec = self._cache.get(item[1])
-            if rec is not None and rec.status in _UP_LIKE and item[1] not in self._pending:
-                self._set(rec, item[2], {})
-        elif kind == "connected":
-            self._resync(first=item[1])
-        elif kind == "disconnected":
-            log.warning("lost the connection to libvirtd (reason %s)", item[1])
-        elif kind == "barrier":
-            self._fire_due(force=True)
-            item[1].set()
+    def _handle(self, news: News) -> None:
+        self._when = news.when if isinstance(news, VmNews) else time.monotonic()
+        handler = self._handlers.get(type(news))
+        if handler is None:
+            log.error("no handler for %r; dropped", news)
+            return
+        handler(news)
+
+    def _device_removed(self, news: DeviceRemoved) -> None:
+        rec = self._cache.find(news.vm_id)
+        if rec is not None:
+            self._cache.invalidate(rec)
+            self._emit(f"|virt|VM_device_removed|{news.vm_id}",
+                       {news.vm_id: {"alias": news.alias}, "notify_time": event_time()})
+
+    def _status_news(self, news: StatusNews) -> None:
+        """A verb's announcement (e.g. Powering down); libvirt's own events may have overtaken
+        it, so it only applies to a VM that still runs."""
+        rec = self._cache.get(news.vm_id)
+        if rec is not None and rec.status in _UP_LIKE and news.vm_id not in self._pending:
+            self._set(rec, news.status, {})
+
+    def _connected(self, news: Connected) -> None:
+        self._resync(first=news.first)
+
+    def _disconnected(self, news: Disconnected) -> None:
+        log.warning("lost the connection to libvirtd (reason %s)", news.reason)
+
+    def _barrier(self, news: Barrier) -> None:
+        self._fire_due(force=True)
+        news.done.set()
 
     def _set(self, rec: VmRecord, status: str, details: dict[str, Any], *,
              update: bool = True) -> None:
@@ -220,7 +240,8 @@ class EventDispatcher:
 
     # -- translation ---------------------------------------------------------------------------
 
-    def _lifecycle(self, vm_id: str, name: str, event: int, detail: int) -> None:
+    def _lifecycle(self, news: Lifecycle) -> None:
+        vm_id, name, event, detail = news.vm_id, news.name, news.event, news.detail
         if event == libvirt.VIR_DOMAIN_EVENT_UNDEFINED:
             self._flush(vm_id)
             rec = self._cache.find(vm_id)
@@ -282,7 +303,8 @@ class EventDispatcher:
         elif event == libvirt.VIR_DOMAIN_EVENT_CRASHED:
             self._set(rec, DOWN, exit_details("generic error", EXIT_ERROR, "guest crashed"))
 
-    def _reboot(self, vm_id: str) -> None:
+    def _reboot(self, news: Reboot) -> None:
+        vm_id = news.vm_id
         rec = self._cache.find(vm_id)
         if rec is None:
             return
@@ -306,14 +328,14 @@ class EventDispatcher:
             if vm_id not in states and last != DOWN and self._cache.get(vm_id) is None:
                 gone = VmRecord(vm_id, "", emitted=last)  # gone while the agent was away
                 self._set(gone, DOWN, exit_details("libvirt domain missing", EXIT_ERROR), update=False)
-        for rec in self._cache.records():
-            if rec.vm_id in states or rec.creating:
+        for known in self._cache.records():
+            if known.vm_id in states or known.creating:
                 continue
-            self._pending.pop(rec.vm_id, None)
-            if not first and rec.emitted != DOWN:
-                self._set(rec, DOWN, exit_details("libvirt domain missing", EXIT_ERROR),
+            self._pending.pop(known.vm_id, None)
+            if not first and known.emitted != DOWN:
+                self._set(known, DOWN, exit_details("libvirt domain missing", EXIT_ERROR),
                           update=False)
-            self._cache.remove(rec.vm_id, keep_tombstone=False)
+            self._cache.remove(known.vm_id, keep_tombstone=False)
         for vm_id, (name, state, reason) in states.items():
             status, details = state_status(state, reason)
             rec = self._cache.get(vm_id)

@@ -22,6 +22,7 @@ from pier.host.capabilities import guest_domain_types
 from pier.host.connection import Connection
 from pier.host.devices import as_bool
 from pier.host.domxml import DomainXml, build_domain, domain_from_raw, normalize_uuid
+from pier.host.news import News, StatusNews
 from pier.host.stats import StatsSampler
 from pier.host.vmstate import (
     DOWN,
@@ -66,7 +67,7 @@ class Vms:
     """The VMs: reads and verbs. `notify` hands a synthetic item to the event dispatcher."""
 
     def __init__(self, connection: Connection, cache: VmCache, sampler: StatsSampler,
-                 notify: Callable[[tuple[Any, ...]], None]) -> None:
+                 notify: Callable[[News], None]) -> None:
         self._connection = connection
         self._cache = cache
         self._sampler = sampler
@@ -342,7 +343,7 @@ class Vms:
         conn, dom, rec = self._lookup(vm_id, running=True)
         self._with_fallback(conn, dom, "shutdown", dom.shutdownFlags,
                             libvirt.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN)
-        self._notify(("status", rec.vm_id, POWERING_DOWN, time.monotonic()))
+        self._notify(StatusNews(rec.vm_id, POWERING_DOWN))
 
     def end_power_down(self, vm_id: str) -> None:
         """A shutdown gave up and the VM did not go down: if libvirt says it runs, it is Up again
@@ -357,7 +358,7 @@ class Vms:
             log.debug("VM %s: cannot read its state after a shutdown: %s", vm_id, error_text(exc))
             return
         if status == UP:
-            self._notify(("status", rec.vm_id, UP, time.monotonic()))
+            self._notify(StatusNews(rec.vm_id, UP))
 
     def reboot(self, vm_id: str) -> None:
         conn, dom, _ = self._lookup(vm_id, running=True)
