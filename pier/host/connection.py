@@ -18,7 +18,7 @@ from typing import Any
 import libvirt
 
 from pier.host.news import Connected, DeviceRemoved, Disconnected, Lifecycle, News, Reboot
-from pier.rpc.errors import LibvirtUnavailable
+from pier.rpc.errors import LibvirtUnavailable, PierError
 
 log = logging.getLogger(__name__)
 
@@ -279,9 +279,13 @@ class Connection:
             while self._conn is None and not self._stopping.is_set():
                 try:
                     self._connect()
-                except Exception as exc:  # libvirtError, or on_connect failing on a bad link
+                except (libvirt.libvirtError, PierError) as exc:  # or on_connect on a bad link
                     log.debug("reconnect to %s failed: %s; next try in %.1fs",
                               self._uri, exc, delay)
+                    self._stopping.wait(delay)
+                    delay = min(delay * 2, BACKOFF_CAP)
+                except Exception:
+                    log.exception("reconnect to %s failed; next try in %.1fs", self._uri, delay)
                     self._stopping.wait(delay)
                     delay = min(delay * 2, BACKOFF_CAP)
 

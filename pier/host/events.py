@@ -50,6 +50,7 @@ from pier.host.vmstate import (
     started_at,
     state_status,
 )
+from pier.rpc.errors import PierError
 
 log = logging.getLogger(__name__)
 
@@ -320,7 +321,7 @@ class EventDispatcher:
         none is loaded quietly); later, from the cache."""
         try:
             states = self._read_states()
-        except Exception as exc:  # the new connection died already; the next one resyncs
+        except PierError as exc:  # the new connection died already; the next one resyncs
             log.warning("resync failed: %s", exc)
             return
         published = self._load_published() if first else {}
@@ -365,6 +366,6 @@ class EventDispatcher:
     def _load_published(self) -> dict[str, str]:
         try:
             return self._published()
-        except Exception as exc:  # the event log cannot say: load quietly, as with no history
-            log.warning("cannot read the last published VM statuses: %s", exc)
+        except Exception:  # the event log cannot say: load quietly, as with no history
+            log.exception("cannot read the last published VM statuses; loading the VMs quietly")
             return {}

@@ -22,6 +22,7 @@ import libvirt
 
 from pier.host.capabilities import meminfo, read
 from pier.host.connection import Connection
+from pier.host.domain import libvirt_errors
 from pier.host.events import event_time
 from pier.host.vmstate import DOWN, VmCache, state_status
 from pier.rpc.errors import LibvirtUnavailable
@@ -131,15 +132,15 @@ class StatsSampler:
             return  # keep serving the last sample; statsAge tells how old it is
         groups = self._groups if slow else self._groups & FAST_GROUPS
         try:
-            raw = conn.getAllDomainStats(groups, self._flags)
-        except libvirt.libvirtError as exc:
-            if not self._degrade(exc):
+            with libvirt_errors(self._connection, conn, action="sample the VMs' statistics"):
                 try:
-                    self._connection.check(exc, conn)
-                except LibvirtUnavailable:
+                    raw = conn.getAllDomainStats(groups, self._flags)
+                except libvirt.libvirtError as exc:
+                    if not self._degrade(exc):
+                        raise
                     return
-                raise
-            return
+        except LibvirtUnavailable:
+            return  # keep serving the last sample; statsAge tells how old it is
         taken = time.monotonic()
         seen: dict[str, tuple[str, dict[str, Any]]] = {}
         for dom, values in raw:
