@@ -44,12 +44,8 @@ class HostInfo:
             return self._facts.capabilities(None)
 
     def hardware_info(self) -> dict[str, str]:
-        conn = self._connection.current()
-        try:
-            with libvirt_errors(self._connection, conn, action="read the host's sysinfo"):
-                return self._facts.hardware_info(conn)
-        except PierError:
-            return self._facts.hardware_info(None)
+        """HardwareInformation; HardwareInfoError when the facts cannot be read."""
+        return self._facts.hardware_info(self._connection.current())
 
     def stats(self) -> dict[str, Any]:
         """HostStats from /proc and the VM cache; never calls libvirt."""

@@ -1,5 +1,5 @@
 """pier.host on libvirt's test driver (a private `test:///<file>` per test): a definition Pier
-cannot read."""
+cannot read, and hardware facts that cannot be read."""
 
 from __future__ import annotations
 
@@ -13,8 +13,10 @@ from typing import Any
 
 import pytest
 
+from pier.host import capabilities
 from pier.host.domxml import DomainXml
 from pier.host.node import Node
+from pier.rpc.errors import HardwareInfoError
 
 DATA = Path(__file__).parent / "data"
 
@@ -76,3 +78,19 @@ def test_a_definition_pier_cannot_make_is_a_stub_and_an_error_in_the_log(
         for _ in range(3):
             assert node.vms.definition(vm_id)["vmId"] == vm_id
     assert len(caplog.records) <= 1, "logged once per version of the XML, not on every read"
+
+
+def test_hardware_facts_that_cannot_be_read_are_hw_info_err(
+        node: Node, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    dmi = tmp_path / "dmi"
+    for name in ("sys_vendor", "product_name", "product_version", "product_serial",
+                 "product_uuid", "product_family"):
+        (dmi / name).mkdir(parents=True)  # there, and unreadable as a file
+    monkeypatch.setattr(capabilities, "DMI_DIR", f"{dmi}/")
+    with pytest.raises(HardwareInfoError, match="sys_vendor") as failed:
+        node.host.hardware_info()
+    assert failed.value.code == 57 and failed.value.name == "hwInfoErr"
+
+    (dmi / "sys_vendor").rmdir()
+    (dmi / "sys_vendor").write_text("Pier Test Works\n")
+    assert node.host.hardware_info()["systemManufacturer"] == "Pier Test Works"
