@@ -65,11 +65,13 @@ class Node:
         self._sampler.start()
 
     def stop(self) -> None:
-        """Stop the sampler, the connection (reconnect thread, event loop) and the dispatcher."""
+        """Stop the sampler, the connection (reconnect thread, event loop) and the dispatcher,
+        which publishes first what libvirt handed over and the Downs held for the reboot grace."""
         if not self._running:
             return
         self._running = False
         self._sampler.stop()
+        self.flush_events(2.0)
         self._connection.stop()
         self._dispatcher.stop()
 

@@ -1,5 +1,5 @@
-"""pier.host on libvirt's test driver (a private `test:///<file>` per test): a definition Pier
-cannot read, and hardware facts that cannot be read."""
+"""pier.host on libvirt's test driver (a private `test:///<file>` per test): what an orderly
+stop publishes, a definition Pier cannot read, and hardware facts that cannot be read."""
 
 from __future__ import annotations
 
@@ -54,6 +54,16 @@ def node(tmp_path: Path, events: Events) -> Iterator[Node]:
 def vm_params(name: str) -> dict[str, Any]:
     return {"vmName": name, "memSize": 64, "smp": "1", "devices": [
         {"deviceType": "graphics", "device": "vnc", "port": "-1"}]}
+
+
+def test_a_vm_down_just_before_an_orderly_stop_is_reported_down(node: Node, events: Events
+                                                                ) -> None:
+    """The guest's shutdown is held back for the reboot grace (0.5 s): the stop publishes it."""
+    vm_id = str(uuid.uuid4())
+    node.vms.create(vm_id, vm_params("pier-test-stop"))
+    node.vms.shutdown(vm_id)
+    node.stop()
+    assert events.statuses(vm_id)[-1] == "Down"
 
 
 def test_a_definition_pier_cannot_make_is_a_stub_and_an_error_in_the_log(
