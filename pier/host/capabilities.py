@@ -69,7 +69,7 @@ def _host_uuid() -> str:
 class HostFacts:
     """Answers capabilities(), hardware_info() and host_uuid(); caches what cannot change."""
 
-    def __init__(self, uri: str = "") -> None:
+    def __init__(self, uri: str) -> None:
         # A test-driver node is a simulated host of its own, with an id of its own.
         self._uuid: str | None = str(uuidlib.uuid5(uuidlib.NAMESPACE_URL, uri)) if uri.startswith("test:") else None
         self._caps: dict[str, Any] | None = None

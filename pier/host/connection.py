@@ -149,10 +149,6 @@ class Connection:
     def connected(self) -> bool:
         return self._conn is not None
 
-    @property
-    def is_test(self) -> bool:
-        return self._uri.startswith("test:")
-
     def start(self) -> None:
         """Try to connect now; if libvirtd is away, keep trying in the background."""
         if self._started:
@@ -226,12 +222,11 @@ class Connection:
         conn = libvirt.open(self._uri)
         ids: list[int] = []
         try:
-            if not self.is_test:
-                try:
-                    conn.setKeepAlive(*KEEPALIVE)
-                except libvirt.libvirtError as exc:  # only the remote driver has keepalive
-                    if exc.get_error_code() != libvirt.VIR_ERR_NO_SUPPORT:
-                        raise
+            try:
+                conn.setKeepAlive(*KEEPALIVE)
+            except libvirt.libvirtError as exc:  # only the remote driver has keepalive
+                if exc.get_error_code() != libvirt.VIR_ERR_NO_SUPPORT:
+                    raise
             conn.registerCloseCallback(self._on_close, None)
             ids.append(conn.domainEventRegisterAny(
                 None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle, None))

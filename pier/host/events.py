@@ -107,14 +107,17 @@ class EventDispatcher:
 
     def __init__(self, cache: VmCache, emit: Emit,
                  read_states: Callable[[], dict[str, tuple[str, int, int]]],
-                 on_vms_changed: Callable[[], None] | None = None,
-                 reboot_grace: float = REBOOT_GRACE,
-                 published: Callable[[], dict[str, str]] | None = None) -> None:
+                 on_vms_changed: Callable[[], None],
+                 published: Callable[[], dict[str, str]],
+                 reboot_grace: float = REBOOT_GRACE) -> None:
+        """`read_states` gives libvirt's {vmId: (name, state, reason)}; `on_vms_changed` is told
+        when VMs come or go; `published` gives the last status published of each VM (the event
+        log), for the first resync; `reboot_grace` is how long a stop waits for a start."""
         self._cache = cache
         self._emit = emit
         self._read_states = read_states
-        self._published = published or dict
-        self._on_vms_changed = on_vms_changed or (lambda: None)
+        self._published = published
+        self._on_vms_changed = on_vms_changed
         self._grace = reboot_grace
         self._queue: queue.SimpleQueue[News] = queue.SimpleQueue()
         self._pending: dict[str, tuple[float, str, dict[str, Any], float]] = {}

@@ -368,7 +368,7 @@ class HostStats:
     MIN_INTERVAL = 0.5
 
     def __init__(self, vm_counts: Callable[[], tuple[int, int, int]],
-                 connected: Callable[[], bool] = lambda: True) -> None:
+                 connected: Callable[[], bool]) -> None:
         """`vm_counts` gives (all, running, migrating) VMs from the cache; `connected` whether
         libvirtd answers now (when not, the counts may be stale)."""
         self._vm_counts = vm_counts

@@ -16,7 +16,7 @@ def test_without_dmi_and_without_libvirt_the_facts_cannot_be_read(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(capabilities, "DMI_DIR", f"{tmp_path}/none/")
     with pytest.raises(HardwareInfoError, match="libvirtd is not reachable"):
-        HostFacts().hardware_info(None)
+        HostFacts("qemu:///system").hardware_info(None)
 
 
 def test_dmi_facts_need_no_libvirt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -25,6 +25,6 @@ def test_dmi_facts_need_no_libvirt(tmp_path: Path, monkeypatch: pytest.MonkeyPat
                         ("product_uuid", "u"), ("product_family", "F")):
         (tmp_path / name).write_text(value + "\n")
     monkeypatch.setattr(capabilities, "DMI_DIR", f"{tmp_path}/")
-    assert HostFacts().hardware_info(None) == {
+    assert HostFacts("qemu:///system").hardware_info(None) == {
         "systemManufacturer": "Vendor", "systemProductName": "Model", "systemVersion": "1",
         "systemSerialNumber": "S1", "systemUUID": "u", "systemFamily": "F"}

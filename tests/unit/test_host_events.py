@@ -40,11 +40,18 @@ class Recorder:
 
 
 @pytest.fixture
-def setup() -> Iterator[tuple[EventDispatcher, VmCache, Recorder, dict]]:
+def published() -> dict[str, str]:
+    """What the event log says each VM's last published status was."""
+    return {}
+
+
+@pytest.fixture
+def setup(published: dict[str, str]) -> Iterator[tuple[EventDispatcher, VmCache, Recorder, dict]]:
     cache = VmCache()
     rec = Recorder()
     states: dict[str, tuple[str, int, int]] = {}
-    disp = EventDispatcher(cache, rec, lambda: dict(states), reboot_grace=0.1)
+    disp = EventDispatcher(cache, rec, lambda: dict(states), lambda: None,
+                           lambda: dict(published), reboot_grace=0.1)
     disp.start()
     yield disp, cache, rec, states
     disp.stop()
@@ -141,11 +148,10 @@ def test_first_load_is_silent_and_a_resync_reports_changes(setup) -> None:
     assert len(rec.events) == 4, "an unchanged resync reports nothing"
 
 
-def test_first_load_corrects_what_was_last_published(setup) -> None:
+def test_first_load_corrects_what_was_last_published(setup, published: dict[str, str]) -> None:
     """At start, the last VM_status each VM had in the event log stands in for the cache."""
     disp, cache, rec, states = setup
-    published = {A: "Powering down", B: PAUSED, C: UP, D: DOWN}
-    disp._published = lambda: dict(published)
+    published.update({A: "Powering down", B: PAUSED, C: UP, D: DOWN})
     running = (E.VIR_DOMAIN_RUNNING, E.VIR_DOMAIN_RUNNING_BOOTED)
     states.update({A: ("vm-a", *running), B: ("vm-b", E.VIR_DOMAIN_PAUSED, 1),
                    "e0000000-0000-4000-8000-000000000000": ("vm-e", *running)})
@@ -198,7 +204,7 @@ def test_an_event_older_than_a_verbs_change_is_emitted_but_does_not_undo_it(setu
 
 def test_an_orderly_stop_publishes_the_down_held_back_for_the_reboot_grace() -> None:
     cache, rec = VmCache(), Recorder()
-    disp = EventDispatcher(cache, rec, dict, reboot_grace=60.0)
+    disp = EventDispatcher(cache, rec, dict, lambda: None, dict, reboot_grace=60.0)
     disp.start()
     cache.add(VmRecord(A, "vm-a", status=UP, emitted=UP))
     disp.put(life(A, E.VIR_DOMAIN_EVENT_STOPPED, E.VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN))

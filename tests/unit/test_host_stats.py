@@ -102,7 +102,7 @@ def test_libvirt_states_map_to_vdsm_statuses(state: int, reason: int, status: st
 
 
 def test_host_stats_have_vdsm_names_and_types() -> None:
-    stats = HostStats(lambda: (3, 2, 0))
+    stats = HostStats(lambda: (3, 2, 0), lambda: True)
     first = stats.get()
     assert (first["vmCount"], first["vmActive"], first["vmMigrating"]) == (3, 2, 0)
     for key in ("cpuUser", "cpuSys", "cpuIdle", "cpuLoad", "memUsed", "elapsedTime"):
