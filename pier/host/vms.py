@@ -65,7 +65,7 @@ _ACTS_ON = {
 
 
 class Vms:
-    """The VMs: reads and verbs. `notify` hands a synthetic item to the event dispatcher."""
+    """The VMs: reads and verbs. `notify` hands a verb's news to the event dispatcher."""
 
     def __init__(self, connection: Connection, cache: VmCache, sampler: StatsSampler,
                  notify: Callable[[News], None]) -> None:
