@@ -7,6 +7,7 @@ versions, SMBIOS). Facts that cannot change while Pier runs are computed once an
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import uuid as uuidlib
@@ -15,6 +16,10 @@ from typing import Any
 
 import defusedxml.ElementTree as SafeET
 import libvirt
+
+from pier.rpc.errors import HardwareInfoError
+
+log = logging.getLogger(__name__)
 
 _OS_NAMES = {"rhel": "RHEL", "centos": "RHEL", "almalinux": "RHEL", "rocky": "RHEL",
              "fedora": "Fedora", "debian": "Debian", "ubuntu": "Debian"}
@@ -64,7 +69,7 @@ def _host_uuid() -> str:
 class HostFacts:
     """Answers capabilities(), hardware_info() and host_uuid(); caches what cannot change."""
 
-    def __init__(self, uri: str = "") -> None:
+    def __init__(self, uri: str) -> None:
         # A test-driver node is a simulated host of its own, with an id of its own.
         self._uuid: str | None = str(uuidlib.uuid5(uuidlib.NAMESPACE_URL, uri)) if uri.startswith("test:") else None
         self._caps: dict[str, Any] | None = None
@@ -89,32 +94,28 @@ class HostFacts:
         return dict(caps)
 
     def hardware_info(self, conn: libvirt.virConnect | None) -> dict[str, str]:
-        """HardwareInformation from /sys/class/dmi/id, gaps filled from libvirt's sysinfo."""
+        """HardwareInformation from /sys/class/dmi/id, gaps filled from libvirt's sysinfo.
+
+        A machine without SMBIOS answers empty fields. HardwareInfoError (hwInfoErr) when the
+        facts are there but cannot be read: no fact came out, and a DMI file could not be read,
+        or libvirt's sysinfo was needed and failed (libvirtd away included). Some facts and a
+        failure: the facts, and a warning in the log."""
         if self._hw is not None:
             return dict(self._hw)
-        dmi = "/sys/class/dmi/id/"
-        hw = {
-            "systemManufacturer": read(dmi + "sys_vendor"),
-            "systemProductName": read(dmi + "product_name"),
-            "systemVersion": read(dmi + "product_version"),
-            "systemSerialNumber": read(dmi + "product_serial"),
-            "systemUUID": read(dmi + "product_uuid"),
-            "systemFamily": read(dmi + "product_family"),
-        }
-        if conn is not None and not all(hw.values()):
-            try:
-                sysinfo = SafeET.fromstring(conn.getSysinfo(0))
-            except (libvirt.libvirtError, ET.ParseError):
-                sysinfo = None
-            if sysinfo is not None:
-                names = {"manufacturer": "systemManufacturer", "product": "systemProductName",
-                         "version": "systemVersion", "serial": "systemSerialNumber",
-                         "uuid": "systemUUID", "family": "systemFamily"}
-                for entry in sysinfo.findall("system/entry"):
-                    key = names.get(entry.get("name", ""))
-                    if key and not hw[key]:
-                        hw[key] = (entry.text or "").strip()
-        if conn is not None:
+        hw: dict[str, str] = {}
+        failures: list[str] = []
+        for key, name in _DMI_FILES.items():
+            hw[key], failure = _read_fact(DMI_DIR + name)
+            failures += [failure] if failure else []
+        if not all(hw.values()):
+            failure = _fill_from_sysinfo(hw, conn)
+            failures += [failure] if failure else []
+        if failures and not any(hw.values()):
+            raise HardwareInfoError("cannot read the hardware information: " + "; ".join(failures),
+                                    data={"failures": failures})
+        if failures:
+            log.warning("hardware information is incomplete: %s", "; ".join(failures))
+        elif conn is not None:
             self._hw = hw
         return dict(hw)
 
@@ -219,6 +220,46 @@ class HostFacts:
         if model:
             out["cpuFlags"] = _local_flags_plus_model(model)
         return out
+
+
+DMI_DIR = "/sys/class/dmi/id/"
+_DMI_FILES = {"systemManufacturer": "sys_vendor", "systemProductName": "product_name",
+              "systemVersion": "product_version", "systemSerialNumber": "product_serial",
+              "systemUUID": "product_uuid", "systemFamily": "product_family"}
+_SYSINFO_NAMES = {"manufacturer": "systemManufacturer", "product": "systemProductName",
+                  "version": "systemVersion", "serial": "systemSerialNumber",
+                  "uuid": "systemUUID", "family": "systemFamily"}
+
+
+def _read_fact(path: str) -> tuple[str, str | None]:
+    """(the file's stripped text, None), ("", None) when this machine has no such file, or
+    ("", why) when it has one that cannot be read."""
+    try:
+        with open(path) as f:
+            return f.read().strip(), None
+    except FileNotFoundError:
+        return "", None
+    except (OSError, UnicodeDecodeError) as exc:
+        return "", f"{path}: {getattr(exc, 'strerror', None) or exc}"
+
+
+def _fill_from_sysinfo(hw: dict[str, str], conn: libvirt.virConnect | None) -> str | None:
+    """Fill empty `hw` fields from libvirt's SMBIOS sysinfo; why it could not, or None."""
+    if conn is None:
+        return "libvirtd is not reachable for its sysinfo"
+    try:
+        root = SafeET.fromstring(conn.getSysinfo(0))
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() in (libvirt.VIR_ERR_CONFIG_UNSUPPORTED, libvirt.VIR_ERR_NO_SUPPORT):
+            return None  # the host has no SMBIOS to tell
+        return f"libvirt's sysinfo: {exc.get_error_message() or exc}"
+    except ET.ParseError as exc:
+        return f"libvirt's sysinfo is not XML: {exc}"
+    for entry in root.findall("system/entry"):
+        key = _SYSINFO_NAMES.get(entry.get("name", ""))
+        if key and not hw[key]:
+            hw[key] = (entry.text or "").strip()
+    return None
 
 
 def _local_flags_plus_model(model: str) -> str:

@@ -4,21 +4,21 @@
 (`libvirt-event-loop`), shared by every `Connection` in the process and kept alive while at
 least one of them is started. `Connection` opens the URI, registers the domain callbacks and
 a close callback, and when the connection dies a `libvirt-reconnect` thread opens it again
-with exponential backoff. Callbacks only hand a small tuple to `on_event`, which must only
-enqueue. Broken connections are recognised by libvirt error code and domain, never by text.
+with exponential backoff. Callbacks only hand news (`pier.host.news`) to `on_event`, which
+must only enqueue. Broken connections are recognised by libvirt error code and domain, never by text.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
 import libvirt
 
-from pier.rpc.errors import LibvirtUnavailable
+from pier.host.news import Connected, DeviceRemoved, Disconnected, Lifecycle, News, Reboot
+from pier.rpc.errors import LibvirtUnavailable, PierError
 
 log = logging.getLogger(__name__)
 
@@ -26,9 +26,8 @@ BACKOFF_START = 0.2
 BACKOFF_CAP = 5.0
 KEEPALIVE = (1, 2)  # interval s, missed count: a hung libvirtd is noticed in ~3 s
 
-EventSink = Callable[[tuple[Any, ...]], None]
-"""Receives ("lifecycle", uuid, name, event, detail, when), ("reboot", uuid, name, when),
-("device_removed", uuid, name, alias), ("connected", first) and ("disconnected", reason)."""
+EventSink = Callable[[News], None]
+"""Receives Lifecycle, Reboot, DeviceRemoved, Connected and Disconnected news."""
 
 
 def silence_libvirt() -> None:
@@ -150,10 +149,6 @@ class Connection:
     def connected(self) -> bool:
         return self._conn is not None
 
-    @property
-    def is_test(self) -> bool:
-        return self._uri.startswith("test:")
-
     def start(self) -> None:
         """Try to connect now; if libvirtd is away, keep trying in the background."""
         if self._started:
@@ -210,7 +205,7 @@ class Connection:
             self._dead.append(self._conn)
             self._conn = None
             self._callback_ids = []
-        self._on_event(("disconnected", "error"))
+        self._on_event(Disconnected("error"))
         self._need.set()
 
     def check(self, exc: libvirt.libvirtError, conn: libvirt.virConnect | None = None) -> None:
@@ -227,12 +222,11 @@ class Connection:
         conn = libvirt.open(self._uri)
         ids: list[int] = []
         try:
-            if not self.is_test:
-                try:
-                    conn.setKeepAlive(*KEEPALIVE)
-                except libvirt.libvirtError as exc:  # only the remote driver has keepalive
-                    if exc.get_error_code() != libvirt.VIR_ERR_NO_SUPPORT:
-                        raise
+            try:
+                conn.setKeepAlive(*KEEPALIVE)
+            except libvirt.libvirtError as exc:  # only the remote driver has keepalive
+                if exc.get_error_code() != libvirt.VIR_ERR_NO_SUPPORT:
+                    raise
             conn.registerCloseCallback(self._on_close, None)
             ids.append(conn.domainEventRegisterAny(
                 None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle, None))
@@ -251,7 +245,7 @@ class Connection:
             self._generation += 1
             first = self._generation == 1
         log.info("connected to %s", self._uri)
-        self._on_event(("connected", first))
+        self._on_event(Connected(first))
 
     def _close(self, conn: libvirt.virConnect, ids: list[int]) -> None:
         for cb_id in ids:
@@ -280,9 +274,13 @@ class Connection:
             while self._conn is None and not self._stopping.is_set():
                 try:
                     self._connect()
-                except Exception as exc:  # libvirtError, or on_connect failing on a bad link
+                except (libvirt.libvirtError, PierError) as exc:  # or on_connect on a bad link
                     log.debug("reconnect to %s failed: %s; next try in %.1fs",
                               self._uri, exc, delay)
+                    self._stopping.wait(delay)
+                    delay = min(delay * 2, BACKOFF_CAP)
+                except Exception:
+                    log.exception("reconnect to %s failed; next try in %.1fs", self._uri, delay)
                     self._stopping.wait(delay)
                     delay = min(delay * 2, BACKOFF_CAP)
 
@@ -297,20 +295,19 @@ class Connection:
                 self._dead.append(self._conn)
             self._conn = None
             self._callback_ids = []
-        self._on_event(("disconnected", reason))
+        self._on_event(Disconnected(reason))
         self._need.set()
 
     def _on_lifecycle(self, conn: Any, dom: libvirt.virDomain, event: int, detail: int,
                       opaque: Any) -> None:
         """Thread: libvirt-event-loop."""
-        self._on_event(("lifecycle", dom.UUIDString(), dom.name(), event, detail,
-                        time.monotonic()))
+        self._on_event(Lifecycle(dom.UUIDString(), dom.name(), event, detail))
 
     def _on_reboot(self, conn: Any, dom: libvirt.virDomain, opaque: Any) -> None:
         """Thread: libvirt-event-loop."""
-        self._on_event(("reboot", dom.UUIDString(), dom.name(), time.monotonic()))
+        self._on_event(Reboot(dom.UUIDString(), dom.name()))
 
     def _on_device_removed(self, conn: Any, dom: libvirt.virDomain, alias: str,
                            opaque: Any) -> None:
         """Thread: libvirt-event-loop."""
-        self._on_event(("device_removed", dom.UUIDString(), dom.name(), alias))
+        self._on_event(DeviceRemoved(dom.UUIDString(), dom.name(), alias))

@@ -1,8 +1,7 @@
 """libvirt events -> VDSM events, on one dispatcher thread (`libvirt-events`).
 
-libvirt callbacks and verbs put small tuples on the dispatcher's queue (see
-`connection.EventSink`, plus ("status", vm_id, status, when) from verbs and ("barrier", Event)).
-The dispatcher alone turns them into VM status changes: it updates the VM cache and calls the
+libvirt callbacks, the connection and verbs put news on the dispatcher's queue: the frozen
+dataclasses of `pier.host.news`, one handler each. The dispatcher alone turns them into VM status changes: it updates the VM cache and calls the
 event sink with `|virt|VM_status|<vmId>` and `{vmId: {...}, "notify_time": ...}` as VDSM does.
 
 A VM that stops is reported Down only after a short grace: if it starts again meanwhile it
@@ -24,6 +23,18 @@ from typing import Any
 
 import libvirt
 
+from pier.host.news import (
+    Barrier,
+    Connected,
+    DeviceRemoved,
+    Disconnected,
+    Lifecycle,
+    News,
+    Reboot,
+    StatusNews,
+    Stop,
+    VmNews,
+)
 from pier.host.vmstate import (
     DOWN,
     EXIT_ERROR,
@@ -39,6 +50,7 @@ from pier.host.vmstate import (
     started_at,
     state_status,
 )
+from pier.rpc.errors import PierError
 
 log = logging.getLogger(__name__)
 
@@ -95,96 +107,112 @@ class EventDispatcher:
 
     def __init__(self, cache: VmCache, emit: Emit,
                  read_states: Callable[[], dict[str, tuple[str, int, int]]],
-                 on_vms_changed: Callable[[], None] | None = None,
-                 reboot_grace: float = REBOOT_GRACE,
-                 published: Callable[[], dict[str, str]] | None = None) -> None:
+                 on_vms_changed: Callable[[], None],
+                 published: Callable[[], dict[str, str]],
+                 reboot_grace: float = REBOOT_GRACE) -> None:
+        """`read_states` gives libvirt's {vmId: (name, state, reason)}; `on_vms_changed` is told
+        when VMs come or go; `published` gives the last status published of each VM (the event
+        log), for the first resync; `reboot_grace` is how long a stop waits for a start."""
         self._cache = cache
         self._emit = emit
         self._read_states = read_states
-        self._published = published or dict
-        self._on_vms_changed = on_vms_changed or (lambda: None)
+        self._published = published
+        self._on_vms_changed = on_vms_changed
         self._grace = reboot_grace
-        self._queue: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[News] = queue.SimpleQueue()
         self._pending: dict[str, tuple[float, str, dict[str, Any], float]] = {}
         self._when = 0.0  # when the news being handled happened (monotonic)
-        self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._handlers: dict[type[News], Callable[[Any], None]] = {
+            Lifecycle: self._lifecycle,
+            Reboot: self._reboot,
+            DeviceRemoved: self._device_removed,
+            StatusNews: self._status_news,
+            Connected: self._connected,
+            Disconnected: self._disconnected,
+            Barrier: self._barrier,
+        }
 
-    def put(self, item: tuple[Any, ...]) -> None:
-        """Enqueue an item; safe from any thread, including libvirt callbacks."""
-        self._queue.put(item)
+    def put(self, news: News) -> None:
+        """Enqueue news; safe from any thread, including libvirt callbacks."""
+        self._queue.put(news)
 
     def start(self) -> None:
         if self._thread is not None:
             return
-        self._stop.clear()
         self._thread = threading.Thread(target=self._run, name=self.THREAD_NAME, daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
+        """Handle what is queued, publish the Downs still held back for the reboot grace (an
+        orderly stop must not lose them), then end the thread."""
         if self._thread is None:
             return
-        self._stop.set()
-        self._queue.put(("wake",))
+        self._queue.put(Stop())
         self._thread.join(2.0)
+        if self._thread.is_alive():
+            log.warning("the %s thread did not stop within 2 s", self.THREAD_NAME)
         self._thread = None
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until everything queued before this call has been handled."""
         done = threading.Event()
-        self._queue.put(("barrier", done))
+        self._queue.put(Barrier(done))
         return done.wait(timeout)
 
     # -- the thread ----------------------------------------------------------------------------
 
     def _run(self) -> None:
-        while not self._stop.is_set():
+        while True:
             timeout = 0.5
             if self._pending:
                 timeout = max(0.0, min(p[0] for p in self._pending.values()) - time.monotonic())
+            news: News | None
             try:
-                item = self._queue.get(timeout=timeout)
+                news = self._queue.get(timeout=timeout)
             except queue.Empty:
-                item = None
+                news = None
+            stopping = isinstance(news, Stop)
             try:
-                self._fire_due()
-                if item is not None:
-                    self._handle(item)
+                self._fire_due(force=stopping)
+                if news is not None and not stopping:
+                    self._handle(news)
             except Exception:
-                log.exception("failed to handle libvirt event %r", item)
+                log.exception("failed to handle %r", news)
+            if stopping:
+                return
 
-    def _handle(self, item: tuple[Any, ...]) -> None:
-        kind = item[0]
-        self._when = time.monotonic()
-        if kind == "lifecycle":
-            if len(item) > 5:
-                self._when = item[5]
-            self._lifecycle(*item[1:5])
-        elif kind == "reboot":
-            if len(item) > 3:
-                self._when = item[3]
-            self._reboot(item[1])
-        elif kind == "device_removed":
-            rec = self._cache.find(item[1])
-            if rec is not None:
-                rec.invalidate()
-                self._emit(f"|virt|VM_device_removed|{item[1]}",
-                           {item[1]: {"alias": item[3]}, "notify_time": event_time()})
-        elif kind == "status":
-            # A verb's announcement (e.g. Powering down); libvirt's own events may have
-            # overtaken it, so it only applies to a VM that still runs.
-            if len(item) > 3:
-                self._when = item[3]
-            rec = self._cache.get(item[1])
-            if rec is not None and rec.status in _UP_LIKE and item[1] not in self._pending:
-                self._set(rec, item[2], {})
-        elif kind == "connected":
-            self._resync(first=item[1])
-        elif kind == "disconnected":
-            log.warning("lost the connection to libvirtd (reason %s)", item[1])
-        elif kind == "barrier":
-            self._fire_due(force=True)
-            item[1].set()
+    def _handle(self, news: News) -> None:
+        self._when = news.when if isinstance(news, VmNews) else time.monotonic()
+        handler = self._handlers.get(type(news))
+        if handler is None:
+            log.error("no handler for %r; dropped", news)
+            return
+        handler(news)
+
+    def _device_removed(self, news: DeviceRemoved) -> None:
+        rec = self._cache.find(news.vm_id)
+        if rec is not None:
+            self._cache.invalidate(rec)
+            self._emit(f"|virt|VM_device_removed|{news.vm_id}",
+                       {news.vm_id: {"alias": news.alias}, "notify_time": event_time()})
+
+    def _status_news(self, news: StatusNews) -> None:
+        """A verb's announcement (e.g. Powering down); libvirt's own events may have overtaken
+        it, so it only applies to a VM that still runs."""
+        rec = self._cache.get(news.vm_id)
+        if rec is not None and rec.status in _UP_LIKE and news.vm_id not in self._pending:
+            self._set(rec, news.status, {})
+
+    def _connected(self, news: Connected) -> None:
+        self._resync(first=news.first)
+
+    def _disconnected(self, news: Disconnected) -> None:
+        log.warning("lost the connection to libvirtd (reason %s)", news.reason)
+
+    def _barrier(self, news: Barrier) -> None:
+        self._fire_due(force=True)
+        news.done.set()
 
     def _set(self, rec: VmRecord, status: str, details: dict[str, Any], *,
              update: bool = True) -> None:
@@ -216,7 +244,8 @@ class EventDispatcher:
 
     # -- translation ---------------------------------------------------------------------------
 
-    def _lifecycle(self, vm_id: str, name: str, event: int, detail: int) -> None:
+    def _lifecycle(self, news: Lifecycle) -> None:
+        vm_id, name, event, detail = news.vm_id, news.name, news.event, news.detail
         if event == libvirt.VIR_DOMAIN_EVENT_UNDEFINED:
             self._flush(vm_id)
             rec = self._cache.find(vm_id)
@@ -233,7 +262,7 @@ class EventDispatcher:
                 return  # a transient domain we never saw; nothing to report
             rec = self._cache.add(VmRecord(vm_id, name, status=DOWN, emitted=DOWN))
             self._on_vms_changed()
-        rec.invalidate()
+        self._cache.invalidate(rec)
 
         if event == libvirt.VIR_DOMAIN_EVENT_DEFINED:
             if rec.announce_launch and rec.emitted is None:
@@ -278,7 +307,8 @@ class EventDispatcher:
         elif event == libvirt.VIR_DOMAIN_EVENT_CRASHED:
             self._set(rec, DOWN, exit_details("generic error", EXIT_ERROR, "guest crashed"))
 
-    def _reboot(self, vm_id: str) -> None:
+    def _reboot(self, news: Reboot) -> None:
+        vm_id = news.vm_id
         rec = self._cache.find(vm_id)
         if rec is None:
             return
@@ -294,7 +324,7 @@ class EventDispatcher:
         none is loaded quietly); later, from the cache."""
         try:
             states = self._read_states()
-        except Exception as exc:  # the new connection died already; the next one resyncs
+        except PierError as exc:  # the new connection died already; the next one resyncs
             log.warning("resync failed: %s", exc)
             return
         published = self._load_published() if first else {}
@@ -302,14 +332,14 @@ class EventDispatcher:
             if vm_id not in states and last != DOWN and self._cache.get(vm_id) is None:
                 gone = VmRecord(vm_id, "", emitted=last)  # gone while the agent was away
                 self._set(gone, DOWN, exit_details("libvirt domain missing", EXIT_ERROR), update=False)
-        for rec in self._cache.records():
-            if rec.vm_id in states or rec.creating:
+        for known in self._cache.records():
+            if known.vm_id in states or known.creating:
                 continue
-            self._pending.pop(rec.vm_id, None)
-            if not first and rec.emitted != DOWN:
-                self._set(rec, DOWN, exit_details("libvirt domain missing", EXIT_ERROR),
+            self._pending.pop(known.vm_id, None)
+            if not first and known.emitted != DOWN:
+                self._set(known, DOWN, exit_details("libvirt domain missing", EXIT_ERROR),
                           update=False)
-            self._cache.remove(rec.vm_id, keep_tombstone=False)
+            self._cache.remove(known.vm_id, keep_tombstone=False)
         for vm_id, (name, state, reason) in states.items():
             status, details = state_status(state, reason)
             rec = self._cache.get(vm_id)
@@ -326,7 +356,7 @@ class EventDispatcher:
                 if emitted != status:
                     self._set(rec, status, details)
                 continue
-            rec.invalidate()
+            self._cache.invalidate(rec)
             if vm_id in self._pending or rec.creating:
                 continue
             if first:
@@ -339,6 +369,6 @@ class EventDispatcher:
     def _load_published(self) -> dict[str, str]:
         try:
             return self._published()
-        except Exception as exc:  # the event log cannot say: load quietly, as with no history
-            log.warning("cannot read the last published VM statuses: %s", exc)
+        except Exception:  # the event log cannot say: load quietly, as with no history
+            log.exception("cannot read the last published VM statuses; loading the VMs quietly")
             return {}

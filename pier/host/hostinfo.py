@@ -7,15 +7,17 @@ it is there and is left out when it is not.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
-
-import libvirt
 
 from pier.host.capabilities import HostFacts
 from pier.host.connection import Connection
+from pier.host.domain import libvirt_errors
 from pier.host.stats import HostStats
 from pier.host.vmstate import VmCache
-from pier.rpc.errors import LibvirtUnavailable
+from pier.rpc.errors import LibvirtUnavailable, PierError
+
+log = logging.getLogger(__name__)
 
 
 class HostInfo:
@@ -30,23 +32,20 @@ class HostInfo:
         return self._facts.host_uuid()
 
     def capabilities(self) -> dict[str, Any]:
-        """VdsmCapabilities (VDSM's field names and types)."""
+        """VdsmCapabilities (VDSM's field names and types); without libvirt, the local facts."""
         conn = self._connection.current()
         try:
-            return self._facts.capabilities(conn)
-        except libvirt.libvirtError as exc:
-            try:
-                self._connection.check(exc, conn)
-            except LibvirtUnavailable:
-                pass
+            with libvirt_errors(self._connection, conn, action="read libvirt's capabilities"):
+                return self._facts.capabilities(conn)
+        except LibvirtUnavailable:
+            return self._facts.capabilities(None)
+        except PierError as exc:
+            log.warning("%s; answering the local facts only", exc)
             return self._facts.capabilities(None)
 
     def hardware_info(self) -> dict[str, str]:
-        conn = self._connection.current()
-        try:
-            return self._facts.hardware_info(conn)
-        except libvirt.libvirtError:
-            return self._facts.hardware_info(None)
+        """HardwareInformation; HardwareInfoError when the facts cannot be read."""
+        return self._facts.hardware_info(self._connection.current())
 
     def stats(self) -> dict[str, Any]:
         """HostStats from /proc and the VM cache; never calls libvirt."""

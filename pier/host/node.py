@@ -17,6 +17,7 @@ from typing import Any
 import libvirt
 
 from pier.host.connection import Connection, EventLoop
+from pier.host.domain import libvirt_errors
 from pier.host.events import STATUS_EVENT_PREFIX, EventDispatcher, published_statuses
 from pier.host.hostinfo import HostInfo
 from pier.host.services import HostService, VmService
@@ -64,11 +65,13 @@ class Node:
         self._sampler.start()
 
     def stop(self) -> None:
-        """Stop the sampler, the connection (reconnect thread, event loop) and the dispatcher."""
+        """Stop the sampler, the connection (reconnect thread, event loop) and the dispatcher,
+        which publishes first what libvirt handed over and the Downs held for the reboot grace."""
         if not self._running:
             return
         self._running = False
         self._sampler.stop()
+        self.flush_events(2.0)
         self._connection.stop()
         self._dispatcher.stop()
 
@@ -97,11 +100,8 @@ class Node:
     def _read_states(self) -> dict[str, tuple[str, int, int]]:
         """Thread: libvirt-events (during a resync)."""
         conn = self._connection.get()
-        try:
+        with libvirt_errors(self._connection, conn, action="read the VMs' states"):
             return read_states(conn)
-        except libvirt.libvirtError as exc:
-            self._connection.check(exc, conn)
-            raise
 
     def _published_statuses(self) -> dict[str, str]:
         """Thread: libvirt-events (during the first resync)."""

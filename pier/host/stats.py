@@ -3,7 +3,7 @@
 `StatsSampler` calls `getAllDomainStats` on an interval: cheap groups (state, vcpu,
 interface, block) every `interval`, dear ones (cpu-total, balloon) every `slow_interval`,
 with the NOWAIT flag so a VM busy in another job never stalls a sample. Each sample is
-turned into VDSM VmStats dicts right away, so `all_stats()` only hands out a prepared list.
+turned into VDSM VmStats dicts right away, so `all_stats()` only hands out copies of them.
 Rates come from the difference between two samples. While libvirtd is away the last sample is
 served, marked as VDSM marks stats it could not refresh: `statsAge` grows and `monitorResponse`
 is "-1" (also when a sample is older than VDSM's 60 s command timeout). `HostStats` reads /proc only.
@@ -22,6 +22,7 @@ import libvirt
 
 from pier.host.capabilities import meminfo, read
 from pier.host.connection import Connection
+from pier.host.domain import libvirt_errors
 from pier.host.events import event_time
 from pier.host.vmstate import DOWN, VmCache, state_status
 from pier.rpc.errors import LibvirtUnavailable
@@ -59,7 +60,6 @@ class StatsSampler:
         self._by_id: dict[str, dict[str, Any]] = {}
         self._all: list[dict[str, Any]] = []
         self._taken = 0.0
-        self.samples_taken = 0
 
     # -- owner ---------------------------------------------------------------------------------
 
@@ -85,15 +85,15 @@ class StatsSampler:
     # -- readers (any thread) --------------------------------------------------------------------
 
     def all_stats(self) -> list[dict[str, Any]]:
-        """VmStats of every VM from the latest sample; the dicts are shared, do not mutate."""
-        stamp_all(self._all, self._taken, self._connection.connected)
-        return self._all
+        """VmStats of every VM from the latest sample: the caller's own copies, stamped now."""
+        return stamped_copies(self._all, self._taken, self._connection.connected)
 
     def stats(self, vm_id: str) -> dict[str, Any] | None:
+        """One VM's VmStats from the latest sample (the caller's own copy), or None."""
         found = self._by_id.get(vm_id)
-        if found is not None:
-            stamp_all([found], self._taken, self._connection.connected)
-        return found
+        if found is None:
+            return None
+        return stamped_copies([found], self._taken, self._connection.connected)[0]
 
     def patch_status(self, vm_id: str, status: str | None) -> None:
         """Keep the prepared stats' status current between samples (called on changes)."""
@@ -132,15 +132,15 @@ class StatsSampler:
             return  # keep serving the last sample; statsAge tells how old it is
         groups = self._groups if slow else self._groups & FAST_GROUPS
         try:
-            raw = conn.getAllDomainStats(groups, self._flags)
-        except libvirt.libvirtError as exc:
-            if not self._degrade(exc):
+            with libvirt_errors(self._connection, conn, action="sample the VMs' statistics"):
                 try:
-                    self._connection.check(exc, conn)
-                except LibvirtUnavailable:
+                    raw = conn.getAllDomainStats(groups, self._flags)
+                except libvirt.libvirtError as exc:
+                    if not self._degrade(exc):
+                        raise
                     return
-                raise
-            return
+        except LibvirtUnavailable:
+            return  # keep serving the last sample; statsAge tells how old it is
         taken = time.monotonic()
         seen: dict[str, tuple[str, dict[str, Any]]] = {}
         for dom, values in raw:
@@ -182,7 +182,6 @@ class StatsSampler:
             if rec is not None and entry["status"] != rec.status:
                 entry["status"] = rec.status
         self._taken = taken
-        self.samples_taken += 1
 
     def _vm_stats(self, vm_id: str, name: str, slots: list[Sample | None]) -> dict[str, Any]:
         fast = slots[1]
@@ -223,18 +222,31 @@ class StatsSampler:
         return out
 
 
-def stamp_all(stats: list[dict[str, Any]], taken: float, connected: bool = True) -> None:
-    """Set statsAge, statusTime and (for running VMs) monitorResponse at the moment of serving
-    (cheap: three stores per VM)."""
+def stamped_copies(stats: list[dict[str, Any]], taken: float, connected: bool
+                   ) -> list[dict[str, Any]]:
+    """Copies of prepared VmStats for one reader, with statsAge, statusTime and (for running
+    VMs) monitorResponse set at the moment of serving. The prepared entries stay untouched, so
+    what one caller does with its answer never shows in another's."""
     seconds = max(0.0, time.monotonic() - taken) if taken else 0.0
-    age = f"{seconds:.2f}"
-    now = str(event_time())
-    monitor = "0" if connected and seconds < MONITOR_TIMEOUT else "-1"
-    for entry in stats:
-        entry["statsAge"] = age
-        entry["statusTime"] = now
-        if "monitorResponse" in entry:
-            entry["monitorResponse"] = monitor
+    stamp = {"statsAge": f"{seconds:.2f}", "statusTime": str(event_time())}
+    running = {**stamp, "monitorResponse": "0" if connected and seconds < MONITOR_TIMEOUT else "-1"}
+    return [_own_copy(entry, running if "monitorResponse" in entry else stamp)
+            for entry in stats]
+
+
+def _own_copy(entry: dict[str, Any], stamp: dict[str, str]) -> dict[str, Any]:
+    """A copy of one VM's prepared VmStats, as deep as `_vm_stats` builds them: `disks` and
+    `network` map a device to a dict of figures, `balloonInfo` is a dict of figures, and every
+    other value is immutable (about 1.3 ms for 1000 VMs, where copy.deepcopy takes 25 ms)."""
+    out = {**entry, **stamp}
+    for key in ("disks", "network"):
+        devices = entry.get(key)
+        if devices:
+            out[key] = {name: figures.copy() for name, figures in devices.items()}
+    balloon = entry.get("balloonInfo")
+    if balloon:
+        out["balloonInfo"] = balloon.copy()
+    return out
 
 
 def cpu_stats(prev: Sample | None, last: Sample | None) -> dict[str, Any]:
@@ -356,7 +368,7 @@ class HostStats:
     MIN_INTERVAL = 0.5
 
     def __init__(self, vm_counts: Callable[[], tuple[int, int, int]],
-                 connected: Callable[[], bool] = lambda: True) -> None:
+                 connected: Callable[[], bool]) -> None:
         """`vm_counts` gives (all, running, migrating) VMs from the cache; `connected` whether
         libvirtd answers now (when not, the counts may be stale)."""
         self._vm_counts = vm_counts

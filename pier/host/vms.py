@@ -3,7 +3,8 @@
 
 Reads are answered from the cache and the stats sampler, so they work while libvirtd is away.
 `Vms` runs the verbs: create (define, start, undo on failure), destroy (power off and undefine),
-shutdown, reboot, reset, pause, cont. libvirt errors become Pier errors here.
+shutdown, reboot, reset, pause, cont, on `pier.host.domain.Domain`, whose `libvirt_errors` turns
+libvirt's errors into Pier's.
 """
 
 from __future__ import annotations
@@ -14,14 +15,16 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from typing import Any, NoReturn
+from typing import Any
 
 import libvirt
 
 from pier.host.capabilities import guest_domain_types
-from pier.host.connection import Connection
+from pier.host.connection import Connection, is_connection_error
 from pier.host.devices import as_bool
+from pier.host.domain import Domain, libvirt_errors
 from pier.host.domxml import DomainXml, build_domain, domain_from_raw, normalize_uuid
+from pier.host.news import News, StatusNews
 from pier.host.stats import StatsSampler
 from pier.host.vmstate import (
     DOWN,
@@ -37,16 +40,15 @@ from pier.host.vmstate import (
     error_text,
     exit_details,
     qemu_pid,
-    state_status,
 )
 from pier.rpc.errors import (
     CreateError,
     DestroyError,
     ImageError,
     InvalidParams,
+    LibvirtUnavailable,
     NoVM,
-    Unexpected,
-    UnsupportedOperation,
+    PierError,
     VMDown,
     VMExists,
 )
@@ -63,10 +65,10 @@ _ACTS_ON = {
 
 
 class Vms:
-    """The VMs: reads and verbs. `notify` hands a synthetic item to the event dispatcher."""
+    """The VMs: reads and verbs. `notify` hands a verb's news to the event dispatcher."""
 
     def __init__(self, connection: Connection, cache: VmCache, sampler: StatsSampler,
-                 notify: Callable[[tuple[Any, ...]], None]) -> None:
+                 notify: Callable[[News], None]) -> None:
         self._connection = connection
         self._cache = cache
         self._sampler = sampler
@@ -89,8 +91,8 @@ class Vms:
         if static is None:
             version = rec.def_version
             static = self._load_definition(rec)
-            if static is not None and rec.def_version == version:
-                rec.definition = static
+            if static is not None:
+                self._cache.keep_definition(rec, static, version)
         out = dict(static or {"vmId": rec.vm_id, "vmName": rec.name, "vmType": "kvm"})
         out["status"] = rec.status
         out.update(rec.details)
@@ -98,19 +100,23 @@ class Vms:
         return out
 
     def _load_definition(self, rec: VmRecord) -> dict[str, Any] | None:
+        """The VM's definition from libvirt's XML; None while libvirt cannot say (the caller
+        answers from the cache). XML Pier cannot turn into a definition is a bug to see: it is
+        logged with its traceback, once per version of the XML, and the VM is answered as a stub
+        (its id, name and status) so listing and status keep working."""
         try:
-            conn = self._connection.get()
-            dom = conn.lookupByUUIDString(rec.vm_id)
-            return DomainXml.parse(dom.XMLDesc(0)).to_definition()
-        except libvirt.libvirtError as exc:
-            if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
-                try:
-                    self._connection.check(exc)
-                except Exception:
-                    pass
+            xml = Domain.lookup(self._connection, rec.vm_id).xml()
+        except (NoVM, LibvirtUnavailable):
             return None
-        except Exception:  # LibvirtUnavailable, or XML libvirt gave us that we cannot read
+        except PierError as exc:  # libvirt refused, or gave XML that does not parse
+            log.error("VM %s: cannot read its domain XML: %s", rec.vm_id, exc)
             return None
+        try:
+            return xml.to_definition()
+        except Exception:
+            log.exception("VM %s (%s): cannot make a VM definition of its domain XML; answering "
+                          "a stub", rec.vm_id, rec.name)
+            return {"vmId": rec.vm_id, "vmName": rec.name, "vmType": "kvm"}
 
     def listing(self, vm_ids: Iterable[str] | None = None, full: bool = False
              ) -> list[dict[str, Any]]:
@@ -204,28 +210,25 @@ class Vms:
             raise VMExists(f"Virtual machine {vm_id} already exists")
         for lookup, key in ((conn.lookupByUUIDString, vm_id), (conn.lookupByName, name)):
             try:
-                dom = lookup(key)
-            except libvirt.libvirtError as exc:
-                if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
-                    continue
-                self._fail(exc, conn, None, CreateError, "create")
+                with libvirt_errors(self._connection, conn, action=f"create VM {vm_id}",
+                                    error=CreateError):
+                    dom = lookup(key)
+            except NoVM:
+                continue
             raise VMExists(f"Virtual machine {dom.UUIDString()} ({dom.name()}) already exists")
 
     def _define_and_start(self, conn: libvirt.virConnect, rec: VmRecord, xml: str,
                           launch_paused: bool) -> None:
-        try:
+        with libvirt_errors(self._connection, conn, action=f"define VM {rec.vm_id}",
+                            error=CreateError):
             dom = conn.defineXML(xml)
-        except libvirt.libvirtError as exc:
-            self._fail(exc, conn, None, CreateError, "define")
         try:
-            self._start(dom, launch_paused)
+            with libvirt_errors(self._connection, conn, action=f"start VM {rec.vm_id}",
+                                error=CreateError):
+                self._start(dom, launch_paused)
         except BaseException as exc:
             rec.final = exit_details("libvirt start failed", EXIT_ERROR, error_text(exc))
             self._undo_define(conn, dom, rec.vm_id)
-            if isinstance(exc, libvirt.libvirtError):
-                self._connection.check(exc, conn)
-                raise CreateError(f"cannot start VM {rec.vm_id}: {error_text(exc)}",
-                                  data={"libvirtCode": exc.get_error_code()}) from None
             raise
 
     @staticmethod
@@ -292,17 +295,18 @@ class Vms:
 
     def destroy(self, vm_id: str) -> None:
         """Power the VM off if it runs, then undefine it: afterwards it is gone."""
-        conn, dom, rec = self._lookup(vm_id)
+        dom, rec = self._lookup(vm_id)
         rec.destroying = True
         rec.final = exit_details("admin shutdown")
         try:
-            self._power_off(conn, dom)
-            try:
-                self._undefine(dom)
-            except libvirt.libvirtError as exc:
-                if exc.get_error_code() not in (libvirt.VIR_ERR_NO_DOMAIN,
-                                                libvirt.VIR_ERR_OPERATION_INVALID):
-                    self._fail(exc, conn, None, DestroyError, "undefine")
+            self._power_off(dom)
+            with dom.errors("undefine", DestroyError, by_state=False):
+                try:
+                    self._undefine(dom.virdomain)
+                except libvirt.libvirtError as exc:
+                    if exc.get_error_code() not in (libvirt.VIR_ERR_NO_DOMAIN,
+                                                    libvirt.VIR_ERR_OPERATION_INVALID):
+                        raise
         except BaseException:
             rec.destroying = False
             rec.final = None
@@ -311,110 +315,102 @@ class Vms:
 
     def poweroff(self, vm_id: str) -> None:
         """Power the VM off hard and keep it defined (Down); nothing to do if it is off."""
-        conn, dom, rec = self._lookup(vm_id)
+        dom, rec = self._lookup(vm_id)
         rec.destroying = True
         try:
-            self._power_off(conn, dom)
+            self._power_off(dom)
         except BaseException:
             rec.destroying = False
             raise
         self._cache.set_status(rec, DOWN, exit_details("admin shutdown"))
 
-    def _power_off(self, conn: libvirt.virConnect, dom: libvirt.virDomain) -> None:
-        for attempt in range(3):
-            try:
-                if not dom.isActive():
+    @staticmethod
+    def _power_off(dom: Domain) -> None:
+        raw = dom.virdomain
+        with dom.errors("power off", DestroyError, by_state=False):
+            for attempt in range(3):
+                try:
+                    if raw.isActive():
+                        raw.destroy()
                     return
-                dom.destroy()
-                return
-            except libvirt.libvirtError as exc:
-                code = exc.get_error_code()
-                if code in (libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_OPERATION_INVALID):
-                    return
-                self._connection.check(exc, conn)
-                if code != libvirt.VIR_ERR_SYSTEM_ERROR or attempt == 2:
-                    raise DestroyError(f"cannot power off: {error_text(exc)}") from None
-                time.sleep(0.5)  # qemu did not die from SIGTERM/SIGKILL yet ("busy")
+                except libvirt.libvirtError as exc:
+                    code = exc.get_error_code()
+                    if code in (libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_OPERATION_INVALID):
+                        return
+                    if (code != libvirt.VIR_ERR_SYSTEM_ERROR or attempt == 2
+                            or is_connection_error(exc)):
+                        raise
+                    time.sleep(0.5)  # qemu did not die from SIGTERM/SIGKILL yet ("busy")
 
     # -- running-VM verbs ------------------------------------------------------------------------
 
     def shutdown(self, vm_id: str) -> None:
-        conn, dom, rec = self._lookup(vm_id, running=True)
-        self._with_fallback(conn, dom, "shutdown", dom.shutdownFlags,
+        dom, rec = self._lookup(vm_id, running=True)
+        self._with_fallback(dom, "shutdown", dom.virdomain.shutdownFlags,
                             libvirt.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN)
-        self._notify(("status", rec.vm_id, POWERING_DOWN, time.monotonic()))
+        self._notify(StatusNews(rec.vm_id, POWERING_DOWN))
 
     def end_power_down(self, vm_id: str) -> None:
         """A shutdown gave up and the VM did not go down: if libvirt says it runs, it is Up again
         (VDSM too reports "Powering down" only for a while)."""
         rec = self._cache.get(vm_id)
-        conn = self._connection.current()
-        if rec is None or rec.status != POWERING_DOWN or conn is None:
+        if rec is None or rec.status != POWERING_DOWN:
             return
         try:
-            status = state_status(*conn.lookupByUUIDString(rec.vm_id).state())[0]
-        except libvirt.libvirtError as exc:
-            log.debug("VM %s: cannot read its state after a shutdown: %s", vm_id, error_text(exc))
+            status = Domain.lookup(self._connection, rec.vm_id).status()[0]
+        except PierError as exc:
+            log.debug("VM %s: cannot read its state after a shutdown: %s", vm_id, exc)
             return
         if status == UP:
-            self._notify(("status", rec.vm_id, UP, time.monotonic()))
+            self._notify(StatusNews(rec.vm_id, UP))
 
     def reboot(self, vm_id: str) -> None:
-        conn, dom, _ = self._lookup(vm_id, running=True)
-        self._with_fallback(conn, dom, "reboot", dom.reboot,
+        dom, _ = self._lookup(vm_id, running=True)
+        self._with_fallback(dom, "reboot", dom.virdomain.reboot,
                             libvirt.VIR_DOMAIN_REBOOT_ACPI_POWER_BTN)
 
     def reset(self, vm_id: str) -> None:
-        conn, dom, _ = self._lookup(vm_id, running=True)
-        try:
-            dom.reset(0)
-        except libvirt.libvirtError as exc:
-            self._fail(exc, conn, dom, Unexpected, "reset")
+        dom, _ = self._lookup(vm_id, running=True)
+        with dom.errors("reset"):
+            dom.virdomain.reset(0)
 
     def pause(self, vm_id: str) -> dict[str, Any]:
         """Pause a running VM; a VM already paused stays so, and that is success (as on qemu)."""
-        conn, dom, rec = self._lookup(vm_id, running=True)
-        try:
-            dom.suspend()
-        except libvirt.libvirtError as exc:
-            if self._current_status(dom) == PAUSED:
+        dom, rec = self._lookup(vm_id, running=True)
+        with dom.errors("pause", acts_on=_ACTS_ON["pause"]):
+            try:
+                dom.virdomain.suspend()
+            except libvirt.libvirtError:
+                if dom.current_status() != PAUSED:
+                    raise
                 return self.definition(rec.vm_id)  # its pauseCode (an I/O error, say) stays as it was
-            self._fail(exc, conn, dom, Unexpected, "pause")
         self._cache.set_status(rec, PAUSED, {"pauseCode": "NOERR"})
         return self.definition(rec.vm_id)
 
     def cont(self, vm_id: str) -> dict[str, Any]:
-        conn, dom, rec = self._lookup(vm_id, running=True)
-        try:
-            dom.resume()
-        except libvirt.libvirtError as exc:
-            self._fail(exc, conn, dom, Unexpected, "cont")
+        dom, rec = self._lookup(vm_id, running=True)
+        with dom.errors("cont", acts_on=_ACTS_ON["cont"]):
+            dom.virdomain.resume()
         self._cache.set_status(rec, UP)
         return self.definition(rec.vm_id)
 
     # -- helpers -------------------------------------------------------------------------------
 
-    def _lookup(self, vm_id: str, running: bool = False
-                ) -> tuple[libvirt.virConnect, libvirt.virDomain, VmRecord]:
-        vm_id = normalize_uuid(vm_id)
-        conn = self._connection.get()
-        rec = self._cache.get(vm_id)
-        try:
-            dom = conn.lookupByUUIDString(vm_id)
-            active = dom.isActive() if running else True
-            if rec is None:  # not loaded into the cache yet: learn it quietly
-                status, details = state_status(*dom.state())
-                rec = self._cache.add(VmRecord(vm_id, dom.name(), status=status,
-                                               details=details, emitted=status))
-        except libvirt.libvirtError as exc:
-            self._fail(exc, conn, None, Unexpected, "lookup")
-        if not active:
-            raise VMDown(f"Virtual machine {vm_id} is down")
-        return conn, dom, rec
+    def _lookup(self, vm_id: str, running: bool = False) -> tuple[Domain, VmRecord]:
+        dom = Domain.lookup(self._connection, vm_id)
+        rec = self._cache.get(dom.vm_id)
+        if rec is None:  # not loaded into the cache yet: learn it quietly
+            status, details = dom.status()
+            rec = self._cache.add(VmRecord(dom.vm_id, dom.name, status=status,
+                                           details=details, emitted=status))
+        if running and not dom.is_active():
+            raise VMDown(f"Virtual machine {dom.vm_id} is down")
+        return dom, rec
 
-    def _with_fallback(self, conn: libvirt.virConnect, dom: libvirt.virDomain, verb: str,
-                       method: Callable[[int], Any], flags: int) -> None:
-        try:
+    @staticmethod
+    def _with_fallback(dom: Domain, verb: str, method: Callable[[int], Any], flags: int) -> None:
+        """Call `method(flags)`, or `method(0)` on a driver that refuses the flags."""
+        with dom.errors(verb, acts_on=_ACTS_ON.get(verb)):
             try:
                 method(flags)
             except libvirt.libvirtError as exc:
@@ -422,40 +418,6 @@ class Vms:
                                                 libvirt.VIR_ERR_NO_SUPPORT):
                     raise
                 method(0)
-        except libvirt.libvirtError as exc:
-            self._fail(exc, conn, dom, Unexpected, verb)
-
-    @staticmethod
-    def _current_status(dom: libvirt.virDomain) -> str | None:
-        """The VM's VDSM status as libvirt sees it now, or None when libvirt cannot say."""
-        try:
-            return state_status(*dom.state())[0]
-        except libvirt.libvirtError:
-            return None
-
-    def _fail(self, exc: libvirt.libvirtError, conn: libvirt.virConnect,
-              dom: libvirt.virDomain | None, error: type[Exception], verb: str) -> NoReturn:
-        """Turn a libvirt error into a Pier error; always raises.
-
-        The domain's state after the refusal is the evidence: gone is noVM, off is down, and a
-        state the verb does not act from (or libvirt's "operation invalid") is unsupportedOperationErr.
-        """
-        self._connection.check(exc, conn)
-        code = exc.get_error_code()
-        if code == libvirt.VIR_ERR_NO_DOMAIN:
-            raise NoVM("Virtual machine does not exist") from None
-        if dom is not None:
-            status = self._current_status(dom)
-            if status == DOWN:
-                raise VMDown("Virtual machine is down") from None
-            acts_on = _ACTS_ON.get(verb)
-            if status is not None and (code == libvirt.VIR_ERR_OPERATION_INVALID
-                                       or (acts_on is not None and status not in acts_on)):
-                raise UnsupportedOperation(
-                    f"cannot {verb} VM {dom.UUIDString()} while it is {status}: {error_text(exc)}",
-                    data={"vmId": dom.UUIDString(), "status": status, "libvirtCode": code}) from None
-        raise error(f"{verb} failed: {error_text(exc)}",
-                    data={"libvirtCode": code}) from None
 
     def _domain_type(self, conn: libvirt.virConnect, params: dict[str, Any]) -> str:
         """kvm when the host offers it (and kvmEnable allows), else qemu, else what there is

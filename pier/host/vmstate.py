@@ -118,7 +118,23 @@ def started_at(name: str) -> float:
 
 @dataclass
 class VmRecord:
-    """What Pier knows of one VM. Mutated under VmCache's lock or by its single writer."""
+    """What Pier knows of one VM.
+
+    Who writes what (the threads: `libvirt-events`, the dispatcher; verb threads, running Vms):
+    - status, details, status_when, started_at: both, only through `VmCache.set_status`, under
+      the cache's lock (`wait_status` waits on it); the lock orders news by `status_when`.
+    - emitted, announce_launch: the dispatcher alone (a verb builds a record with `emitted` set
+      before `VmCache.add` publishes it).
+    - definition, def_version: `invalidate` by the dispatcher, the parsed definition stored by
+      a reader through `VmCache.keep_definition`; both under the cache's lock, so a definition
+      parsed before an invalidation is never kept after it.
+    - creating, final: the verb that creates or destroys the VM, without a lock (single stores).
+      `final` is stored before the libvirt call whose event makes the dispatcher read it; a
+      resync may read either value of `creating`, and skips the VM while it is True.
+    - destroying: set by destroy/poweroff before they call libvirt, cleared by the verb on
+      failure or by the dispatcher when it sees the VM stop; without a lock (single stores).
+    - vm_id, name, launch_paused: set at creation, never changed.
+    """
 
     vm_id: str
     name: str
@@ -135,9 +151,6 @@ class VmRecord:
     announce_launch: bool = False  # Pier defined it: report WaitForLaunch on libvirt's DEFINED
     final: dict[str, Any] | None = None  # Down details to report when it is undefined
 
-    def invalidate(self) -> None:
-        self.definition = None
-        self.def_version += 1
 
 
 class VmCache:
@@ -186,9 +199,17 @@ class VmCache:
         if rec is not None:
             self._changed(vm_id, None)
 
-    def forget(self, vm_id: str) -> None:
+    def invalidate(self, rec: VmRecord) -> None:
+        """Drop the record's parsed definition: the domain's XML changed."""
         with self._cond:
-            self._gone.pop(vm_id, None)
+            rec.definition = None
+            rec.def_version += 1
+
+    def keep_definition(self, rec: VmRecord, definition: dict[str, Any], version: int) -> None:
+        """Keep a definition parsed while the record was at `version`, unless it changed since."""
+        with self._cond:
+            if rec.def_version == version:
+                rec.definition = definition
 
     def set_status(self, rec: VmRecord, status: str, details: dict[str, Any] | None = None,
                    when: float | None = None) -> bool:

@@ -125,10 +125,6 @@ class DestroyError(PierError):
     code, name, message, http_status = 42, "destroyErr", "Virtual machine destroy error", 409
 
 
-class NotImplementedVerb(PierError):
-    code, name, message, http_status = 44, "noimpl", "Not implemented", 501
-
-
 class UnsupportedOperation(PierError):
     code, name, message, http_status = 75, "unsupportedOperationErr", "Operation not supported", 409
 

@@ -3,15 +3,20 @@ reported Down, and a resync after a reconnect reports what changed meanwhile."""
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import threading
 import time
+import typing
 from collections.abc import Iterator
 from typing import Any
 
 import libvirt
 import pytest
 
+from pier.host import news
 from pier.host.events import EventDispatcher
+from pier.host.news import Connected, Disconnected, Lifecycle, Reboot, StatusNews
 from pier.host.vmstate import DOWN, PAUSED, UP, VmCache, VmRecord
 
 A, B, C, D = (f"{n}0000000-0000-4000-8000-000000000000" for n in "abcd")
@@ -35,18 +40,25 @@ class Recorder:
 
 
 @pytest.fixture
-def setup() -> Iterator[tuple[EventDispatcher, VmCache, Recorder, dict]]:
+def published() -> dict[str, str]:
+    """What the event log says each VM's last published status was."""
+    return {}
+
+
+@pytest.fixture
+def setup(published: dict[str, str]) -> Iterator[tuple[EventDispatcher, VmCache, Recorder, dict]]:
     cache = VmCache()
     rec = Recorder()
     states: dict[str, tuple[str, int, int]] = {}
-    disp = EventDispatcher(cache, rec, lambda: dict(states), reboot_grace=0.1)
+    disp = EventDispatcher(cache, rec, lambda: dict(states), lambda: None,
+                           lambda: dict(published), reboot_grace=0.1)
     disp.start()
     yield disp, cache, rec, states
     disp.stop()
 
 
-def life(vm_id: str, event: int, detail: int = 0) -> tuple[Any, ...]:
-    return ("lifecycle", vm_id, "vm-" + vm_id[0], event, detail)
+def life(vm_id: str, event: int, detail: int = 0, **when: float) -> Lifecycle:
+    return Lifecycle(vm_id, "vm-" + vm_id[0], event, detail, **when)
 
 
 def test_create_pause_cont_destroy_in_order_and_nothing_after_down(setup) -> None:
@@ -94,7 +106,7 @@ def test_a_guest_shutdown_is_reported_down_after_the_grace(setup) -> None:
 def test_reboot_event_reports_reboot_in_progress_then_up(setup) -> None:
     disp, cache, rec, _ = setup
     cache.add(VmRecord(A, "vm-a", status=UP, emitted=UP))
-    disp.put(("reboot", A, "vm-a"))
+    disp.put(Reboot(A, "vm-a"))
     time.sleep(0.25)
     assert disp.flush()
     assert rec.statuses(A) == ["RebootInProgress", UP]
@@ -104,7 +116,7 @@ def test_a_verb_announcement_overtaken_by_libvirt_is_dropped(setup) -> None:
     disp, cache, rec, _ = setup
     cache.add(VmRecord(A, "vm-a", status=UP, emitted=UP))
     disp.put(life(A, E.VIR_DOMAIN_EVENT_STOPPED, E.VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN))
-    disp.put(("status", A, "Powering down"))
+    disp.put(StatusNews(A, "Powering down"))
     assert disp.flush()
     assert rec.statuses(A) == [DOWN]
 
@@ -114,7 +126,7 @@ def test_first_load_is_silent_and_a_resync_reports_changes(setup) -> None:
     running = (E.VIR_DOMAIN_RUNNING, E.VIR_DOMAIN_RUNNING_BOOTED)
     states.update({A: ("vm-a", *running), B: ("vm-b", E.VIR_DOMAIN_PAUSED, 1),
                    C: ("vm-c", *running)})
-    disp.put(("connected", True))
+    disp.put(Connected(True))
     assert disp.flush()
     assert rec.events == []
     assert [cache.get(v).status for v in (A, B, C)] == [UP, PAUSED, UP]
@@ -122,8 +134,8 @@ def test_first_load_is_silent_and_a_resync_reports_changes(setup) -> None:
     states.clear()
     states.update({A: ("vm-a", E.VIR_DOMAIN_SHUTOFF, E.VIR_DOMAIN_SHUTOFF_SHUTDOWN),
                    B: ("vm-b", *running), D: ("vm-d", *running)})
-    disp.put(("disconnected", 0))
-    disp.put(("connected", False))
+    disp.put(Disconnected(0))
+    disp.put(Connected(False))
     assert disp.flush()
     assert rec.statuses(A) == [DOWN] and rec.last(A)["exitReason"] == 7
     assert rec.statuses(B) == [UP]
@@ -131,20 +143,19 @@ def test_first_load_is_silent_and_a_resync_reports_changes(setup) -> None:
     assert rec.statuses(D) == [UP]
     assert cache.get(C) is None and cache.get(D).status == UP
 
-    disp.put(("connected", False))
+    disp.put(Connected(False))
     assert disp.flush()
     assert len(rec.events) == 4, "an unchanged resync reports nothing"
 
 
-def test_first_load_corrects_what_was_last_published(setup) -> None:
+def test_first_load_corrects_what_was_last_published(setup, published: dict[str, str]) -> None:
     """At start, the last VM_status each VM had in the event log stands in for the cache."""
     disp, cache, rec, states = setup
-    published = {A: "Powering down", B: PAUSED, C: UP, D: DOWN}
-    disp._published = lambda: dict(published)
+    published.update({A: "Powering down", B: PAUSED, C: UP, D: DOWN})
     running = (E.VIR_DOMAIN_RUNNING, E.VIR_DOMAIN_RUNNING_BOOTED)
     states.update({A: ("vm-a", *running), B: ("vm-b", E.VIR_DOMAIN_PAUSED, 1),
                    "e0000000-0000-4000-8000-000000000000": ("vm-e", *running)})
-    disp.put(("connected", True))
+    disp.put(Connected(True))
     assert disp.flush()
     assert rec.statuses(A) == [UP], "running, though last published as powering down"
     assert rec.statuses(B) == [], "paused, as published"
@@ -157,13 +168,13 @@ def test_first_load_corrects_what_was_last_published(setup) -> None:
 def test_a_reconnect_corrects_a_powering_down_that_libvirt_does_not_confirm(setup) -> None:
     disp, cache, rec, states = setup
     states.update({A: ("vm-a", E.VIR_DOMAIN_RUNNING, E.VIR_DOMAIN_RUNNING_BOOTED)})
-    disp.put(("connected", True))
+    disp.put(Connected(True))
     assert disp.flush()
-    disp.put(("status", A, "Powering down"))
+    disp.put(StatusNews(A, "Powering down"))
     assert disp.flush()
     assert rec.statuses(A) == ["Powering down"]
-    disp.put(("disconnected", 0))
-    disp.put(("connected", False))
+    disp.put(Disconnected(0))
+    disp.put(Connected(False))
     assert disp.flush()
     assert rec.statuses(A) == ["Powering down", UP]
     assert cache.get(A).status == UP
@@ -185,7 +196,51 @@ def test_an_event_older_than_a_verbs_change_is_emitted_but_does_not_undo_it(setu
     record = cache.add(VmRecord(A, "vm-a", status=UP, emitted=UP))
     paused_at = time.monotonic()
     cache.set_status(record, UP)  # cont ran after the pause; its events are still queued
-    disp.put(life(A, E.VIR_DOMAIN_EVENT_SUSPENDED) + (paused_at,))
+    disp.put(life(A, E.VIR_DOMAIN_EVENT_SUSPENDED, when=paused_at))
     assert disp.flush()
     assert rec.statuses(A) == [PAUSED]
     assert cache.get(A).status == UP
+
+
+def test_an_orderly_stop_publishes_the_down_held_back_for_the_reboot_grace() -> None:
+    cache, rec = VmCache(), Recorder()
+    disp = EventDispatcher(cache, rec, dict, lambda: None, dict, reboot_grace=60.0)
+    disp.start()
+    cache.add(VmRecord(A, "vm-a", status=UP, emitted=UP))
+    disp.put(life(A, E.VIR_DOMAIN_EVENT_STOPPED, E.VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN))
+    disp.stop()
+    assert rec.statuses(A) == [DOWN]
+    assert rec.last(A)["exitReason"] == 7
+    assert rec.threads == {"libvirt-events"}
+
+
+def _concrete_news() -> list[type[news.News]]:
+    found, pending = [], list(news.News.__subclasses__())
+    while pending:
+        cls = pending.pop()
+        pending.extend(cls.__subclasses__())
+        if cls not in (news.VmNews, news.Stop):  # a base; the end of the queue
+            found.append(cls)
+    return found
+
+
+def _example(cls: type[news.News]) -> news.News:
+    samples = {str: A, int: 0, bool: True, float: 0.0, "int | str": 0,
+               threading.Event: threading.Event()}
+    hints = typing.get_type_hints(cls)
+    return cls(**{f.name: samples.get(hints[f.name], samples.get(f.type))  # type: ignore[call-overload]
+                  for f in dataclasses.fields(cls) if f.init and f.name != "when"})
+
+
+def test_every_kind_of_news_is_handled(setup, caplog: pytest.LogCaptureFixture) -> None:
+    """A new kind of news without a handler would be dropped with an error in the log."""
+    disp, cache, _, _ = setup
+    cache.add(VmRecord(A, "vm-a", status=UP, emitted=UP))
+    kinds = _concrete_news()
+    assert {k.__name__ for k in kinds} >= {"Lifecycle", "Reboot", "DeviceRemoved", "StatusNews",
+                                           "Connected", "Disconnected", "Barrier"}
+    with caplog.at_level(logging.WARNING, logger="pier.host.events"):
+        for kind in kinds:
+            disp.put(_example(kind))
+        assert disp.flush()
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []

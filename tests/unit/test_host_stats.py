@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import copy
+import time
+
 import libvirt
 import pytest
 
-from pier.host.stats import HostStats, balloon_info, cpu_stats, disk_stats, nic_stats, stamp_all
-from pier.host.vmstate import state_status
+from pier.host.stats import (
+    HostStats,
+    StatsSampler,
+    balloon_info,
+    cpu_stats,
+    disk_stats,
+    nic_stats,
+    stamped_copies,
+)
+from pier.host.vmstate import VmCache, state_status
 
 
 def test_cpu_percentages_come_from_two_samples() -> None:
@@ -51,17 +62,15 @@ def test_balloon_only_when_reported() -> None:
 
 
 def test_stamping_sets_age_and_status_time() -> None:
-    entries = [{"vmId": "a"}, {"vmId": "b"}]
-    stamp_all(entries, 0.0)
+    entries = stamped_copies([{"vmId": "a"}, {"vmId": "b"}], 0.0, True)
     assert all(e["statsAge"] == "0.00" and int(e["statusTime"]) > 2**31 for e in entries)
 
 
 def test_stamping_marks_running_vms_unresponsive_when_libvirt_does_not_answer() -> None:
-    import time
 
     def stamped(taken: float, connected: bool) -> tuple[str, dict]:
-        running, down = {"vmId": "a", "monitorResponse": "0"}, {"vmId": "b", "status": "Down"}
-        stamp_all([running, down], taken, connected)
+        running, down = stamped_copies([{"vmId": "a", "monitorResponse": "0"},
+                                        {"vmId": "b", "status": "Down"}], taken, connected)
         assert "monitorResponse" not in down
         return running["monitorResponse"], running
 
@@ -93,7 +102,7 @@ def test_libvirt_states_map_to_vdsm_statuses(state: int, reason: int, status: st
 
 
 def test_host_stats_have_vdsm_names_and_types() -> None:
-    stats = HostStats(lambda: (3, 2, 0))
+    stats = HostStats(lambda: (3, 2, 0), lambda: True)
     first = stats.get()
     assert (first["vmCount"], first["vmActive"], first["vmMigrating"]) == (3, 2, 0)
     for key in ("cpuUser", "cpuSys", "cpuIdle", "cpuLoad", "memUsed", "elapsedTime"):
@@ -104,3 +113,70 @@ def test_host_stats_have_vdsm_names_and_types() -> None:
         set(v) == {"cpuUser", "cpuSys", "cpuIdle", "nodeIndex"}
         for v in first["cpuStatistics"].values())
     assert first["dateTime"].endswith(" GMT")
+
+
+class _Domain:
+    def __init__(self, vm_id: str, name: str) -> None:
+        self._id, self._name = vm_id, name
+
+    def UUIDString(self) -> str:  # noqa: N802 (libvirt's name)
+        return self._id
+
+    def name(self) -> str:
+        return self._name
+
+
+class _Connection:
+    """Stands in for pier.host.connection.Connection: one running VM with a disk and a NIC."""
+
+    connected = True
+    values = {"state.state": libvirt.VIR_DOMAIN_RUNNING, "state.reason": 1, "vcpu.current": 1,
+              "cpu.time": 10**9, "cpu.user": 10**8, "cpu.system": 0,
+              "balloon.current": 1024, "balloon.maximum": 2048,
+              "block.count": 1, "block.0.name": "vda", "block.0.rd.bytes": 512,
+              "net.count": 1, "net.0.name": "vnet0", "net.0.rx.bytes": 64}
+
+    def get(self) -> _Connection:
+        return self
+
+    def getAllDomainStats(self, groups: int, flags: int) -> list:  # noqa: N802 (libvirt's name)
+        return [(_Domain(VM_A, "vm-a"), dict(self.values))]
+
+
+VM_A = "a0000000-0000-4000-8000-000000000000"
+
+
+def _mutate_everything(value: object) -> None:
+    """Change every figure of a stats answer, at every depth, and add a key to every dict."""
+    if isinstance(value, dict):
+        for key in list(value):
+            if isinstance(value[key], dict | list):
+                _mutate_everything(value[key])
+            else:
+                value[key] = "mutated"
+        value["added"] = "by a reader"
+    elif isinstance(value, list):
+        for item in value:
+            _mutate_everything(item)
+
+
+def _unstamped(stats: list[dict]) -> list[dict]:
+    return [{k: v for k, v in s.items() if k not in ("statsAge", "statusTime")} for s in stats]
+
+
+def test_a_readers_changes_to_its_answer_do_not_show_in_the_next() -> None:
+    sampler = StatsSampler(_Connection(), VmCache(), interval=3600, slow_interval=3600)  # type: ignore[arg-type]
+    sampler.start()
+    try:
+        deadline = time.monotonic() + 5
+        while not sampler.all_stats() and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        sampler.stop()
+    first = sampler.all_stats()
+    assert first[0]["disks"]["vda"] and first[0]["network"]["vnet0"] and first[0]["balloonInfo"]
+    pristine = copy.deepcopy(first)
+    _mutate_everything(first)
+    _mutate_everything(sampler.stats(VM_A))
+    assert _unstamped(sampler.all_stats()) == _unstamped(pristine)
+    assert _unstamped([sampler.stats(VM_A)]) == _unstamped(pristine)
