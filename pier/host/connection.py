@@ -19,6 +19,7 @@ import libvirt
 
 from pier.host.news import Connected, DeviceRemoved, Disconnected, Lifecycle, News, Reboot
 from pier.rpc.errors import LibvirtUnavailable, PierError
+from pier.rpc.threads import OwnedThread
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +58,7 @@ class EventLoop:
     _lock = threading.Lock()
     _registered = False
     _users = 0
-    _thread: threading.Thread | None = None
-    _stop: threading.Event | None = None
+    _thread: OwnedThread | None = None
 
     @classmethod
     def acquire(cls) -> None:
@@ -70,11 +70,9 @@ class EventLoop:
                 cls._registered = True
             cls._users += 1
             if cls._thread is None:
-                cls._stop = threading.Event()
-                cls._thread = threading.Thread(
-                    target=cls._run, args=(cls._stop,), name=cls.THREAD_NAME, daemon=True
-                )
-                cls._thread.start()
+                thread = OwnedThread(cls.THREAD_NAME, lambda: cls._run(thread.stopping), wake=_wake_loop)
+                cls._thread = thread
+                thread.start()
 
     @classmethod
     def release(cls) -> None:
@@ -83,12 +81,8 @@ class EventLoop:
             cls._users = max(0, cls._users - 1)
             if cls._users or cls._thread is None:
                 return
-            thread, stop = cls._thread, cls._stop
-            cls._thread = cls._stop = None
-            assert stop is not None
-            stop.set()
-            libvirt.virEventAddTimeout(0, _remove_timer, None)  # wakes the loop at once
-            thread.join(2.0)
+            thread, cls._thread = cls._thread, None
+            thread.stop(2.0)
 
     @classmethod
     def call_soon(cls, fn: Callable[[], None]) -> bool:
@@ -123,6 +117,11 @@ def _remove_timer(timer: int, opaque: Any) -> None:
     libvirt.virEventRemoveTimeout(timer)
 
 
+def _wake_loop() -> None:
+    """Make virEventRunDefaultImpl return now: a timer due at once."""
+    libvirt.virEventAddTimeout(0, _remove_timer, None)
+
+
 class Connection:
     """One libvirt connection that reconnects by itself; see the module docstring."""
 
@@ -138,7 +137,7 @@ class Connection:
         self._generation = 0
         self._need = threading.Event()
         self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._thread: OwnedThread | None = None
         self._started = False
 
     @property
@@ -156,8 +155,7 @@ class Connection:
         self._started = True
         EventLoop.acquire()
         self._stopping.clear()
-        self._thread = threading.Thread(target=self._reconnect_loop, name="libvirt-reconnect",
-                                        daemon=True)
+        self._thread = OwnedThread("libvirt-reconnect", self._reconnect_loop, wake=self._need.set)
         self._thread.start()
         try:
             self._connect()
@@ -172,9 +170,8 @@ class Connection:
             return
         self._started = False
         self._stopping.set()
-        self._need.set()
         if self._thread is not None:
-            self._thread.join(3.0)
+            self._thread.stop(3.0)
             self._thread = None
         with self._lock:
             conn, self._conn = self._conn, None

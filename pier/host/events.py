@@ -51,6 +51,7 @@ from pier.host.vmstate import (
     state_status,
 )
 from pier.rpc.errors import PierError
+from pier.rpc.threads import OwnedThread
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +123,7 @@ class EventDispatcher:
         self._queue: queue.SimpleQueue[News] = queue.SimpleQueue()
         self._pending: dict[str, tuple[float, str, dict[str, Any], float]] = {}
         self._when = 0.0  # when the news being handled happened (monotonic)
-        self._thread: threading.Thread | None = None
+        self._thread: OwnedThread | None = None
         self._handlers: dict[type[News], Callable[[Any], None]] = {
             Lifecycle: self._lifecycle,
             Reboot: self._reboot,
@@ -140,7 +141,7 @@ class EventDispatcher:
     def start(self) -> None:
         if self._thread is not None:
             return
-        self._thread = threading.Thread(target=self._run, name=self.THREAD_NAME, daemon=True)
+        self._thread = OwnedThread(self.THREAD_NAME, self._run, wake=lambda: self._queue.put(Stop()))
         self._thread.start()
 
     def stop(self) -> None:
@@ -148,10 +149,7 @@ class EventDispatcher:
         orderly stop must not lose them), then end the thread."""
         if self._thread is None:
             return
-        self._queue.put(Stop())
-        self._thread.join(2.0)
-        if self._thread.is_alive():
-            log.warning("the %s thread did not stop within 2 s", self.THREAD_NAME)
+        self._thread.stop(2.0)
         self._thread = None
 
     def flush(self, timeout: float = 5.0) -> bool:

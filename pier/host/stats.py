@@ -26,6 +26,7 @@ from pier.host.domain import libvirt_errors
 from pier.host.events import event_time
 from pier.host.vmstate import DOWN, VmCache, state_status
 from pier.rpc.errors import LibvirtUnavailable
+from pier.rpc.threads import OwnedThread
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ class StatsSampler:
         self._flags = NOWAIT
         self._stop = threading.Event()
         self._kick = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._thread: OwnedThread | None = None
         # per VM: [previous fast, latest fast, previous slow, latest slow]
         self._samples: dict[str, list[Sample | None]] = {}
         self._by_id: dict[str, dict[str, Any]] = {}
@@ -67,15 +68,14 @@ class StatsSampler:
         if self._thread is not None:
             return
         self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name=self.THREAD_NAME, daemon=True)
+        self._thread = OwnedThread(self.THREAD_NAME, self._run, wake=self._kick.set)
         self._thread.start()
 
     def stop(self) -> None:
         if self._thread is None:
             return
         self._stop.set()
-        self._kick.set()
-        self._thread.join(5.0)
+        self._thread.stop()
         self._thread = None
 
     def kick(self) -> None:

@@ -135,3 +135,14 @@ def test_all_stats_holds_each_vm(services: Services) -> None:
     assert sampled(services.vms, vm_id, "Up")
     services.vms.pause(vm_id)
     assert sampled(services.vms, vm_id, "Paused")
+
+
+def test_what_a_reader_gets_is_its_own(services: Services) -> None:
+    vm_id = create(services.vms)
+    assert sampled(services.vms, vm_id, "Up")
+    for stats in services.vms.all_stats():
+        stats["status"] = "scribbled"
+    mine = services.vms.stats(vm_id)
+    mine["status"] = "scribbled"
+    assert services.vms.stats(vm_id)["status"] == "Up"
+    assert all(stats["status"] != "scribbled" for stats in services.vms.all_stats())
