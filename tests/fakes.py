@@ -8,7 +8,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from pier.host.services import HostService, VmService
+from pier.host.services import HostService, NetworkService, VmService
 from pier.rpc.errors import NoVM, UnsupportedOperation, VMDown, VMExists
 
 
@@ -132,6 +132,30 @@ class FakeVms:
         return self.definition(vm_id)
 
 
+class FakeNetwork:
+    """A `pier.host.services.NetworkService` in memory: one NIC, `eth0`, and the networks in `networks`."""
+
+    def __init__(self) -> None:
+        self.networks: dict[str, dict[str, Any]] = {}
+        self.rx_bytes = 1000
+
+    def _addresses(self, mtu: int = 1500) -> dict[str, Any]:
+        return {"addr": "", "netmask": "", "ipv4addrs": [], "ipv6addrs": [], "gateway": "",
+                "ipv6gateway": "::", "ipv4defaultroute": False, "dhcpv4": False, "dhcpv6": False,
+                "ipv6autoconf": False, "mtu": str(mtu)}
+
+    def capabilities(self) -> dict[str, Any]:
+        return {"nics": {"eth0": {**self._addresses(), "hwaddr": "52:54:00:00:00:01", "speed": 1000}},
+                "bridges": {}, "bondings": {}, "vlans": {}, "networks": dict(self.networks),
+                "nameservers": ["192.0.2.53"], "supportsIPv6": True, "netConfigDirty": "False"}
+
+    def statistics(self) -> dict[str, Any]:
+        eth0 = {"name": "eth0", "state": "up", "speed": "1000", "rx": str(self.rx_bytes), "tx": "2000",
+                "rxErrors": "0", "txErrors": "0", "rxDropped": "1", "txDropped": "2",
+                "rxBytesPerSec": "0", "txBytesPerSec": "0", "sampleTime": time.time()}
+        return {"network": {"eth0": eth0}, "rxDropped": "1", "txDropped": "2"}
+
+
 class FixedAuthenticator:
     """Stands in for `pier.rpc.auth.Authenticator`: everyone is `identity`."""
 
@@ -148,3 +172,8 @@ class FixedAuthenticator:
 def as_services(host: FakeHost, vms: FakeVms) -> tuple[HostService, VmService]:
     """The fakes as the handlers see them; mypy checks here that they keep to the services' protocols."""
     return host, vms
+
+
+def as_network_service(network: FakeNetwork) -> NetworkService:
+    """The network fake as the handlers see it (checked by mypy like `as_services`)."""
+    return network

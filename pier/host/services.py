@@ -101,3 +101,15 @@ class VmService(Protocol):
     def cont(self, vm_id: str) -> dict[str, Any]:
         """Resume a paused VM; its VmDefinition after."""
         ...
+
+
+class NetworkService(Protocol):
+    """This host's network: facts and statistics (pier.host.network)."""
+
+    def capabilities(self) -> dict[str, Any]:
+        """VdsmNetworkCapabilities read from the kernel now, with the networks Pier made."""
+        ...
+
+    def statistics(self) -> dict[str, Any]:
+        """HostNetworkStatistics from the latest sample; never scans the kernel per call."""
+        ...
