@@ -104,7 +104,8 @@ class Daemon:
         # annotation in pier/host/node.py (restructured under issue 10) should read `-> object`.
         self.node = Node(resolve_libvirt_uri(settings), self.events.publish,
                          stats_interval=settings.stats_interval, slow_stats_interval=settings.slow_stats_interval,
-                         last_events=self.events.latest, network_dir=Path(settings.state_dir) / "network")
+                         last_events=self.events.latest, network_dir=Path(settings.state_dir) / "network",
+                         manage_network=settings.manage_network)
         self.node.start()
         self.tasks = TaskManager(db, self.events.publish, workers=settings.task_workers)
         limiter = RateLimiter(settings.rate_limit, settings.rate_burst) if settings.rate_limit > 0 else None

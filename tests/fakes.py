@@ -8,8 +8,9 @@ import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from pier.host.network.model import desired
 from pier.host.services import HostService, NetworkService, VmService
-from pier.rpc.errors import NoVM, UnsupportedOperation, VMDown, VMExists
+from pier.rpc.errors import InvalidParams, NoVM, Unexpected, UnsupportedOperation, VMDown, VMExists
 
 
 class FakeHost:
@@ -138,6 +139,9 @@ class FakeNetwork:
     def __init__(self) -> None:
         self.networks: dict[str, dict[str, Any]] = {}
         self.rx_bytes = 1000
+        self.running: dict[str, dict[str, Any]] = {"networks": {}, "bondings": {}}
+        self.safe: dict[str, dict[str, Any]] | None = None
+        self.confirmed = threading.Event()
 
     def _addresses(self, mtu: int = 1500) -> dict[str, Any]:
         return {"addr": "", "netmask": "", "ipv4addrs": [], "ipv6addrs": [], "gateway": "",
@@ -154,6 +158,33 @@ class FakeNetwork:
                 "rxErrors": "0", "txErrors": "0", "rxDropped": "1", "txDropped": "2",
                 "rxBytesPerSec": "0", "txBytesPerSec": "0", "sampleTime": time.time()}
         return {"network": {"eth0": eth0}, "rxDropped": "1", "txDropped": "2"}
+
+    def setup(self, networks: dict[str, dict[str, Any]], bondings: dict[str, dict[str, Any]],
+              options: dict[str, Any], progress: Callable[[int, str], None] | None = None) -> None:
+        wanted = desired(self.running, networks, bondings)
+        for name, attrs in wanted["networks"].items():
+            if attrs.get("nic") not in (None, "eth0"):
+                raise InvalidParams(f"networks.{name}.nic: there is no NIC {attrs['nic']}",
+                                    data={"field": f"networks.{name}.nic"})
+        for name, attrs in wanted["bondings"].items():
+            if not attrs.get("nics"):
+                raise InvalidParams(f"bondings.{name}.nics: a bond needs at least one NIC",
+                                    data={"field": f"bondings.{name}.nics"})
+        if progress is not None:
+            progress(50, "applying")
+        if options.get("connectivityCheck") and not self.confirmed.wait(options.get("connectivityTimeout", 120)):
+            raise Unexpected("Host.confirmConnectivity did not arrive: the network change was rolled back")
+        self.confirmed.clear()
+        self.running = wanted
+        self.networks = {name: {"bridged": attrs.get("bridged", True), "iface": name if attrs.get("bridged", True)
+                                else attrs.get("nic", ""), "southbound": attrs.get("nic", "")}
+                         for name, attrs in wanted["networks"].items()}
+
+    def confirm(self) -> None:
+        self.confirmed.set()
+
+    def save(self) -> None:
+        self.safe = {section: dict(entries) for section, entries in self.running.items()}
 
 
 class FixedAuthenticator:

@@ -43,4 +43,4 @@ def handlers(services: Services, served: Iterable[str]) -> list[object]:
     `served` names the verbs the registry will serve (capabilities promise no others)."""
     s = services
     return [HostApi(s.host, s.vms, s.tasks, s.about, served), VmApi(s.vms), TaskApi(s.tasks),
-            EventsApi(s.events, s.credentials), SecurityApi(s.credentials, s.audit), NetworkApi(s.network)]
+            EventsApi(s.events, s.credentials), SecurityApi(s.credentials, s.audit), NetworkApi(s.network, s.vms)]

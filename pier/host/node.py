@@ -37,11 +37,11 @@ class Node:
     def __init__(self, uri: str, emit: Callable[[str, dict[str, Any]], object], *,
                  stats_interval: float = 2.0, slow_stats_interval: float = 15.0,
                  last_events: Callable[[str], dict[str, dict[str, Any]]] | None = None,
-                 network_dir: str | Path | None = None) -> None:
+                 network_dir: str | Path | None = None, manage_network: bool = False) -> None:
         """`emit` publishes an event; `last_events(prefix)` gives the params of the newest
         event kept of each name with that prefix (the event log), to correct at start any VM
         status published before the agent last stopped; `network_dir` keeps the network
-        configuration (in memory without it)."""
+        configuration (in memory without it), which setupNetworks changes only `manage_network`."""
         self._cache = VmCache()
         self._last_events = last_events
         self._dispatcher = EventDispatcher(self._cache, emit, self._read_states,
@@ -53,7 +53,8 @@ class Node:
         self._cache.on_change = self._sampler.patch_status
         self._vms = Vms(self._connection, self._cache, self._sampler, self._dispatcher.put)
         self.vms: VmService = self._vms
-        self._network = Network(network_dir, stats_interval=stats_interval)
+        self._network = Network(network_dir, stats_interval=stats_interval, libvirt_conn=self._connection.current,
+                                emit=emit, manage=manage_network)
         self.network: NetworkService = self._network
         self.host: HostService = HostWithNetwork(HostInfo(self._connection, self._cache), self._network)
         self._running = False

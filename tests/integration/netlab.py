@@ -121,14 +121,18 @@ class NetLab:
         return done
 
     def addr(self) -> list[dict[str, Any]]:
-        """`ip -j addr` of the host namespace, without the figures that change by themselves
-        (lifetimes, counters), so that two of them compare equal when nothing was changed."""
+        """`ip -j addr` of the host namespace, without what changes by itself (address lifetimes and
+        tentative flags, the operational state that follows the peer) and the queueing discipline, which the kernel
+        gives a device the first time it goes up and keeps when it goes down again (`noop` becomes
+        `noqueue` for good): so two of them compare equal when the links and addresses are as they were."""
         found = json.loads(ip("-j", "addr", netns=self.host))
         for link in found:
             link.pop("operstate", None)
+            link.pop("qdisc", None)
             for info in link.get("addr_info", []):
                 info.pop("valid_life_time", None)
                 info.pop("preferred_life_time", None)
+                info.pop("tentative", None)  # duplicate address detection still running: it ends by itself
         return sorted(found, key=lambda link: link["ifname"])
 
     def links(self) -> dict[str, dict[str, Any]]:

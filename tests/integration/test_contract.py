@@ -20,7 +20,7 @@ import pytest
 from pier.host.network.service import Network
 from pier.host.node import Node
 from pier.host.services import HostService, NetworkService, VmService
-from pier.rpc.errors import NoVM, UnsupportedOperation, VMDown, VMExists
+from pier.rpc.errors import InvalidParams, NoVM, UnsupportedOperation, VMDown, VMExists
 from tests.fakes import FakeHost, FakeNetwork, FakeVms, as_network_service, as_services
 
 DATA = Path(__file__).parent / "data"
@@ -161,3 +161,11 @@ def test_network_facts_and_figures(network: NetworkService) -> None:
         assert entry["state"] in ("up", "down", "unknown")
         assert all(entry[key].isdigit() for key in ("rx", "tx", "rxDropped", "txDropped", "rxErrors", "speed"))
     assert stats["rxDropped"].isdigit() and stats["txDropped"].isdigit()
+
+
+def test_a_refused_change_names_a_field_and_changes_nothing(network: NetworkService) -> None:
+    # the fake refuses the missing NIC; the real service here only reads (it was not given manage=True)
+    with pytest.raises((InvalidParams, UnsupportedOperation)) as refused:
+        network.setup({"contract": {"nic": "pier-no-such-nic", "bridged": False}}, {}, {})
+    assert refused.value.data["field"] in ("networks.contract.nic", "networks")
+    assert "contract" not in network.capabilities()["networks"]

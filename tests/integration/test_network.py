@@ -38,11 +38,11 @@ def lab(tmp_path: Path) -> Iterator[NetLab]:
 
 
 def lab_pierd(lab: NetLab, state: Path, uri: str) -> Pierd:
-    """A pierd inside the lab's host namespace, sampling every 0.2 s."""
+    """A pierd inside the lab's host namespace that may change its network, sampling every 0.2 s."""
     state.mkdir(parents=True, exist_ok=True)
     config = state.parent / "pierd.toml"
     config.write_text("stats_interval = 0.2\n")
-    return Pierd(state, uri, "--config", str(config), prefix=["ip", "netns", "exec", lab.host])
+    return Pierd(state, uri, "--config", str(config), "--manage-network", prefix=["ip", "netns", "exec", lab.host])
 
 
 @pytest.fixture
@@ -165,3 +165,15 @@ def test_the_machine_namespace_is_untouched(lab: NetLab) -> None:
                                                                   text=True, check=True).stdout)}
     assert not {"nic0", "nic1", "lab", "peer0", "peer1"} & mine
     assert socket.gethostname()  # the lab has no effect on this process
+
+
+def test_a_pierd_started_without_manage_network_only_reads(pierd: Pierd) -> None:
+    """Regression: a pierd on this machine's namespace (as the fuzzer's is) once made a bridge named
+    after a fuzzed network; without --manage-network it refuses, naming the setting."""
+    links_before = subprocess.run(["ip", "-br", "link"], capture_output=True, text=True, check=True).stdout
+    task = rest(pierd, "/host/network/setup", "POST", {"networks": {"pierx0": {}}})
+    done = rest(pierd, f"/tasks/{task['taskID']}?wait=30")
+    assert done["state"] == "failed" and done["error"]["name"] == "unsupportedOperationErr"
+    assert "--manage-network" in done["error"]["message"]
+    assert subprocess.run(["ip", "-br", "link"], capture_output=True, text=True, check=True).stdout == links_before
+    assert rest(pierd, "/networks") == {}
