@@ -5,6 +5,7 @@ A configuration is what setupNetworks was asked for, normalised: `{"networks": {
 safe one only with `Host.setSafeNetworkConfig`. Both are JSON files in the state directory
 (`running.json`, `safe.json`), written to a temporary file and renamed, so a crash leaves the
 old file or the new one, never half of one. Without a directory they live in memory (tests).
+pierd is their only writer, so each file is read once and then served from memory.
 """
 
 from __future__ import annotations
@@ -30,25 +31,29 @@ class ConfigStore:
         if self._dir is not None:
             self._dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._memory: dict[str, Config | None] = {"running": None, "safe": None}
+        self._loaded: set[str] = set()
 
     def _path(self, which: str) -> Path | None:
         return self._dir / f"{which}.json" if self._dir is not None else None
 
     def _read(self, which: str) -> Config | None:
         path = self._path(which)
-        if path is None:
-            found = self._memory[which]
-            return copy.deepcopy(found) if found is not None else None
-        try:
-            loaded = json.loads(path.read_text())
-        except FileNotFoundError:
-            return None
-        return {"networks": dict(loaded.get("networks", {})), "bondings": dict(loaded.get("bondings", {}))}
+        if path is not None and which not in self._loaded:
+            try:
+                loaded = json.loads(path.read_text())
+                self._memory[which] = {"networks": dict(loaded.get("networks", {})),
+                                       "bondings": dict(loaded.get("bondings", {}))}
+            except FileNotFoundError:
+                self._memory[which] = None
+            self._loaded.add(which)
+        found = self._memory[which]
+        return copy.deepcopy(found) if found is not None else None
 
     def _write(self, which: str, config: Config) -> None:
+        self._memory[which] = copy.deepcopy(config)
+        self._loaded.add(which)
         path = self._path(which)
         if path is None:
-            self._memory[which] = copy.deepcopy(config)
             return
         temporary = path.with_suffix(".tmp")
         with open(temporary, "w") as f:

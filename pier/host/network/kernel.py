@@ -74,27 +74,49 @@ class Snapshot:
         return {link.index: link for link in self.links}
 
 
-def link_from(msg: Any) -> Link:
-    """A `Link` from an RTM_NEWLINK message (pyroute2's ifinfmsg)."""
-    kind = msg.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND")
-    data = msg.get_nested("IFLA_LINKINFO", "IFLA_INFO_DATA")
-    info = dict(data["attrs"]) if data is not None and "attrs" in data else {}
-    stats = msg.get("IFLA_STATS64") or {}
+LINK_ATTRS = frozenset({"IFLA_IFNAME", "IFLA_MTU", "IFLA_MAX_MTU", "IFLA_MIN_MTU", "IFLA_ADDRESS",
+                        "IFLA_OPERSTATE", "IFLA_MASTER", "IFLA_LINK", "IFLA_LINKINFO"})
+ADDRESS_ATTRS = frozenset({"IFA_ADDRESS", "IFA_LOCAL", "IFA_FLAGS"})
+
+
+def attributes(msg: Any, wanted: frozenset[str]) -> dict[str, Any]:
+    """The attributes of a message named in `wanted`, by name. pyroute2 decodes an attribute when
+    it is first read, so reading only these (and never `msg.get`, which searches the list each
+    time) is most of what makes the facts cheap."""
+    found = {}
+    for slot in msg["attrs"]:
+        name = slot.cell[0] if hasattr(slot, "cell") else slot[0]
+        if name in wanted:
+            found[name] = slot.get_value() if hasattr(slot, "get_value") else slot[1]
+    return found
+
+
+def link_from(msg: Any, with_stats: bool = True) -> Link:
+    """A `Link` from an RTM_NEWLINK message (pyroute2's ifinfmsg); its counters only `with_stats`."""
+    attrs = attributes(msg, LINK_ATTRS | {"IFLA_STATS64"} if with_stats else LINK_ATTRS)
+    linkinfo: Any = attrs.get("IFLA_LINKINFO")
+    kind = linkinfo.get("IFLA_INFO_KIND") if linkinfo is not None else None
+    info: dict[str, Any] = {}
+    if linkinfo is not None and kind in ("bridge", "bond", "vlan"):
+        data = linkinfo.get("IFLA_INFO_DATA")
+        info = dict(data["attrs"]) if data is not None and "attrs" in data else {}
+    stats = attrs.get("IFLA_STATS64") or {}
     return Link(
-        index=msg["index"], name=msg.get("IFLA_IFNAME"), kind=kind, mtu=msg.get("IFLA_MTU") or 0,
-        max_mtu=msg.get("IFLA_MAX_MTU") or 0, min_mtu=msg.get("IFLA_MIN_MTU") or 0,
-        mac=msg.get("IFLA_ADDRESS") or "", up=bool(msg["flags"] & IFF_UP),
-        operstate=msg.get("IFLA_OPERSTATE") or "UNKNOWN", master=msg.get("IFLA_MASTER"),
-        parent=msg.get("IFLA_LINK") if kind == "vlan" else None, info=info,
-        stats={key: int(stats.get(key, 0)) for key in STAT_KEYS},
+        index=msg["index"], name=attrs.get("IFLA_IFNAME", ""), kind=kind, mtu=attrs.get("IFLA_MTU") or 0,
+        max_mtu=attrs.get("IFLA_MAX_MTU") or 0, min_mtu=attrs.get("IFLA_MIN_MTU") or 0,
+        mac=attrs.get("IFLA_ADDRESS") or "", up=bool(msg["flags"] & IFF_UP),
+        operstate=attrs.get("IFLA_OPERSTATE") or "UNKNOWN", master=attrs.get("IFLA_MASTER"),
+        parent=attrs.get("IFLA_LINK") if kind == "vlan" else None, info=info,
+        stats={key: int(stats.get(key, 0)) for key in STAT_KEYS} if with_stats else {},
     )
 
 
 def address_from(msg: Any) -> Address:
-    flags = msg.get("IFA_FLAGS")
+    attrs = attributes(msg, ADDRESS_ATTRS)
+    flags = attrs.get("IFA_FLAGS")
     flags = msg["flags"] if flags is None else flags
-    address = msg.get("IFA_LOCAL") if msg["family"] == socket.AF_INET else None
-    return Address(index=msg["index"], family=msg["family"], address=address or msg.get("IFA_ADDRESS"),
+    address = attrs.get("IFA_LOCAL") if msg["family"] == socket.AF_INET else None
+    return Address(index=msg["index"], family=msg["family"], address=address or attrs.get("IFA_ADDRESS") or "",
                    prefixlen=msg["prefixlen"], permanent=bool(flags & IFA_F_PERMANENT), scope=msg["scope"])
 
 
@@ -111,7 +133,7 @@ def default_routes(messages: Iterable[Any]) -> tuple[Route, ...]:
 
 def read_snapshot(ipr: Any) -> Snapshot:
     """Links, addresses and default routes, over the netlink socket `ipr` (a pyroute2 IPRoute)."""
-    links = tuple(link_from(msg) for msg in ipr.get_links())
+    links = tuple(link_from(msg, with_stats=False) for msg in ipr.get_links())
     addresses = tuple(address_from(msg) for msg in ipr.get_addr())
     routes = default_routes(ipr.get_default_routes(table=MAIN_TABLE))
     return Snapshot(links, addresses, routes)
