@@ -7,8 +7,12 @@ share one segment; the peer has 10.77.0.1/24 and fd77::1/64 on it and runs dnsma
 server of the segment (10.77.0.100 to 10.77.0.199, router 10.77.0.1). The veths are made inside
 the namespaces directly: nothing ever touches the machine's own namespace's links.
 
-`close()` stops dnsmasq and deletes both namespaces, which takes every device in them along; the
-fixtures call it in `finally`. `sweep()` deletes the namespaces left by a test process that died
+`start_libvirtd()` runs a libvirtd of the lab's own in the host namespace and a mount namespace
+of its own (fresh /run and /var/lib/libvirt), so a VM's NIC can land on a bridge Pier made there;
+`enter` is the command prefix that runs a program beside it (pierd with `qemu:///system`).
+
+`close()` stops dnsmasq and the lab's libvirtd and deletes both namespaces, which takes every
+device in them along; the fixtures call it in `finally`. `sweep()` deletes the namespaces left by a test process that died
 (their names carry its pid), and never those of a process still running.
 """
 
@@ -77,6 +81,8 @@ class NetLab:
         self.workdir = workdir
         self.nics = [f"nic{i}" for i in range(nics)]
         self.dnsmasq: subprocess.Popen[str] | None = None
+        self.libvirt_holder: subprocess.Popen[str] | None = None
+        self.enter = ["ip", "netns", "exec", self.host]
         try:
             self._build(dhcp)
         except BaseException:
@@ -109,6 +115,50 @@ class NetLab:
         time.sleep(0.1)
         if self.dnsmasq.poll() is not None:
             raise RuntimeError(f"dnsmasq did not start: {self.dnsmasq.stderr.read() if self.dnsmasq.stderr else ''}")
+
+    def start_libvirtd(self) -> None:
+        """A libvirtd (and virtlogd) in the host namespace with private /run and /var/lib/libvirt."""
+        script = ("set -e; mount -t tmpfs none /run; mkdir -p /run/libvirt; mount -t tmpfs none /var/lib/libvirt; "
+                  "mkdir -p /var/lib/libvirt/qemu; virtlogd -d; libvirtd -d; echo ready; exec sleep 86400")
+        self.libvirt_holder = subprocess.Popen(["ip", "netns", "exec", self.host, "unshare", "--mount",
+                                                "--propagation", "private", "sh", "-c", script],
+                                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert self.libvirt_holder.stdout is not None
+        if self.libvirt_holder.stdout.readline().strip() != "ready":
+            raise RuntimeError("the lab's libvirtd did not start: " + (self.libvirt_holder.stderr.read()
+                                                                      if self.libvirt_holder.stderr else ""))
+        holder = self._holder_pid()
+        self.enter = ["nsenter", f"--mount=/proc/{holder}/ns/mnt", f"--net=/var/run/netns/{self.host}"]
+        deadline = time.monotonic() + 15
+        while subprocess.run([*self.enter, "virsh", "-c", "qemu:///system", "version"],
+                             capture_output=True).returncode != 0:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the lab's libvirtd does not answer")
+            time.sleep(0.1)
+
+    def _holder_pid(self) -> int:
+        """The pid of the process holding the lab's mount namespace (`sleep`, once it has exec'd)."""
+        assert self.libvirt_holder is not None
+        return self.libvirt_holder.pid if self.libvirt_holder.poll() is None else 0
+
+    def _stop_libvirtd(self) -> None:
+        if self.libvirt_holder is None:
+            return
+        holder = self._holder_pid()
+        if holder:
+            mount_ns = os.readlink(f"/proc/{holder}/ns/mnt")
+            for pid in [int(p) for p in os.listdir("/proc") if p.isdigit() and int(p) != holder]:
+                try:
+                    if os.readlink(f"/proc/{pid}/ns/mnt") == mount_ns:
+                        os.kill(pid, signal.SIGTERM)  # the lab's libvirtd, virtlogd and guests
+                except (FileNotFoundError, ProcessLookupError, PermissionError):
+                    continue
+        self.libvirt_holder.kill()
+        self.libvirt_holder.wait()
+        for stream in (self.libvirt_holder.stdout, self.libvirt_holder.stderr):
+            if stream is not None:
+                stream.close()
+        self.libvirt_holder = None
 
     # -- looking at the host namespace ---------------------------------------------------------
 
@@ -146,7 +196,8 @@ class NetLab:
     # -- the end -------------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Stop dnsmasq and delete both namespaces (and every device in them)."""
+        """Stop dnsmasq and the lab's libvirtd, and delete both namespaces (and every device in them)."""
+        self._stop_libvirtd()
         if self.dnsmasq is not None and self.dnsmasq.poll() is None:
             self.dnsmasq.send_signal(signal.SIGTERM)
             try:

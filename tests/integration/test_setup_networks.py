@@ -7,8 +7,10 @@ checked by comparing `ip -j addr` of the namespace before and after.
 
 from __future__ import annotations
 
+import subprocess
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,8 @@ from pier.host.network import apply, service
 from pier.host.network.apply import KernelLacks
 from pier.host.network.service import ConnectivityLost, Network
 from pier.rpc.errors import InvalidParams, PierError, TargetBusy
+from tests.integration.clients import unix_request
+from tests.integration.conftest import Pierd
 from tests.integration.netlab import DHCP_RANGE, PEER_V4, NetLab, ip
 from tests.integration.test_network import lab_pierd, rest, wait_for
 
@@ -184,6 +188,8 @@ def test_pierd_restores_the_safe_configuration_at_start(lab: NetLab, tmp_path: P
         done = run_task(daemon, {"pub": PUB})
         assert done["state"] == "succeeded" and done["progress"] == 100, done
         assert rest(daemon, "/networks")["pub"]["addr"] == "10.77.0.5"
+        names = [event["name"] for event in rest(daemon, "/events?after=0")["events"]]
+        assert "|net|host_conn|no_id" in names  # as VDSM tells its engine after a network change
         assert rest(daemon, "/host/network")["netConfigDirty"] == "True"
         rest(daemon, "/host/network/save", "POST", {})
         assert rest(daemon, "/host/network")["netConfigDirty"] == "False"
@@ -207,4 +213,40 @@ def test_pierd_restores_the_safe_configuration_at_start(lab: NetLab, tmp_path: P
         # the addresses and ports are those saved; nic1 stays up, as a removed network leaves its NIC
         assert addresses(lab) == saved_addresses and lab.links()["nic0"]["master"] == "pub"
     finally:
+        assert daemon.stop() == 0
+
+
+@pytest.mark.kvm
+def test_a_vm_gets_a_nic_on_a_network_pier_made(lab: NetLab, tmp_path: Path) -> None:
+    """On qemu:///system: the lab's own libvirtd, beside pierd in the lab's namespace, so the
+    bridge and the guest's tap are both there and this machine's namespace is never touched."""
+    if not Path("/usr/sbin/libvirtd").exists():
+        pytest.skip("libvirtd is not installed")
+    lab.start_libvirtd()
+    state = tmp_path / "state"
+    state.mkdir()
+    (tmp_path / "pierd.toml").write_text("stats_interval = 0.2\n")
+    daemon = Pierd(state, "qemu:///system", "--config", str(tmp_path / "pierd.toml"), "--manage-network",
+                   prefix=lab.enter)
+    vm_id = str(uuid.uuid4())
+    try:
+        done = run_task(daemon, {"pub": PUB})
+        assert done["state"] == "succeeded", done
+        listed = subprocess.run([*lab.enter, "virsh", "-c", "qemu:///system", "net-dumpxml", "vdsm-pub"],
+                                capture_output=True, text=True, check=True).stdout
+        assert "<forward mode='bridge'/>" in listed and "<bridge name='pub'/>" in listed
+        created = rest(daemon, "/vms", "POST", {
+            "vmId": vm_id, "vmName": f"pier-net-{vm_id[:8]}", "memSize": 32, "smp": "1",
+            "devices": [{"deviceType": "interface", "device": "network", "network": "vdsm-pub", "nicModel": "virtio"}]})
+        assert created["vmId"] == vm_id
+        ports = wait_for(lambda: [name for name, link in lab.links().items() if link.get("master") == "pub"
+                                  and name != "nic0"])
+        assert ports and ports[0].startswith("vnet"), lab.links()
+        assert rest(daemon, "/networks")["pub"]["ports"] == sorted(["nic0", *ports])
+
+        refused = run_task(daemon, {"pub": {"remove": True}})  # a running VM is on it
+        assert refused["state"] == "failed" and refused["error"]["message"].startswith("networks.pub.remove:")
+        assert "pub" in lab.links()
+    finally:
+        unix_request(daemon.socket, "DELETE", f"/api/v1/vms/{vm_id}")
         assert daemon.stop() == 0
