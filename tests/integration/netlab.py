@@ -11,8 +11,9 @@ the namespaces directly: nothing ever touches the machine's own namespace's link
 of its own (fresh /run and /var/lib/libvirt), so a VM's NIC can land on a bridge Pier made there;
 `enter` is the command prefix that runs a program beside it (pierd with `qemu:///system`).
 
-`close()` stops dnsmasq and the lab's libvirtd and deletes both namespaces, which takes every
-device in them along; the fixtures call it in `finally`. `sweep()` deletes the namespaces left by a test process that died
+`close()` stops dnsmasq and the lab's libvirtd, kills whatever else still runs in the namespaces
+(a DHCP client), and deletes them, which takes every device in them along; the fixtures call it
+in `finally`. `sweep()` deletes the namespaces left by a test process that died
 (their names carry its pid), and never those of a process still running.
 """
 
@@ -209,4 +210,9 @@ class NetLab:
             self.dnsmasq.stderr.close()
         for ns in (self.host, self.peer):
             if ns in namespaces():
+                for pid in ip("netns", "pids", ns, check=False).split():  # a DHCP client, a stray pierd
+                    try:
+                        os.kill(int(pid), signal.SIGKILL)
+                    except (ProcessLookupError, ValueError):
+                        pass
                 ip("netns", "del", ns, check=False)

@@ -177,3 +177,16 @@ def test_a_pierd_started_without_manage_network_only_reads(pierd: Pierd) -> None
     assert "--manage-network" in done["error"]["message"]
     assert subprocess.run(["ip", "-br", "link"], capture_output=True, text=True, check=True).stdout == links_before
     assert rest(pierd, "/networks") == {}
+
+
+def test_the_lab_ends_what_still_runs_in_it(tmp_path: Path) -> None:
+    reason = lab_unusable()
+    if reason is not None:
+        pytest.skip(reason)
+    lab = NetLab(tmp_path, nics=1, dhcp=False)
+    try:
+        stray = subprocess.Popen(["ip", "netns", "exec", lab.host, "sleep", "60"])
+        assert wait_for(lambda: str(stray.pid) in ip("netns", "pids", lab.host))
+    finally:
+        lab.close()
+    assert stray.wait(5) is not None and lab.host not in namespaces()
