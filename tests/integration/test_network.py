@@ -190,3 +190,29 @@ def test_the_lab_ends_what_still_runs_in_it(tmp_path: Path) -> None:
     finally:
         lab.close()
     assert stray.wait(5) is not None and lab.host not in namespaces()
+
+
+def test_the_facts_are_read_again_only_after_the_kernel_announces_a_change(lab: NetLab,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from pier.host.network import service
+
+    dumps: list[int] = []
+    real = service.read_snapshot
+    monkeypatch.setattr(service, "read_snapshot", lambda ipr: dumps.append(1) or real(ipr))
+    network = Network(netns=lab.host, stats_interval=3600)
+    network.start()
+    try:
+        assert network.capabilities()["nics"]["nic0"]["ipv4addrs"] == []
+        for _ in range(20):
+            network.capabilities()
+        assert len(dumps) == 1  # nothing changed: no dump
+        ip("addr", "add", "10.77.0.8/24", "dev", "nic0", netns=lab.host)  # behind Pier's back
+        assert network.capabilities()["nics"]["nic0"]["ipv4addrs"] == ["10.77.0.8/24"]  # at once, no wait
+        ip("link", "set", "nic1", "mtu", "1280", netns=lab.host)
+        assert network.capabilities()["nics"]["nic1"]["mtu"] == "1280"
+        ip("link", "set", "nic0", "up", netns=lab.host)
+        ip("route", "add", "default", "via", PEER_V4, "dev", "nic0", netns=lab.host)
+        assert network.capabilities()["nics"]["nic0"]["gateway"] == PEER_V4
+        assert len(dumps) == 4
+    finally:
+        network.stop()

@@ -36,7 +36,11 @@ class Kernel:
     def _name(self, index: int) -> str:
         return next(name for name, link in self.links.items() if link["index"] == index)
 
-    def link(self, command: str, **kw: Any) -> None:
+    def link(self, command: str, **kw: Any) -> Any:
+        if command == "get":  # a read: not recorded
+            if kw["ifname"] not in self.links:
+                raise NetlinkError(19, "No such device")
+            return self.get_links(self.links[kw["ifname"]]["index"])
         self.requests.append(("link", command, dict(kw)))
         if command == "add":
             if kw["kind"] in self.lacks:
@@ -52,6 +56,7 @@ class Kernel:
                 link["mtu"] = kw["mtu"]
             if "state" in kw:
                 link["up"] = kw["state"] == "up"
+        return None
 
     def addr(self, command: str, **kw: Any) -> None:
         self.requests.append(("addr", command, dict(kw)))

@@ -25,6 +25,7 @@ from pier.rpc.errors import PierError, UnsupportedOperation
 log = logging.getLogger(__name__)
 
 EOPNOTSUPP = 95
+ENODEV = 19
 # What a kernel lacks when it refuses to make a device of a kind.
 KERNEL_SUPPORT = {"bond": "bonding (the bonding module)", "vlan": "802.1Q VLANs (the 8021q module)",
                   "bridge": "bridges (the bridge module)"}
@@ -73,15 +74,24 @@ class Journal:
             return self._ipr.route(command.split()[1], **kwargs)
         raise ValueError(command)
 
+    def _get(self, name: str) -> Any:
+        """The device's RTM_NEWLINK message, or None (one request: pyroute2's link_lookup dumps them all)."""
+        try:
+            return self._ipr.link("get", ifname=name)[0]
+        except NetlinkError as exc:
+            if exc.code == ENODEV:
+                return None
+            raise
+
     def index(self, name: str) -> int | None:
-        found = self._ipr.link_lookup(ifname=name)
-        return found[0] if found else None
+        msg = self._get(name)
+        return None if msg is None else int(msg["index"])
 
     def _link(self, name: str) -> Any:
-        index = self.index(name)
-        if index is None:
+        msg = self._get(name)
+        if msg is None:
             raise NetworkChangeError(f"there is no device {name}", data={"device": name})
-        return self._ipr.get_links(index)[0]
+        return msg
 
     def _did(self, description: str, undo: Callable[[], None]) -> None:
         log.debug("network: %s", description)

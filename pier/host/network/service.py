@@ -6,6 +6,10 @@ one request at a time), in the network namespace of the process unless a namespa
 then not read, since /sys and /etc show the process's own namespace). Statistics come from the
 `network-sampler` thread, which has its own socket.
 
+The last snapshot is kept and served again until the kernel says something changed (watch.py:
+a socket subscribed to the link, address and route notifications, checked without waiting). So the facts cost
+a netlink dump only after a change, and are never older than the last change the kernel announced.
+
 Changes (`setup`) run one at a time (a second caller waits up to `BUSY_AFTER` seconds, then gets
 `busy`): the request is merged into the running configuration and checked against the kernel
 (model.py), applied step by step through an undo journal (plan.py, apply.py), and undone when a
@@ -34,6 +38,7 @@ from pier.host.network.model import Desired, bond_spec, check, desired, network_
 from pier.host.network.outside import DhcpClients, Outside
 from pier.host.network.plan import Progress, apply_changes, fields
 from pier.host.network.stats import NetworkSampler
+from pier.host.network.watch import ChangeWatch
 from pier.rpc.errors import PierError, TargetBusy, UnsupportedOperation
 
 BUSY_AFTER = 30.0
@@ -75,6 +80,8 @@ class Network:
                                 libvirt_conn)
         self._ipr: IPRoute | None = None
         self._sampler_ipr: IPRoute | None = None
+        self._watch = ChangeWatch(netns)
+        self._cached: Snapshot | None = None
         self.config = ConfigStore(state_dir)
         own_namespace = netns is None
         self._sampler = NetworkSampler(self._sample_links, stats_interval,
@@ -96,6 +103,8 @@ class Network:
                 if ipr is not None:
                     ipr.close()
             self._ipr = self._sampler_ipr = None
+            self._watch.close()
+            self._cached = None
 
     # -- reads ---------------------------------------------------------------------------------
 
@@ -103,11 +112,15 @@ class Network:
         return IPRoute(netns=self._netns) if self._netns else IPRoute()
 
     def snapshot(self) -> Snapshot:
-        """The kernel's links, addresses and default routes now."""
+        """The kernel's links, addresses and default routes now (the last ones read, when the
+        kernel has announced no change since)."""
         with self._lock:
             if self._ipr is None:
                 self._ipr = self._open()
-            return read_snapshot(self._ipr)
+            if self._watch.changed() or self._cached is None:
+                self._cached = read_snapshot(self._ipr)
+            assert self._cached is not None
+            return self._cached
 
     def _sample_links(self) -> tuple[Link, ...]:
         """Thread: network-sampler (and the caller of start())."""
@@ -183,6 +196,7 @@ class Network:
 
     def _change(self, old: Desired, new: Desired, report: Progress) -> Journal:
         with self._lock:
+            self._cached = None  # the notifications would say so too; this does not wait for them
             if self._ipr is None:
                 self._ipr = self._open()
             journal = Journal(self._ipr, fields(new).get)
@@ -201,6 +215,7 @@ class Network:
     def _undo(self, journal: Journal, why: str) -> list[str]:
         log.warning("network: %s; undoing %d steps", why, len(journal.steps))
         with self._lock:
+            self._cached = None
             return journal.undo()
 
     def _restore_safe(self) -> None:
