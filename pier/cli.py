@@ -36,6 +36,7 @@ CONVENIENCE_VERBS = {
     "vms": "Host.getVMList",
     "capabilities": "Host.getCapabilities",
     "stats": "Host.getStats",
+    "net": "Host.getNetworkCapabilities",
     "task.info": "Task.getInfo",
     "task.list": "Host.getAllTasks",
     "task.stop": "Task.stop",
@@ -311,6 +312,12 @@ def cmd_vms(client: PierClient, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_net(client: PierClient, args: argparse.Namespace) -> int:
+    caps = client.call(CONVENIENCE_VERBS["net"], {})
+    _out(fmt.compact_json(caps) if args.json else fmt.networks_table(caps))
+    return EXIT_OK
+
+
 def cmd_host(client: PierClient, args: argparse.Namespace) -> int:
     caps = client.call(CONVENIENCE_VERBS["capabilities"], {})
     stats = client.call(CONVENIENCE_VERBS["stats"], {})
@@ -433,6 +440,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("vms", parents=[common], help="the VMs on this host").set_defaults(run=cmd_vms)
     sub.add_parser("host", parents=[common], help="a summary of this host").set_defaults(run=cmd_host)
+    sub.add_parser("net", parents=[common], help="the host's networks, and its NICs, bonds, VLANs and bridges"
+                   ).set_defaults(run=cmd_net)
 
     events = sub.add_parser("events", parents=[common], help="print events (--follow to keep going)")
     events.add_argument("--after", type=int, metavar="SEQ", help="only events after this sequence number "

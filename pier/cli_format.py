@@ -129,6 +129,32 @@ def vms_table(vms: list[dict[str, Any]]) -> str:
     return table(["VM ID", "NAME", "STATUS"], rows)
 
 
+def networks_table(caps: dict[str, Any]) -> str:
+    """The networks Pier made, then every other device, from Host.getNetworkCapabilities."""
+    def addresses(entry: dict[str, Any]) -> str:
+        found = list(entry.get("ipv4addrs") or []) + list(entry.get("ipv6addrs") or [])
+        return " ".join(found) + (" (dhcp)" if entry.get("dhcpv4") else "") if found else "-"
+
+    networks = caps.get("networks") or {}
+    parts = []
+    if networks:
+        parts.append(table(["NETWORK", "BRIDGED", "DEVICE", "ON", "MTU", "ADDRESSES", "GATEWAY"],
+                           [[name, "yes" if net.get("bridged") else "no", net.get("iface", ""),
+                             net.get("southbound") or "-", net.get("mtu", ""), addresses(net),
+                             net.get("gateway") or "-"] for name, net in sorted(networks.items())]))
+    else:
+        parts.append("no networks made by Pier on this host")
+    rows = []
+    for kind, key in (("nic", "nics"), ("bond", "bondings"), ("vlan", "vlans"), ("bridge", "bridges")):
+        for name, dev in sorted((caps.get(key) or {}).items()):
+            members = dev.get("ports") or dev.get("slaves") or ([dev["iface"]] if dev.get("iface") else [])
+            speed = f"{dev['speed']} Mb/s" if dev.get("speed") else "-"
+            rows.append([name, kind, dev.get("mtu", ""), speed, " ".join(members) or "-", addresses(dev)])
+    if rows:
+        parts.append(table(["DEVICE", "KIND", "MTU", "SPEED", "MEMBERS", "ADDRESSES"], rows))
+    return "\n\n".join(parts)
+
+
 def tasks_table(tasks: dict[str, dict[str, Any]]) -> str:
     if not tasks:
         return "no tasks"

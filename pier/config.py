@@ -60,6 +60,7 @@ class Settings:
     max_client_connections: int = 32
     audit_retention_days: float = 90.0
     metrics_open: bool = False  # /metrics without credentials (by default a viewer token or certificate)
+    manage_network: bool = False  # opt-in: Host.setupNetworks changes this host's links, addresses and routes
 
     def __post_init__(self) -> None:
         if not self.state_dir:
@@ -107,6 +108,9 @@ def argument_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ws", metavar="HOST:PORT", help=f"JSON-RPC over WebSocket (default {DEFAULT_WS})")
     parser.add_argument("--state-dir", metavar="DIR", help="where events and tasks are kept")
     parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper)
+    parser.add_argument("--manage-network", action="store_true", default=None,
+                        help="let Host.setupNetworks change this host's links, addresses and routes, and restore "
+                        "the safe network configuration at start (off by default: the network is only read)")
     security = parser.add_argument_group("security", "TCP listeners speak TLS; the unix socket trusts local root")
     security.add_argument("--insecure-loopback", action="store_true", default=None,
                           help="plain HTTP/WS/STOMP without TLS, allowed only on 127.0.0.1 and ::1")

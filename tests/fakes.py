@@ -8,8 +8,9 @@ import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from pier.host.services import HostService, VmService
-from pier.rpc.errors import NoVM, UnsupportedOperation, VMDown, VMExists
+from pier.host.network.model import desired
+from pier.host.services import HostService, NetworkService, VmService
+from pier.rpc.errors import InvalidParams, NoVM, Unexpected, UnsupportedOperation, VMDown, VMExists
 
 
 class FakeHost:
@@ -132,6 +133,60 @@ class FakeVms:
         return self.definition(vm_id)
 
 
+class FakeNetwork:
+    """A `pier.host.services.NetworkService` in memory: one NIC, `eth0`, and the networks in `networks`."""
+
+    def __init__(self) -> None:
+        self.networks: dict[str, dict[str, Any]] = {}
+        self.rx_bytes = 1000
+        self.running: dict[str, dict[str, Any]] = {"networks": {}, "bondings": {}}
+        self.safe: dict[str, dict[str, Any]] | None = None
+        self.confirmed = threading.Event()
+
+    def _addresses(self, mtu: int = 1500) -> dict[str, Any]:
+        return {"addr": "", "netmask": "", "ipv4addrs": [], "ipv6addrs": [], "gateway": "",
+                "ipv6gateway": "::", "ipv4defaultroute": False, "dhcpv4": False, "dhcpv6": False,
+                "ipv6autoconf": False, "mtu": str(mtu)}
+
+    def capabilities(self) -> dict[str, Any]:
+        return {"nics": {"eth0": {**self._addresses(), "hwaddr": "52:54:00:00:00:01", "speed": 1000}},
+                "bridges": {}, "bondings": {}, "vlans": {}, "networks": dict(self.networks),
+                "nameservers": ["192.0.2.53"], "supportsIPv6": True, "netConfigDirty": "False"}
+
+    def statistics(self) -> dict[str, Any]:
+        eth0 = {"name": "eth0", "state": "up", "speed": "1000", "rx": str(self.rx_bytes), "tx": "2000",
+                "rxErrors": "0", "txErrors": "0", "rxDropped": "1", "txDropped": "2",
+                "rxBytesPerSec": "0", "txBytesPerSec": "0", "sampleTime": time.time()}
+        return {"network": {"eth0": eth0}, "rxDropped": "1", "txDropped": "2"}
+
+    def setup(self, networks: dict[str, dict[str, Any]], bondings: dict[str, dict[str, Any]],
+              options: dict[str, Any], progress: Callable[[int, str], None] | None = None) -> None:
+        wanted = desired(self.running, networks, bondings)
+        for name, attrs in wanted["networks"].items():
+            if attrs.get("nic") not in (None, "eth0"):
+                raise InvalidParams(f"networks.{name}.nic: there is no NIC {attrs['nic']}",
+                                    data={"field": f"networks.{name}.nic"})
+        for name, attrs in wanted["bondings"].items():
+            if not attrs.get("nics"):
+                raise InvalidParams(f"bondings.{name}.nics: a bond needs at least one NIC",
+                                    data={"field": f"bondings.{name}.nics"})
+        if progress is not None:
+            progress(50, "applying")
+        if options.get("connectivityCheck") and not self.confirmed.wait(options.get("connectivityTimeout", 120)):
+            raise Unexpected("Host.confirmConnectivity did not arrive: the network change was rolled back")
+        self.confirmed.clear()
+        self.running = wanted
+        self.networks = {name: {"bridged": attrs.get("bridged", True), "iface": name if attrs.get("bridged", True)
+                                else attrs.get("nic", ""), "southbound": attrs.get("nic", "")}
+                         for name, attrs in wanted["networks"].items()}
+
+    def confirm(self) -> None:
+        self.confirmed.set()
+
+    def save(self) -> None:
+        self.safe = {section: dict(entries) for section, entries in self.running.items()}
+
+
 class FixedAuthenticator:
     """Stands in for `pier.rpc.auth.Authenticator`: everyone is `identity`."""
 
@@ -148,3 +203,8 @@ class FixedAuthenticator:
 def as_services(host: FakeHost, vms: FakeVms) -> tuple[HostService, VmService]:
     """The fakes as the handlers see them; mypy checks here that they keep to the services' protocols."""
     return host, vms
+
+
+def as_network_service(network: FakeNetwork) -> NetworkService:
+    """The network fake as the handlers see it (checked by mypy like `as_services`)."""
+    return network

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import libvirt
@@ -20,7 +21,9 @@ from pier.host.connection import Connection, EventLoop
 from pier.host.domain import libvirt_errors
 from pier.host.events import STATUS_EVENT_PREFIX, EventDispatcher, published_statuses
 from pier.host.hostinfo import HostInfo
-from pier.host.services import HostService, VmService
+from pier.host.network.host import HostWithNetwork
+from pier.host.network.service import Network
+from pier.host.services import HostService, NetworkService, VmService
 from pier.host.stats import StatsSampler
 from pier.host.vms import Vms
 from pier.host.vmstate import VmCache, read_states
@@ -33,10 +36,12 @@ class Node:
 
     def __init__(self, uri: str, emit: Callable[[str, dict[str, Any]], object], *,
                  stats_interval: float = 2.0, slow_stats_interval: float = 15.0,
-                 last_events: Callable[[str], dict[str, dict[str, Any]]] | None = None) -> None:
+                 last_events: Callable[[str], dict[str, dict[str, Any]]] | None = None,
+                 network_dir: str | Path | None = None, manage_network: bool = False) -> None:
         """`emit` publishes an event; `last_events(prefix)` gives the params of the newest
         event kept of each name with that prefix (the event log), to correct at start any VM
-        status published before the agent last stopped."""
+        status published before the agent last stopped; `network_dir` keeps the network
+        configuration (in memory without it), which setupNetworks changes only `manage_network`."""
         self._cache = VmCache()
         self._last_events = last_events
         self._dispatcher = EventDispatcher(self._cache, emit, self._read_states,
@@ -48,7 +53,10 @@ class Node:
         self._cache.on_change = self._sampler.patch_status
         self._vms = Vms(self._connection, self._cache, self._sampler, self._dispatcher.put)
         self.vms: VmService = self._vms
-        self.host: HostService = HostInfo(self._connection, self._cache)
+        self._network = Network(network_dir, stats_interval=stats_interval, libvirt_conn=self._connection.current,
+                                emit=emit, manage=manage_network)
+        self.network: NetworkService = self._network
+        self.host: HostService = HostWithNetwork(HostInfo(self._connection, self._cache), self._network)
         self._running = False
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -63,6 +71,7 @@ class Node:
         if self._connection.connected:
             self._dispatcher.flush(10.0)  # the first load of the VM cache
         self._sampler.start()
+        self._network.start()
 
     def stop(self) -> None:
         """Stop the sampler, the connection (reconnect thread, event loop) and the dispatcher,
@@ -70,6 +79,7 @@ class Node:
         if not self._running:
             return
         self._running = False
+        self._network.stop()
         self._sampler.stop()
         self.flush_events(2.0)
         self._connection.stop()

@@ -9,7 +9,7 @@ and on the real services over libvirt's test driver.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 
@@ -100,4 +100,30 @@ class VmService(Protocol):
 
     def cont(self, vm_id: str) -> dict[str, Any]:
         """Resume a paused VM; its VmDefinition after."""
+        ...
+
+
+class NetworkService(Protocol):
+    """This host's network: facts and statistics (pier.host.network)."""
+
+    def capabilities(self) -> dict[str, Any]:
+        """VdsmNetworkCapabilities read from the kernel now, with the networks Pier made."""
+        ...
+
+    def statistics(self) -> dict[str, Any]:
+        """HostNetworkStatistics from the latest sample; never scans the kernel per call."""
+        ...
+
+    def setup(self, networks: dict[str, dict[str, Any]], bondings: dict[str, dict[str, Any]],
+              options: dict[str, Any], progress: Callable[[int, str], None] | None = None) -> None:
+        """setupNetworks: the request merged into the running configuration, checked (InvalidParams
+        naming the field), applied, and undone on failure or an unconfirmed connectivity check."""
+        ...
+
+    def confirm(self) -> None:
+        """A connectivity check waiting for the caller ends well."""
+        ...
+
+    def save(self) -> None:
+        """The running configuration becomes the safe one, restored when pierd starts."""
         ...

@@ -19,7 +19,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import libvirt
@@ -47,9 +47,11 @@ class Pierd:
 
     By default it serves plain text on loopback (`--insecure-loopback`), with default limits, and
     the admin token is made through its local socket, as root may; `secure=True` leaves TLS on.
+    `prefix` runs it under a command (`ip netns exec NS`: then only its local socket is reachable).
     """
 
-    def __init__(self, state_dir: Path, uri: str, *extra: str, secure: bool = False, socket: str = "") -> None:
+    def __init__(self, state_dir: Path, uri: str, *extra: str, secure: bool = False, socket: str = "",
+                 prefix: Sequence[str] = ()) -> None:
         self.state_dir = state_dir
         self.uri = uri
         self.log: list[str] = []
@@ -58,7 +60,7 @@ class Pierd:
         self._changed = threading.Condition()
         self.socket = socket or str(state_dir / "pier.sock")
         insecure = [] if secure else ["--insecure-loopback"]
-        command = [sys.executable, "-m", "pier.daemon", "--libvirt-uri", uri, "--http", "127.0.0.1:0",
+        command = [*prefix, sys.executable, "-m", "pier.daemon", "--libvirt-uri", uri, "--http", "127.0.0.1:0",
                    "--ws", "127.0.0.1:0", "--state-dir", str(state_dir), "--unix-socket", self.socket,
                    *insecure, *extra]
         self.started = time.monotonic()

@@ -17,10 +17,11 @@ from pathlib import Path
 
 import pytest
 
+from pier.host.network.service import Network
 from pier.host.node import Node
-from pier.host.services import HostService, VmService
-from pier.rpc.errors import NoVM, UnsupportedOperation, VMDown, VMExists
-from tests.fakes import FakeHost, FakeVms, as_services
+from pier.host.services import HostService, NetworkService, VmService
+from pier.rpc.errors import InvalidParams, NoVM, UnsupportedOperation, VMDown, VMExists
+from tests.fakes import FakeHost, FakeNetwork, FakeVms, as_network_service, as_services
 
 DATA = Path(__file__).parent / "data"
 
@@ -146,3 +147,36 @@ def test_what_a_reader_gets_is_its_own(services: Services) -> None:
     mine["status"] = "scribbled"
     assert services.vms.stats(vm_id)["status"] == "Up"
     assert all(stats["status"] != "scribbled" for stats in services.vms.all_stats())
+
+
+@pytest.fixture(params=["fake", "real"])
+def network(request: pytest.FixtureRequest) -> Iterator[NetworkService]:
+    if request.param == "fake":
+        yield as_network_service(FakeNetwork())
+        return
+    real = Network(stats_interval=0.1)  # reads this machine's namespace; changes nothing
+    real.start()
+    try:
+        yield real
+    finally:
+        real.stop()
+
+
+def test_network_facts_and_figures(network: NetworkService) -> None:
+    caps = network.capabilities()
+    assert {"nics", "bridges", "bondings", "vlans", "networks", "nameservers", "supportsIPv6"} <= set(caps)
+    assert caps["nics"] and all(isinstance(nic["speed"], int) and nic["mtu"].isdigit() for nic in caps["nics"].values())
+    stats = network.statistics()
+    assert set(caps["nics"]) <= set(stats["network"]) and "lo" not in stats["network"]
+    for entry in stats["network"].values():
+        assert entry["state"] in ("up", "down", "unknown")
+        assert all(entry[key].isdigit() for key in ("rx", "tx", "rxDropped", "txDropped", "rxErrors", "speed"))
+    assert stats["rxDropped"].isdigit() and stats["txDropped"].isdigit()
+
+
+def test_a_refused_change_names_a_field_and_changes_nothing(network: NetworkService) -> None:
+    # the fake refuses the missing NIC; the real service here only reads (it was not given manage=True)
+    with pytest.raises((InvalidParams, UnsupportedOperation)) as refused:
+        network.setup({"contract": {"nic": "pier-no-such-nic", "bridged": False}}, {}, {})
+    assert refused.value.data["field"] in ("networks.contract.nic", "networks")
+    assert "contract" not in network.capabilities()["networks"]

@@ -59,6 +59,23 @@ def events_app(stack: Stack) -> WsgiApp:
     return app
 
 
+def test_net_tables_and_json(pier: Run, stack: Stack) -> None:
+    code, out, _ = pier("net")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0] == "no networks made by Pier on this host"
+    assert lines[2].split() == ["DEVICE", "KIND", "MTU", "SPEED", "MEMBERS", "ADDRESSES"]
+    assert lines[3].split() == ["eth0", "nic", "1500", "1000", "Mb/s", "-", "-"]
+    stack.network.networks["pub"] = {"bridged": True, "iface": "pub", "southbound": "eth0", "mtu": "9000",
+                                     "ipv4addrs": ["192.0.2.10/24"], "ipv6addrs": [], "gateway": "192.0.2.1"}
+    code, out, _ = pier("net")
+    assert [line.split() for line in out.splitlines()[:2]] == [
+        ["NETWORK", "BRIDGED", "DEVICE", "ON", "MTU", "ADDRESSES", "GATEWAY"],
+        ["pub", "yes", "pub", "eth0", "9000", "192.0.2.10/24", "192.0.2.1"]]
+    code, out, _ = pier("net", "--json")
+    assert json.loads(out)["networks"]["pub"]["southbound"] == "eth0"
+
+
 class FakeAuthenticator:
     """Everyone is ADMIN, or (given a token) only callers with `Authorization: Bearer <token>`;
     remembers what the listener told it of the last caller."""

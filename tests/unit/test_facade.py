@@ -31,7 +31,8 @@ VM_PARAMS = {"vmId": VM_ID, "vmName": "a", "memSize": 32}
 ROUTES = endpoints(Schema.load().verbs)
 # The routes that answer a Location, and where it points for a result with this taskID and vmId.
 LOCATIONS = {"POST /api/v1/vms": f"/api/v1/vms/{VM_ID}",
-             "POST /api/v1/vms/{vmID}/shutdown": f"/api/v1/tasks/{TASK_ID}"}
+             "POST /api/v1/vms/{vmID}/shutdown": f"/api/v1/tasks/{TASK_ID}",
+             "POST /api/v1/host/network/setup": f"/api/v1/tasks/{TASK_ID}"}
 
 
 @dataclass
@@ -136,6 +137,12 @@ ROUTE_TABLE = {
     ("GET", "/api/v1/host/vm-stats", "Host.getAllVmStats"),
     ("GET", "/api/v1/host/jobs", "Host.getJobs"),
     ("GET", "/api/v1/tasks", "Host.getAllTasks"),
+    ("GET", "/api/v1/host/network", "Host.getNetworkCapabilities"),
+    ("GET", "/api/v1/host/network/stats", "Host.getNetworkStatistics"),
+    ("GET", "/api/v1/networks", "Host.getNetworks"),
+    ("POST", "/api/v1/host/network/setup", "Host.setupNetworks"),
+    ("POST", "/api/v1/host/network/confirm", "Host.confirmConnectivity"),
+    ("POST", "/api/v1/host/network/save", "Host.setSafeNetworkConfig"),
     ("POST", "/api/v1/vms", "VM.create"),
     ("DELETE", "/api/v1/vms/<vmID>", "VM.destroy"),
     ("POST", "/api/v1/vms/<vmID>/destroy", "VM.destroy"),

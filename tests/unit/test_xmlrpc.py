@@ -29,7 +29,7 @@ VDSM_PAYLOAD_KEYS = {
     "getAllTasksStatuses": "allTasksStatus", "getAllTasksInfo": "allTasksInfo", "create": "vmList",
     "pause": "vmList", "cont": "vmList", "getVmStats": "statsList", "getTaskInfo": "TaskInfo",
     "getTaskStatus": "taskStatus", "destroy": None, "shutdown": None, "reset": None, "stopTask": None,
-    "clearTask": None, "ping": None,
+    "clearTask": None, "ping": None, "setupNetworks": None, "setSafeNetworkConfig": None,
 }
 
 
@@ -91,7 +91,7 @@ def test_every_legacy_name_answers_the_envelope_with_its_payload_key(vdsm, schem
     with_vm(vdsm, UNKNOWN_VM)
     task = stack.call("VM.shutdown", vmID=UNKNOWN_VM, timeout=0, force=True)
     stack.tasks.wait(task["taskID"], 10)
-    args = {"vmID": VM_ID, "taskID": task["taskID"]}
+    args = {"vmID": VM_ID, "taskID": task["taskID"], "networks": {}}
     changing = ["pause", "cont", "reset", "stopTask", "clearTask", "shutdown", "destroy"]
     names = sorted(set(schema.legacy) - set(changing) - {"create"}) + changing
     assert set(names) | {"create"} == set(schema.legacy)
