@@ -5,11 +5,11 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from pier.host.services import HostService, VmService
-from pier.rpc.errors import NoVM, UnsupportedOperation, VMDown, VMExists
+from pier.host.services import HostService, KsmService, LldpService, VmService
+from pier.rpc.errors import KsmError, NoSuchDevice, NoVM, UnsupportedOperation, VMDown, VMExists
 
 
 class FakeHost:
@@ -148,3 +148,41 @@ class FixedAuthenticator:
 def as_services(host: FakeHost, vms: FakeVms) -> tuple[HostService, VmService]:
     """The fakes as the handlers see them; mypy checks here that they keep to the services' protocols."""
     return host, vms
+
+
+class FakeKsm:
+    """A `pier.host.services.KsmService` in memory: `knobs` holds the values, `read_only` refuses writes."""
+
+    def __init__(self) -> None:
+        self.knobs = {"run": 0, "sleep_millisecs": 20, "pages_to_scan": 100, "merge_across_nodes": 1}
+        self.read_only = False
+
+    def tune(self, params: Mapping[str, int]) -> None:
+        unknown = sorted(set(params) - set(self.knobs))
+        if unknown:
+            raise KsmError(f"unknown KSM knob(s) {', '.join(unknown)}", data={"knobs": unknown})
+        if self.read_only and any(self.knobs[knob] != value for knob, value in params.items()):
+            raise KsmError("cannot write to /fake/kernel/mm/ksm: the file system is read-only",
+                           data={"file": "/fake/kernel/mm/ksm"})
+        self.knobs.update(params)
+
+
+class FakeLldp:
+    """A `pier.host.services.LldpService`: the NICs of `nics`, no LLDP agent."""
+
+    def __init__(self, nics: Iterable[str] = ("eth0", "eth1")) -> None:
+        self.nics = list(nics)
+
+    def info(self, devices: Iterable[str] | None = None) -> dict[str, dict[str, Any]]:
+        names = self.nics if devices is None else list(devices)
+        for index, name in enumerate(names):
+            if name not in self.nics:
+                raise NoSuchDevice(f"filter.devices[{index}]: no network interface {name!r} on this host",
+                                    data={"field": f"params.filter.devices[{index}]"})
+        return {name: {"enabled": False, "tlvs": [], "agent": None,
+                       "message": "no LLDP agent (lldpad or lldpd) runs on this host"} for name in names}
+
+
+def as_tuning(ksm: FakeKsm, lldp: FakeLldp) -> tuple[KsmService, LldpService]:
+    """The tuning fakes as the handlers see them (checked by mypy like `as_services`)."""
+    return ksm, lldp

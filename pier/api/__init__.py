@@ -13,10 +13,11 @@ from typing import Any
 
 from pier.api.events import EventsApi
 from pier.api.host import HostApi
+from pier.api.hosttune import HostTuneApi
 from pier.api.security import SecurityApi
 from pier.api.task import TaskApi
 from pier.api.vm import VmApi
-from pier.host.services import HostService, VmService
+from pier.host.services import HostService, KsmService, LldpService, VmService
 from pier.rpc.audit import AuditLog
 from pier.rpc.auth import Credentials
 from pier.rpc.events import EventLog
@@ -34,6 +35,8 @@ class Services:
     credentials: Credentials
     audit: AuditLog
     about: Callable[[], dict[str, Any]]
+    ksm: KsmService
+    lldp: LldpService
 
 
 def handlers(services: Services, served: Iterable[str]) -> list[object]:
@@ -41,4 +44,5 @@ def handlers(services: Services, served: Iterable[str]) -> list[object]:
     `served` names the verbs the registry will serve (capabilities promise no others)."""
     s = services
     return [HostApi(s.host, s.vms, s.tasks, s.about, served), VmApi(s.vms), TaskApi(s.tasks),
-            EventsApi(s.events, s.credentials), SecurityApi(s.credentials, s.audit)]
+            EventsApi(s.events, s.credentials), SecurityApi(s.credentials, s.audit),
+            HostTuneApi(s.ksm, s.lldp)]

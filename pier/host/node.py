@@ -20,7 +20,9 @@ from pier.host.connection import Connection, EventLoop
 from pier.host.domain import libvirt_errors
 from pier.host.events import STATUS_EVENT_PREFIX, EventDispatcher, published_statuses
 from pier.host.hostinfo import HostInfo
-from pier.host.services import HostService, VmService
+from pier.host.ksm import Ksm
+from pier.host.lldp import Lldp
+from pier.host.services import HostService, KsmService, LldpService, VmService
 from pier.host.stats import StatsSampler
 from pier.host.vms import Vms
 from pier.host.vmstate import VmCache, read_states
@@ -49,6 +51,8 @@ class Node:
         self._vms = Vms(self._connection, self._cache, self._sampler, self._dispatcher.put)
         self.vms: VmService = self._vms
         self.host: HostService = HostInfo(self._connection, self._cache)
+        self.ksm: KsmService = Ksm()
+        self.lldp: LldpService = Lldp()
         self._running = False
 
     # -- lifecycle -----------------------------------------------------------------------------

@@ -9,7 +9,7 @@ and on the real services over libvirt's test driver.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
 
@@ -100,4 +100,20 @@ class VmService(Protocol):
 
     def cont(self, vm_id: str) -> dict[str, Any]:
         """Resume a paused VM; its VmDefinition after."""
+        ...
+
+
+class KsmService(Protocol):
+    """KSM's knobs under /sys/kernel/mm/ksm."""
+
+    def tune(self, params: Mapping[str, int]) -> None:
+        """Write the knobs named in `params`, all or none; KsmError naming the file otherwise."""
+        ...
+
+
+class LldpService(Protocol):
+    """LLDP per NIC, from the LLDP agent running on this host (if any)."""
+
+    def info(self, devices: Iterable[str] | None = None) -> dict[str, dict[str, Any]]:
+        """{interface: Lldp} for `devices` (every NIC when None); NoSuchDevice for one that does not exist."""
         ...

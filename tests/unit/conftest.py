@@ -16,7 +16,7 @@ from pier.rpc.jsonrpc import JsonRpc
 from pier.rpc.registry import CallContext, Registry
 from pier.rpc.schema import Schema
 from pier.rpc.tasks import TaskManager
-from tests.fakes import FakeHost, FakeVms, as_services
+from tests.fakes import FakeHost, FakeKsm, FakeLldp, FakeVms, as_services, as_tuning
 
 VM_ID = "6f1e3e4c-1111-4222-8333-444455556666"
 ADMIN = Identity("test admin", "admin", "test")
@@ -33,6 +33,8 @@ class Stack:
     db: Path
     credentials: Credentials
     audit: AuditLog
+    ksm: FakeKsm
+    lldp: FakeLldp
 
     def call(self, verb: str, **params: object) -> object:
         return self.registry.call(verb, params, CallContext("test", identity=ADMIN))
@@ -52,10 +54,13 @@ def build_stack(schema: Schema, db: Path, vms: dict[str, dict[str, object]] | No
     fake_vms.records = vms or {}
     credentials = Credentials(str(db))
     audit = AuditLog(str(db))
-    services = Services(*as_services(host, fake_vms), tasks, events, credentials, audit, lambda: {"name": "pier"})
+    ksm, lldp = FakeKsm(), FakeLldp()
+    ksm_service, lldp_service = as_tuning(ksm, lldp)
+    services = Services(*as_services(host, fake_vms), tasks, events, credentials, audit, lambda: {"name": "pier"},
+                        ksm=ksm_service, lldp=lldp_service)
     registry = Registry(schema, handlers(services, schema.verbs), tasks, audit=audit)
     tasks.start(registry.reconcilers)
-    return Stack(host, fake_vms, events, tasks, registry, JsonRpc(registry), db, credentials, audit)
+    return Stack(host, fake_vms, events, tasks, registry, JsonRpc(registry), db, credentials, audit, ksm, lldp)
 
 
 @pytest.fixture

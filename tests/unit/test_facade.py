@@ -158,6 +158,10 @@ ROUTE_TABLE = {
     ("POST", "/api/v1/trust", "Trust.add"),
     ("GET", "/api/v1/trust", "Trust.list"),
     ("DELETE", "/api/v1/trust/<fingerprint>", "Trust.remove"),
+    ("PUT", "/api/v1/host/ksm", "Host.setKsmTune"),
+    ("PUT", "/api/v1/host/log-level", "Host.setLogLevel"),
+    ("POST", "/api/v1/host/echo", "Host.echo"),
+    ("POST", "/api/v1/host/lldp", "Host.getLldp"),
 }
 
 
