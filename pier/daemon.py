@@ -108,7 +108,8 @@ class Daemon:
         limiter = RateLimiter(settings.rate_limit, settings.rate_burst) if settings.rate_limit > 0 else None
         schema = Schema.load()
         services = Services(self.node.host, self.node.vms, self.tasks, self.events, self.credentials, self.audit,
-                            self.about, ksm=self.node.ksm, lldp=self.node.lldp)
+                            self.about, ksm=self.node.ksm, lldp=self.node.lldp, hostdevs=self.node.hostdevs,
+                            secrets=self.node.secrets, domain_xmls=self.node.domain_xmls)
         self.registry = Registry(schema, handlers(services, schema.verbs),
                                  self.tasks, audit=self.audit, limiter=limiter, credentials=self.credentials)
         self.tasks.start(self.registry.reconcilers)

@@ -2,14 +2,33 @@
 
 from __future__ import annotations
 
+import base64
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from pier.host.services import HostService, KsmService, LldpService, VmService
-from pier.rpc.errors import KsmError, NoSuchDevice, NoVM, UnsupportedOperation, VMDown, VMExists
+from pier.host.services import (
+    DomainXmlService,
+    HostDeviceService,
+    HostService,
+    KsmService,
+    LldpService,
+    SecretService,
+    VmService,
+)
+from pier.rpc.errors import (
+    InvalidParams,
+    KsmError,
+    NoSuchDevice,
+    NoVM,
+    SecretBadRequest,
+    SecretRegisterError,
+    UnsupportedOperation,
+    VMDown,
+    VMExists,
+)
 
 
 class FakeHost:
@@ -186,3 +205,100 @@ class FakeLldp:
 def as_tuning(ksm: FakeKsm, lldp: FakeLldp) -> tuple[KsmService, LldpService]:
     """The tuning fakes as the handlers see them (checked by mypy like `as_services`)."""
     return ksm, lldp
+
+
+class FakeSecrets:
+    """A `pier.host.services.SecretService` in memory: `values` holds each secret's value by UUID,
+    `pier` the UUIDs Pier registered (the others came from elsewhere)."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, bytes] = {}
+        self.usages: dict[tuple[str, str], str] = {}
+        self.pier: set[str] = set()
+
+    def register(self, secrets: Iterable[Mapping[str, Any]], clear: bool = False) -> None:
+        checked = []
+        for index, secret in enumerate(secrets):
+            try:
+                value = base64.b64decode(str(secret.get("password", "")), validate=True)
+            except ValueError:
+                raise SecretBadRequest(f"secrets[{index}].password is not base64",
+                                       data={"field": f"params.secrets[{index}].password"}) from None
+            secret_uuid = str(uuid.UUID(str(secret["uuid"])))
+            usage = (str(secret["usageType"]), str(secret["usageID"]))
+            if self.usages.get(usage, secret_uuid) != secret_uuid:
+                raise SecretRegisterError(f"cannot register secret {secret_uuid}: usage {usage} is taken")
+            checked.append((secret_uuid, usage, value))
+        for secret_uuid, usage, value in checked:
+            self.values[secret_uuid] = value
+            self.usages[usage] = secret_uuid
+            self.pier.add(secret_uuid)
+        if clear:
+            self.unregister(self.pier - {secret_uuid for secret_uuid, _, _ in checked})
+
+    def unregister(self, uuids: Iterable[str]) -> None:
+        for secret_uuid in [str(uuid.UUID(str(value))) for value in uuids]:
+            self.values.pop(secret_uuid, None)
+            self.pier.discard(secret_uuid)
+            self.usages = {usage: owner for usage, owner in self.usages.items() if owner != secret_uuid}
+
+
+class FakeHostDevices:
+    """A `pier.host.services.HostDeviceService` in memory: `devices` by name."""
+
+    def __init__(self, vms: FakeVms) -> None:
+        self.devices: dict[str, dict[str, Any]] = {
+            "pci_0000_00_02_0": {"capability": "pci", "parent": "computer", "driver": "virtio-pci",
+                                 "vendor_id": "0x1af4", "product_id": "0x1042", "is_assignable": "false",
+                                 "address": {"domain": "0", "bus": "0", "slot": "2", "function": "0"}},
+            "pci_0000_02_00_0": {"capability": "pci", "parent": "computer", "driver": "igb", "iommu_group": "15",
+                                 "vendor_id": "0x8086", "product_id": "0x10c9", "is_assignable": "true",
+                                 "totalvfs": "7",
+                                 "address": {"domain": "0", "bus": "2", "slot": "0", "function": "0"}},
+        }
+        self.numvfs: dict[str, int] = {}
+
+    def _device(self, name: str, field: str = "deviceName") -> dict[str, Any]:
+        if name not in self.devices:
+            raise NoSuchDevice(f"{field}: no host device {name!r} on this host", data={"field": f"params.{field}"})
+        return self.devices[name]
+
+    def list_by_caps(self, caps: Iterable[str] | None = None) -> dict[str, dict[str, Any]]:
+        wanted = set(caps or ())
+        return {name: {"params": dict(params)} for name, params in self.devices.items()
+                if not wanted or params["capability"] in wanted}
+
+    def change_numvfs(self, name: str, numvfs: int) -> None:
+        params = self._device(name)
+        if "totalvfs" not in params:
+            raise UnsupportedOperation(f"host device {name} is not an SR-IOV physical function")
+        if numvfs > int(params["totalvfs"]):
+            raise InvalidParams(f"numvfs: {name} supports at most {params['totalvfs']} virtual functions",
+                                data={"field": "params.numvfs"})
+        self.numvfs[name] = numvfs
+
+    def reattach(self, name: str) -> None:
+        self._device(name)
+
+
+
+class FakeDomainXmls:
+    """A `pier.host.services.DomainXmlService` over the VMs of `vms`."""
+
+    def __init__(self, vms: FakeVms) -> None:
+        self._vms = vms
+
+    def domain_xmls(self, vm_ids: Iterable[str] | None = None) -> dict[str, str]:
+        ids = list(self._vms.records) if vm_ids is None else list(vm_ids)
+        return {vm_id: f"<domain><name>{self._vms.definition(vm_id)['vmName']}</name><uuid>{vm_id}</uuid></domain>"
+                for vm_id in ids}
+
+
+def as_host_extras(hostdevs: FakeHostDevices, xmls: FakeDomainXmls,
+                   ksm: FakeKsm) -> tuple[HostDeviceService, DomainXmlService, KsmService]:
+    """The device, domain XML and KSM fakes as the handlers see them (checked by mypy)."""
+    return hostdevs, xmls, ksm
+
+
+def as_secret_service(secrets: FakeSecrets) -> SecretService:
+    return secrets

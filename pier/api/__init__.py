@@ -13,11 +13,21 @@ from typing import Any
 
 from pier.api.events import EventsApi
 from pier.api.host import HostApi
+from pier.api.hostdev import HostDevApi
 from pier.api.hosttune import HostTuneApi
+from pier.api.secrets import SecretsApi
 from pier.api.security import SecurityApi
 from pier.api.task import TaskApi
 from pier.api.vm import VmApi
-from pier.host.services import HostService, KsmService, LldpService, VmService
+from pier.host.services import (
+    DomainXmlService,
+    HostDeviceService,
+    HostService,
+    KsmService,
+    LldpService,
+    SecretService,
+    VmService,
+)
 from pier.rpc.audit import AuditLog
 from pier.rpc.auth import Credentials
 from pier.rpc.events import EventLog
@@ -37,6 +47,9 @@ class Services:
     about: Callable[[], dict[str, Any]]
     ksm: KsmService
     lldp: LldpService
+    hostdevs: HostDeviceService
+    secrets: SecretService
+    domain_xmls: DomainXmlService
 
 
 def handlers(services: Services, served: Iterable[str]) -> list[object]:
@@ -45,4 +58,4 @@ def handlers(services: Services, served: Iterable[str]) -> list[object]:
     s = services
     return [HostApi(s.host, s.vms, s.tasks, s.about, served), VmApi(s.vms), TaskApi(s.tasks),
             EventsApi(s.events, s.credentials), SecurityApi(s.credentials, s.audit),
-            HostTuneApi(s.ksm, s.lldp)]
+            HostTuneApi(s.ksm, s.lldp, s.domain_xmls), HostDevApi(s.hostdevs), SecretsApi(s.secrets)]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from pier.host.services import KsmService, LldpService
+from pier.host.services import DomainXmlService, KsmService, LldpService
 from pier.rpc.errors import MomError
 from pier.rpc.logcontrol import set_log_level
 from pier.rpc.registry import CallContext, verb
@@ -18,9 +18,10 @@ NO_MOM = ("Pier runs no MOM (memory overcommitment manager), so it has no policy
 
 
 class HostTuneApi:
-    def __init__(self, ksm: KsmService, lldp: LldpService) -> None:
+    def __init__(self, ksm: KsmService, lldp: LldpService, domain_xmls: DomainXmlService) -> None:
         self._ksm = ksm
         self._lldp = lldp
+        self._domain_xmls = domain_xmls
 
     @verb("Host.setKsmTune")
     def set_ksm_tune(self, ctx: CallContext, tuningParams: dict[str, int]) -> None:
@@ -43,6 +44,10 @@ class HostTuneApi:
     def echo(self, ctx: CallContext, message: str) -> str:
         log.info("echo from %s: %r", ctx.describe(), message)
         return message
+
+    @verb("Host.dumpxmls")
+    def dumpxmls(self, ctx: CallContext, vmList: list[str] | None = None) -> dict[str, str]:
+        return self._domain_xmls.domain_xmls(vmList)
 
     @verb("Host.getLldp")
     def lldp(self, ctx: CallContext, filter: dict[str, Any] | None = None) -> dict[str, Any]:

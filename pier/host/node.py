@@ -12,17 +12,29 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import libvirt
 
 from pier.host.connection import Connection, EventLoop
 from pier.host.domain import libvirt_errors
+from pier.host.dumpxmls import DomainXmls
 from pier.host.events import STATUS_EVENT_PREFIX, EventDispatcher, published_statuses
+from pier.host.hostdev import HostDevices
 from pier.host.hostinfo import HostInfo
 from pier.host.ksm import Ksm
 from pier.host.lldp import Lldp
-from pier.host.services import HostService, KsmService, LldpService, VmService
+from pier.host.secrets import Secrets
+from pier.host.services import (
+    DomainXmlService,
+    HostDeviceService,
+    HostService,
+    KsmService,
+    LldpService,
+    SecretService,
+    VmService,
+)
 from pier.host.stats import StatsSampler
 from pier.host.vms import Vms
 from pier.host.vmstate import VmCache, read_states
@@ -35,10 +47,12 @@ class Node:
 
     def __init__(self, uri: str, emit: Callable[[str, dict[str, Any]], object], *,
                  stats_interval: float = 2.0, slow_stats_interval: float = 15.0,
-                 last_events: Callable[[str], dict[str, dict[str, Any]]] | None = None) -> None:
+                 last_events: Callable[[str], dict[str, dict[str, Any]]] | None = None,
+                 sysfs_root: str | Path = "/sys") -> None:
         """`emit` publishes an event; `last_events(prefix)` gives the params of the newest
         event kept of each name with that prefix (the event log), to correct at start any VM
-        status published before the agent last stopped."""
+        status published before the agent last stopped. `sysfs_root` is where the kernel's knobs
+        are read and written (another directory in tests)."""
         self._cache = VmCache()
         self._last_events = last_events
         self._dispatcher = EventDispatcher(self._cache, emit, self._read_states,
@@ -51,8 +65,11 @@ class Node:
         self._vms = Vms(self._connection, self._cache, self._sampler, self._dispatcher.put)
         self.vms: VmService = self._vms
         self.host: HostService = HostInfo(self._connection, self._cache)
-        self.ksm: KsmService = Ksm()
-        self.lldp: LldpService = Lldp()
+        self.ksm: KsmService = Ksm(sysfs_root)
+        self.lldp: LldpService = Lldp(sysfs_root)
+        self.hostdevs: HostDeviceService = HostDevices(self._connection, sysfs_root)
+        self.secrets: SecretService = Secrets(self._connection)
+        self.domain_xmls: DomainXmlService = DomainXmls(self._connection)
         self._running = False
 
     # -- lifecycle -----------------------------------------------------------------------------

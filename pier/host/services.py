@@ -117,3 +117,41 @@ class LldpService(Protocol):
     def info(self, devices: Iterable[str] | None = None) -> dict[str, dict[str, Any]]:
         """{interface: Lldp} for `devices` (every NIC when None); NoSuchDevice for one that does not exist."""
         ...
+
+
+class SecretService(Protocol):
+    """Libvirt secrets (Ceph, iSCSI CHAP and volume passwords); their values are never given back."""
+
+    def register(self, secrets: Iterable[Mapping[str, Any]], clear: bool = False) -> None:
+        """Define each SecretInfo as a persistent, private secret with its value, all or none; with
+        `clear`, also undefine the Pier-registered secrets not among them."""
+        ...
+
+    def unregister(self, uuids: Iterable[str]) -> None:
+        """Undefine the secrets of these UUIDs; one that does not exist is no error."""
+        ...
+
+
+class HostDeviceService(Protocol):
+    """The host's devices (libvirt's node devices) and SR-IOV."""
+
+    def list_by_caps(self, caps: Iterable[str] | None = None) -> dict[str, dict[str, Any]]:
+        """{name: {"params": HostDeviceParams}} of the devices with one of `caps` (all when None)."""
+        ...
+
+    def change_numvfs(self, name: str, numvfs: int) -> None:
+        """Give SR-IOV physical function `name` `numvfs` virtual functions."""
+        ...
+
+    def reattach(self, name: str) -> None:
+        """Give device `name` back to its host driver if it is held for VMs."""
+        ...
+
+
+
+class DomainXmlService(Protocol):
+    """The libvirt domain XML of this host's VMs."""
+
+    def domain_xmls(self, vm_ids: Iterable[str] | None = None) -> dict[str, str]:
+        """{vmId: domain XML} of `vm_ids` (every VM when None); NoVM for one that does not exist."""
+        ...

@@ -156,7 +156,7 @@ class KsmError(PierError):
 
 
 class SecretBadRequest(PierError):
-    code, name, message, http_status = 72, "secretBadRequestErr", "Bad secret request", 400
+    code, name, message, http_status = 72, "secretBadRequestErr", "Bad secret request", 422
 
 
 class SecretRegisterError(PierError):

@@ -16,7 +16,19 @@ from pier.rpc.jsonrpc import JsonRpc
 from pier.rpc.registry import CallContext, Registry
 from pier.rpc.schema import Schema
 from pier.rpc.tasks import TaskManager
-from tests.fakes import FakeHost, FakeKsm, FakeLldp, FakeVms, as_services, as_tuning
+from tests.fakes import (
+    FakeDomainXmls,
+    FakeHost,
+    FakeHostDevices,
+    FakeKsm,
+    FakeLldp,
+    FakeSecrets,
+    FakeVms,
+    as_host_extras,
+    as_secret_service,
+    as_services,
+    as_tuning,
+)
 
 VM_ID = "6f1e3e4c-1111-4222-8333-444455556666"
 ADMIN = Identity("test admin", "admin", "test")
@@ -35,6 +47,8 @@ class Stack:
     audit: AuditLog
     ksm: FakeKsm
     lldp: FakeLldp
+    hostdevs: FakeHostDevices
+    secrets: FakeSecrets
 
     def call(self, verb: str, **params: object) -> object:
         return self.registry.call(verb, params, CallContext("test", identity=ADMIN))
@@ -56,11 +70,15 @@ def build_stack(schema: Schema, db: Path, vms: dict[str, dict[str, object]] | No
     audit = AuditLog(str(db))
     ksm, lldp = FakeKsm(), FakeLldp()
     ksm_service, lldp_service = as_tuning(ksm, lldp)
+    hostdevs, secrets = FakeHostDevices(fake_vms), FakeSecrets()
+    hostdev_service, xml_service, _ = as_host_extras(hostdevs, FakeDomainXmls(fake_vms), ksm)
     services = Services(*as_services(host, fake_vms), tasks, events, credentials, audit, lambda: {"name": "pier"},
-                        ksm=ksm_service, lldp=lldp_service)
+                        ksm=ksm_service, lldp=lldp_service, hostdevs=hostdev_service,
+                        secrets=as_secret_service(secrets), domain_xmls=xml_service)
     registry = Registry(schema, handlers(services, schema.verbs), tasks, audit=audit)
     tasks.start(registry.reconcilers)
-    return Stack(host, fake_vms, events, tasks, registry, JsonRpc(registry), db, credentials, audit, ksm, lldp)
+    return Stack(host, fake_vms, events, tasks, registry, JsonRpc(registry), db, credentials, audit, ksm, lldp,
+                 hostdevs, secrets)
 
 
 @pytest.fixture

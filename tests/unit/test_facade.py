@@ -162,6 +162,12 @@ ROUTE_TABLE = {
     ("PUT", "/api/v1/host/log-level", "Host.setLogLevel"),
     ("POST", "/api/v1/host/echo", "Host.echo"),
     ("POST", "/api/v1/host/lldp", "Host.getLldp"),
+    ("GET", "/api/v1/host/domain-xmls", "Host.dumpxmls"),
+    ("GET", "/api/v1/host/devices", "Host.hostdevListByCaps"),
+    ("PUT", "/api/v1/host/devices/<deviceName>/numvfs", "Host.hostdevChangeNumvfs"),
+    ("POST", "/api/v1/host/devices/<deviceName>/reattach", "Host.hostdevReattach"),
+    ("POST", "/api/v1/host/secrets", "Host.registerSecrets"),
+    ("DELETE", "/api/v1/host/secrets", "Host.unregisterSecrets"),
 }
 
 

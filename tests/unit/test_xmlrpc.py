@@ -31,7 +31,8 @@ VDSM_PAYLOAD_KEYS = {
     "pause": "vmList", "cont": "vmList", "getVmStats": "statsList", "getTaskInfo": "TaskInfo",
     "getTaskStatus": "taskStatus", "destroy": None, "shutdown": None, "reset": None, "stopTask": None,
     "clearTask": None, "ping": None, "setKsmTune": None, "setLogLevel": None, "setMOMPolicy": None,
-    "setMOMPolicyParameters": None,
+    "setMOMPolicyParameters": None, "hostdevListByCaps": "deviceList", "hostdevChangeNumvfs": None,
+    "hostdevReattach": None, "registerSecrets": None, "unregisterSecrets": None,
 }
 
 
@@ -95,7 +96,9 @@ def test_every_legacy_name_answers_the_envelope_with_its_payload_key(vdsm, schem
     stack.tasks.wait(task["taskID"], 10)
     args = {"vmID": VM_ID, "taskID": task["taskID"], "tuningParams": {"sleep_millisecs": 30},
             "level": logging.getLevelName(logging.getLogger().level), "policy": "(defvar x 1)",
-            "key_value_store": {"ksmEnabled": True}}
+            "key_value_store": {"ksmEnabled": True}, "deviceName": "pci_0000_02_00_0", "numvfs": 2,
+            "secrets": [{"uuid": VM_ID, "usageType": "ceph", "usageID": "pool-a", "password": "c2VjcmV0"}],
+            "uuids": [VM_ID]}
     failing = {"setMOMPolicy": 54, "setMOMPolicyParameters": 54}  # Pier runs no MOM
     changing = ["pause", "cont", "reset", "stopTask", "clearTask", "shutdown", "destroy"]
     names = sorted(set(schema.legacy) - set(changing) - {"create"}) + changing
