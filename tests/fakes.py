@@ -6,6 +6,7 @@ import base64
 import threading
 import time
 import uuid
+import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -19,6 +20,7 @@ from pier.host.services import (
     VmService,
 )
 from pier.rpc.errors import (
+    HostdevDetachError,
     InvalidParams,
     KsmError,
     NoSuchDevice,
@@ -244,9 +246,11 @@ class FakeSecrets:
 
 
 class FakeHostDevices:
-    """A `pier.host.services.HostDeviceService` in memory: `devices` by name."""
+    """A `pier.host.services.HostDeviceService` in memory: `devices` by name; `assigned` the
+    <hostdev> XMLs each VM of `vms` holds."""
 
     def __init__(self, vms: FakeVms) -> None:
+        self._vms = vms
         self.devices: dict[str, dict[str, Any]] = {
             "pci_0000_00_02_0": {"capability": "pci", "parent": "computer", "driver": "virtio-pci",
                                  "vendor_id": "0x1af4", "product_id": "0x1042", "is_assignable": "false",
@@ -257,6 +261,7 @@ class FakeHostDevices:
                                  "address": {"domain": "0", "bus": "2", "slot": "0", "function": "0"}},
         }
         self.numvfs: dict[str, int] = {}
+        self.assigned: dict[str, list[str]] = {}
 
     def _device(self, name: str, field: str = "deviceName") -> dict[str, Any]:
         if name not in self.devices:
@@ -280,6 +285,41 @@ class FakeHostDevices:
     def reattach(self, name: str) -> None:
         self._device(name)
 
+    def _names(self, devices: list[str]) -> list[str]:
+        """The host devices the <hostdev> XMLs name by their PCI address, all of them assignable."""
+        names = []
+        for index, xml in enumerate(devices):
+            try:
+                address = ET.fromstring(xml).find("source/address")
+                assert address is not None
+                slot = tuple(int(address.get(key, ""), 0) for key in ("domain", "bus", "slot", "function"))
+            except (ET.ParseError, AssertionError, ValueError):
+                raise InvalidParams(f"devices[{index}]: expected <hostdev> XML naming a PCI address",
+                                    data={"field": f"params.devices[{index}]"}) from None
+            name = "pci_{:04x}_{:02x}_{:02x}_{:x}".format(*slot)
+            if name not in self.devices:
+                raise NoSuchDevice(f"devices[{index}]: no host device {name} on this host",
+                                   data={"field": f"params.devices[{index}]"})
+            if self.devices[name]["is_assignable"] != "true":
+                raise HostdevDetachError(f"devices[{index}]: host device {name} cannot be assigned to a VM")
+            names.append(name)
+        return names
+
+    def hotplug(self, vm_id: str, devices: list[str]) -> list[str]:
+        self._vms.status(vm_id)
+        self._names(devices)
+        self.assigned.setdefault(vm_id, []).extend(devices)
+        return list(devices)
+
+    def hotunplug(self, vm_id: str, devices: list[str]) -> list[str]:
+        self._vms.status(vm_id)
+        held = self.assigned.get(vm_id, [])
+        for index, xml in enumerate(devices):
+            if xml not in held:
+                raise NoSuchDevice(f"devices[{index}]: VM {vm_id} has no such host device",
+                                    data={"field": f"params.devices[{index}]"})
+        self.assigned[vm_id] = [xml for xml in held if xml not in devices]
+        return list(devices)
 
 
 class FakeDomainXmls:

@@ -1,4 +1,4 @@
-"""Handlers of the host device verbs: listing, SR-IOV, and giving devices back to the host."""
+"""Handlers of the host device verbs: listing, SR-IOV, giving devices back, and assigning them to VMs."""
 
 from __future__ import annotations
 
@@ -24,3 +24,10 @@ class HostDevApi:
     def reattach(self, ctx: CallContext, deviceName: str) -> None:
         self._hostdevs.reattach(deviceName)
 
+    @verb("VM.hotplugHostdev")
+    def hotplug(self, ctx: CallContext, vmID: str, devices: list[str]) -> list[str]:
+        return self._hostdevs.hotplug(vmID, devices)
+
+    @verb("VM.hotunplugHostdev")
+    def hotunplug(self, ctx: CallContext, vmID: str, devices: list[str]) -> list[str]:
+        return self._hostdevs.hotunplug(vmID, devices)

@@ -4,8 +4,10 @@
 as VDSM sends them). A device is assignable to a VM when the host can hand it over safely: a PCI
 device needs an IOMMU group (no IOMMU, no assignment) and must not be a bridge; USB devices and
 SCSI generic devices need none. `HostDevices` lists them, changes a physical function's number of
-virtual functions through sysfs (the root is injectable for tests), and gives a device detached
-for a VM back to its host driver.
+virtual functions through sysfs (the root is injectable for tests), gives a device detached for a
+VM back to its host driver, and assigns devices to VMs and takes them back (through
+`pier.host.domain.Domain`). A device that cannot be assigned is refused before anything changes:
+libvirt is never asked to take a device the host cannot give safely.
 """
 
 from __future__ import annotations
@@ -19,8 +21,16 @@ from typing import Any
 import libvirt
 
 from pier.host.connection import Connection
-from pier.host.domain import libvirt_errors
-from pier.rpc.errors import InvalidParams, NoSuchDevice, PierError, Unexpected, UnsupportedOperation
+from pier.host.domain import Domain, libvirt_errors
+from pier.host.domxml import parse_xml
+from pier.rpc.errors import (
+    HostdevDetachError,
+    InvalidParams,
+    NoSuchDevice,
+    PierError,
+    Unexpected,
+    UnsupportedOperation,
+)
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +185,51 @@ class HostDevices:
             conn.nodeDeviceLookupByName(name).reAttach()
         log.info("host device %s given back to the host", name)
 
+    def hotplug(self, vm_id: str, devices: list[str]) -> list[str]:
+        """Assign the host devices of these <hostdev> XMLs to VM `vm_id` (the running guest and
+        its definition), all or none. Each is checked first: a device the host does not have is
+        NoSuchDevice, one that cannot be assigned HostdevDetachError, and nothing is touched."""
+        domain = Domain.lookup(self._connection, vm_id)
+        plugs = [Plug(index, given) for index, given in enumerate(devices)]
+        known = self.list_by_caps(["pci", "usb_device"])
+        names = [plug.host_device(known) for plug in plugs]
+        done: list[Plug] = []
+        try:
+            for plug, name in zip(plugs, names, strict=True):
+                domain.attach(plug.xml(), HostdevDetachError)
+                done.append(plug)
+                log.info("host device %s assigned to VM %s", name, domain.vm_id)
+        except PierError:
+            for plug in reversed(done):
+                try:
+                    self._unplug(domain, plug)
+                except PierError as exc:
+                    log.error("could not take %s back from VM %s after a failed hotplug: %s", plug.field,
+                              domain.vm_id, exc)
+            raise
+        return list(devices)
+
+    def hotunplug(self, vm_id: str, devices: list[str]) -> list[str]:
+        """Ask VM `vm_id` to let go of the host devices of these <hostdev> XMLs; from a running
+        guest each goes when the guest releases it (a device-removed event follows)."""
+        domain = Domain.lookup(self._connection, vm_id)
+        plugs = [Plug(index, given) for index, given in enumerate(devices)]
+        for plug in plugs:
+            self._unplug(domain, plug)
+        return list(devices)
+
+    @staticmethod
+    def _unplug(domain: Domain, plug: Plug) -> None:
+        held = domain.xml(inactive=not domain.is_active()).devices()
+        if not any(device.element.tag == "hostdev" and _source_key(device.element) == plug.source for device in held):
+            raise NoSuchDevice(f"{plug.field}: VM {domain.vm_id} has no host device at {_describe(plug.source)}",
+                               data={"field": f"params.{plug.field}", "vmId": domain.vm_id})
+        # By its XML, not its alias: libvirt finds a host device by its source in the running guest
+        # and in the definition alike, where the alias libvirt gave it is not kept.
+        flags = domain.affect_flags()
+        with domain.errors(f"take host device {_describe(plug.source)} from", UnsupportedOperation):
+            domain.virdomain.detachDeviceFlags(plug.xml(), flags)
+
     def _pci_directory(self, params: dict[str, Any]) -> Path:
         address = params["address"]
         slot = (f"{int(address['domain']):04x}:{int(address['bus']):02x}:{int(address['slot']):02x}."
@@ -201,3 +256,97 @@ def _sysfs_error(what: str, exc: Exception, path: Path) -> PierError:
     reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
     return Unexpected(f"{what}: {reason}", data={"file": str(path)})
 
+
+class Plug:
+    """One <hostdev> a caller gave, checked: its element and the host device its <source> names."""
+
+    def __init__(self, index: int, given: str) -> None:
+        self.field = f"devices[{index}]"
+        self.element = parse_xml(given, self.field)
+        if self.element.tag != "hostdev" or self.element.get("mode", "subsystem") != "subsystem":
+            raise self.invalid("expected a <hostdev mode='subsystem'> element")
+        self.kind = self.element.get("type", "")
+        if self.kind not in ("pci", "usb"):
+            raise self.invalid(f"type {self.kind!r}: Pier assigns pci and usb host devices")
+        source = _source_key(self.element)
+        if source is None:
+            raise self.invalid("<source> names no host device (a PCI address, or a USB address or vendor and product)")
+        self.source: tuple[Any, ...] = source
+        if self.element.get("managed") == "no":
+            raise self.invalid("managed='no': Pier lets libvirt take the device from the host and give it back")
+        if self.kind == "pci":
+            self.element.set("managed", "yes")
+
+    def invalid(self, why: str) -> InvalidParams:
+        return InvalidParams(f"{self.field}: {why}", data={"field": f"params.{self.field}"})
+
+    def host_device(self, known: dict[str, dict[str, Any]]) -> str:
+        """The name of the host device this plug names, if the host has it and it can be assigned."""
+        for name, device in known.items():
+            params = device["params"]
+            if self.source in _node_keys(params):
+                if params.get("is_assignable") != "true":
+                    raise HostdevDetachError(f"{self.field}: host device {name} cannot be assigned to a VM: "
+                                             f"{_why_not_assignable(params)}",
+                                             data={"field": f"params.{self.field}", "device": name})
+                return name
+        raise NoSuchDevice(f"{self.field}: no host device at {_describe(self.source)} on this host",
+                           data={"field": f"params.{self.field}"})
+
+    def xml(self) -> str:
+        return ET.tostring(self.element, encoding="unicode")
+
+
+def _ints(element: ET.Element | None, keys: tuple[str, ...]) -> tuple[int, ...] | None:
+    if element is None or any(element.get(key) is None for key in keys):
+        return None
+    try:
+        return tuple(int(element.get(key, ""), 0) for key in keys)
+    except ValueError:
+        return None
+
+
+def _source_key(hostdev: ET.Element) -> tuple[Any, ...] | None:
+    """What identifies the host device under a <hostdev>'s <source>."""
+    source = hostdev.find("source")
+    if source is None:
+        return None
+    if hostdev.get("type") == "pci":
+        address = _ints(source.find("address"), ("domain", "bus", "slot", "function"))
+        return ("pci", *address) if address else None
+    address = _ints(source.find("address"), ("bus", "device"))
+    if address:
+        return ("usb", *address)
+    vendor, product = source.find("vendor"), source.find("product")
+    ids = _ints(vendor, ("id",)), _ints(product, ("id",))
+    return ("usb-id", ids[0][0], ids[1][0]) if ids[0] and ids[1] else None
+
+
+def _node_keys(params: dict[str, Any]) -> set[tuple[Any, ...]]:
+    """The keys (as _source_key makes them) by which a <hostdev> may name this node device."""
+    address = params.get("address") or {}
+    if params.get("capability") == "pci":
+        return {("pci", *(int(address[key]) for key in ("domain", "bus", "slot", "function")))}
+    if params.get("capability") != "usb_device":
+        return set()
+    keys: set[tuple[Any, ...]] = {("usb", int(address["bus"]), int(address["device"]))}
+    if params.get("vendor_id") and params.get("product_id"):
+        keys.add(("usb-id", int(params["vendor_id"], 16), int(params["product_id"], 16)))
+    return keys
+
+
+def _describe(key: tuple[Any, ...]) -> str:
+    if key[0] == "pci":
+        return "PCI address " + pci_name(*key[1:]).removeprefix("pci_")
+    if key[0] == "usb":
+        return f"USB bus {key[1]} device {key[2]}"
+    return f"USB vendor {key[1]:#06x} product {key[2]:#06x}"
+
+
+def _why_not_assignable(params: dict[str, Any]) -> str:
+    if params.get("capability") == "pci" and "iommu_group" not in params:
+        return ("it is in no IOMMU group: this host's IOMMU is off or absent (intel_iommu=on or amd_iommu=on "
+                "on the kernel command line, and VT-d or AMD-Vi in the firmware)")
+    if params.get("capability") == "pci":
+        return "it is a PCI bridge"
+    return f"a {params.get('capability')} device is not assigned to VMs"

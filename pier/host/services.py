@@ -133,7 +133,7 @@ class SecretService(Protocol):
 
 
 class HostDeviceService(Protocol):
-    """The host's devices (libvirt's node devices) and SR-IOV."""
+    """The host's devices (libvirt's node devices), SR-IOV and assigning devices to VMs."""
 
     def list_by_caps(self, caps: Iterable[str] | None = None) -> dict[str, dict[str, Any]]:
         """{name: {"params": HostDeviceParams}} of the devices with one of `caps` (all when None)."""
@@ -147,6 +147,13 @@ class HostDeviceService(Protocol):
         """Give device `name` back to its host driver if it is held for VMs."""
         ...
 
+    def hotplug(self, vm_id: str, devices: list[str]) -> list[str]:
+        """Assign the <hostdev> XMLs to the VM, all or none; the XMLs assigned."""
+        ...
+
+    def hotunplug(self, vm_id: str, devices: list[str]) -> list[str]:
+        """Ask the VM to let go of the <hostdev> XMLs; the XMLs asked for."""
+        ...
 
 
 class DomainXmlService(Protocol):

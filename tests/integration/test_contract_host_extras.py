@@ -22,6 +22,7 @@ from pier.host.ksm import Ksm
 from pier.host.node import Node
 from pier.host.services import DomainXmlService, HostDeviceService, KsmService, SecretService, VmService
 from pier.rpc.errors import (
+    HostdevDetachError,
     InvalidParams,
     KsmError,
     NoSuchDevice,
@@ -42,6 +43,13 @@ from tests.fakes import (
 from tests.unit.test_hosttune import fake_sysfs
 
 DATA = Path(__file__).parent / "data"
+
+ASSIGNABLE = ("<hostdev mode='subsystem' type='pci'><source><address domain='0x0000' bus='0x02' slot='0x00' "
+              "function='0x0'/></source></hostdev>")
+NOT_ASSIGNABLE = ("<hostdev mode='subsystem' type='pci'><source><address domain='0x0000' bus='0x00' slot='0x02' "
+                  "function='0x0'/></source></hostdev>")
+ABSENT = ("<hostdev mode='subsystem' type='pci'><source><address domain='0x0000' bus='0x7f' slot='0x1f' "
+          "function='0x7'/></source></hostdev>")
 
 
 @dataclass
@@ -107,6 +115,20 @@ def test_reattach_leaves_a_device_with_the_host_as_it_is(extras: Extras) -> None
     extras.hostdevs.reattach("pci_0000_02_00_0")
     with pytest.raises(NoSuchDevice):
         extras.hostdevs.reattach("pci_0000_7f_1f_7")
+
+
+def test_hotplug_refuses_before_touching_anything(extras: Extras) -> None:
+    vm_id = create(extras.vms)
+    before = extras.domain_xmls.domain_xmls([vm_id])
+    with pytest.raises(HostdevDetachError, match=r"devices\[1\]: host device pci_0000_00_02_0 cannot be assigned"):
+        extras.hostdevs.hotplug(vm_id, [ASSIGNABLE, NOT_ASSIGNABLE])
+    with pytest.raises(NoSuchDevice, match=r"devices\[0\]"):
+        extras.hostdevs.hotplug(vm_id, [ABSENT])
+    with pytest.raises(NoVM):
+        extras.hostdevs.hotplug(str(uuid.uuid4()), [ASSIGNABLE])
+    with pytest.raises(NoSuchDevice, match=r"devices\[0\]"):
+        extras.hostdevs.hotunplug(vm_id, [ASSIGNABLE])
+    assert extras.domain_xmls.domain_xmls([vm_id]) == before
 
 
 def test_domain_xmls_of_some_or_all_vms(extras: Extras) -> None:

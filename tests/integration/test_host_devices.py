@@ -1,16 +1,20 @@
 """Host devices through a running pierd: this machine's own (the real libvirtd's node devices)
-and those of a test-driver host."""
+and those of a test-driver host. Assigning a PCI device is not possible on this machine (it has
+no IOMMU), so a hotplug here must be refused with the reason, and leave the VM and the device
+as they were."""
 
 from __future__ import annotations
 
 import shutil
+import subprocess
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import libvirt
 import pytest
 
-from tests.integration.clients import CallFailed, RestClient
+from tests.integration.clients import CallFailed, RestClient, WsClient
 from tests.integration.conftest import Pierd
 
 DATA = Path(__file__).parent / "data"
@@ -59,6 +63,46 @@ def test_this_hosts_devices_are_listed_as_libvirt_sees_them(system_pierd: Pierd)
     assert nets and all(device["params"]["capability"] == "net" for device in nets.values())
     assert {device["params"]["interface"] for device in nets.values()} >= {
         link.name for link in Path("/sys/class/net").iterdir() if (link / "device").exists()}
+
+
+@pytest.mark.skipif(any(IOMMU_GROUPS.glob("*")), reason="this host has an IOMMU: its devices could be assigned")
+def test_hotplug_of_a_device_that_cannot_be_assigned_leaves_everything_as_it_was(system_pierd: Pierd) -> None:
+    client = WsClient(system_pierd.ws, system_pierd.token)
+    pcis = client.call("Host.hostdevListByCaps", caps=["pci"])
+    name, params = next((name, device["params"]) for name, device in pcis.items()
+                        if device["params"].get("driver"))
+    address = params["address"]
+    hostdev = (f"<hostdev mode='subsystem' type='pci' managed='yes'><source><address domain='{address['domain']}' "
+               f"bus='{address['bus']}' slot='{address['slot']}' function='{address['function']}'/></source></hostdev>")
+    vm_id = str(uuid.uuid4())
+    libvirt.registerErrorHandler(lambda *args: None, None)
+    conn = libvirt.open("qemu:///system")
+    dom = conn.defineXML(f"<domain type='qemu'><name>pier-test-hostdev-{vm_id[:8]}</name><uuid>{vm_id}</uuid>"
+                         "<memory unit='MiB'>32</memory><os><type>hvm</type></os></domain>")
+    try:
+        before = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+        driver = pci_driver(name)
+        with pytest.raises(CallFailed) as refused:
+            client.call("VM.hotplugHostdev", vmID=vm_id, devices=[hostdev])
+        assert refused.value.code == 83, refused.value
+        assert f"host device {name} cannot be assigned to a VM: it is in no IOMMU group" in refused.value.message
+        with pytest.raises(CallFailed) as absent:
+            client.call("VM.hotplugHostdev", vmID=vm_id, devices=[hostdev.replace(
+                f"bus='{address['bus']}'", "bus='127'")])
+        assert absent.value.code == -32005 and "devices[0]: no host device at PCI address" in absent.value.message
+        with pytest.raises(CallFailed) as no_vm:
+            client.call("VM.hotplugHostdev", vmID=str(uuid.uuid4()), devices=[hostdev])
+        assert no_vm.value.code == 1
+        client.call("Host.hostdevReattach", deviceName=name)  # it is with the host: nothing to do
+        assert dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE) == before
+        assert pci_driver(name) == driver
+        lspci = subprocess.run(["virsh", "-c", "qemu:///system", "nodedev-dumpxml", name],
+                               capture_output=True, text=True, check=True).stdout
+        assert f"<name>{driver}</name>" in lspci
+    finally:
+        dom.undefine()
+        conn.close()
+        client.close()
 
 
 def test_a_test_driver_hosts_devices_and_virtual_functions(tmp_path: Path) -> None:

@@ -166,6 +166,8 @@ ROUTE_TABLE = {
     ("GET", "/api/v1/host/devices", "Host.hostdevListByCaps"),
     ("PUT", "/api/v1/host/devices/<deviceName>/numvfs", "Host.hostdevChangeNumvfs"),
     ("POST", "/api/v1/host/devices/<deviceName>/reattach", "Host.hostdevReattach"),
+    ("POST", "/api/v1/vms/<vmID>/hostdevs", "VM.hotplugHostdev"),
+    ("POST", "/api/v1/vms/<vmID>/hostdevs/unplug", "VM.hotunplugHostdev"),
     ("POST", "/api/v1/host/secrets", "Host.registerSecrets"),
     ("DELETE", "/api/v1/host/secrets", "Host.unregisterSecrets"),
 }
