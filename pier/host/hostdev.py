@@ -132,13 +132,12 @@ class HostDevices:
             devices = conn.listAllDevices(0)
         for device in devices:
             try:
-                if wanted and not wanted.intersection(device.listCaps()):
-                    continue
-                name, params = parse_node_device(device.XMLDesc(0))
+                name, params = parse_node_device(device.XMLDesc(0))  # one call each, not two with listCaps()
             except libvirt.libvirtError as exc:
                 self._connection.check(exc, conn)
                 continue  # unplugged while we looked
-            found[name] = {"params": params}
+            if not wanted or params["capability"] in wanted:
+                found[name] = {"params": params}
         return found
 
     def device(self, name: str, field: str = "deviceName") -> dict[str, Any]:
