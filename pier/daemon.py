@@ -31,6 +31,7 @@ from pier.rpc.auth import Authenticator, Credentials
 from pier.rpc.events import EventLog
 from pier.rpc.jsonrpc import JsonRpc
 from pier.rpc.limits import FailedLogins, RateLimiter
+from pier.rpc.logcontrol import quiet_wire_loggers
 from pier.rpc.metrics import METRICS, gauge
 from pier.rpc.registry import Registry
 from pier.rpc.schema import Schema
@@ -44,9 +45,6 @@ from pier.transports.websocket import WebSocketListener
 from pier.transports.xmlrpc import xmlrpc_app
 
 log = logging.getLogger("pier.daemon")
-# The libraries' loggers that at DEBUG write whole frames and headers, bearer tokens and answers
-# with secrets included: they stay at INFO whatever --log-level says.
-WIRE_LOGGERS = ("stomp.py", "websockets", "pier.transports.ws.server")
 
 SYSTEM_URI = "qemu:///system"
 
@@ -111,7 +109,8 @@ class Daemon:
         limiter = RateLimiter(settings.rate_limit, settings.rate_burst) if settings.rate_limit > 0 else None
         schema = Schema.load()
         services = Services(self.node.host, self.node.vms, self.tasks, self.events, self.credentials, self.audit,
-                            self.about, self.node.network)
+                            self.about, self.node.network, ksm=self.node.ksm, lldp=self.node.lldp,
+                            hostdevs=self.node.hostdevs, secrets=self.node.secrets, domain_xmls=self.node.domain_xmls)
         self.registry = Registry(schema, handlers(services, schema.verbs),
                                  self.tasks, audit=self.audit, limiter=limiter, credentials=self.credentials)
         self.tasks.start(self.registry.reconcilers)
@@ -270,8 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = load_settings(argv)
     logging.basicConfig(level=settings.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for wire in WIRE_LOGGERS:
-        logging.getLogger(wire).setLevel(max(logging.INFO, logging.getLogger().level))
+    quiet_wire_loggers()  # whatever --log-level says
     sys.setswitchinterval(0.0005)  # one busy thread otherwise adds the GIL's 5 ms switch interval to every reply
     raise_descriptor_limit()
     stop = threading.Event()

@@ -2,15 +2,38 @@
 
 from __future__ import annotations
 
+import base64
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from pier.host.network.model import desired
-from pier.host.services import HostService, NetworkService, VmService
-from pier.rpc.errors import InvalidParams, NoVM, Unexpected, UnsupportedOperation, VMDown, VMExists
+from pier.host.services import (
+    DomainXmlService,
+    HostDeviceService,
+    HostService,
+    KsmService,
+    LldpService,
+    NetworkService,
+    SecretService,
+    VmService,
+)
+from pier.rpc.errors import (
+    HostdevDetachError,
+    InvalidParams,
+    KsmError,
+    NoSuchDevice,
+    NoVM,
+    SecretBadRequest,
+    SecretRegisterError,
+    Unexpected,
+    UnsupportedOperation,
+    VMDown,
+    VMExists,
+)
 
 
 class FakeHost:
@@ -208,3 +231,176 @@ def as_services(host: FakeHost, vms: FakeVms) -> tuple[HostService, VmService]:
 def as_network_service(network: FakeNetwork) -> NetworkService:
     """The network fake as the handlers see it (checked by mypy like `as_services`)."""
     return network
+
+
+class FakeKsm:
+    """A `pier.host.services.KsmService` in memory: `knobs` holds the values, `read_only` refuses writes."""
+
+    def __init__(self) -> None:
+        self.knobs = {"run": 0, "sleep_millisecs": 20, "pages_to_scan": 100, "merge_across_nodes": 1}
+        self.read_only = False
+
+    def tune(self, params: Mapping[str, int]) -> None:
+        unknown = sorted(set(params) - set(self.knobs))
+        if unknown:
+            raise KsmError(f"unknown KSM knob(s) {', '.join(unknown)}", data={"knobs": unknown})
+        if self.read_only and any(self.knobs[knob] != value for knob, value in params.items()):
+            raise KsmError("cannot write to /fake/kernel/mm/ksm: the file system is read-only",
+                           data={"file": "/fake/kernel/mm/ksm"})
+        self.knobs.update(params)
+
+
+class FakeLldp:
+    """A `pier.host.services.LldpService`: the NICs of `nics`, no LLDP agent."""
+
+    def __init__(self, nics: Iterable[str] = ("eth0", "eth1")) -> None:
+        self.nics = list(nics)
+
+    def info(self, devices: Iterable[str] | None = None) -> dict[str, dict[str, Any]]:
+        names = self.nics if devices is None else list(devices)
+        for index, name in enumerate(names):
+            if name not in self.nics:
+                raise NoSuchDevice(f"filter.devices[{index}]: no network interface {name!r} on this host",
+                                    data={"field": f"params.filter.devices[{index}]"})
+        return {name: {"enabled": False, "tlvs": [], "agent": None,
+                       "message": "no LLDP agent (lldpad or lldpd) runs on this host"} for name in names}
+
+
+def as_tuning(ksm: FakeKsm, lldp: FakeLldp) -> tuple[KsmService, LldpService]:
+    """The tuning fakes as the handlers see them (checked by mypy like `as_services`)."""
+    return ksm, lldp
+
+
+class FakeSecrets:
+    """A `pier.host.services.SecretService` in memory: `values` holds each secret's value by UUID,
+    `pier` the UUIDs Pier registered (the others came from elsewhere)."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, bytes] = {}
+        self.usages: dict[tuple[str, str], str] = {}
+        self.pier: set[str] = set()
+
+    def register(self, secrets: Iterable[Mapping[str, Any]], clear: bool = False) -> None:
+        checked = []
+        for index, secret in enumerate(secrets):
+            try:
+                value = base64.b64decode(str(secret.get("password", "")), validate=True)
+            except ValueError:
+                raise SecretBadRequest(f"secrets[{index}].password is not base64",
+                                       data={"field": f"params.secrets[{index}].password"}) from None
+            secret_uuid = str(uuid.UUID(str(secret["uuid"])))
+            usage = (str(secret["usageType"]), str(secret["usageID"]))
+            if self.usages.get(usage, secret_uuid) != secret_uuid:
+                raise SecretRegisterError(f"cannot register secret {secret_uuid}: usage {usage} is taken")
+            checked.append((secret_uuid, usage, value))
+        for secret_uuid, usage, value in checked:
+            self.values[secret_uuid] = value
+            self.usages[usage] = secret_uuid
+            self.pier.add(secret_uuid)
+        if clear:
+            self.unregister(self.pier - {secret_uuid for secret_uuid, _, _ in checked})
+
+    def unregister(self, uuids: Iterable[str]) -> None:
+        for secret_uuid in [str(uuid.UUID(str(value))) for value in uuids]:
+            self.values.pop(secret_uuid, None)
+            self.pier.discard(secret_uuid)
+            self.usages = {usage: owner for usage, owner in self.usages.items() if owner != secret_uuid}
+
+
+class FakeHostDevices:
+    """A `pier.host.services.HostDeviceService` in memory: `devices` by name; `assigned` the
+    <hostdev> XMLs each VM of `vms` holds."""
+
+    def __init__(self, vms: FakeVms) -> None:
+        self._vms = vms
+        self.devices: dict[str, dict[str, Any]] = {
+            "pci_0000_00_02_0": {"capability": "pci", "parent": "computer", "driver": "virtio-pci",
+                                 "vendor_id": "0x1af4", "product_id": "0x1042", "is_assignable": "false",
+                                 "address": {"domain": "0", "bus": "0", "slot": "2", "function": "0"}},
+            "pci_0000_02_00_0": {"capability": "pci", "parent": "computer", "driver": "igb", "iommu_group": "15",
+                                 "vendor_id": "0x8086", "product_id": "0x10c9", "is_assignable": "true",
+                                 "totalvfs": "7",
+                                 "address": {"domain": "0", "bus": "2", "slot": "0", "function": "0"}},
+        }
+        self.numvfs: dict[str, int] = {}
+        self.assigned: dict[str, list[str]] = {}
+
+    def _device(self, name: str, field: str = "deviceName") -> dict[str, Any]:
+        if name not in self.devices:
+            raise NoSuchDevice(f"{field}: no host device {name!r} on this host", data={"field": f"params.{field}"})
+        return self.devices[name]
+
+    def list_by_caps(self, caps: Iterable[str] | None = None) -> dict[str, dict[str, Any]]:
+        wanted = set(caps or ())
+        return {name: {"params": dict(params)} for name, params in self.devices.items()
+                if not wanted or params["capability"] in wanted}
+
+    def change_numvfs(self, name: str, numvfs: int) -> None:
+        params = self._device(name)
+        if "totalvfs" not in params:
+            raise UnsupportedOperation(f"host device {name} is not an SR-IOV physical function")
+        if numvfs > int(params["totalvfs"]):
+            raise InvalidParams(f"numvfs: {name} supports at most {params['totalvfs']} virtual functions",
+                                data={"field": "params.numvfs"})
+        self.numvfs[name] = numvfs
+
+    def reattach(self, name: str) -> None:
+        self._device(name)
+
+    def _names(self, devices: list[str]) -> list[str]:
+        """The host devices the <hostdev> XMLs name by their PCI address, all of them assignable."""
+        names = []
+        for index, xml in enumerate(devices):
+            try:
+                address = ET.fromstring(xml).find("source/address")
+                assert address is not None
+                slot = tuple(int(address.get(key, ""), 0) for key in ("domain", "bus", "slot", "function"))
+            except (ET.ParseError, AssertionError, ValueError):
+                raise InvalidParams(f"devices[{index}]: expected <hostdev> XML naming a PCI address",
+                                    data={"field": f"params.devices[{index}]"}) from None
+            name = "pci_{:04x}_{:02x}_{:02x}_{:x}".format(*slot)
+            if name not in self.devices:
+                raise NoSuchDevice(f"devices[{index}]: no host device {name} on this host",
+                                   data={"field": f"params.devices[{index}]"})
+            if self.devices[name]["is_assignable"] != "true":
+                raise HostdevDetachError(f"devices[{index}]: host device {name} cannot be assigned to a VM")
+            names.append(name)
+        return names
+
+    def hotplug(self, vm_id: str, devices: list[str]) -> list[str]:
+        self._vms.status(vm_id)
+        self._names(devices)
+        self.assigned.setdefault(vm_id, []).extend(devices)
+        return list(devices)
+
+    def hotunplug(self, vm_id: str, devices: list[str]) -> list[str]:
+        self._vms.status(vm_id)
+        held = self.assigned.get(vm_id, [])
+        for index, xml in enumerate(devices):
+            if xml not in held:
+                raise NoSuchDevice(f"devices[{index}]: VM {vm_id} has no such host device",
+                                    data={"field": f"params.devices[{index}]"})
+        self.assigned[vm_id] = [xml for xml in held if xml not in devices]
+        return list(devices)
+
+
+class FakeDomainXmls:
+    """A `pier.host.services.DomainXmlService` over the VMs of `vms`."""
+
+    def __init__(self, vms: FakeVms) -> None:
+        self._vms = vms
+
+    def domain_xmls(self, vm_ids: Iterable[str] | None = None) -> dict[str, str]:
+        ids = list(self._vms.records) if vm_ids is None else list(vm_ids)
+        return {vm_id: f"<domain><name>{self._vms.definition(vm_id)['vmName']}</name><uuid>{vm_id}</uuid></domain>"
+                for vm_id in ids}
+
+
+def as_host_extras(hostdevs: FakeHostDevices, xmls: FakeDomainXmls,
+                   ksm: FakeKsm) -> tuple[HostDeviceService, DomainXmlService, KsmService]:
+    """The device, domain XML and KSM fakes as the handlers see them (checked by mypy)."""
+    return hostdevs, xmls, ksm
+
+
+def as_secret_service(secrets: FakeSecrets) -> SecretService:
+    return secrets

@@ -13,11 +13,23 @@ from typing import Any
 
 from pier.api.events import EventsApi
 from pier.api.host import HostApi
+from pier.api.hostdev import HostDevApi
+from pier.api.hosttune import HostTuneApi
 from pier.api.network import NetworkApi
+from pier.api.secrets import SecretsApi
 from pier.api.security import SecurityApi
 from pier.api.task import TaskApi
 from pier.api.vm import VmApi
-from pier.host.services import HostService, NetworkService, VmService
+from pier.host.services import (
+    DomainXmlService,
+    HostDeviceService,
+    HostService,
+    KsmService,
+    LldpService,
+    NetworkService,
+    SecretService,
+    VmService,
+)
 from pier.rpc.audit import AuditLog
 from pier.rpc.auth import Credentials
 from pier.rpc.events import EventLog
@@ -36,6 +48,11 @@ class Services:
     audit: AuditLog
     about: Callable[[], dict[str, Any]]
     network: NetworkService
+    ksm: KsmService
+    lldp: LldpService
+    hostdevs: HostDeviceService
+    secrets: SecretService
+    domain_xmls: DomainXmlService
 
 
 def handlers(services: Services, served: Iterable[str]) -> list[object]:
@@ -43,4 +60,5 @@ def handlers(services: Services, served: Iterable[str]) -> list[object]:
     `served` names the verbs the registry will serve (capabilities promise no others)."""
     s = services
     return [HostApi(s.host, s.vms, s.tasks, s.about, served), VmApi(s.vms), TaskApi(s.tasks),
-            EventsApi(s.events, s.credentials), SecurityApi(s.credentials, s.audit), NetworkApi(s.network, s.vms)]
+            EventsApi(s.events, s.credentials), SecurityApi(s.credentials, s.audit), NetworkApi(s.network, s.vms),
+            HostTuneApi(s.ksm, s.lldp, s.domain_xmls), HostDevApi(s.hostdevs), SecretsApi(s.secrets)]

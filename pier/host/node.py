@@ -19,11 +19,25 @@ import libvirt
 
 from pier.host.connection import Connection, EventLoop
 from pier.host.domain import libvirt_errors
+from pier.host.dumpxmls import DomainXmls
 from pier.host.events import STATUS_EVENT_PREFIX, EventDispatcher, published_statuses
+from pier.host.hostdev import HostDevices
 from pier.host.hostinfo import HostInfo
+from pier.host.ksm import Ksm
+from pier.host.lldp import Lldp
 from pier.host.network.host import HostWithNetwork
 from pier.host.network.service import Network
-from pier.host.services import HostService, NetworkService, VmService
+from pier.host.secrets import Secrets
+from pier.host.services import (
+    DomainXmlService,
+    HostDeviceService,
+    HostService,
+    KsmService,
+    LldpService,
+    NetworkService,
+    SecretService,
+    VmService,
+)
 from pier.host.stats import StatsSampler
 from pier.host.vms import Vms
 from pier.host.vmstate import VmCache, read_states
@@ -37,11 +51,13 @@ class Node:
     def __init__(self, uri: str, emit: Callable[[str, dict[str, Any]], object], *,
                  stats_interval: float = 2.0, slow_stats_interval: float = 15.0,
                  last_events: Callable[[str], dict[str, dict[str, Any]]] | None = None,
-                 network_dir: str | Path | None = None, manage_network: bool = False) -> None:
+                 network_dir: str | Path | None = None, manage_network: bool = False,
+                 sysfs_root: str | Path = "/sys") -> None:
         """`emit` publishes an event; `last_events(prefix)` gives the params of the newest
         event kept of each name with that prefix (the event log), to correct at start any VM
         status published before the agent last stopped; `network_dir` keeps the network
-        configuration (in memory without it), which setupNetworks changes only `manage_network`."""
+        configuration (in memory without it), which setupNetworks changes only `manage_network`.
+        `sysfs_root` is where the kernel's knobs are read and written (another directory in tests)."""
         self._cache = VmCache()
         self._last_events = last_events
         self._dispatcher = EventDispatcher(self._cache, emit, self._read_states,
@@ -57,6 +73,11 @@ class Node:
                                 emit=emit, manage=manage_network)
         self.network: NetworkService = self._network
         self.host: HostService = HostWithNetwork(HostInfo(self._connection, self._cache), self._network)
+        self.ksm: KsmService = Ksm(sysfs_root)
+        self.lldp: LldpService = Lldp(sysfs_root)
+        self.hostdevs: HostDeviceService = HostDevices(self._connection, sysfs_root)
+        self.secrets: SecretService = Secrets(self._connection)
+        self.domain_xmls: DomainXmlService = DomainXmls(self._connection)
         self._running = False
 
     # -- lifecycle -----------------------------------------------------------------------------

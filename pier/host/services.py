@@ -9,7 +9,7 @@ and on the real services over libvirt's test driver.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 
@@ -126,4 +126,65 @@ class NetworkService(Protocol):
 
     def save(self) -> None:
         """The running configuration becomes the safe one, restored when pierd starts."""
+        ...
+
+
+class KsmService(Protocol):
+    """KSM's knobs under /sys/kernel/mm/ksm."""
+
+    def tune(self, params: Mapping[str, int]) -> None:
+        """Write the knobs named in `params`, all or none; KsmError naming the file otherwise."""
+        ...
+
+
+class LldpService(Protocol):
+    """LLDP per NIC, from the LLDP agent running on this host (if any)."""
+
+    def info(self, devices: Iterable[str] | None = None) -> dict[str, dict[str, Any]]:
+        """{interface: Lldp} for `devices` (every NIC when None); NoSuchDevice for one that does not exist."""
+        ...
+
+
+class SecretService(Protocol):
+    """Libvirt secrets (Ceph, iSCSI CHAP and volume passwords); their values are never given back."""
+
+    def register(self, secrets: Iterable[Mapping[str, Any]], clear: bool = False) -> None:
+        """Define each SecretInfo as a persistent, private secret with its value, all or none; with
+        `clear`, also undefine the Pier-registered secrets not among them."""
+        ...
+
+    def unregister(self, uuids: Iterable[str]) -> None:
+        """Undefine the secrets of these UUIDs; one that does not exist is no error."""
+        ...
+
+
+class HostDeviceService(Protocol):
+    """The host's devices (libvirt's node devices), SR-IOV and assigning devices to VMs."""
+
+    def list_by_caps(self, caps: Iterable[str] | None = None) -> dict[str, dict[str, Any]]:
+        """{name: {"params": HostDeviceParams}} of the devices with one of `caps` (all when None)."""
+        ...
+
+    def change_numvfs(self, name: str, numvfs: int) -> None:
+        """Give SR-IOV physical function `name` `numvfs` virtual functions."""
+        ...
+
+    def reattach(self, name: str) -> None:
+        """Give device `name` back to its host driver if it is held for VMs."""
+        ...
+
+    def hotplug(self, vm_id: str, devices: list[str]) -> list[str]:
+        """Assign the <hostdev> XMLs to the VM, all or none; the XMLs assigned."""
+        ...
+
+    def hotunplug(self, vm_id: str, devices: list[str]) -> list[str]:
+        """Ask the VM to let go of the <hostdev> XMLs; the XMLs asked for."""
+        ...
+
+
+class DomainXmlService(Protocol):
+    """The libvirt domain XML of this host's VMs."""
+
+    def domain_xmls(self, vm_ids: Iterable[str] | None = None) -> dict[str, str]:
+        """{vmId: domain XML} of `vm_ids` (every VM when None); NoVM for one that does not exist."""
         ...

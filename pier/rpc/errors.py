@@ -78,6 +78,12 @@ class NoSuchCredential(PierError):
     code, name, message, http_status = -32004, "noSuchCredential", "No such token or certificate", 404
 
 
+class NoSuchDevice(PierError):
+    """A host device or network interface this host does not have (VDSM has no code for it)."""
+
+    code, name, message, http_status = -32005, "noSuchDevice", "No such device on this host", 404
+
+
 class TooManyRequests(PierError):
     code, name, message, http_status = -32029, "tooManyRequests", "Too many requests", 429
 
@@ -139,6 +145,30 @@ class HardwareInfoError(PierError):
 
 class JobNotDone(PierError):
     code, name, message, http_status = 68, "JobNotDone", "Job status is not done", 409
+
+
+class MomError(PierError):
+    code, name, message, http_status = 54, "momErr", "Failed to set mom policy", 501
+
+
+class KsmError(PierError):
+    code, name, message, http_status = 71, "ksmErr", "Failed to update KSM values", 409
+
+
+class SecretBadRequest(PierError):
+    code, name, message, http_status = 72, "secretBadRequestErr", "Bad secret request", 422
+
+
+class SecretRegisterError(PierError):
+    code, name, message, http_status = 73, "secretRegisterErr", "Error registering Libvirt secret", 409
+
+
+class SecretUnregisterError(PierError):
+    code, name, message, http_status = 74, "secretUnregisterErr", "Error unregistering Libvirt secret", 409
+
+
+class HostdevDetachError(PierError):
+    code, name, message, http_status = 83, "hostdevDetachErr", "Could not detach host device", 409
 
 
 class Recovering(PierError):

@@ -16,7 +16,21 @@ from pier.rpc.jsonrpc import JsonRpc
 from pier.rpc.registry import CallContext, Registry
 from pier.rpc.schema import Schema
 from pier.rpc.tasks import TaskManager
-from tests.fakes import FakeHost, FakeNetwork, FakeVms, as_network_service, as_services
+from tests.fakes import (
+    FakeDomainXmls,
+    FakeHost,
+    FakeHostDevices,
+    FakeKsm,
+    FakeLldp,
+    FakeNetwork,
+    FakeSecrets,
+    FakeVms,
+    as_host_extras,
+    as_network_service,
+    as_secret_service,
+    as_services,
+    as_tuning,
+)
 
 VM_ID = "6f1e3e4c-1111-4222-8333-444455556666"
 ADMIN = Identity("test admin", "admin", "test")
@@ -34,6 +48,10 @@ class Stack:
     credentials: Credentials
     audit: AuditLog
     network: FakeNetwork
+    ksm: FakeKsm
+    lldp: FakeLldp
+    hostdevs: FakeHostDevices
+    secrets: FakeSecrets
 
     def call(self, verb: str, **params: object) -> object:
         return self.registry.call(verb, params, CallContext("test", identity=ADMIN))
@@ -54,11 +72,17 @@ def build_stack(schema: Schema, db: Path, vms: dict[str, dict[str, object]] | No
     credentials = Credentials(str(db))
     audit = AuditLog(str(db))
     network = FakeNetwork()
+    ksm, lldp = FakeKsm(), FakeLldp()
+    ksm_service, lldp_service = as_tuning(ksm, lldp)
+    hostdevs, secrets = FakeHostDevices(fake_vms), FakeSecrets()
+    hostdev_service, xml_service, _ = as_host_extras(hostdevs, FakeDomainXmls(fake_vms), ksm)
     services = Services(*as_services(host, fake_vms), tasks, events, credentials, audit, lambda: {"name": "pier"},
-                        as_network_service(network))
+                        as_network_service(network), ksm=ksm_service, lldp=lldp_service, hostdevs=hostdev_service,
+                        secrets=as_secret_service(secrets), domain_xmls=xml_service)
     registry = Registry(schema, handlers(services, schema.verbs), tasks, audit=audit)
     tasks.start(registry.reconcilers)
-    return Stack(host, fake_vms, events, tasks, registry, JsonRpc(registry), db, credentials, audit, network)
+    return Stack(host, fake_vms, events, tasks, registry, JsonRpc(registry), db, credentials, audit, network, ksm,
+                 lldp, hostdevs, secrets)
 
 
 @pytest.fixture

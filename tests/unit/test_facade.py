@@ -165,6 +165,18 @@ ROUTE_TABLE = {
     ("POST", "/api/v1/trust", "Trust.add"),
     ("GET", "/api/v1/trust", "Trust.list"),
     ("DELETE", "/api/v1/trust/<fingerprint>", "Trust.remove"),
+    ("PUT", "/api/v1/host/ksm", "Host.setKsmTune"),
+    ("PUT", "/api/v1/host/log-level", "Host.setLogLevel"),
+    ("POST", "/api/v1/host/echo", "Host.echo"),
+    ("POST", "/api/v1/host/lldp", "Host.getLldp"),
+    ("GET", "/api/v1/host/domain-xmls", "Host.dumpxmls"),
+    ("GET", "/api/v1/host/devices", "Host.hostdevListByCaps"),
+    ("PUT", "/api/v1/host/devices/<deviceName>/numvfs", "Host.hostdevChangeNumvfs"),
+    ("POST", "/api/v1/host/devices/<deviceName>/reattach", "Host.hostdevReattach"),
+    ("POST", "/api/v1/vms/<vmID>/hostdevs", "VM.hotplugHostdev"),
+    ("POST", "/api/v1/vms/<vmID>/hostdevs/unplug", "VM.hotunplugHostdev"),
+    ("POST", "/api/v1/host/secrets", "Host.registerSecrets"),
+    ("DELETE", "/api/v1/host/secrets", "Host.unregisterSecrets"),
 }
 
 
