@@ -8,8 +8,9 @@
                                        (un)marshalling
   Host.ping2 over VDSM's STOMP      vs a bare threaded socket server that splits frames at NUL and
                                        answers each SEND with a canned MESSAGE
-plus pierd's readiness time and idle RSS. Targets: ratio <= 1.5 at p50 for both JSON-RPC
-transports; all listeners ready within 1.5 s; idle RSS under 60 MB.
+plus pierd's readiness time and idle RSS, the latter beside the RSS of a bare interpreter that only
+imports the libraries pierd is built on (what pier itself adds is the difference). Targets: ratio
+<= 1.5 at p50 for both JSON-RPC transports; all listeners ready within 1.5 s; idle RSS under 60 MB.
 
 Run: .venv/bin/python bench/rpc_latency.py [--count N]
 """
@@ -20,12 +21,35 @@ import argparse
 import http.client
 import json
 import socket
+import subprocess
+import sys
 import time
 import uuid
 import xmlrpc.client
 
 from common import PierdProcess, interleaved, report, spawn_floor
 from websockets.sync.client import connect
+
+LIBRARIES_ONLY = """
+import sqlite3, ssl, time
+import bottle, cryptography.x509, defusedxml.ElementTree, fastjsonschema, h11, jsonrpcserver, libvirt
+import prometheus_client, pyroute2, stomp, websockets.sync.server, yaml
+print("ready", flush=True)
+time.sleep(60)
+"""
+
+
+def libraries_rss_mib() -> float:
+    """VmRSS of an idle interpreter that has imported pierd's dependencies and nothing of pier."""
+    process = subprocess.Popen([sys.executable, "-c", LIBRARIES_ONLY], stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None and process.stdout.readline().strip() == "ready"
+        with open(f"/proc/{process.pid}/status") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:")) / 1024
+    finally:
+        process.kill()
+        process.wait()
+
 
 WS_ECHO = """
 import threading
@@ -159,7 +183,9 @@ def main() -> None:
         pierd_port = int(pierd.http.rsplit(":", 1)[1])
         print(f"pierd listeners ready after {pierd.ready_after:.2f} s from spawn (target 1.5 s)")
         time.sleep(2)
-        print(f"pierd idle RSS {pierd.rss_mib():.1f} MiB (target < 60 MB)")
+        rss, libraries = pierd.rss_mib(), libraries_rss_mib()
+        print(f"pierd idle RSS {rss:.1f} MiB (target < 60 MB); its libraries alone {libraries:.1f} MiB, "
+              f"pier's own {rss - libraries:.1f} MiB")
         subject, floor = interleaved(ws_caller(pierd.ws, pierd.token),
                                      ws_caller(f"ws://127.0.0.1:{ws_port}/", pierd.token), args.count)
         report("Host.ping2 over WebSocket", subject, floor, "ratio <= 1.5 at p50")
