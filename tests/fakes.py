@@ -182,8 +182,10 @@ class FakeNetwork:
                 "rxBytesPerSec": "0", "txBytesPerSec": "0", "sampleTime": time.time()}
         return {"network": {"eth0": eth0}, "rxDropped": "1", "txDropped": "2"}
 
-    def setup(self, networks: dict[str, dict[str, Any]], bondings: dict[str, dict[str, Any]],
-              options: dict[str, Any], progress: Callable[[int, str], None] | None = None) -> None:
+    def check(self, networks: dict[str, dict[str, Any]], bondings: dict[str, dict[str, Any]]) -> None:
+        self._checked(networks, bondings)
+
+    def _checked(self, networks: dict[str, dict[str, Any]], bondings: dict[str, dict[str, Any]]) -> Any:
         wanted = desired(self.running, networks, bondings)
         for name, attrs in wanted["networks"].items():
             if attrs.get("nic") not in (None, "eth0"):
@@ -193,6 +195,11 @@ class FakeNetwork:
             if not attrs.get("nics"):
                 raise InvalidParams(f"bondings.{name}.nics: a bond needs at least one NIC",
                                     data={"field": f"bondings.{name}.nics"})
+        return wanted
+
+    def setup(self, networks: dict[str, dict[str, Any]], bondings: dict[str, dict[str, Any]],
+              options: dict[str, Any], progress: Callable[[int, str], None] | None = None) -> None:
+        wanted = self._checked(networks, bondings)
         if progress is not None:
             progress(50, "applying")
         if options.get("connectivityCheck") and not self.confirmed.wait(options.get("connectivityTimeout", 120)):

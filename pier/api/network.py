@@ -6,7 +6,7 @@ from typing import Any
 
 from pier.host.services import NetworkService, VmService
 from pier.rpc.errors import InvalidParams
-from pier.rpc.registry import CallContext, verb
+from pier.rpc.registry import CallContext, precheck, verb
 
 LIBVIRT_PREFIX = "vdsm-"
 
@@ -38,6 +38,15 @@ class NetworkApi:
         self._network.setup(networks, bondings or {}, options, task.progress if task is not None else None)
         made = self._network.capabilities()["networks"]
         return {"networks": {name: made[name] for name in networks if name in made}}
+
+    @precheck("Host.setupNetworks")
+    def setup_allowed(self, ctx: CallContext, networks: dict[str, Any], bondings: dict[str, Any] | None = None,
+                      options: dict[str, Any] | None = None) -> None:
+        """Refused at the call, not in a failed task: a request the host cannot take as it is, or
+        removing a network a running VM is on (unless `options.force`)."""
+        if not (options or {}).get("force"):
+            self._refuse_removing_used(networks)
+        self._network.check(networks, bondings or {})
 
     @verb("Host.confirmConnectivity")
     def confirm(self, ctx: CallContext) -> None:

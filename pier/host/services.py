@@ -114,6 +114,10 @@ class NetworkService(Protocol):
         """HostNetworkStatistics from the latest sample; never scans the kernel per call."""
         ...
 
+    def check(self, networks: dict[str, dict[str, Any]], bondings: dict[str, dict[str, Any]]) -> None:
+        """What setup would refuse before changing anything, refused now (InvalidParams naming the field)."""
+        ...
+
     def setup(self, networks: dict[str, dict[str, Any]], bondings: dict[str, dict[str, Any]],
               options: dict[str, Any], progress: Callable[[int, str], None] | None = None) -> None:
         """setupNetworks: the request merged into the running configuration, checked (InvalidParams

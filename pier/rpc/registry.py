@@ -36,6 +36,7 @@ log = logging.getLogger("pier.rpc")
 
 _VERB_ATTR = "__pier_verb__"
 _RECONCILER_ATTR = "__pier_reconciles__"
+_PRECHECK_ATTR = "__pier_prechecks__"
 
 
 def verb(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -58,6 +59,21 @@ def reconciler(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
 
     def mark(func: Callable[..., Any]) -> Callable[..., Any]:
         setattr(func, _RECONCILER_ATTR, name)
+        return func
+
+    return mark
+
+
+def precheck(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Mark a method that refuses a call of task verb `name` before its task starts.
+
+    It takes the same arguments as the verb's handler and raises a PierError when the call cannot
+    succeed (a caller then gets the error from the call itself, not from a failed task); the
+    handler may check again, since things change before the task runs.
+    """
+
+    def mark(func: Callable[..., Any]) -> Callable[..., Any]:
+        setattr(func, _PRECHECK_ATTR, name)
         return func
 
     return mark
@@ -158,6 +174,7 @@ class Registry:
         self._handlers: dict[str, Callable[..., Any]] = {}
         self._meters: dict[tuple[str, str, str], tuple[Counter, Histogram]] = {}
         self.reconcilers: dict[str, Reconciler] = {}
+        self._prechecks: dict[str, Callable[..., Any]] = {}
         for owner in handlers:
             self._bind(owner)
         missing = sorted(set(schema.verbs) - set(self._handlers))
@@ -184,6 +201,13 @@ class Registry:
             reconciles = getattr(member, _RECONCILER_ATTR, None)
             if reconciles is not None:
                 self.reconcilers[reconciles] = cast(Reconciler, member)  # @reconciler's contract
+            checks = getattr(member, _PRECHECK_ATTR, None)
+            if checks is not None:
+                declared = self.schema.verbs.get(checks)
+                if declared is None or not declared.task:
+                    raise RuntimeError(f"precheck {member.__qualname__} is for {checks}, which is not a task verb")
+                _check_signature(declared, member)
+                self._prechecks[checks] = member
 
     def call(self, name: str, params: Any, context: CallContext) -> Any:
         """Check the caller, validate `params` for verb `name` (or a legacy alias), run its handler.
@@ -208,6 +232,9 @@ class Registry:
         result: Any  # whatever JSON-safe value the handler returns, None included
         try:
             if declared.task:
+                check = self._prechecks.get(declared.name)
+                if check is not None:
+                    check(context, **params)
                 result = self._submit_task(declared, handler, params, context, target, keys)
             elif keys and not declared.readonly:
                 if declared.preempts and self.tasks is not None and target is not None:

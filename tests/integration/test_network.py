@@ -171,10 +171,9 @@ def test_a_pierd_started_without_manage_network_only_reads(pierd: Pierd) -> None
     """Regression: a pierd on this machine's namespace (as the fuzzer's is) once made a bridge named
     after a fuzzed network; without --manage-network it refuses, naming the setting."""
     links_before = subprocess.run(["ip", "-br", "link"], capture_output=True, text=True, check=True).stdout
-    task = rest(pierd, "/host/network/setup", "POST", {"networks": {"pierx0": {}}})
-    done = rest(pierd, f"/tasks/{task['taskID']}?wait=30")
-    assert done["state"] == "failed" and done["error"]["name"] == "unsupportedOperationErr"
-    assert "--manage-network" in done["error"]["message"]
+    status, refused = unix_request(pierd.socket, "POST", "/api/v1/host/network/setup", {"networks": {"pierx0": {}}})
+    assert status == 409 and refused["title"] == "unsupportedOperationErr"  # at the call: no task starts
+    assert "--manage-network" in refused["detail"]
     assert subprocess.run(["ip", "-br", "link"], capture_output=True, text=True, check=True).stdout == links_before
     assert rest(pierd, "/networks") == {}
 

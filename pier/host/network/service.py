@@ -142,16 +142,25 @@ class Network:
 
     # -- changes -------------------------------------------------------------------------------
 
+    def check(self, networks: dict[str, dict[str, Any]], bondings: dict[str, dict[str, Any]]) -> None:
+        """Refuse now what setup would refuse before changing anything: not managing the network, or
+        a request the kernel as it is cannot take (InvalidParams naming the field)."""
+        self._refuse_unless_managing()
+        check(desired(self.config.running(), networks, bondings), self.snapshot())
+
+    def _refuse_unless_managing(self) -> None:
+        if not self._manage:
+            raise UnsupportedOperation("pierd only reads this host's network: start it with --manage-network "
+                                       "(manage_network = true in its config file) to let setupNetworks change it",
+                                       data={"field": "networks", "setting": "manage_network"})
+
     def setup(self, networks: dict[str, dict[str, Any]], bondings: dict[str, dict[str, Any]],
               options: dict[str, Any], progress: Progress | None = None) -> None:
         """setupNetworks: make the kernel match the running configuration with this request merged
         in; undone on failure, and after `connectivityTimeout` seconds unless confirmed when
         `connectivityCheck` is asked for."""
         report = progress or (lambda percent, message: None)
-        if not self._manage:
-            raise UnsupportedOperation("pierd only reads this host's network: start it with --manage-network "
-                                       "(manage_network = true in its config file) to let setupNetworks change it",
-                                       data={"field": "networks", "setting": "manage_network"})
+        self._refuse_unless_managing()
         if not self._changing.acquire(timeout=BUSY_AFTER):
             raise TargetBusy(f"another network change has been running for over {BUSY_AFTER:.0f} s",
                              data={"field": "networks"})
