@@ -11,8 +11,7 @@ import json
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from pier.host.network.service import Network
 from tests.integration.clients import unix_request
 from tests.integration.conftest import Pierd
 from tests.integration.netlab import PEER_V4, NetLab, ip, lab_unusable, namespaces, sweep
+from tests.integration.test_host_libvirt import wait_until
 
 
 @pytest.fixture
@@ -58,15 +58,6 @@ def rest(daemon: Pierd, path: str, method: str = "GET", body: Any = None) -> Any
     status, answer = unix_request(daemon.socket, method, "/api/v1" + path, body)
     assert status < 300, answer
     return answer
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(0.05)
 
 
 def send_udp_from_peer(lab: NetLab, address: str, count: int = 20) -> None:
@@ -113,7 +104,7 @@ def test_pierd_in_a_namespace_serves_its_network(lab: NetLab, netpierd: Pierd) -
     assert set(caps["nics"]) == {"nic0", "nic1"}  # the lab's NICs, not this machine's
     assert caps["nics"]["nic0"]["addr"] == "10.77.0.5"
     # the speed comes from the sampler, which reads it once the NIC is up (10000 Mb/s: a veth's)
-    assert wait_for(lambda: rest(netpierd, "/host/network")["nics"]["nic1"]["speed"] == 10000)
+    assert wait_until(lambda: rest(netpierd, "/host/network")["nics"]["nic1"]["speed"] == 10000)
     host = rest(netpierd, "/host")
     assert set(host["nics"]) == {"nic0", "nic1"} and host["nics"]["nic0"]["ipv6addrs"] == ["fd77::5/64"]
     assert host["bridges"]["brx"]["ports"] == ["nic1"] and host["supportsIPv6"] is True
@@ -125,7 +116,7 @@ def test_pierd_in_a_namespace_serves_its_network(lab: NetLab, netpierd: Pierd) -
 
     before = received()
     send_udp_from_peer(lab, "10.77.0.5")
-    assert wait_for(lambda: received() >= before + 10 * 1000), "the sampler never saw the traffic"
+    assert wait_until(lambda: received() >= before + 10 * 1000), "the sampler never saw the traffic"
     stats = rest(netpierd, "/host/network/stats")["network"]["nic0"]
     assert stats["state"] == "up" and stats["speed"] == "10000" and stats["name"] == "nic0"
     host_stats = rest(netpierd, "/host/stats")
@@ -185,7 +176,7 @@ def test_the_lab_ends_what_still_runs_in_it(tmp_path: Path) -> None:
     lab = NetLab(tmp_path, nics=1, dhcp=False)
     try:
         stray = subprocess.Popen(["ip", "netns", "exec", lab.host, "sleep", "60"])
-        assert wait_for(lambda: str(stray.pid) in ip("netns", "pids", lab.host))
+        assert wait_until(lambda: str(stray.pid) in ip("netns", "pids", lab.host))
     finally:
         lab.close()
     assert stray.wait(5) is not None and lab.host not in namespaces()

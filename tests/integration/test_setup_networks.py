@@ -25,7 +25,8 @@ from pier.rpc.errors import InvalidParams, PierError, TargetBusy
 from tests.integration.clients import unix_request
 from tests.integration.conftest import Pierd
 from tests.integration.netlab import DHCP_RANGE, PEER_V4, NetLab, ip
-from tests.integration.test_network import lab_pierd, rest, wait_for
+from tests.integration.test_host_libvirt import wait_until
+from tests.integration.test_network import lab_pierd, rest
 
 pytest_plugins = ["tests.integration.test_network"]  # the `lab` fixture
 
@@ -69,14 +70,14 @@ def test_a_bridged_network_with_static_addresses_then_removed(lab: NetLab, netwo
 
 def test_a_dhcp_network(lab: NetLab, network: Network) -> None:
     network.setup({"lan": {"nic": "nic1", "bridged": False, "bootproto": "dhcp"}}, {}, {})
-    lan = wait_for(lambda: network.capabilities()["networks"]["lan"]["ipv4addrs"], timeout=20)
+    lan = wait_until(lambda: network.capabilities()["networks"]["lan"]["ipv4addrs"], timeout=20)
     assert lan, "no DHCP lease within 20 s"
     leased = lan[0].split("/")[0]
     low, high = (int(a.rsplit(".", 1)[1]) for a in DHCP_RANGE)
     assert leased.startswith("10.77.0.") and low <= int(leased.rsplit(".", 1)[1]) <= high
     assert network.capabilities()["networks"]["lan"]["dhcpv4"] is True
     network.setup({"lan": {"remove": True}}, {}, {})
-    assert wait_for(lambda: addresses(lab)["nic1"] == []), "the leased address stayed after removal"
+    assert wait_until(lambda: addresses(lab)["nic1"] == []), "the leased address stayed after removal"
 
 
 def test_an_mtu_change(lab: NetLab, network: Network) -> None:
@@ -166,7 +167,7 @@ def test_two_changes_at_once_wait_or_are_busy(lab: NetLab, network: Network, mon
                                                                             "connectivityTimeout": 5}))
     first.start()
     try:
-        assert wait_for(lambda: "pub" in lab.links())
+        assert wait_until(lambda: "pub" in lab.links())
         with pytest.raises(TargetBusy):
             network.setup({"lan": {"nic": "nic1", "bridged": False}}, {}, {})
     finally:
@@ -239,7 +240,7 @@ def test_a_vm_gets_a_nic_on_a_network_pier_made(lab: NetLab, tmp_path: Path) -> 
             "vmId": vm_id, "vmName": f"pier-net-{vm_id[:8]}", "memSize": 32, "smp": "1",
             "devices": [{"deviceType": "interface", "device": "network", "network": "vdsm-pub", "nicModel": "virtio"}]})
         assert created["vmId"] == vm_id
-        ports = wait_for(lambda: [name for name, link in lab.links().items() if link.get("master") == "pub"
+        ports = wait_until(lambda: [name for name, link in lab.links().items() if link.get("master") == "pub"
                                   and name != "nic0"])
         assert ports and ports[0].startswith("vnet"), lab.links()
         assert rest(daemon, "/networks")["pub"]["ports"] == sorted(["nic0", *ports])
