@@ -92,7 +92,7 @@ def _handler(endpoint: Endpoint, registry: Registry, opener: StreamOpener | None
         environ = bottle.request.environ
         try:
             params = read_params(endpoint, path_args, environ, defs, max_body)
-            context = CallContext.for_wsgi(environ, "rest")
+            context = CallContext.for_wsgi(environ, "rest", prompt_tasks=True)
             if opener is not None and wants_event_stream(environ):
                 registry.admit(verb.name, context)
                 return opener(verb, params, environ)
