@@ -378,11 +378,12 @@ class GuestAgents:
         dom = Domain.lookup(self._connection, vm_id)
         raw = dom.virdomain
 
-        def command(execute: str, arguments: dict[str, Any] | None = None) -> Any:
+        def command(execute: str, arguments: dict[str, Any] | None = None, doing: str = action,
+                    error: type[PierError] = Unexpected) -> Any:
             request: dict[str, Any] = {"execute": execute}
             if arguments is not None:
                 request["arguments"] = arguments
-            with dom.errors(action, Unexpected):
+            with dom.errors(doing, error):
                 try:
                     answer = libvirt_qemu.qemuAgentCommand(raw, json.dumps(request), 5, 0)
                 except libvirt.libvirtError as exc:
@@ -399,7 +400,9 @@ class GuestAgents:
         spec: dict[str, Any] = {"path": path, "arg": args, "capture-output": True}
         if stdin is not None:
             spec["input-data"] = base64.b64encode(stdin.encode()).decode()
-        pid = (command("guest-exec", spec) or {}).get("pid")
+        # a program the guest does not have fails here ("Failed to execute child process")
+        pid = (command("guest-exec", spec, f"run `{path}` in",
+                       UnsupportedOperation) or {}).get("pid")
         deadline = time.monotonic() + EXEC_WAIT
         while pid is not None and time.monotonic() < deadline:
             status = command("guest-exec-status", {"pid": pid}) or {}
