@@ -7,8 +7,10 @@ Polling never runs on a caller's path nor on the stats sampler's thread: the sam
 (never twice) for a small pool of `guest-agent-N` threads. Each poll asks libvirt one thing at a
 time (`guestInfo` per group, `interfaceAddresses` from the agent), so an agent that lacks one
 command still answers the others. A hung agent holds one worker for as long as libvirt waits
-(its guest-sync gives up after a few seconds); a worker busy for longer than `STUCK_AFTER` no
-longer counts, and the pool grows (up to `max_workers`) so that other VMs keep being polled. A
+(libvirt 9.0 waits for ever for an agent that stopped answering, so the first poll of a VM sets
+its agent response timeout, a live setting, to `AGENT_TIMEOUT`); a worker busy for longer than
+`STUCK_AFTER` no longer counts, and the pool grows (up to `max_workers`) so that other VMs keep
+being polled. A
 VM whose agent is down or failed is asked again after `retry_interval`, or at once when libvirt
 says its agent connected. `fields(vmId)` gives VDSM's guest fields of the last answers with
 their ages (`guestAgentAges`: seconds since each group last answered).
@@ -60,6 +62,7 @@ AGENT_CHANNEL = "org.qemu.guest_agent.0"
 STUCK_AFTER = 10.0  # a worker in one poll this long is taken as stuck: others are started
 MEMORY_STATS_PERIOD = 5  # seconds between the guest balloon driver's reports
 EXEC_WAIT = 5.0  # how long a guest-exec may run before Pier stops waiting for its exit code
+AGENT_TIMEOUT = 20  # s: libvirt's wait for any agent answer on a VM Pier polled (a freeze included)
 
 # Groups polled, each on its own: (libvirt guestInfo type, or None for interfaceAddresses; fast?)
 GROUPS: dict[str, tuple[int | None, bool]] = {
@@ -250,6 +253,10 @@ class GuestAgents:
                 dom.setMemoryStatsPeriod(MEMORY_STATS_PERIOD, libvirt.VIR_DOMAIN_AFFECT_LIVE)
             except libvirt.libvirtError as exc:  # no balloon device, or the VM stopped
                 log.debug("VM %s: no balloon statistics: %s", vm_id, error_text(exc))
+            try:  # libvirt's default is to wait for ever for an agent that stopped answering
+                dom.agentSetResponseTimeout(AGENT_TIMEOUT, 0)
+            except libvirt.libvirtError as exc:
+                log.debug("VM %s: cannot bound its agent's response time: %s", vm_id, error_text(exc))
         self.poll_domain(vm_id, dom)
 
     def poll_domain(self, vm_id: str, dom: AgentDomain) -> None:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import libvirt
 import pytest
 
+from pier.host import guest as guest_module
 from pier.host.node import Node
 from pier.rpc.errors import FreezeError, GuestTimeout, ThawError
 from tests.integration.clients import http_request
@@ -249,3 +250,29 @@ def test_a_shutdown_message_goes_to_wall_in_the_guest(booted_guest: Guest) -> No
     assert task["state"] == "succeeded", task
     with shell._changed:
         assert shell._changed.wait_for(lambda: "WALL:pier: going down" in shell.buffer, 30), shell.buffer[-500:]
+
+
+def test_a_hung_agent_stalls_neither_the_stats_nor_the_sampler(booted_guest: Guest) -> None:
+    """qemu-ga stopped (SIGSTOP) answers nothing: VM.getStats still answers at once with fresh
+    figures (statsAge) while the guest fields' ages grow, and after the agent response timeout Pier
+    says the agent is away; once it connects again its fields are read again at once."""
+    guest = booted_guest
+    wait_for(lambda: "interfaces" in stats(guest).get("guestAgentAges", {}))
+    guest.shell.run("killall -STOP qemu-ga")
+    try:
+        started = time.monotonic()
+        slowest = 0.0
+        found = stats(guest)
+        while time.monotonic() - started < 35 and found["guestAgentState"] != "disconnected":
+            asked = time.monotonic()
+            found = stats(guest)
+            slowest = max(slowest, time.monotonic() - asked)
+            assert float(found["statsAge"]) < 5, found["statsAge"]  # the sampler goes on
+            time.sleep(0.5)
+        assert slowest < 1.0, slowest
+        assert found["guestAgentState"] == "disconnected", found
+        assert float(found["guestAgentAges"]["interfaces"]) > guest_module.AGENT_TIMEOUT - 1
+    finally:
+        guest.shell.run("killall -CONT qemu-ga")
+    guest.shell.run("killall qemu-ga")  # restarted by the guest's init: libvirt says it connected
+    wait_for(lambda: stats(guest)["guestAgentState"] == "connected", timeout=30)
