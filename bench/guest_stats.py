@@ -61,6 +61,9 @@ class Agent:
     def setMemoryStatsPeriod(self, period: int, flags: int = 0) -> int:  # noqa: N802
         return 0
 
+    def agentSetResponseTimeout(self, timeout: int, flags: int = 0) -> int:  # noqa: N802
+        return 0
+
 
 def node_file(count: int) -> str:
     domains = "".join(

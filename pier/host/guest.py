@@ -86,6 +86,7 @@ class AgentDomain(Protocol):
     def guestInfo(self, types: int = 0, flags: int = 0) -> dict[str, Any]: ...  # noqa: N802
     def interfaceAddresses(self, source: int, flags: int = 0) -> dict[str, Any]: ...  # noqa: N802
     def setMemoryStatsPeriod(self, period: int, flags: int = 0) -> int: ...  # noqa: N802
+    def agentSetResponseTimeout(self, timeout: int, flags: int = 0) -> int: ...  # noqa: N802
 
 
 # -- the poller ------------------------------------------------------------------------------------
@@ -242,7 +243,7 @@ class GuestAgents:
         if conn is None or agent is None:
             return
         try:
-            dom = conn.lookupByUUIDString(vm_id)
+            dom: AgentDomain = conn.lookupByUUIDString(vm_id)
         except libvirt.libvirtError as exc:
             if is_connection_error(exc):
                 self._connection.lost(conn)

@@ -70,6 +70,7 @@ class FakeAgent:
         self.hang = hang
         self.calls: list[int | str] = []
         self.period: int | None = None
+        self.timeout: int | None = None
 
     def _answer(self, kind: int | str) -> None:
         self.calls.append(kind)
@@ -91,6 +92,10 @@ class FakeAgent:
 
     def setMemoryStatsPeriod(self, period: int, flags: int = 0) -> int:  # noqa: N802
         self.period = period
+        return 0
+
+    def agentSetResponseTimeout(self, timeout: int, flags: int = 0) -> int:  # noqa: N802
+        self.timeout = timeout
         return 0
 
     def UUIDString(self) -> str:  # noqa: N802
@@ -244,6 +249,7 @@ def test_a_hung_agent_does_not_stall_the_other_vms(monkeypatch: pytest.MonkeyPat
         wait_until(others_answered)
         assert not release.is_set() and "guestIPs" not in agents.fields(VM_A)
         assert b.period == guest_module.MEMORY_STATS_PERIOD  # the balloon reports from the first poll on
+        assert b.timeout == guest_module.AGENT_TIMEOUT  # libvirt would wait for ever
     finally:
         release.set()
         agents.stop()
