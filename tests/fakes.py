@@ -13,6 +13,7 @@ from typing import Any
 from pier.host.network.model import desired
 from pier.host.services import (
     DomainXmlService,
+    GuestService,
     HostDeviceService,
     HostService,
     KsmService,
@@ -22,6 +23,8 @@ from pier.host.services import (
     VmService,
 )
 from pier.rpc.errors import (
+    FreezeError,
+    GuestTimeout,
     HostdevDetachError,
     InvalidParams,
     KsmError,
@@ -411,3 +414,57 @@ def as_host_extras(hostdevs: FakeHostDevices, xmls: FakeDomainXmls,
 
 def as_secret_service(secrets: FakeSecrets) -> SecretService:
     return secrets
+
+
+class FakeGuest:
+    """A `pier.host.services.GuestService` over the VMs of `vms`: `agents` names the VMs whose
+    agent runs, `exec_allowed` those whose agent allows guest-exec; `told` keeps each message."""
+
+    def __init__(self, vms: FakeVms) -> None:
+        self._vms = vms
+        self.agents: set[str] = set()
+        self.exec_allowed: set[str] = set()
+        self.frozen: set[str] = set()
+        self.locked: set[str] = set()
+        self.told: list[tuple[str, str]] = []
+
+    def _agent(self, vm_id: str, action: str) -> None:
+        self._vms._running(vm_id)
+        if vm_id not in self.agents:
+            raise GuestTimeout(f"cannot {action}: the guest agent of VM {vm_id} does not answer",
+                               data={"vmId": vm_id})
+
+    def freeze(self, vm_id: str) -> int:
+        self._agent(vm_id, "freeze its filesystems")
+        if vm_id in self.frozen:
+            raise FreezeError(f"cannot freeze the filesystems of VM {vm_id}: they are frozen already")
+        self.frozen.add(vm_id)
+        return 1
+
+    def thaw(self, vm_id: str) -> int:
+        self._agent(vm_id, "thaw its filesystems")
+        thawed = 1 if vm_id in self.frozen else 0
+        self.frozen.discard(vm_id)
+        return thawed
+
+    def desktop_lock(self, vm_id: str) -> None:
+        self._agent(vm_id, "lock the desktop")
+        if vm_id not in self.exec_allowed:
+            raise UnsupportedOperation(f"cannot lock the desktop of VM {vm_id}: its guest agent does not "
+                                       "allow guest-exec", data={"vmId": vm_id, "missing": "guest-exec"})
+        self.locked.add(vm_id)
+
+    def desktop_unsupported(self, vm_id: str, what: str) -> None:
+        self._vms._get(vm_id)
+        raise UnsupportedOperation(f"cannot {what} in VM {vm_id}: qemu-guest-agent has no command for it",
+                                   data={"vmId": vm_id, "missing": "ovirt-guest-agent"})
+
+    def tell_users(self, vm_id: str, message: str) -> str:
+        if vm_id not in self.agents or vm_id not in self.exec_allowed:
+            return "the message did not reach the guest's users: no guest-exec"
+        self.told.append((vm_id, message))
+        return "the message was shown to the guest's users (wall)"
+
+
+def as_guest_service(guest: FakeGuest) -> GuestService:
+    return guest

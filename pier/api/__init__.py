@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pier.api.events import EventsApi
+from pier.api.guest import GuestApi
 from pier.api.host import HostApi
 from pier.api.hostdev import HostDevApi
 from pier.api.hosttune import HostTuneApi
@@ -22,6 +23,7 @@ from pier.api.task import TaskApi
 from pier.api.vm import VmApi
 from pier.host.services import (
     DomainXmlService,
+    GuestService,
     HostDeviceService,
     HostService,
     KsmService,
@@ -53,12 +55,14 @@ class Services:
     hostdevs: HostDeviceService
     secrets: SecretService
     domain_xmls: DomainXmlService
+    guest: GuestService
 
 
 def handlers(services: Services, served: Iterable[str]) -> list[object]:
     """Every handler object, ready for `Registry(schema, handlers(services, schema.verbs))`;
     `served` names the verbs the registry will serve (capabilities promise no others)."""
     s = services
-    return [HostApi(s.host, s.vms, s.tasks, s.about, served), VmApi(s.vms), TaskApi(s.tasks),
+    return [HostApi(s.host, s.vms, s.tasks, s.about, served), VmApi(s.vms, s.guest), TaskApi(s.tasks),
             EventsApi(s.events, s.credentials), SecurityApi(s.credentials, s.audit), NetworkApi(s.network, s.vms),
-            HostTuneApi(s.ksm, s.lldp, s.domain_xmls), HostDevApi(s.hostdevs), SecretsApi(s.secrets)]
+            HostTuneApi(s.ksm, s.lldp, s.domain_xmls), HostDevApi(s.hostdevs), SecretsApi(s.secrets),
+            GuestApi(s.guest)]

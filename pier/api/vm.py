@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from pier.host.services import VmService
+from pier.host.services import GuestService, VmService
 from pier.rpc.errors import GuestTimeout, InvalidParams, LibvirtUnavailable, NoVM, Recovering, TaskCancelled
 from pier.rpc.registry import CallContext, reconciler, verb
 
@@ -16,8 +16,9 @@ POWERING_OFF = "poweroff"
 
 
 class VmApi:
-    def __init__(self, vms: VmService) -> None:
+    def __init__(self, vms: VmService, guest: GuestService | None = None) -> None:
         self._vms = vms
+        self._guest = guest
 
     @verb("VM.create")
     def create(self, ctx: CallContext, vmParams: dict[str, Any], vmID: str | None = None) -> dict[str, Any]:
@@ -39,6 +40,8 @@ class VmApi:
             task.progress(0, f"waiting {delay} s before asking the guest")
             if task.cancelled.wait(delay):
                 raise TaskCancelled()
+        if message and self._guest is not None:
+            task.progress(5, self._guest.tell_users(vmID, message))
         if reboot:
             task.step(ASKING_REBOOT, 50, "asking the guest to reboot")
             self._vms.reboot(vmID)

@@ -17,7 +17,7 @@ from typing import Any
 
 import libvirt
 
-from pier.host.news import Connected, DeviceRemoved, Disconnected, Lifecycle, News, Reboot
+from pier.host.news import AgentLifecycle, Connected, DeviceRemoved, Disconnected, Lifecycle, News, Reboot
 from pier.rpc.errors import LibvirtUnavailable, PierError
 from pier.rpc.threads import OwnedThread
 
@@ -28,7 +28,7 @@ BACKOFF_CAP = 5.0
 KEEPALIVE = (1, 2)  # interval s, missed count: a hung libvirtd is noticed in ~3 s
 
 EventSink = Callable[[News], None]
-"""Receives Lifecycle, Reboot, DeviceRemoved, Connected and Disconnected news."""
+"""Receives Lifecycle, Reboot, DeviceRemoved, AgentLifecycle, Connected and Disconnected news."""
 
 
 def silence_libvirt() -> None:
@@ -231,6 +231,8 @@ class Connection:
                 None, libvirt.VIR_DOMAIN_EVENT_ID_REBOOT, self._on_reboot, None))
             ids.append(conn.domainEventRegisterAny(
                 None, libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED, self._on_device_removed, None))
+            ids.append(conn.domainEventRegisterAny(
+                None, libvirt.VIR_DOMAIN_EVENT_ID_AGENT_LIFECYCLE, self._on_agent_lifecycle, None))
             if self._on_connect is not None:
                 self._on_connect(conn)
         except Exception:
@@ -308,3 +310,9 @@ class Connection:
                            opaque: Any) -> None:
         """Thread: libvirt-event-loop."""
         self._on_event(DeviceRemoved(dom.UUIDString(), dom.name(), alias))
+
+    def _on_agent_lifecycle(self, conn: Any, dom: libvirt.virDomain, state: int, reason: int,
+                            opaque: Any) -> None:
+        """Thread: libvirt-event-loop."""
+        connected = state == libvirt.VIR_CONNECT_DOMAIN_EVENT_AGENT_LIFECYCLE_STATE_CONNECTED
+        self._on_event(AgentLifecycle(dom.UUIDString(), dom.name(), connected, reason))

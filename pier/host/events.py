@@ -24,6 +24,7 @@ from typing import Any
 import libvirt
 
 from pier.host.news import (
+    AgentLifecycle,
     Barrier,
     Connected,
     DeviceRemoved,
@@ -58,6 +59,11 @@ log = logging.getLogger(__name__)
 Emit = Callable[[str, dict[str, Any]], object]
 REBOOT_GRACE = 0.5
 STATUS_EVENT_PREFIX = "|virt|VM_status|"
+AGENT_EVENT_PREFIX = "|virt|VM_guest_agent|"
+_AGENT_REASONS = {
+    libvirt.VIR_CONNECT_DOMAIN_EVENT_AGENT_LIFECYCLE_REASON_DOMAIN_STARTED: "domain started",
+    libvirt.VIR_CONNECT_DOMAIN_EVENT_AGENT_LIFECYCLE_REASON_CHANNEL: "channel",
+}
 
 _STOP_DETAILS = {
     libvirt.VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN: exit_details("user shutdown"),
@@ -110,16 +116,19 @@ class EventDispatcher:
                  read_states: Callable[[], dict[str, tuple[str, int, int]]],
                  on_vms_changed: Callable[[], None],
                  published: Callable[[], dict[str, str]],
-                 reboot_grace: float = REBOOT_GRACE) -> None:
+                 reboot_grace: float = REBOOT_GRACE,
+                 on_agent: Callable[[str, bool], None] | None = None) -> None:
         """`read_states` gives libvirt's {vmId: (name, state, reason)}; `on_vms_changed` is told
         when VMs come or go; `published` gives the last status published of each VM (the event
-        log), for the first resync; `reboot_grace` is how long a stop waits for a start."""
+        log), for the first resync; `reboot_grace` is how long a stop waits for a start;
+        `on_agent(vmId, connected)` is told when a VM's guest agent connects or disconnects."""
         self._cache = cache
         self._emit = emit
         self._read_states = read_states
         self._published = published
         self._on_vms_changed = on_vms_changed
         self._grace = reboot_grace
+        self._on_agent = on_agent
         self._queue: queue.SimpleQueue[News] = queue.SimpleQueue()
         self._pending: dict[str, tuple[float, str, dict[str, Any], float]] = {}
         self._when = 0.0  # when the news being handled happened (monotonic)
@@ -128,6 +137,7 @@ class EventDispatcher:
             Lifecycle: self._lifecycle,
             Reboot: self._reboot,
             DeviceRemoved: self._device_removed,
+            AgentLifecycle: self._agent_lifecycle,
             StatusNews: self._status_news,
             Connected: self._connected,
             Disconnected: self._disconnected,
@@ -194,6 +204,21 @@ class EventDispatcher:
             self._cache.invalidate(rec)
             self._emit(f"|virt|VM_device_removed|{news.vm_id}",
                        {news.vm_id: {"alias": news.alias}, "notify_time": event_time()})
+
+    def _agent_lifecycle(self, news: AgentLifecycle) -> None:
+        """The guest agent came up or went down: tell the poller, and publish
+        `|virt|VM_guest_agent|<vmId>` with {vmId: {"guestAgent": "up"|"down", "reason": ...}}. The
+        "down" libvirt reports as every VM starts (its channel appears unconnected) is no news."""
+        if self._cache.find(news.vm_id) is None:
+            return
+        if self._on_agent is not None:
+            self._on_agent(news.vm_id, news.connected)
+        started = news.reason == libvirt.VIR_CONNECT_DOMAIN_EVENT_AGENT_LIFECYCLE_REASON_DOMAIN_STARTED
+        if not news.connected and started:
+            return
+        body = {"guestAgent": "up" if news.connected else "down",
+                "reason": _AGENT_REASONS.get(news.reason, "unknown")}
+        self._emit(f"{AGENT_EVENT_PREFIX}{news.vm_id}", {news.vm_id: body, "notify_time": event_time()})
 
     def _status_news(self, news: StatusNews) -> None:
         """A verb's announcement (e.g. Powering down); libvirt's own events may have overtaken

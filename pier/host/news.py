@@ -52,6 +52,16 @@ class DeviceRemoved(VmNews):
 
 
 @dataclass(frozen=True)
+class AgentLifecycle(VmNews):
+    """The VM's guest agent channel connected (`connected`) or disconnected; `reason` is libvirt's
+    VIR_CONNECT_DOMAIN_EVENT_AGENT_LIFECYCLE_REASON_* value."""
+
+    name: str
+    connected: bool
+    reason: int
+
+
+@dataclass(frozen=True)
 class StatusNews(VmNews):
     """A verb's announcement of a VDSM status (Powering down, or Up again after a shutdown gave
     up); libvirt's own events may overtake it."""

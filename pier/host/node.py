@@ -21,6 +21,7 @@ from pier.host.connection import Connection, EventLoop
 from pier.host.domain import libvirt_errors
 from pier.host.dumpxmls import DomainXmls
 from pier.host.events import STATUS_EVENT_PREFIX, EventDispatcher, published_statuses
+from pier.host.guest import GuestAgents
 from pier.host.hostdev import HostDevices
 from pier.host.hostinfo import HostInfo
 from pier.host.ksm import Ksm
@@ -30,6 +31,7 @@ from pier.host.network.service import Network
 from pier.host.secrets import Secrets
 from pier.host.services import (
     DomainXmlService,
+    GuestService,
     HostDeviceService,
     HostService,
     KsmService,
@@ -52,20 +54,24 @@ class Node:
                  stats_interval: float = 2.0, slow_stats_interval: float = 15.0,
                  last_events: Callable[[str], dict[str, dict[str, Any]]] | None = None,
                  network_dir: str | Path | None = None, manage_network: bool = False,
-                 sysfs_root: str | Path = "/sys") -> None:
+                 sysfs_root: str | Path = "/sys", guest_options: dict[str, Any] | None = None) -> None:
         """`emit` publishes an event; `last_events(prefix)` gives the params of the newest
         event kept of each name with that prefix (the event log), to correct at start any VM
         status published before the agent last stopped; `network_dir` keeps the network
         configuration (in memory without it), which setupNetworks changes only `manage_network`.
-        `sysfs_root` is where the kernel's knobs are read and written (another directory in tests)."""
+        `sysfs_root` is where the kernel's knobs are read and written (another directory in tests);
+        `guest_options` tune the guest agent poller (`pier.host.guest.GuestAgents`' keywords)."""
         self._cache = VmCache()
         self._last_events = last_events
         self._dispatcher = EventDispatcher(self._cache, emit, self._read_states,
                                            on_vms_changed=self._vms_changed,
-                                           published=self._published_statuses)
+                                           published=self._published_statuses,
+                                           on_agent=self._agent_changed)
         self._connection = Connection(uri, self._dispatcher.put, on_connect=self._on_connect)
+        self._guest = GuestAgents(self._connection, **(guest_options or {}))
+        self.guest: GuestService = self._guest
         self._sampler = StatsSampler(self._connection, self._cache, stats_interval,
-                                     slow_stats_interval)
+                                     slow_stats_interval, guest=self._guest)
         self._cache.on_change = self._sampler.patch_status
         self._vms = Vms(self._connection, self._cache, self._sampler, self._dispatcher.put)
         self.vms: VmService = self._vms
@@ -91,6 +97,7 @@ class Node:
         self._connection.start()
         if self._connection.connected:
             self._dispatcher.flush(10.0)  # the first load of the VM cache
+        self._guest.start()
         self._sampler.start()
         self._network.start()
 
@@ -102,6 +109,7 @@ class Node:
         self._running = False
         self._network.stop()
         self._sampler.stop()
+        self._guest.stop()
         self.flush_events(2.0)
         self._connection.stop()
         self._dispatcher.stop()
@@ -139,6 +147,10 @@ class Node:
         if self._last_events is None:
             return {}
         return published_statuses(self._last_events(STATUS_EVENT_PREFIX))
+
+    def _agent_changed(self, vm_id: str, connected: bool) -> None:
+        """Thread: libvirt-events."""
+        self._guest.agent_changed(vm_id, connected)
 
     def _vms_changed(self) -> None:
         self._sampler.kick()

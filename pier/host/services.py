@@ -192,3 +192,27 @@ class DomainXmlService(Protocol):
     def domain_xmls(self, vm_ids: Iterable[str] | None = None) -> dict[str, str]:
         """{vmId: domain XML} of `vm_ids` (every VM when None); NoVM for one that does not exist."""
         ...
+
+
+class GuestService(Protocol):
+    """What runs inside a VM, through its guest agent (pier.host.guest)."""
+
+    def freeze(self, vm_id: str) -> int:
+        """Freeze the guest's filesystems; how many. nonresp when its agent does not answer."""
+        ...
+
+    def thaw(self, vm_id: str) -> int:
+        """Thaw the guest's filesystems; how many."""
+        ...
+
+    def desktop_lock(self, vm_id: str) -> None:
+        """Lock the guest's desktop sessions, or unsupportedOperationErr naming what is missing."""
+        ...
+
+    def desktop_unsupported(self, vm_id: str, what: str) -> None:
+        """Refuse a desktop verb the guest agent cannot do (`what`: e.g. "log a user in"); NoVM first."""
+        ...
+
+    def tell_users(self, vm_id: str, message: str) -> str:
+        """Show a message to the guest's users; never raises: what happened, in words."""
+        ...

@@ -167,6 +167,14 @@ class SecretUnregisterError(PierError):
     code, name, message, http_status = 74, "secretUnregisterErr", "Error unregistering Libvirt secret", 409
 
 
+class FreezeError(PierError):
+    code, name, message, http_status = 76, "freezeErr", "Unable to freeze guest filesystems", 409
+
+
+class ThawError(PierError):
+    code, name, message, http_status = 77, "thawErr", "Unable to thaw guest filesystems", 409
+
+
 class HostdevDetachError(PierError):
     code, name, message, http_status = 83, "hostdevDetachErr", "Could not detach host device", 409
 

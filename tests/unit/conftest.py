@@ -18,6 +18,7 @@ from pier.rpc.schema import Schema
 from pier.rpc.tasks import TaskManager
 from tests.fakes import (
     FakeDomainXmls,
+    FakeGuest,
     FakeHost,
     FakeHostDevices,
     FakeKsm,
@@ -25,6 +26,7 @@ from tests.fakes import (
     FakeNetwork,
     FakeSecrets,
     FakeVms,
+    as_guest_service,
     as_host_extras,
     as_network_service,
     as_secret_service,
@@ -52,6 +54,7 @@ class Stack:
     lldp: FakeLldp
     hostdevs: FakeHostDevices
     secrets: FakeSecrets
+    guest: FakeGuest
 
     def call(self, verb: str, **params: object) -> object:
         return self.registry.call(verb, params, CallContext("test", identity=ADMIN))
@@ -75,14 +78,16 @@ def build_stack(schema: Schema, db: Path, vms: dict[str, dict[str, object]] | No
     ksm, lldp = FakeKsm(), FakeLldp()
     ksm_service, lldp_service = as_tuning(ksm, lldp)
     hostdevs, secrets = FakeHostDevices(fake_vms), FakeSecrets()
+    guest = FakeGuest(fake_vms)
     hostdev_service, xml_service, _ = as_host_extras(hostdevs, FakeDomainXmls(fake_vms), ksm)
     services = Services(*as_services(host, fake_vms), tasks, events, credentials, audit, lambda: {"name": "pier"},
                         as_network_service(network), ksm=ksm_service, lldp=lldp_service, hostdevs=hostdev_service,
-                        secrets=as_secret_service(secrets), domain_xmls=xml_service)
+                        secrets=as_secret_service(secrets), domain_xmls=xml_service,
+                        guest=as_guest_service(guest))
     registry = Registry(schema, handlers(services, schema.verbs), tasks, audit=audit)
     tasks.start(registry.reconcilers)
     return Stack(host, fake_vms, events, tasks, registry, JsonRpc(registry), db, credentials, audit, network, ksm,
-                 lldp, hostdevs, secrets)
+                 lldp, hostdevs, secrets, guest)
 
 
 @pytest.fixture

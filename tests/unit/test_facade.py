@@ -177,6 +177,12 @@ ROUTE_TABLE = {
     ("POST", "/api/v1/vms/<vmID>/hostdevs/unplug", "VM.hotunplugHostdev"),
     ("POST", "/api/v1/host/secrets", "Host.registerSecrets"),
     ("DELETE", "/api/v1/host/secrets", "Host.unregisterSecrets"),
+    ("POST", "/api/v1/vms/<vmID>/freeze", "VM.freeze"),
+    ("POST", "/api/v1/vms/<vmID>/thaw", "VM.thaw"),
+    ("POST", "/api/v1/vms/<vmID>/desktop/lock", "VM.desktopLock"),
+    ("POST", "/api/v1/vms/<vmID>/desktop/login", "VM.desktopLogin"),
+    ("POST", "/api/v1/vms/<vmID>/desktop/logoff", "VM.desktopLogoff"),
+    ("POST", "/api/v1/vms/<vmID>/desktop/hc", "VM.desktopSendHcCommand"),
 }
 
 

@@ -244,3 +244,29 @@ def test_every_kind_of_news_is_handled(setup, caplog: pytest.LogCaptureFixture) 
             disp.put(_example(kind))
         assert disp.flush()
     assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+def test_guest_agent_up_and_down_are_events_and_reach_the_poller() -> None:
+    cache = VmCache()
+    rec = Recorder()
+    told: list[tuple[str, bool]] = []
+    disp = EventDispatcher(cache, rec, dict, lambda: None, dict, reboot_grace=0.1,
+                           on_agent=lambda vm_id, up: told.append((vm_id, up)))
+    disp.start()
+    try:
+        cache.add(VmRecord(A, "vm-a", status=UP, emitted=UP))
+        started = E.VIR_CONNECT_DOMAIN_EVENT_AGENT_LIFECYCLE_REASON_DOMAIN_STARTED
+        channel = E.VIR_CONNECT_DOMAIN_EVENT_AGENT_LIFECYCLE_REASON_CHANNEL
+        for item in (news.AgentLifecycle(A, "vm-a", False, started),  # every start: no news
+                     news.AgentLifecycle(A, "vm-a", True, channel),
+                     news.AgentLifecycle(A, "vm-a", False, channel),
+                     news.AgentLifecycle(B, "vm-b", True, channel)):  # a VM Pier does not know
+            disp.put(item)
+        assert disp.flush()
+    finally:
+        disp.stop()
+    agent = [(n, p[A]) for n, p in rec.events if n.startswith("|virt|VM_guest_agent|")]
+    assert agent == [(f"|virt|VM_guest_agent|{A}", {"guestAgent": "up", "reason": "channel"}),
+                     (f"|virt|VM_guest_agent|{A}", {"guestAgent": "down", "reason": "channel"})]
+    assert told == [(A, False), (A, True), (A, False)]
+    assert rec.statuses(A) == []  # the VM's status did not change

@@ -34,6 +34,8 @@ VDSM_PAYLOAD_KEYS = {
     "setKsmTune": None, "setLogLevel": None, "setMOMPolicy": None,
     "setMOMPolicyParameters": None, "hostdevListByCaps": "deviceList", "hostdevChangeNumvfs": None,
     "hostdevReattach": None, "registerSecrets": None, "unregisterSecrets": None,
+    "freeze": None, "thaw": None, "desktopLock": None, "desktopLogin": None, "desktopLogoff": None,
+    "sendHcCmdToDesktop": None,
 }
 
 
@@ -99,8 +101,11 @@ def test_every_legacy_name_answers_the_envelope_with_its_payload_key(vdsm, schem
             "level": logging.getLevelName(logging.getLogger().level), "policy": "(defvar x 1)",
             "key_value_store": {"ksmEnabled": True}, "deviceName": "pci_0000_02_00_0", "numvfs": 2,
             "secrets": [{"uuid": VM_ID, "usageType": "ceph", "usageID": "pool-a", "password": "c2VjcmV0"}],
-            "uuids": [VM_ID]}
-    failing = {"setMOMPolicy": 54, "setMOMPolicyParameters": 54}  # Pier runs no MOM
+            "uuids": [VM_ID], "domain": "", "username": "u", "password": "p", "force": False, "message": "hc"}
+    stack.guest.agents.add(VM_ID)
+    stack.guest.exec_allowed.add(VM_ID)
+    failing = {"setMOMPolicy": 54, "setMOMPolicyParameters": 54,  # Pier runs no MOM
+               "desktopLogin": 75, "desktopLogoff": 75, "sendHcCmdToDesktop": 75}  # qemu-ga cannot
     changing = ["pause", "cont", "reset", "stopTask", "clearTask", "shutdown", "destroy"]
     names = sorted(set(schema.legacy) - set(changing) - {"create"}) + changing
     assert set(names) | {"create"} == set(schema.legacy)
