@@ -90,6 +90,7 @@ class CallContext:
     task: Any = None
     auth_error: PierError | None = None  # why the transport could not tell who is calling
     flow_id: str | None = None  # the caller's correlation id (an engine's ovirtCorrelationId), for logs
+    channel: bool = False  # the transport relays a byte channel (pier.rpc.channels) a verb returns
 
     def describe(self) -> str:
         who = f"{self.identity.name} " if self.identity else ""

@@ -17,6 +17,7 @@ from pier.rpc.registry import CallContext, Registry
 from pier.rpc.schema import Schema
 from pier.rpc.tasks import TaskManager
 from tests.fakes import (
+    FakeConsoles,
     FakeDomainXmls,
     FakeHost,
     FakeHostDevices,
@@ -25,6 +26,7 @@ from tests.fakes import (
     FakeNetwork,
     FakeSecrets,
     FakeVms,
+    as_console_service,
     as_host_extras,
     as_network_service,
     as_secret_service,
@@ -52,6 +54,7 @@ class Stack:
     lldp: FakeLldp
     hostdevs: FakeHostDevices
     secrets: FakeSecrets
+    consoles: FakeConsoles | None = None
 
     def call(self, verb: str, **params: object) -> object:
         return self.registry.call(verb, params, CallContext("test", identity=ADMIN))
@@ -78,11 +81,12 @@ def build_stack(schema: Schema, db: Path, vms: dict[str, dict[str, object]] | No
     hostdev_service, xml_service, _ = as_host_extras(hostdevs, FakeDomainXmls(fake_vms), ksm)
     services = Services(*as_services(host, fake_vms), tasks, events, credentials, audit, lambda: {"name": "pier"},
                         as_network_service(network), ksm=ksm_service, lldp=lldp_service, hostdevs=hostdev_service,
-                        secrets=as_secret_service(secrets), domain_xmls=xml_service)
+                        secrets=as_secret_service(secrets), domain_xmls=xml_service,
+                        consoles=as_console_service(consoles := FakeConsoles(fake_vms)))
     registry = Registry(schema, handlers(services, schema.verbs), tasks, audit=audit)
     tasks.start(registry.reconcilers)
     return Stack(host, fake_vms, events, tasks, registry, JsonRpc(registry), db, credentials, audit, network, ksm,
-                 lldp, hostdevs, secrets)
+                 lldp, hostdevs, secrets, consoles)
 
 
 @pytest.fixture

@@ -33,7 +33,7 @@ VDSM_PAYLOAD_KEYS = {
     "clearTask": None, "ping": None, "setupNetworks": None, "setSafeNetworkConfig": None,
     "setKsmTune": None, "setLogLevel": None, "setMOMPolicy": None,
     "setMOMPolicyParameters": None, "hostdevListByCaps": "deviceList", "hostdevChangeNumvfs": None,
-    "hostdevReattach": None, "registerSecrets": None, "unregisterSecrets": None,
+    "hostdevReattach": None, "registerSecrets": None, "unregisterSecrets": None, "setVmTicket": None,
 }
 
 
@@ -99,7 +99,7 @@ def test_every_legacy_name_answers_the_envelope_with_its_payload_key(vdsm, schem
             "level": logging.getLevelName(logging.getLogger().level), "policy": "(defvar x 1)",
             "key_value_store": {"ksmEnabled": True}, "deviceName": "pci_0000_02_00_0", "numvfs": 2,
             "secrets": [{"uuid": VM_ID, "usageType": "ceph", "usageID": "pool-a", "password": "c2VjcmV0"}],
-            "uuids": [VM_ID]}
+            "uuids": [VM_ID], "password": "ticket", "ttl": 60}
     failing = {"setMOMPolicy": 54, "setMOMPolicyParameters": 54}  # Pier runs no MOM
     changing = ["pause", "cont", "reset", "stopTask", "clearTask", "shutdown", "destroy"]
     names = sorted(set(schema.legacy) - set(changing) - {"create"}) + changing
