@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 CONNECTED_ACTIONS = ("disconnect", "keep", "fail")
 _SCREENSHOT_CHUNK = 1 << 18
 _MAX_SCREENSHOT = 256 << 20
+STOP_GRACE = 3.0
 
 
 class Consoles:
@@ -68,8 +69,18 @@ class Consoles:
             # QEMU's VNC server knows no `connected` but keep; SPICE knows all three (as VDSM sends them).
             action = connected if display.kind == "spice" or connected == "keep" else None
             changed = display.with_ticket(password, valid_to, action)
-            with domain.errors(f"set the {display.kind} password of", acts_on={"Up", "Paused"}):
-                domain.virdomain.updateDeviceFlags(_xml(changed), libvirt.VIR_DOMAIN_AFFECT_LIVE)
+            try:
+                with domain.errors(f"set the {display.kind} password of", UnsupportedOperation,
+                                   acts_on={"Up", "Paused"}):
+                    domain.virdomain.updateDeviceFlags(_xml(changed), libvirt.VIR_DOMAIN_AFFECT_LIVE)
+            except UnsupportedOperation as exc:
+                if "libvirtCode" not in (exc.data or {}) or "password" not in exc.message:
+                    raise
+                raise UnsupportedOperation(
+                    f"{exc.message}; the {display.kind} display of VM {domain.vm_id} was started without a "
+                    "password, and QEMU takes one only for a display started with one (VM.create gives every "
+                    "display an expired password; raw XML needs passwd and passwdValidTo in the past)",
+                    data=exc.data) from None
 
     # -- screenshots ---------------------------------------------------------------------------
 
@@ -215,7 +226,7 @@ class ConsoleChannel:
             self._end = ChannelEnd(TAKEN_OVER, f"{self.taken_over} took over {self.name}")
         elif self._closed:
             self._end = ChannelEnd(ENDED, f"{self.name} was closed")
-        elif self._domain.current_status() in ("Down", None):
+        elif _stopped(self._domain):
             self._end = ChannelEnd(ENDED, f"VM {self.vm_id} stopped")
         else:
             why = f": {error}" if error else ""
@@ -253,7 +264,7 @@ class DisplayChannel:
         if not data:
             if self._closed:
                 self._end = ChannelEnd(ENDED, f"{self.name} was closed")
-            elif self._domain.current_status() in ("Down", None):
+            elif _stopped(self._domain):
                 self._end = ChannelEnd(ENDED, f"VM {self.vm_id} stopped")
             elif error:
                 self._end = ChannelEnd(FAILED, f"{self.name} broke off: {error}")
@@ -272,6 +283,18 @@ class DisplayChannel:
                 self._sock.shutdown(socket.SHUT_RDWR)  # wakes a waiting recv, which closes the socket
             except OSError:
                 self._sock.close()
+
+
+def _stopped(domain: Domain) -> bool:
+    """Whether the VM stopped (or is gone). A console or display ends a little before libvirt
+    sees QEMU gone, so a VM still running is watched for up to STOP_GRACE seconds."""
+    deadline = time.monotonic() + STOP_GRACE
+    while True:
+        if domain.current_status() in ("Down", None):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
 
 
 def _abort(stream: libvirt.virStream) -> None:

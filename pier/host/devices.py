@@ -250,6 +250,8 @@ class Interface(Device):
 class Graphics(Device):
     """`<graphics>`: a VNC or SPICE display."""
 
+    EXPIRED = "1970-01-01T00:00:01"
+
     tag = "graphics"
     device_type = "graphics"
     DEVICES = ("vnc", "spice")
@@ -275,6 +277,10 @@ class Graphics(Device):
         keymap = p.get("keyMap") or (p.get("specParams") or {}).get("keyMap")
         if keymap:
             el.set("keymap", str(keymap))
+        # As VDSM does: a password that expired long ago locks the display until VM.setTicket gives
+        # one, and QEMU takes a password later only for a display started with one.
+        el.set("passwd", "*****")
+        el.set("passwdValidTo", cls.EXPIRED)
         return cls(el)
 
     @property
