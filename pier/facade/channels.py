@@ -153,11 +153,11 @@ class Relay:
             pending = self._pending_close
         log.info("%s relayed to %s", self._channel.name, self._peer)
         pump = OwnedThread(f"{self.name}-out", self._pump, wake=self._channel.close)
-        pump.start()
         try:
             if pending is not None:
-                self._close(*pending)
-            elif data:
+                self._close(*pending)  # before the pump, which would close for the channel's end
+            pump.start()
+            if data:
                 self._receive(data)
             self._read(sock)
         except (OSError, ssl.SSLError) as exc:

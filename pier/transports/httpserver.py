@@ -538,11 +538,10 @@ class HttpServer:
             stopping = self._stopping.is_set()
             if not stopping:
                 self._upgraded[connection] = thread
-        if stopping:
+                thread.start()  # under the lock: stop() joins only threads that started
+        if stopping:  # too late for a thread of its own: it says goodbye on this worker, briefly
             upgrade.stop()
-            self._close(connection)
-            return
-        thread.start()
+            run()
 
     @property
     def upgraded_connections(self) -> int:

@@ -5,16 +5,20 @@ test_consoles.py)."""
 from __future__ import annotations
 
 import json
+import os
 import struct
+import sys
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
+from pier.cli import main
 from pier.facade.app import make_app
 from pier.rpc.auth import Identity
 from pier.rpc.channels import ENDED
@@ -165,3 +169,35 @@ def wait_until(condition, timeout: float = 5.0) -> bool:
         time.sleep(0.02)
     return bool(condition())
 
+
+
+# -- the CLI ------------------------------------------------------------------------------------
+
+
+def test_pier_console_copies_stdin_to_the_console_and_its_output_back(
+        served: tuple[Stack, str], monkeypatch: pytest.MonkeyPatch, capsysbinary: pytest.CaptureFixture[bytes]) -> None:
+    _, address = served
+    read, write = os.pipe()
+    os.write(write, b"hello pier\x1dnot sent")
+    os.close(write)
+    monkeypatch.setattr(sys, "stdin", os.fdopen(read, "rb"))
+    assert main(["console", VM_ID, "--url", f"http://{address}", "--linger", "2"]) == 0
+    assert capsysbinary.readouterr().out == b"hello pier"
+
+
+def test_pier_console_says_why_it_was_refused(served: tuple[Stack, str], monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    stack, address = served
+    stack.vms.records[VM_ID]["status"] = "Down"
+    read, write = os.pipe()
+    os.close(write)
+    monkeypatch.setattr(sys, "stdin", os.fdopen(read, "rb"))
+    assert main(["console", VM_ID, "--url", f"http://{address}"]) == 1
+    assert "virtual machine is down" in capsys.readouterr().err.lower()
+
+
+def test_pier_vm_screenshot_saves_the_png(served: tuple[Stack, str], tmp_path: Path) -> None:
+    _, address = served
+    target = tmp_path / "screen.png"
+    assert main(["vm", "screenshot", VM_ID, str(target), "--url", f"http://{address}"]) == 0
+    assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
