@@ -80,6 +80,7 @@ class ChannelStreams:
     def __call__(self, verb: Verb, params: dict[str, Any], environ: Mapping[str, Any],
                  context: CallContext) -> bottle.HTTPResponse:
         path = environ.get("PATH_INFO", "")
+        params = verb.validate(params)  # bad params are a 400 before anything else
         take = environ.get(UPGRADE)
         if take is None:
             error = InvalidRequest(f"GET {path} is a WebSocket: connect with a WebSocket client (Upgrade: websocket)",
