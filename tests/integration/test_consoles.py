@@ -19,7 +19,7 @@ import pytest
 from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
 from cryptography.hazmat.primitives.ciphers import Cipher, modes
 from websockets.exceptions import ConnectionClosed, InvalidStatus
-from websockets.sync.client import ClientConnection, connect
+from websockets.sync.client import ClientConnection, connect, unix_connect
 
 from tests.integration.clients import WsClient, auth_headers, http_request
 from tests.integration.conftest import Pierd, new_vm_id
@@ -295,3 +295,12 @@ def test_console_needs_the_operator_role(system_pierd: Pierd, vms: Vms) -> None:
     with pytest.raises(InvalidStatus) as refused:
         open_ws(system_pierd, f"/api/v1/vms/{vm_id}/console", token=viewer)
     assert refused.value.response.status_code == 403
+
+
+def test_the_local_socket_serves_the_console_to_root_without_a_token(system_pierd: Pierd, vms: Vms) -> None:
+    vm_id = vms.make()
+    with unix_connect(system_pierd.socket, f"ws://localhost/api/v1/vms/{vm_id}/console", compression=None,
+                      open_timeout=10) as console:
+        read_until(console, b"Press ESC for boot menu")
+        console.send(b"\x1b")
+        read_until(console, b"Select boot device")
