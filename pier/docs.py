@@ -210,7 +210,10 @@ def _intro(schema: Schema, task_link: str) -> list[str]:
 def _verb_section(verb: Verb, link: Callable[[str], str]) -> list[str]:
     lines = [f"### {verb.name}", "", verb.summary, ""]
     facts = [f"- **Role:** {verb.role}" + (" (read-only)" if verb.readonly else "")]
-    if verb.task:
+    if verb.task and verb.waits:
+        facts.append("- **Task:** yes - the work runs as a task; over JSON-RPC and XML-RPC the call answers "
+                     "when it has ended (the final Task, or its error), over REST at once (202)")
+    elif verb.task:
         facts.append("- **Task:** yes - returns a Task at once; the work runs in the background")
     if verb.rest:
         facts.append("- **REST:** " + "; ".join(

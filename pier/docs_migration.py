@@ -36,14 +36,16 @@ def render_migration_markdown(schema: Schema) -> str:
     for name, (verb, legacy) in sorted(schema.legacy.items(), key=lambda item: item[0].lower()):
         notes = []
         if verb.task:
-            notes.append("slow: runs as a task (see below)")
+            notes.append("slow: runs as a task; answers when it has ended, as VDSM did" if verb.waits
+                         else "slow: runs as a task (see below)")
         if len(verb.legacy) > 1:
             notes.append("also " + ", ".join(f"`{other.name}`" for other in verb.legacy if other.name != name))
         legacy_rows.append([f"`{name}`", f"`{verb.name}`", _rest(verb), _key(legacy.payload),
                             positional_text(verb, schema.defs), "; ".join(notes)])
     new_rows = [[f"`{verb.name}`", _rest(verb), _key(payload_key(schema, verb.name, verb)), verb.summary]
                 for verb in schema.verbs.values() if not verb.legacy]
-    tasks = [verb for verb in schema.verbs.values() if verb.task]
+    tasks = [verb for verb in schema.verbs.values() if verb.task and not verb.waits]
+    waiting = [verb for verb in schema.verbs.values() if verb.waits]
     lines = [
         "# Migrating from VDSM",
         "",
@@ -121,6 +123,11 @@ def render_migration_markdown(schema: Schema) -> str:
         f"task under `{GENERIC_PAYLOAD}`. Follow a task with `getTaskStatus` (VDSM's `taskState`/`taskResult`),",
         "`Task.getInfo` with `wait`, or `GET /api/v1/tasks/{taskID}?wait=SECONDS`; `getAllTasks` and",
         "`getHostJobs` list them.",
+        "",
+        "These verbs run as tasks too, but answer when their task has ended, as VDSM answered when the work",
+        "was done: " + ", ".join(f"`{verb.name}` ({', '.join(f'`{legacy.name}`' for legacy in verb.legacy) or 'no legacy name'})"
+                                 for verb in waiting) + ". A failed task's error is the call's error; the task",
+        "stays listed by `getAllTasks`, and REST answers 202 with the task at once.",
         "",
         "### Events",
         "",

@@ -103,7 +103,7 @@ def _handler(endpoint: Endpoint, registry: Registry, opener: StreamOpener | None
         environ = bottle.request.environ
         try:
             params = read_params(endpoint, path_args, environ, defs, max_body)
-            context = CallContext.for_wsgi(environ, "rest")
+            context = CallContext.for_wsgi(environ, "rest", prompt_tasks=True)
             if opener is not None and opener.wants(environ):
                 return opener(verb, params, environ, context)
             result = registry.call(verb.name, params, context)

@@ -26,13 +26,25 @@ from prometheus_client import Counter, Histogram
 from pier.rpc.addresses import host_of, with_port
 from pier.rpc.audit import AuditLog, redact
 from pier.rpc.auth import WSGI_AUTH_ERROR, WSGI_IDENTITY, Credentials, Identity
-from pier.rpc.errors import Forbidden, MethodNotFound, PierError, TargetBusy, Unauthenticated, Unexpected
+from pier.rpc.errors import (
+    Forbidden,
+    MethodNotFound,
+    PierError,
+    TargetBusy,
+    TaskCancelled,
+    Unauthenticated,
+    Unexpected,
+    error_by_name,
+)
 from pier.rpc.limits import RateLimiter
 from pier.rpc.metrics import CALL_SECONDS, CALLS
 from pier.rpc.schema import Schema, Verb
 from pier.rpc.tasks import Reconciler, TaskHandle, TaskManager
 
 log = logging.getLogger("pier.rpc")
+
+WAITS_LIMIT = 3600.0
+"""Seconds a `waits` verb's RPC call waits for its task; then it answers the task as it is."""
 
 _VERB_ATTR = "__pier_verb__"
 _RECONCILER_ATTR = "__pier_reconciles__"
@@ -90,6 +102,7 @@ class CallContext:
     task: Any = None
     auth_error: PierError | None = None  # why the transport could not tell who is calling
     flow_id: str | None = None  # the caller's correlation id (an engine's ovirtCorrelationId), for logs
+    prompt_tasks: bool = False  # the wire answers every task verb with its task at once (REST's 202)
     channel: bool = False  # the transport relays a byte channel (pier.rpc.channels) a verb returns
 
     def describe(self) -> str:
@@ -98,11 +111,12 @@ class CallContext:
         return f"{who}via {self.transport} {self.peer}".strip() + flow
 
     @classmethod
-    def for_wsgi(cls, environ: dict[str, Any], transport: str) -> CallContext:
+    def for_wsgi(cls, environ: dict[str, Any], transport: str, *, prompt_tasks: bool = False) -> CallContext:
         """The context of a WSGI request, with what the HTTP listener learnt of its caller."""
         host, port = environ.get("REMOTE_ADDR", ""), environ.get("REMOTE_PORT", "")
         return cls(transport, with_port(host, port) if port else host or "local",
-                   identity=environ.get(WSGI_IDENTITY), auth_error=environ.get(WSGI_AUTH_ERROR))
+                   identity=environ.get(WSGI_IDENTITY), auth_error=environ.get(WSGI_AUTH_ERROR),
+                   prompt_tasks=prompt_tasks)
 
 
 class TargetLocks:
@@ -237,6 +251,8 @@ class Registry:
                 if check is not None:
                     check(context, **params)
                 result = self._submit_task(declared, handler, params, context, target, keys)
+                if declared.waits and not context.prompt_tasks:
+                    result = self._ended(result["taskID"])
             elif keys and not declared.readonly:
                 if declared.preempts and self.tasks is not None and target is not None:
                     self.tasks.stop_tasks_on(target, f"{declared.name} was called")
@@ -256,6 +272,23 @@ class Registry:
             raise error from exc
         self._finished(declared, params, target, context, started, None, result)
         return True if result is None else result
+
+    def _ended(self, task_id: str) -> dict[str, Any]:
+        """The task once it has ended, for a `waits` verb; its error raised when it failed."""
+        assert self.tasks is not None, "__init__ refuses task verbs without a task manager"
+        task = self.tasks.wait(task_id, WAITS_LIMIT)
+        if task["state"] == "failed":
+            error = task["error"] or {}
+            try:
+                kind = error_by_name(str(error.get("name")))
+            except KeyError:
+                kind = Unexpected
+            raised = kind(error.get("message"), data=error.get("data"))
+            raised.code = error.get("code", raised.code)  # a host error may carry its own code
+            raise raised
+        if task["state"] == "cancelled":
+            raise TaskCancelled(task["message"] or None)
+        return task
 
     def admit(self, name: str, context: CallContext) -> None:
         """Raise unless the caller may call verb `name` now (for work that bypasses `call`, like a stream)."""

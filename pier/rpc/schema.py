@@ -181,6 +181,7 @@ class Verb:
     params_schema: dict[str, Any] = field(repr=False)
     locks: tuple[str, ...] = ()
     rpc_only: str | None = None  # why the verb has no REST route (`rest: {none: <why>}`)
+    waits: bool = False  # a task verb whose RPC answer comes when its task has ended (`waits`)
     result_secrets: frozenset[str] = frozenset()
     _validator: Callable[[Any], dict[str, Any]] | None = field(default=None, repr=False)
 
@@ -504,6 +505,9 @@ class Schema:
         params = _unmarked(params, names=True)
         result_secrets = frozenset(_marked_secret(spec.get("returns"), self._marked_defs))
         task = bool(spec.get("task", False))
+        waits = bool(spec.get("waits", False))
+        if waits and not task:
+            raise ValueError("waits is for a task verb: a plain verb always answers when it is done")
         if task and (secrets or result_secrets):
             raise ValueError(f"a task verb cannot have secrets ({sorted({*secrets, *result_secrets})}): "
                              "its params and result are kept in the task table, and its events carry the result")
@@ -558,6 +562,7 @@ class Schema:
             rest=routes,
             rpc_only=rpc_only,
             preempts=bool(spec.get("preempts", False)),
+            waits=waits,
             secrets=secrets,
             params_schema=params_schema,
             result_secrets=result_secrets,

@@ -171,15 +171,19 @@ class NetLab:
             raise RuntimeError(f"{' '.join(command)} in {self.host}: {done.stderr.strip()}")
         return done
 
-    def addr(self) -> list[dict[str, Any]]:
+    def addr(self, by_name: bool = False) -> list[dict[str, Any]]:
         """`ip -j addr` of the host namespace, without what changes by itself (address lifetimes and
         tentative flags, the operational state that follows the peer) and the queueing discipline, which the kernel
         gives a device the first time it goes up and keeps when it goes down again (`noop` becomes
-        `noqueue` for good): so two of them compare equal when the links and addresses are as they were."""
+        `noqueue` for good): so two of them compare equal when the links and addresses are as they were.
+        `by_name` leaves out the devices' numbers too, for a device deleted and made again."""
         found = json.loads(ip("-j", "addr", netns=self.host))
         for link in found:
             link.pop("operstate", None)
             link.pop("qdisc", None)
+            if by_name:
+                link.pop("ifindex", None)
+                link.pop("link_index", None)
             for info in link.get("addr_info", []):
                 info.pop("valid_life_time", None)
                 info.pop("preferred_life_time", None)

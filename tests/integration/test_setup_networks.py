@@ -100,6 +100,17 @@ def test_an_unconfirmed_change_is_rolled_back(lab: NetLab, network: Network) -> 
     assert network.config.running()["networks"] == {}
 
 
+def test_an_unconfirmed_change_of_a_network_puts_the_old_one_back(lab: NetLab, network: Network) -> None:
+    """The change takes the bridge down and makes it again; the rollback makes the old one again,
+    with its port, addresses, default route and link-local address as they were."""
+    network.setup({"pub": PUB}, {}, {})
+    before, routes = lab.addr(by_name=True), ip("route", netns=lab.host)
+    with pytest.raises(ConnectivityLost, match="rolled back"):
+        network.setup({"pub": {**PUB, "mtu": 1400}}, {}, {"connectivityCheck": True, "connectivityTimeout": 1})
+    assert lab.addr(by_name=True) == before and ip("route", netns=lab.host) == routes
+    assert network.config.running()["networks"]["pub"]["nic"] == "nic0"
+
+
 def test_a_confirmed_change_stays(lab: NetLab, network: Network) -> None:
     confirmer = threading.Timer(0.5, network.confirm)
     confirmer.start()
@@ -215,6 +226,61 @@ def test_pierd_restores_the_safe_configuration_at_start(lab: NetLab, tmp_path: P
         assert addresses(lab) == saved_addresses and lab.links()["nic0"]["master"] == "pub"
     finally:
         assert daemon.stop() == 0
+
+
+def test_rpc_callers_get_the_answer_when_the_change_is_done(lab: NetLab, tmp_path: Path, test_uri: str) -> None:
+    """As VDSM answered: JSON-RPC and XML-RPC answer setupNetworks once it is done or rolled back;
+    meanwhile Host.confirmConnectivity is served on the same socket."""
+    daemon = lab_pierd(lab, tmp_path / "state", test_uri)
+    try:
+        status, reply = unix_request(daemon.socket, "POST", "/jsonrpc", {
+            "jsonrpc": "2.0", "id": 1, "method": "Host.setupNetworks",
+            "params": {"networks": {"pub": PUB}, "bondings": {}, "options": {}}})
+        assert status == 200 and reply["result"]["state"] == "succeeded", reply
+        assert "pub" in lab.links()  # done when answered, with no task to follow
+
+        before = lab.addr(by_name=True)
+        started = time.monotonic()
+        status, reply = unix_request(daemon.socket, "POST", "/jsonrpc", {
+            "jsonrpc": "2.0", "id": 2, "method": "Host.setupNetworks",
+            "params": {"networks": {"pub": {**PUB, "mtu": 1400}}, "bondings": {},
+                       "options": {"connectivityCheck": True, "connectivityTimeout": 1}}})
+        assert 1 <= time.monotonic() - started < 15
+        assert "rolled back" in reply["error"]["message"], reply
+        assert lab.addr(by_name=True) == before  # the bridge was made again: only its index changed
+
+        confirmer = threading.Timer(1.0, lambda: unix_request(daemon.socket, "POST", "/api/v1/host/network/confirm", {}))
+        confirmer.start()
+        envelope = ("<?xml version='1.0'?><methodCall><methodName>setupNetworks</methodName><params>"
+                    "<param><value><struct><member><name>lan</name><value><struct>"
+                    "<member><name>nic</name><value><string>nic1</string></value></member>"
+                    "<member><name>bridged</name><value><boolean>0</boolean></value></member>"
+                    "<member><name>ipaddr</name><value><string>10.77.0.9/24</string></value></member>"
+                    "</struct></value></member></struct></value></param>"
+                    "<param><value><struct></struct></value></param>"
+                    "<param><value><struct><member><name>connectivityCheck</name><value><boolean>1</boolean>"
+                    "</value></member><member><name>connectivityTimeout</name><value><int>20</int></value>"
+                    "</member></struct></value></param></params></methodCall>")
+        answer = xmlrpc_unix(daemon.socket, envelope)
+        confirmer.join()
+        assert answer["status"]["code"] == 0, answer
+        assert "10.77.0.9/24" in addresses(lab)["nic1"]
+    finally:
+        assert daemon.stop() == 0
+
+
+def xmlrpc_unix(socket_path: str, envelope: str) -> Any:
+    import http.client
+    import socket
+    import xmlrpc.client
+
+    connection = http.client.HTTPConnection("localhost", timeout=60)
+    connection.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    connection.sock.connect(socket_path)
+    connection.request("POST", "/RPC2", body=envelope.encode(), headers={"Content-Type": "text/xml"})
+    payload = connection.getresponse().read()
+    connection.close()
+    return xmlrpc.client.loads(payload)[0][0]
 
 
 @pytest.mark.kvm

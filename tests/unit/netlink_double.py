@@ -38,6 +38,8 @@ class Kernel:
 
     def link(self, command: str, **kw: Any) -> Any:
         if command == "get":  # a read: not recorded
+            if "index" in kw:
+                return self.get_links(kw["index"])
             if kw["ifname"] not in self.links:
                 raise NetlinkError(19, "No such device")
             return self.get_links(self.links[kw["ifname"]]["index"])
@@ -89,3 +91,11 @@ class Kernel:
     def state(self) -> tuple[dict[str, tuple[Any, ...]], list[tuple[int, str, int, int]]]:
         return ({name: (link["kind"], link["mtu"], link["master"], link["up"]) for name, link in self.links.items()},
                 sorted(self.addresses))
+
+    def by_name(self) -> tuple[dict[str, tuple[Any, ...]], list[tuple[str, str, int, int]]]:
+        """The state with devices named instead of numbered: a device made again has a new index."""
+        def name(index: int) -> str | None:
+            return self._name(index) if index else None
+        return ({link_name: (link["kind"], link["mtu"], name(link["master"]), link["up"])
+                 for link_name, link in self.links.items()},
+                sorted((name(index) or "", address, prefix, family) for index, address, prefix, family in self.addresses))

@@ -4,6 +4,7 @@ undo, and the verbs over the registry."""
 from __future__ import annotations
 
 import socket
+import threading
 
 import pytest
 
@@ -11,7 +12,7 @@ from pier.host.network.apply import Journal, KernelLacks
 from pier.host.network.kernel import Link, Snapshot
 from pier.host.network.model import Desired, check, desired
 from pier.host.network.plan import NothingOutside, apply_changes, bond_request, fields
-from pier.rpc.errors import InvalidParams
+from pier.rpc.errors import InvalidParams, UnsupportedOperation
 from tests.unit.conftest import VM_ID, Stack
 from tests.unit.netlink_double import Kernel
 
@@ -83,6 +84,18 @@ def test_undo_takes_every_step_back_newest_first() -> None:
                                            "mtu": 9000}}))
     assert kernel.state() != before and len(journal.steps) >= 6
     assert journal.undo() == [] and kernel.state() == before and journal.steps == []
+
+
+def test_undoing_a_changed_network_makes_the_old_one_again_with_its_port_and_addresses() -> None:
+    """The change deletes the bridge and makes it again with a new index; the steps recorded before
+    that (the port, the addresses) are undone on the bridge as it is then, found by name."""
+    kernel = Kernel()
+    old = planned({"pub": {"nic": "eth0", "ipaddr": "192.0.2.5/24", "ipv6addr": "2001:db8::5/64"}})
+    run(kernel, old)
+    before = kernel.by_name()
+    journal = run(kernel, planned({"pub": {"nic": "eth0", "ipaddr": "192.0.2.5/24", "mtu": 1400}}), old)
+    assert kernel.by_name() != before
+    assert journal.undo() == [] and kernel.by_name() == before
 
 
 def test_removing_then_making_again_a_changed_network() -> None:
@@ -167,7 +180,16 @@ def test_removing_a_network_a_running_vm_uses_needs_force(stack: Stack) -> None:
 
 
 def test_confirm_connectivity_ends_the_wait(stack: Stack) -> None:
+    confirmer = threading.Timer(0.2, stack.call, ("Host.confirmConnectivity",))
+    confirmer.start()
     task = stack.call("Host.setupNetworks", networks={"pub": {"nic": "eth0"}},
                       options={"connectivityCheck": True, "connectivityTimeout": 30})
-    stack.call("Host.confirmConnectivity")
-    assert stack.tasks.wait(task["taskID"], 10)["state"] == "succeeded"
+    confirmer.join()
+    assert task["state"] == "succeeded"
+
+
+def test_dhcpv6_is_refused_naming_the_field() -> None:
+    with pytest.raises(UnsupportedOperation) as refused:
+        planned({"pub": {"nic": "eth0", "dhcpv6": True}})
+    assert refused.value.data == {"field": "networks.pub.dhcpv6"} and "no DHCPv6 client" in refused.value.message
+    assert planned({"pub": {"nic": "eth0", "dhcpv6": False, "ipv6autoconf": True}}).networks["pub"].ipv6autoconf

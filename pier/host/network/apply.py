@@ -57,6 +57,7 @@ class Journal:
         self.steps: list[Step] = []
         self.requests: list[tuple[str, dict[str, Any]]] = []  # every request sent, for tests and benches
         self._field_of = field_of or (lambda device: device)
+        self._up_after_undo: list[str] = []  # devices made again by undo, brought up once a port is back
 
     def field(self, device: str) -> str:
         """The request field a device comes from (the device's name when none)."""
@@ -93,6 +94,16 @@ class Journal:
             raise NetworkChangeError(f"there is no device {name}", data={"device": name})
         return msg
 
+    def _index_now(self, name: str) -> int:
+        """The device's index when an undo runs: a device deleted and made again since the step was
+        recorded (a network changed, then rolled back) has a new one."""
+        return int(self._link(name)["index"])
+
+    def _name_of(self, index: int | None) -> str | None:
+        if not index:
+            return None
+        return str(self._ipr.link("get", index=index)[0].get("IFLA_IFNAME"))
+
     def _did(self, description: str, undo: Callable[[], None]) -> None:
         log.debug("network: %s", description)
         self.steps.append(Step(description, undo))
@@ -111,23 +122,34 @@ class Journal:
         self._did(f"made {kind} {name}", lambda: self._send("link del", ifname=name))
 
     def delete_link(self, name: str) -> None:
-        """Delete a device Pier made (bridge, bond, VLAN); undo makes it again, bare."""
+        """Delete a device Pier made (bridge, bond, VLAN); undo makes it again, bare but up if it was."""
         msg = self._link(name)
         kind = msg.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND")
         data = msg.get_nested("IFLA_LINKINFO", "IFLA_INFO_DATA")
         info = dict(data["attrs"]) if data is not None and "attrs" in data else {}
         mtu, address = msg.get("IFLA_MTU"), msg.get("IFLA_ADDRESS")
+        was_up = bool(msg["flags"] & 1)
         again: dict[str, Any] = {"mtu": mtu}
+        parent: str | None = None
         if kind == "bridge":
             again["br_stp_state"] = info.get("IFLA_BR_STP_STATE", 0)
         elif kind == "vlan":
-            again.update(link=msg.get("IFLA_LINK"), vlan_id=info.get("IFLA_VLAN_ID"))
+            again.update(vlan_id=info.get("IFLA_VLAN_ID"))
+            parent = self._name_of(msg.get("IFLA_LINK"))
         elif kind == "bond":
             again["bond_mode"] = info.get("IFLA_BOND_MODE", 0)
-        if address:
+        if address and address != "00:00:00:00:00:00":  # a bridge without ports has none
             again["address"] = address
         self._send("link del", ifname=name)
-        self._did(f"deleted {kind} {name}", lambda: self._send("link add", ifname=name, kind=kind, **again))
+
+        def make_again() -> None:
+            if kind == "vlan" and parent is not None:
+                again["link"] = self._index_now(parent)
+            self._send("link add", ifname=name, kind=kind, **again)
+            if was_up:  # up once a port is back, as it was first: its link-local address comes from
+                self._up_after_undo.append(name)  # the MAC address it takes from that port
+
+        self._did(f"deleted {kind} {name}", make_again)
 
     def set_master(self, name: str, master: str | None) -> None:
         msg = self._link(name)
@@ -135,9 +157,17 @@ class Journal:
         target = self.index(master) if master else 0
         if before == target:
             return
+        master_before = self._name_of(before)
         self._send("link set", index=msg["index"], master=target)
-        self._did(f"{name}: master {master or 'none'}",
-                  lambda: self._send("link set", index=msg["index"], master=before))
+
+        def restore() -> None:
+            self._send("link set", index=self._index_now(name),
+                       master=self._index_now(master_before) if master_before else 0)
+            if master_before in self._up_after_undo:
+                self._up_after_undo.remove(master_before)
+                self._send("link set", index=self._index_now(master_before), state="up")
+
+        self._did(f"{name}: master {master or 'none'}", restore)
 
     def set_mtu(self, name: str, mtu: int) -> None:
         msg = self._link(name)
@@ -150,7 +180,7 @@ class Journal:
             field = self.field(name)
             raise NetworkChangeError(f"{field}: {name} refused MTU {mtu}: {exc.args[-1]}",
                                      data={"field": field}) from None
-        self._did(f"{name}: mtu {mtu}", lambda: self._send("link set", index=msg["index"], mtu=before))
+        self._did(f"{name}: mtu {mtu}", lambda: self._send("link set", index=self._index_now(name), mtu=before))
 
     def set_up(self, name: str, up: bool = True) -> None:
         msg = self._link(name)
@@ -159,7 +189,7 @@ class Journal:
             return
         self._send("link set", index=msg["index"], state="up" if up else "down")
         self._did(f"{name}: {'up' if up else 'down'}",
-                  lambda: self._send("link set", index=msg["index"], state="up" if was_up else "down"))
+                  lambda: self._send("link set", index=self._index_now(name), state="up" if was_up else "down"))
 
     def add_address(self, name: str, cidr: str) -> None:
         index = self._link(name)["index"]
@@ -174,8 +204,8 @@ class Journal:
         self._send("addr add", index=index, address=str(interface.ip), prefixlen=interface.network.prefixlen,
                    family=family, **extra)
         self._did(f"{name}: address {cidr}", lambda: self._send(
-            "addr del", index=index, address=str(interface.ip), prefixlen=interface.network.prefixlen,
-            family=family))
+            "addr del", index=self._index_now(name), address=str(interface.ip),
+            prefixlen=interface.network.prefixlen, family=family))
 
     def flush_addresses(self, name: str, keep_link_local: bool = True) -> None:
         """Remove every address of a device (undo puts them back, in their order)."""
@@ -187,17 +217,18 @@ class Journal:
             address = msg.get("IFA_LOCAL") if family == socket.AF_INET else None
             address = address or msg.get("IFA_ADDRESS")
             self._send("addr del", index=index, address=address, prefixlen=prefixlen, family=family)
-            self._did(f"{name}: removed {address}/{prefixlen}", self._readd(index, address, prefixlen, family))
+            self._did(f"{name}: removed {address}/{prefixlen}", self._readd(name, address, prefixlen, family))
 
-    def _readd(self, index: int, address: str, prefixlen: int, family: int) -> Callable[[], None]:
+    def _readd(self, name: str, address: str, prefixlen: int, family: int) -> Callable[[], None]:
         extra: dict[str, Any] = {"IFA_FLAGS": 0x02} if family == socket.AF_INET6 else {}
-        return lambda: self._send("addr add", index=index, address=address, prefixlen=prefixlen, family=family,
-                                  **extra)
+        return lambda: self._send("addr add", index=self._index_now(name), address=address, prefixlen=prefixlen,
+                                  family=family, **extra)
 
     def default_route(self, family: int, gateway: str | None, device: str | None) -> None:
         """Make the main table's default route of `family` go via `gateway` on `device` (None: remove it)."""
         current = [r for r in self._ipr.get_default_routes(family=family, table=254)]
         before = [(r.get("RTA_GATEWAY"), r.get("RTA_OIF")) for r in current]
+        devices_before = [self._name_of(oif) for _, oif in before]
         index = self.index(device) if device else None
         if gateway is not None and before == [(gateway, index)]:
             return
@@ -211,12 +242,13 @@ class Journal:
                        gateway=gateway, oif=index, table=254)
 
         def restore() -> None:
-            if gateway is not None:
+            if gateway is not None and device is not None and self.index(device) is not None:
                 self._send("route del", dst="default" if family == socket.AF_INET else "::/0", family=family,
-                           gateway=gateway, oif=index, table=254)
-            for old_gateway, old_oif in before:
+                           gateway=gateway, oif=self._index_now(device), table=254)
+            for (old_gateway, _), old_device in zip(before, devices_before, strict=True):
+                through = {"oif": self._index_now(old_device)} if old_device else {}
                 self._send("route add", dst="default" if family == socket.AF_INET else "::/0", family=family,
-                           gateway=old_gateway, oif=old_oif, table=254)
+                           gateway=old_gateway, table=254, **through)
 
         self._did(f"default route {gateway or 'none'} ({'IPv4' if family == socket.AF_INET else 'IPv6'})", restore)
 
@@ -237,4 +269,11 @@ class Journal:
             except Exception as exc:  # keep undoing the rest: each step is independent
                 log.error("network: could not undo %r: %s", step.description, exc)
                 failed.append(f"{step.description}: {exc}")
+        while self._up_after_undo:
+            name = self._up_after_undo.pop(0)
+            try:
+                self._send("link set", index=self._index_now(name), state="up")
+            except Exception as exc:
+                log.error("network: could not bring %s up again: %s", name, exc)
+                failed.append(f"{name} up: {exc}")
         return failed

@@ -18,7 +18,7 @@ from typing import Any
 from pier.host.network.config import Config
 from pier.host.network.facts import is_nic
 from pier.host.network.kernel import Snapshot
-from pier.rpc.errors import InvalidParams
+from pier.rpc.errors import InvalidParams, UnsupportedOperation
 
 MIN_MTU = 68
 DEFAULT_MTU = 1500
@@ -137,6 +137,10 @@ def network_spec(name: str, attrs: Mapping[str, Any]) -> NetworkSpec:
             raise _bad(f"{where}.mtu", f"{mtu} is below the least MTU, {MIN_MTU}")
     else:
         mtu = None
+    if attrs.get("dhcpv6") in (True, "true", "True"):
+        raise UnsupportedOperation(f"{where}.dhcpv6: Pier runs no DHCPv6 client; give a static ipv6addr, or "
+                                   "ipv6autoconf for the kernel's router-advertisement addresses",
+                                   data={"field": f"{where}.dhcpv6"})
     bootproto = attrs.get("bootproto") or "none"
     if bootproto not in ("none", "dhcp"):
         raise _bad(f"{where}.bootproto", f"{bootproto!r} is neither 'none' nor 'dhcp'")
