@@ -130,6 +130,11 @@ class PierClient:
         if parts.scheme not in ("http", "https", "http+unix"):
             raise ValueError(f"cannot use --url {url}: it must start with http://, https:// or http+unix://")
 
+    @property
+    def tls(self) -> ssl.SSLContext | None:
+        """The TLS context for https (None: the default one)."""
+        return self._tls
+
     def _connection(self, timeout: float) -> http.client.HTTPConnection:
         if self._scheme == "http+unix":
             return _UnixConnection(self._socket_path, timeout)
@@ -461,6 +466,9 @@ def build_parser() -> argparse.ArgumentParser:
         task_sub.add_parser(action, parents=[common], help=text).add_argument("id")
     task.set_defaults(run=cmd_task)
     cli_security.add_commands(sub, common)
+    from pier import cli_console
+
+    cli_console.add_commands(sub, common)
     return parser
 
 

@@ -111,7 +111,7 @@ class Daemon:
         services = Services(self.node.host, self.node.vms, self.tasks, self.events, self.credentials, self.audit,
                             self.about, self.node.network, ksm=self.node.ksm, lldp=self.node.lldp,
                             hostdevs=self.node.hostdevs, secrets=self.node.secrets, domain_xmls=self.node.domain_xmls,
-                            guest=self.node.guest)
+                            guest=self.node.guest, consoles=self.node.consoles)
         self.registry = Registry(schema, handlers(services, schema.verbs),
                                  self.tasks, audit=self.audit, limiter=limiter, credentials=self.credentials)
         self.tasks.start(self.registry.reconcilers)

@@ -93,8 +93,12 @@ def route_notes(route: Route) -> str:
         notes.append(f"JSON body: the {route.body} param")
     if route.status != 200:
         notes.append(f"answers {route.status}")
-    if route.stream:
+    if route.stream == "websocket":
+        notes.append("a binary WebSocket (Upgrade: websocket)")
+    elif route.stream:
         notes.append(f"also server-sent {route.stream} with Accept: text/event-stream")
+    if route.content:
+        notes.append(f"answers {route.content['type']} (the result's {route.content['field']})")
     return "; ".join(notes)
 
 

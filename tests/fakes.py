@@ -10,8 +10,10 @@ import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from pier.host.console import png
 from pier.host.network.model import desired
 from pier.host.services import (
+    ConsoleService,
     DomainXmlService,
     GuestService,
     HostDeviceService,
@@ -22,6 +24,7 @@ from pier.host.services import (
     SecretService,
     VmService,
 )
+from pier.rpc.channels import ENDED, TAKEN_OVER, Channel, ChannelEnd
 from pier.rpc.errors import (
     FreezeError,
     GuestTimeout,
@@ -32,6 +35,7 @@ from pier.rpc.errors import (
     NoVM,
     SecretBadRequest,
     SecretRegisterError,
+    TargetBusy,
     Unexpected,
     UnsupportedOperation,
     VMDown,
@@ -468,3 +472,79 @@ class FakeGuest:
 
 def as_guest_service(guest: FakeGuest) -> GuestService:
     return guest
+
+
+class FakeChannel:
+    """A `pier.rpc.channels.Channel` that echoes what it is sent."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.sent: list[bytes] = []
+        self._cond = threading.Condition()
+        self._pending = bytearray()
+        self._end: ChannelEnd | None = None
+
+    @property
+    def end(self) -> ChannelEnd | None:
+        return self._end
+
+    def recv(self, size: int) -> bytes:
+        with self._cond:
+            self._cond.wait_for(lambda: self._pending or self._end is not None)
+            data = bytes(self._pending[:size])
+            del self._pending[:size]
+            return data
+
+    def send(self, data: bytes) -> None:
+        with self._cond:
+            if self._end is not None:
+                raise BrokenPipeError(self._end.reason)
+            self.sent.append(data)
+            self._pending += data
+            self._cond.notify_all()
+
+    def finish(self, kind: str, reason: str) -> None:
+        """End the channel from the far side (the VM stopped, someone took it over)."""
+        with self._cond:
+            if self._end is None:
+                self._end = ChannelEnd(kind, reason)
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        self.finish(ENDED, f"{self.name} was closed")
+
+
+class FakeConsoles:
+    """A `pier.host.services.ConsoleService` over the VMs of `vms`: echoing channels, a 2x1 PNG."""
+
+    def __init__(self, vms: FakeVms) -> None:
+        self._vms = vms
+        self.tickets: dict[str, tuple[str, int, str, str | None]] = {}
+        self.consoles: dict[str, FakeChannel] = {}
+
+    def set_ticket(self, vm_id: str, password: str, ttl: int, connected: str,
+                   graphics_type: str | None = None) -> None:
+        self._vms._running(vm_id)
+        self.tickets[vm_id] = (password, ttl, connected, graphics_type)
+
+    def screenshot(self, vm_id: str, screen: int = 0) -> dict[str, Any]:
+        self._vms._running(vm_id)
+        return {"mimeType": "image/png", "width": 2, "height": 1, "png": png(2, 1, b"\0" + bytes(6))}
+
+    def open_console(self, vm_id: str, force: bool = False, holder: str = "") -> Channel:
+        self._vms._running(vm_id)
+        current = self.consoles.get(vm_id)
+        if current is not None and current.end is None:
+            if not force:
+                raise TargetBusy(f"the serial console of VM {vm_id} is in use", data={"vmId": vm_id})
+            current.finish(TAKEN_OVER, f"{holder} took over the serial console of VM {vm_id}")
+        self.consoles[vm_id] = FakeChannel(f"the serial console of VM {vm_id}")
+        return self.consoles[vm_id]
+
+    def open_display(self, vm_id: str) -> Channel:
+        self._vms._running(vm_id)
+        return FakeChannel(f"the VNC display of VM {vm_id}")
+
+
+def as_console_service(consoles: FakeConsoles) -> ConsoleService:
+    return consoles

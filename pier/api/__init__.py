@@ -21,7 +21,9 @@ from pier.api.secrets import SecretsApi
 from pier.api.security import SecurityApi
 from pier.api.task import TaskApi
 from pier.api.vm import VmApi
+from pier.api.vm_console import VmConsoleApi
 from pier.host.services import (
+    ConsoleService,
     DomainXmlService,
     GuestService,
     HostDeviceService,
@@ -56,6 +58,7 @@ class Services:
     secrets: SecretService
     domain_xmls: DomainXmlService
     guest: GuestService
+    consoles: ConsoleService
 
 
 def handlers(services: Services, served: Iterable[str]) -> list[object]:
@@ -65,4 +68,4 @@ def handlers(services: Services, served: Iterable[str]) -> list[object]:
     return [HostApi(s.host, s.vms, s.tasks, s.about, served), VmApi(s.vms, s.guest), TaskApi(s.tasks),
             EventsApi(s.events, s.credentials), SecurityApi(s.credentials, s.audit), NetworkApi(s.network, s.vms),
             HostTuneApi(s.ksm, s.lldp, s.domain_xmls), HostDevApi(s.hostdevs), SecretsApi(s.secrets),
-            GuestApi(s.guest)]
+            GuestApi(s.guest), VmConsoleApi(s.consoles)]

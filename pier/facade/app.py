@@ -15,6 +15,7 @@ from typing import Any
 import bottle
 
 from pier.facade import routes
+from pier.facade.channels import ChannelStreams
 from pier.facade.openapi import openapi_document
 from pier.facade.problems import bottle_error_handler, problem_response, unexpected
 from pier.facade.stream import EventStreams
@@ -44,7 +45,9 @@ def make_app(registry: Registry, events: EventLog, *, info: Callable[[], dict[st
     app.default_error_handler = bottle_error_handler
     app.add_hook("before_request", _strip_trailing_slash)
     streams = EventStreams(events, stopping=stopping or threading.Event(), max_streams=max_streams,
-                           keepalive=stream_keepalive, credentials=registry.credentials)
+                           keepalive=stream_keepalive, credentials=registry.credentials,
+                           admit=registry.admit)
+    channels = ChannelStreams(registry, stopping=stopping or threading.Event())
     document = openapi_document(registry.schema)
     text = json.dumps(document, separators=(",", ":"))
 
@@ -59,8 +62,9 @@ def make_app(registry: Registry, events: EventLog, *, info: Callable[[], dict[st
         return bottle.HTTPResponse(body=body, status=200, headers={"Content-Type": routes.JSON})
 
     app.route(OPENAPI_PATH, "GET", serve_openapi, name="openapi")
-    routes.install(app, registry, {"events": streams}, max_body=max_body)
+    routes.install(app, registry, {"events": streams, "websocket": channels}, max_body=max_body)
     app.config["pier.streams"] = streams
+    app.config["pier.channels"] = channels
     return app
 
 

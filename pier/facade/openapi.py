@@ -14,7 +14,15 @@ from typing import Any
 from pier.facade.problems import PROBLEM_JSON, TYPE_BASE
 from pier.facade.routes import BODY_METHODS, JSON, Endpoint, endpoints
 from pier.facade.stream import EVENT_STREAM
-from pier.rpc.errors import InvalidParams, ParseError, PierError, RequestTooLarge, Unavailable, error_by_name
+from pier.rpc.errors import (
+    InvalidParams,
+    InvalidRequest,
+    ParseError,
+    PierError,
+    RequestTooLarge,
+    Unavailable,
+    error_by_name,
+)
 from pier.rpc.schema import Schema, ref_name
 
 OPENAPI_VERSION = "3.1.0"
@@ -143,7 +151,11 @@ def _responses(endpoint: Endpoint) -> dict[str, Any]:
         success["headers"] = {"Location": {
             "description": f"Where to read the result: {endpoint.location.path} under /api/v1.",
             "schema": {"type": "string"}}}
-    if route.stream:
+    if route.stream == "websocket":
+        return _websocket_responses(endpoint)
+    if route.content:
+        success["content"] = {route.content["type"]: {"schema": {"type": "string", "format": "binary"}}}
+    elif route.stream:
         success["content"][EVENT_STREAM] = {"schema": {
             "type": "string",
             "description": "With `Accept: text/event-stream`: server-sent events (`id` is the sequence "
@@ -155,7 +167,25 @@ def _responses(endpoint: Endpoint) -> dict[str, Any]:
     if route.stream:
         errors.append(Unavailable)
     errors += [error_by_name(name) for name in verb.errors]
-    responses: dict[str, Any] = {str(endpoint.status): success}
+    return {str(endpoint.status): success, **_problems(errors)}
+
+
+def _websocket_responses(endpoint: Endpoint) -> dict[str, Any]:
+    """A route that upgrades to a WebSocket: 101, or a problem before the upgrade."""
+    switching = {"description": "Switching to a binary WebSocket carrying the channel's bytes both ways; it closes "
+                                "with 1000 when the channel ends (the VM stopped), 4001 when another client took "
+                                "it over, 1011 when it broke, 1001 when the agent stops, 1008 when the caller's "
+                                "credential is revoked."}
+    errors: list[type[PierError]] = [InvalidParams, InvalidRequest, Unavailable]
+    errors += [error_by_name(name) for name in endpoint.verb.errors]
+    responses = {"101": switching, **_problems(errors)}
+    responses["426"] = {"description": "The request did not ask for a WebSocket (Upgrade: websocket).",
+                        "content": {PROBLEM_JSON: {"schema": {"$ref": _REF_TO + PROBLEM}}}}
+    return responses
+
+
+def _problems(errors: list[type[PierError]]) -> dict[str, Any]:
+    responses: dict[str, Any] = {}
     by_status: dict[int, list[type[PierError]]] = {}
     for error in errors:
         if error not in by_status.setdefault(error.http_status, []):

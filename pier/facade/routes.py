@@ -12,12 +12,13 @@ the route declares one (`location: /vms/{vmId}`), a `Location` filled from the r
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qsl, quote
 
 import bottle
@@ -36,8 +37,18 @@ BODY_METHODS = ("POST", "PUT", "PATCH")
 _PLACEHOLDER = re.compile(r"\{(\w+)\}")
 _BOOLEANS = {"true": True, "1": True, "false": False, "0": False}
 
-# A route whose `stream:` kind has an opener answers `Accept: text/event-stream` through it.
-StreamOpener = Callable[[Verb, dict[str, Any], Mapping[str, Any]], bottle.HTTPResponse]
+
+class StreamOpener(Protocol):
+    """Serves the routes of one `stream:` kind: the requests it `wants` (server-sent events asked
+    for with Accept, a WebSocket upgrade), where other requests call the verb as any route does."""
+
+    def wants(self, environ: Mapping[str, Any]) -> bool:
+        ...
+
+    def __call__(self, verb: Verb, params: dict[str, Any], environ: Mapping[str, Any],
+                 context: CallContext) -> bottle.HTTPResponse:
+        """Check the caller (`context`), validate `params` and answer with the stream."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -93,10 +104,11 @@ def _handler(endpoint: Endpoint, registry: Registry, opener: StreamOpener | None
         try:
             params = read_params(endpoint, path_args, environ, defs, max_body)
             context = CallContext.for_wsgi(environ, "rest", prompt_tasks=True)
-            if opener is not None and wants_event_stream(environ):
-                registry.admit(verb.name, context)
-                return opener(verb, params, environ)
+            if opener is not None and opener.wants(environ):
+                return opener(verb, params, environ, context)
             result = registry.call(verb.name, params, context)
+            if endpoint.route.content is not None:
+                return _content(endpoint.route.content, result)
             return _success(endpoint, result)
         except PierError as exc:
             return problem_response(exc)
@@ -119,6 +131,13 @@ def _success(endpoint: Endpoint, result: Any) -> bottle.HTTPResponse:
             headers["Location"] = location
     return bottle.HTTPResponse(body=json.dumps(result, separators=(",", ":")), status=endpoint.status,
                                headers=headers)
+
+
+def _content(content: Mapping[str, str], result: Any) -> bottle.HTTPResponse:
+    """The bytes of the result's base64 field `content['field']`, as `content['type']`."""
+    body = base64.b64decode(result[content["field"]])
+    return bottle.HTTPResponse(body=body, status=200, headers={"Content-Type": content["type"],
+                                                                "Cache-Control": "no-store"})
 
 
 def _fill(template: str, result: Any) -> str | None:

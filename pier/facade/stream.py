@@ -21,7 +21,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Generator, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping
 from typing import Any
 
 import bottle
@@ -30,6 +30,7 @@ from pier.facade.problems import problem_response
 from pier.rpc.auth import WSGI_IDENTITY, Credentials
 from pier.rpc.errors import EventsExpired, InvalidRequest, Unavailable
 from pier.rpc.events import Event, EventLog, Subscription
+from pier.rpc.registry import CallContext
 from pier.rpc.schema import Verb
 from pier.rpc.session import EVENTS_LOST, SESSION_ENDED
 
@@ -51,8 +52,10 @@ class EventStreams:
     """Opens, counts and ends the server-sent-event streams of one app."""
 
     def __init__(self, events: EventLog, *, stopping: threading.Event, max_streams: int = 32,
-                 keepalive: float = 15.0, credentials: Credentials | None = None) -> None:
+                 keepalive: float = 15.0, credentials: Credentials | None = None,
+                 admit: Callable[[str, CallContext], None] | None = None) -> None:
         self.events = events
+        self.admit = admit  # raises unless the caller may call the verb (the registry's `admit`)
         self.credentials = credentials
         self.stopping = stopping
         self.max_streams = max_streams
@@ -64,8 +67,16 @@ class EventStreams:
     def open_streams(self) -> int:
         return self._open
 
-    def __call__(self, verb: Verb, params: dict[str, Any], environ: Mapping[str, Any]) -> bottle.HTTPResponse:
+    def wants(self, environ: Mapping[str, Any]) -> bool:
+        """A request asking for server-sent events (Accept: text/event-stream)."""
+        accept = environ.get("HTTP_ACCEPT", "")
+        return any(part.split(";")[0].strip().lower() == EVENT_STREAM for part in accept.split(","))
+
+    def __call__(self, verb: Verb, params: dict[str, Any], environ: Mapping[str, Any],
+                 context: CallContext | None = None) -> bottle.HTTPResponse:
         """Validate `params` as `verb`'s and answer with a stream of the events they select."""
+        if self.admit is not None and context is not None:
+            self.admit(verb.name, context)
         params = verb.validate(params)
         source = {name: params[name] for name in _SUBSCRIBE_ARGS if name in params}
         last_id = environ.get("HTTP_LAST_EVENT_ID", "").strip()

@@ -8,6 +8,7 @@ Pier does not model survive a round trip.
 
 from __future__ import annotations
 
+import copy
 import re
 import xml.etree.ElementTree as ET
 from typing import Any, ClassVar
@@ -249,6 +250,8 @@ class Interface(Device):
 class Graphics(Device):
     """`<graphics>`: a VNC or SPICE display."""
 
+    EXPIRED = "1970-01-01T00:00:01"
+
     tag = "graphics"
     device_type = "graphics"
     DEVICES = ("vnc", "spice")
@@ -274,6 +277,10 @@ class Graphics(Device):
         keymap = p.get("keyMap") or (p.get("specParams") or {}).get("keyMap")
         if keymap:
             el.set("keymap", str(keymap))
+        # As VDSM does: a password that expired long ago locks the display until VM.setTicket gives
+        # one, and QEMU takes a password later only for a display started with one.
+        el.set("passwd", "*****")
+        el.set("passwdValidTo", cls.EXPIRED)
         return cls(el)
 
     @property
@@ -290,6 +297,25 @@ class Graphics(Device):
         if el is not None and el.get("address"):
             return el.get("address", "")
         return self.element.get("listen", "")
+
+    @property
+    def kind(self) -> str:
+        """vnc or spice."""
+        return self.element.get("type", "vnc")
+
+    def with_ticket(self, password: str, valid_to: str | None, connected: str | None) -> Graphics:
+        """A copy with a new password (`passwd`), valid until `valid_to` (libvirt's
+        `passwdValidTo`, UTC 'YYYY-MM-DDTHH:MM:SS'; None: no expiry) and, when given, what
+        happens to clients already connected (`connected`: keep, disconnect or fail)."""
+        element = copy.deepcopy(self.element)
+        element.set("passwd", password)
+        if valid_to:
+            element.set("passwdValidTo", valid_to)
+        else:
+            element.attrib.pop("passwdValidTo", None)
+        if connected:
+            element.set("connected", connected)
+        return Graphics(element)
 
     def to_vdsm(self) -> dict[str, Any]:
         out: dict[str, Any] = {

@@ -18,6 +18,7 @@ from typing import Any
 import libvirt
 
 from pier.host.connection import Connection, EventLoop
+from pier.host.console import Consoles
 from pier.host.domain import libvirt_errors
 from pier.host.dumpxmls import DomainXmls
 from pier.host.events import STATUS_EVENT_PREFIX, EventDispatcher, published_statuses
@@ -30,6 +31,7 @@ from pier.host.network.host import HostWithNetwork
 from pier.host.network.service import Network
 from pier.host.secrets import Secrets
 from pier.host.services import (
+    ConsoleService,
     DomainXmlService,
     GuestService,
     HostDeviceService,
@@ -84,6 +86,7 @@ class Node:
         self.hostdevs: HostDeviceService = HostDevices(self._connection, sysfs_root)
         self.secrets: SecretService = Secrets(self._connection)
         self.domain_xmls: DomainXmlService = DomainXmls(self._connection)
+        self.consoles: ConsoleService = Consoles(self._connection)
         self._running = False
 
     # -- lifecycle -----------------------------------------------------------------------------

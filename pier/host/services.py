@@ -12,6 +12,8 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
+from pier.rpc.channels import Channel
+
 
 class HostService(Protocol):
     """This host's identity, facts and figures."""
@@ -215,4 +217,29 @@ class GuestService(Protocol):
 
     def tell_users(self, vm_id: str, message: str) -> str:
         """Show a message to the guest's users; never raises: what happened, in words."""
+        ...
+
+
+class ConsoleService(Protocol):
+    """A VM's display password, screen, serial console and VNC display (pier.host.console)."""
+
+    def set_ticket(self, vm_id: str, password: str, ttl: int, connected: str,
+                   graphics_type: str | None = None) -> None:
+        """Set the password of the running VM's VNC/SPICE displays (those of `graphics_type` when
+        given), valid `ttl` seconds (0: no expiry); `connected` (keep, disconnect, fail) says what
+        happens to clients already connected. VMDown when it is not running; UnsupportedOperation
+        when it has no such display."""
+        ...
+
+    def screenshot(self, vm_id: str, screen: int = 0) -> dict[str, Any]:
+        """{mimeType: image/png, width, height, png: bytes} of the running VM's screen."""
+        ...
+
+    def open_console(self, vm_id: str, force: bool = False, holder: str = "") -> Channel:
+        """The running VM's serial console; TargetBusy when another client has it, unless `force`
+        takes it over (its channel then ends as taken over). `holder` names the caller."""
+        ...
+
+    def open_display(self, vm_id: str) -> Channel:
+        """A byte channel to the running VM's VNC server (RFB; the client authenticates)."""
         ...

@@ -103,6 +103,7 @@ class CallContext:
     auth_error: PierError | None = None  # why the transport could not tell who is calling
     flow_id: str | None = None  # the caller's correlation id (an engine's ovirtCorrelationId), for logs
     prompt_tasks: bool = False  # the wire answers every task verb with its task at once (REST's 202)
+    channel: bool = False  # the transport relays a byte channel (pier.rpc.channels) a verb returns
 
     def describe(self) -> str:
         who = f"{self.identity.name} " if self.identity else ""

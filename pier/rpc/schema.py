@@ -135,6 +135,7 @@ class Route:
     status: int = 200
     stream: str | None = None
     location: str | None = None  # where what it creates is read: a GET route's path, {fields} of the result
+    content: Mapping[str, str] | None = None  # {type: media type, field: result field (base64)}: a body of bytes
 
     @property
     def path_params(self) -> list[str]:
@@ -529,6 +530,10 @@ class Schema:
             raise ValueError("rest must be a list of routes, or {none: <why the verb has no route>}")
         routes = [] if rpc_only else [Route(**route) for route in rest]
         for route in routes:
+            if route.content is not None and not (
+                    isinstance(route.content, Mapping) and set(route.content) == {"type", "field"}
+                    and all(isinstance(v, str) and v for v in route.content.values())):
+                raise ValueError(f"route {route.path}: content must be {{type: <media type>, field: <result field>}}")
             unknown = [p for p in route.path_params if p not in params]
             if unknown or (route.body and route.body not in params):
                 raise ValueError(f"route {route.path} names unknown params {unknown or route.body}")

@@ -5,6 +5,11 @@ a worker: it builds the WSGI environ (PEP 3333) from the request h11 parsed, giv
 body (what the loop read ahead, then the socket as the app reads), writes the answer (head and a
 body that is known in full in one write; a streamed body chunk by chunk), and says whether the
 connection can carry another request.
+
+An app may take a connection over (an HTTP Upgrade, e.g. to a WebSocket): when the request asks
+for an upgrade, the environ's `pier.upgrade` takes an `Upgrade`; if the app then answers `101`, the
+exchange sends the 101 (h11 switches protocols) and leaves the socket, with the bytes the client
+sent after its request, to the server, which runs the upgrade on a thread it owns.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import ssl
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import unquote_to_bytes
 
 import h11
@@ -28,11 +33,28 @@ WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 # What the server tells the app about the caller, in the WSGI environ.
 PEER_CERTIFICATE = "pier.peer_certificate"  # the TLS client certificate (DER), when one was presented
 PEER_CREDENTIALS = "pier.peer_credentials"  # (uid, gid) of a unix-socket peer
+UPGRADE = "pier.upgrade"  # on a request asking for an upgrade: takes the `Upgrade` to run after a 101
 
 MAX_HEAD = 64 << 10  # a request head over this is refused (431); one up to 3/4 of it always passes
 DRAIN = 4 << 20  # what a worker reads and drops of a body the app left unread, to keep the connection
-SNIFF, HANDSHAKE, READ, BUSY, LINGER = range(5)
+SNIFF, HANDSHAKE, READ, BUSY, LINGER, UPGRADED = range(6)
+_NO_101_HEADERS = (b"content-length", b"content-type", b"transfer-encoding")
 _SERVER_ERROR = b"Internal Server Error\n"
+
+
+class Upgrade(Protocol):
+    """What runs a connection after the server switched it to another protocol (a 101)."""
+
+    name: str  # for the thread's name and logs
+
+    def run(self, sock: socket.socket, data: bytes) -> None:
+        """The connection's life after the 101 (`data`: what the client sent after its request),
+        on a thread the server owns; the server closes the socket when it returns."""
+        ...
+
+    def stop(self) -> None:
+        """End soon: the server is stopping (called from another thread)."""
+        ...
 
 
 class Connection:
@@ -155,6 +177,8 @@ class Exchange:
         self._head_sent = False
         self._head_only = False  # a HEAD request: the answer has a head and no body
         self._input = _Input(connection)
+        self.upgrade: Upgrade | None = None  # set once the connection was switched to another protocol
+        self._offered: Upgrade | None = None
 
     def serve(self) -> bool:
         """Answer the request; True when the connection can carry another one."""
@@ -165,6 +189,8 @@ class Exchange:
         self._head_only = request.method == b"HEAD"
         try:
             self._answer(request)
+            if self.upgrade is not None:
+                return False  # the connection is the upgrade's now
             if connection.http.their_state is h11.SEND_BODY and not self._input.finish():
                 return False
         except (OSError, h11.ProtocolError, ssl.SSLError) as exc:
@@ -184,7 +210,9 @@ class Exchange:
             self._fail()
             return
         try:
-            if isinstance(result, (list, tuple)) and not self._head_sent:
+            if self._offered is not None and self._status.startswith("101") and not self._head_sent:
+                self._switch(self._offered)
+            elif isinstance(result, (list, tuple)) and not self._head_sent:
                 self._send_whole(b"".join(result))
             else:
                 if self._on_stream is not None:
@@ -204,6 +232,24 @@ class Exchange:
             close = getattr(result, "close", None)
             if close is not None:
                 close()
+
+    def _take(self, upgrade: Upgrade) -> None:
+        """`pier.upgrade`: the app will answer 101 and hand the connection to `upgrade`."""
+        self._offered = upgrade
+
+    def _switch(self, upgrade: Upgrade) -> None:
+        """Send the 101 (h11 then switches protocols) and leave the connection to `upgrade`."""
+        reason = self._status.partition(" ")[2].encode("latin-1")
+        headers = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in self._headers
+                   if name.lower().encode("latin-1") not in _NO_101_HEADERS]
+        self._head_sent = True
+        try:
+            self.connection.sock.sendall(self.connection.http.send(
+                h11.InformationalResponse(status_code=101, headers=headers, reason=reason)))
+        except BaseException:
+            upgrade.stop()  # it will never run
+            raise
+        self.upgrade = upgrade
 
     def _fail(self) -> None:
         if self._head_sent:
@@ -282,6 +328,8 @@ class Exchange:
             environ[PEER_CERTIFICATE] = connection.certificate
         if connection.credentials is not None:
             environ[PEER_CREDENTIALS] = connection.credentials
+        if any(name == b"upgrade" for name, _ in request.headers):
+            environ[UPGRADE] = self._take
         for raw_name, raw_value in request.headers:
             if b"_" in raw_name:  # X_Remote_User would pass for X-Remote-User: drop it, as cheroot does
                 continue

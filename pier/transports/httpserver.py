@@ -14,6 +14,11 @@ has its own queue, the queues are served in turn, and one caller never holds mor
 workers. When requests wait because every worker is held by slow calls (long-polls, event
 streams), the pool grows, up to four times its size, and shrinks again when they end.
 
+A request that an app answers by switching protocols (a WebSocket upgrade, see `httpexchange`)
+leaves the loop and the workers: its connection runs on a thread of its own, owned by the server,
+which stops it (the upgrade's `stop`) and joins it when the server stops. It counts as an open
+connection.
+
 A plain-HTTP request to a TLS port is answered with a short 400 saying that the port speaks
 HTTPS. A unix socket is made 0660, owned by `unix_group` when pierd runs as root, and passes each
 peer's uid and gid to the app.
@@ -47,9 +52,11 @@ from pier.transports.httpexchange import (
     MAX_HEAD,
     READ,
     SNIFF,
+    UPGRADED,
     Connection,
     Exchange,
     Site,
+    Upgrade,
     WsgiApp,
 )
 
@@ -102,6 +109,7 @@ class HttpServer:
         self._workers: set[OwnedThread] = set()
         self._workers_lock = threading.Lock()
         self._loop: OwnedThread | None = None
+        self._upgraded: dict[Connection, OwnedThread] = {}  # guarded by _workers_lock
         self._stopping = threading.Event()
         self._wake_r, self._wake_w = socket.socketpair()
 
@@ -179,6 +187,12 @@ class HttpServer:
         for connection in self._queue.close():
             self._close(connection)
         deadline = time.monotonic() + timeout
+        with self._workers_lock:
+            upgraded = list(self._upgraded.values())
+        for thread in upgraded:
+            thread.request_stop()
+        for thread in upgraded:
+            thread.join(max(0.0, deadline - time.monotonic()))
         with self._workers_lock:
             workers = list(self._workers)
         for worker in workers:
@@ -416,7 +430,7 @@ class HttpServer:
 
     def _expire(self, now: float) -> None:
         with self._connections_lock:
-            expired = [c for c in self._connections if c.state != BUSY and c.deadline <= now]
+            expired = [c for c in self._connections if c.state not in (BUSY, UPGRADED) and c.deadline <= now]
         for connection in expired:
             if connection.state in (SNIFF, HANDSHAKE):
                 log.info("%s: %s did not complete a TLS handshake within %g s", self.name, connection.address,
@@ -470,14 +484,17 @@ class HttpServer:
                     if core:
                         continue
                     return
-                self._give_back(connection, self._serve(connection))
+                keep = self._serve(connection)
+                if keep is not None:
+                    self._give_back(connection, keep)
         finally:
             with self._workers_lock:
                 self._workers.discard(me)
 
-    def _serve(self, connection: Connection) -> bool:
+    def _serve(self, connection: Connection) -> bool | None:
         """Serve one request; its caller's share comes back when it ends, or once it is a stream
-        (server-sent events), which may last for hours. True when the connection can go on."""
+        (server-sent events), which may last for hours. True when the connection can go on; None
+        when it switched protocols and runs on a thread of its own."""
         site = self._site
         assert site is not None, "start() sets the site up before the workers run"
         released = False
@@ -489,12 +506,47 @@ class HttpServer:
                 self._queue.done(connection.key)
 
         try:
-            return Exchange(site, connection, on_stream=release).serve()
+            exchange = Exchange(site, connection, on_stream=release)
+            keep = exchange.serve()
+            if exchange.upgrade is not None:
+                self._take_over(connection, exchange.upgrade)
+                return None
+            return keep
         except Exception:
             log.exception("%s: serving %s failed", self.name, connection.address)
             return False
         finally:
             release()
+
+    def _take_over(self, connection: Connection, upgrade: Upgrade) -> None:
+        """Run a connection switched to another protocol on a thread of its own."""
+        connection.state = UPGRADED
+        data = connection.http.trailing_data[0]
+
+        def run() -> None:
+            try:
+                upgrade.run(connection.sock, data)
+            except Exception:
+                log.exception("%s: %s with %s failed", self.name, upgrade.name, connection.address)
+            finally:
+                with self._workers_lock:
+                    self._upgraded.pop(connection, None)
+                self._close(connection)
+
+        thread = OwnedThread(f"{self.name}-{upgrade.name}", run, wake=upgrade.stop)
+        with self._workers_lock:
+            stopping = self._stopping.is_set()
+            if not stopping:
+                self._upgraded[connection] = thread
+                thread.start()  # under the lock: stop() joins only threads that started
+        if stopping:  # too late for a thread of its own: it says goodbye on this worker, briefly
+            upgrade.stop()
+            run()
+
+    @property
+    def upgraded_connections(self) -> int:
+        """Connections switched to another protocol (WebSockets) now open."""
+        return len(self._upgraded)
 
     def _give_back(self, connection: Connection, keep: bool) -> None:
         """Park a served connection in the loop for its next request, or close it."""

@@ -17,6 +17,7 @@ from pier.rpc.registry import CallContext, Registry
 from pier.rpc.schema import Schema
 from pier.rpc.tasks import TaskManager
 from tests.fakes import (
+    FakeConsoles,
     FakeDomainXmls,
     FakeGuest,
     FakeHost,
@@ -26,6 +27,7 @@ from tests.fakes import (
     FakeNetwork,
     FakeSecrets,
     FakeVms,
+    as_console_service,
     as_guest_service,
     as_host_extras,
     as_network_service,
@@ -55,6 +57,7 @@ class Stack:
     hostdevs: FakeHostDevices
     secrets: FakeSecrets
     guest: FakeGuest
+    consoles: FakeConsoles | None = None
 
     def call(self, verb: str, **params: object) -> object:
         return self.registry.call(verb, params, CallContext("test", identity=ADMIN))
@@ -83,11 +86,12 @@ def build_stack(schema: Schema, db: Path, vms: dict[str, dict[str, object]] | No
     services = Services(*as_services(host, fake_vms), tasks, events, credentials, audit, lambda: {"name": "pier"},
                         as_network_service(network), ksm=ksm_service, lldp=lldp_service, hostdevs=hostdev_service,
                         secrets=as_secret_service(secrets), domain_xmls=xml_service,
-                        guest=as_guest_service(guest))
+                        guest=as_guest_service(guest),
+                        consoles=as_console_service(consoles := FakeConsoles(fake_vms)))
     registry = Registry(schema, handlers(services, schema.verbs), tasks, audit=audit)
     tasks.start(registry.reconcilers)
     return Stack(host, fake_vms, events, tasks, registry, JsonRpc(registry), db, credentials, audit, network, ksm,
-                 lldp, hostdevs, secrets, guest)
+                 lldp, hostdevs, secrets, guest, consoles)
 
 
 @pytest.fixture

@@ -33,7 +33,7 @@ VDSM_PAYLOAD_KEYS = {
     "clearTask": None, "ping": None, "setupNetworks": None, "setSafeNetworkConfig": None,
     "setKsmTune": None, "setLogLevel": None, "setMOMPolicy": None,
     "setMOMPolicyParameters": None, "hostdevListByCaps": "deviceList", "hostdevChangeNumvfs": None,
-    "hostdevReattach": None, "registerSecrets": None, "unregisterSecrets": None,
+    "hostdevReattach": None, "registerSecrets": None, "unregisterSecrets": None, "setVmTicket": None,
     "freeze": None, "thaw": None, "desktopLock": None, "desktopLogin": None, "desktopLogoff": None,
     "sendHcCmdToDesktop": None,
 }
@@ -101,7 +101,8 @@ def test_every_legacy_name_answers_the_envelope_with_its_payload_key(vdsm, schem
             "level": logging.getLevelName(logging.getLogger().level), "policy": "(defvar x 1)",
             "key_value_store": {"ksmEnabled": True}, "deviceName": "pci_0000_02_00_0", "numvfs": 2,
             "secrets": [{"uuid": VM_ID, "usageType": "ceph", "usageID": "pool-a", "password": "c2VjcmV0"}],
-            "uuids": [VM_ID], "domain": "", "username": "u", "password": "p", "force": False, "message": "hc"}
+            "uuids": [VM_ID], "domain": "", "username": "u", "password": "p", "force": False, "message": "hc",
+            "ttl": 60}
     stack.guest.agents.add(VM_ID)
     stack.guest.exec_allowed.add(VM_ID)
     failing = {"setMOMPolicy": 54, "setMOMPolicyParameters": 54,  # Pier runs no MOM
