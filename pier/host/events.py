@@ -27,6 +27,7 @@ from pier.host.news import (
     Barrier,
     Connected,
     DeviceRemoved,
+    DevicesChanged,
     Disconnected,
     Lifecycle,
     News,
@@ -128,6 +129,7 @@ class EventDispatcher:
             Lifecycle: self._lifecycle,
             Reboot: self._reboot,
             DeviceRemoved: self._device_removed,
+            DevicesChanged: self._devices_changed,
             StatusNews: self._status_news,
             Connected: self._connected,
             Disconnected: self._disconnected,
@@ -194,6 +196,14 @@ class EventDispatcher:
             self._cache.invalidate(rec)
             self._emit(f"|virt|VM_device_removed|{news.vm_id}",
                        {news.vm_id: {"alias": news.alias}, "notify_time": event_time()})
+
+    def _devices_changed(self, news: DevicesChanged) -> None:
+        """A VM_status event with the VM's status and its definition's new hash, as VDSM sends one
+        when a VM's devices change (engines then read the devices again)."""
+        rec = self._cache.get(news.vm_id)
+        if rec is not None:
+            name, params = status_event(rec.vm_id, rec.status, {"hash": news.hash})
+            self._emit(name, params)
 
     def _status_news(self, news: StatusNews) -> None:
         """A verb's announcement (e.g. Powering down); libvirt's own events may have overtaken

@@ -36,11 +36,13 @@ from pier.host.services import (
     LldpService,
     NetworkService,
     SecretService,
+    VmDeviceService,
     VmService,
 )
 from pier.host.stats import StatsSampler
 from pier.host.vms import Vms
 from pier.host.vmstate import VmCache, read_states
+from pier.host.vmtuning import VmControl
 
 log = logging.getLogger(__name__)
 
@@ -52,12 +54,13 @@ class Node:
                  stats_interval: float = 2.0, slow_stats_interval: float = 15.0,
                  last_events: Callable[[str], dict[str, dict[str, Any]]] | None = None,
                  network_dir: str | Path | None = None, manage_network: bool = False,
-                 sysfs_root: str | Path = "/sys") -> None:
+                 sysfs_root: str | Path = "/sys", hotunplug_timeout: float = 30.0) -> None:
         """`emit` publishes an event; `last_events(prefix)` gives the params of the newest
         event kept of each name with that prefix (the event log), to correct at start any VM
         status published before the agent last stopped; `network_dir` keeps the network
         configuration (in memory without it), which setupNetworks changes only `manage_network`.
-        `sysfs_root` is where the kernel's knobs are read and written (another directory in tests)."""
+        `sysfs_root` is where the kernel's knobs are read and written (another directory in tests);
+        `hotunplug_timeout` is how long a guest has to let go of an unplugged device."""
         self._cache = VmCache()
         self._last_events = last_events
         self._dispatcher = EventDispatcher(self._cache, emit, self._read_states,
@@ -78,6 +81,8 @@ class Node:
         self.hostdevs: HostDeviceService = HostDevices(self._connection, sysfs_root)
         self.secrets: SecretService = Secrets(self._connection)
         self.domain_xmls: DomainXmlService = DomainXmls(self._connection)
+        self.vm_devices: VmDeviceService = VmControl(self._connection, self._cache, self._vms,
+                                                     self._dispatcher.put, hotunplug_timeout)
         self._running = False
 
     # -- lifecycle -----------------------------------------------------------------------------

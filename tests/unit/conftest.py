@@ -24,12 +24,14 @@ from tests.fakes import (
     FakeLldp,
     FakeNetwork,
     FakeSecrets,
+    FakeVmDevices,
     FakeVms,
     as_host_extras,
     as_network_service,
     as_secret_service,
     as_services,
     as_tuning,
+    as_vm_device_service,
 )
 
 VM_ID = "6f1e3e4c-1111-4222-8333-444455556666"
@@ -78,7 +80,8 @@ def build_stack(schema: Schema, db: Path, vms: dict[str, dict[str, object]] | No
     hostdev_service, xml_service, _ = as_host_extras(hostdevs, FakeDomainXmls(fake_vms), ksm)
     services = Services(*as_services(host, fake_vms), tasks, events, credentials, audit, lambda: {"name": "pier"},
                         as_network_service(network), ksm=ksm_service, lldp=lldp_service, hostdevs=hostdev_service,
-                        secrets=as_secret_service(secrets), domain_xmls=xml_service)
+                        secrets=as_secret_service(secrets), domain_xmls=xml_service,
+                        vm_devices=as_vm_device_service(FakeVmDevices(fake_vms)))
     registry = Registry(schema, handlers(services, schema.verbs), tasks, audit=audit)
     tasks.start(registry.reconcilers)
     return Stack(host, fake_vms, events, tasks, registry, JsonRpc(registry), db, credentials, audit, network, ksm,
