@@ -124,15 +124,18 @@ class VmDevices:
     def changed(self, domain: Domain) -> dict[str, Any]:
         """After a change: the cached definition read again, an event, and the VmDefinition."""
         rec = self._cache.get(domain.vm_id)
+        text = ""
         if rec is not None:
             self._cache.invalidate(rec)
+            version = rec.def_version
+            try:
+                xml = domain.xml()
+                text = xml.to_string()
+                self._cache.keep_definition(rec, xml.to_definition(), version)
+            except PierError as exc:  # the definition is then read at the next look
+                log.debug("VM %s: cannot read its XML after a change: %s", domain.vm_id, exc)
         definition = self._vms.definition(domain.vm_id)
-        xml = ""
-        try:
-            xml = domain.xml().to_string()
-        except PierError as exc:
-            log.debug("VM %s: cannot read its XML for the event's hash: %s", domain.vm_id, exc)
-        self._notify(DevicesChanged(domain.vm_id, hashlib.sha256(xml.encode()).hexdigest()[:16]))
+        self._notify(DevicesChanged(domain.vm_id, hashlib.sha256(text.encode()).hexdigest()[:16]))
         return definition
 
     # -- disks ---------------------------------------------------------------------------------
@@ -433,11 +436,10 @@ class VmDevices:
     def _unplug_live(self, domain: Domain, device: Device, error: type[PierError]) -> None:
         identity = _identity(device)
         deadline = time.monotonic() + self.hotunplug_timeout
+        # By its XML: libvirt then waits a few seconds for the guest itself (by alias it would not)
         with domain.errors(f"unplug device {device.alias} from", error):
-            if device.alias:
-                domain.virdomain.detachDeviceAlias(device.alias, _LIVE)
-            else:
-                domain.virdomain.detachDeviceFlags(_xml(device), _LIVE)
+            domain.virdomain.detachDeviceFlags(_xml(device), _LIVE)
+        pause = 0.002  # libvirt may return a moment before its definition lets the device go
         while True:
             if not any(_identity(d) == identity for d in domain.xml().devices()):
                 return
@@ -445,7 +447,8 @@ class VmDevices:
                 raise error(f"the guest of VM {domain.vm_id} did not release device {device.alias or identity} "
                             f"within {self.hotunplug_timeout:g} s; it stays plugged in (and in the definition), "
                             "its removal requested", data={"vmId": domain.vm_id, "alias": device.alias})
-            time.sleep(_POLL)
+            time.sleep(pause)
+            pause = min(pause * 2, _POLL)
 
     @staticmethod
     def _update_each(sides: Sides, match: Callable[[Device], bool], change: Callable[[ET.Element], None],
