@@ -8,6 +8,7 @@ Pier does not model survive a round trip.
 
 from __future__ import annotations
 
+import copy
 import re
 import uuid
 import xml.etree.ElementTree as ET
@@ -286,18 +287,6 @@ class Graphics(Device):
             el.set("keymap", str(keymap))
         return cls(el)
 
-    def set_password(self, password: str, valid_to: str | None = None,
-                     connected: str | None = None) -> None:
-        """Give the display a password (empty: none), valid until `valid_to` (libvirt's
-        passwdValidTo, UTC "YYYY-MM-DDTHH:MM:SS") if given; `connected` (keep, disconnect, fail)
-        says what happens to clients already connected."""
-        self.element.set("passwd", password)
-        for name, value in (("passwdValidTo", valid_to), ("connected", connected)):
-            if value:
-                self.element.set(name, value)
-            else:
-                self.element.attrib.pop(name, None)
-
     @property
     def port(self) -> int:
         return int(self.element.get("port", "-1") or -1)
@@ -312,6 +301,25 @@ class Graphics(Device):
         if el is not None and el.get("address"):
             return el.get("address", "")
         return self.element.get("listen", "")
+
+    @property
+    def kind(self) -> str:
+        """vnc or spice."""
+        return self.element.get("type", "vnc")
+
+    def with_ticket(self, password: str, valid_to: str | None, connected: str | None) -> Graphics:
+        """A copy with a new password (`passwd`), valid until `valid_to` (libvirt's
+        `passwdValidTo`, UTC 'YYYY-MM-DDTHH:MM:SS'; None: no expiry) and, when given, what
+        happens to clients already connected (`connected`: keep, disconnect or fail)."""
+        element = copy.deepcopy(self.element)
+        element.set("passwd", password)
+        if valid_to:
+            element.set("passwdValidTo", valid_to)
+        else:
+            element.attrib.pop("passwdValidTo", None)
+        if connected:
+            element.set("connected", connected)
+        return Graphics(element)
 
     def to_vdsm(self) -> dict[str, Any]:
         out: dict[str, Any] = {

@@ -270,9 +270,15 @@ class VmDevices:
             screen_type = screen.element.get("type")
             valid_to = _valid_to(params.get("ttl"))
             connected = _connected(params.get("existingConnAction"))
+            password = str(params.get("password") or "")
+
+            def ticket(element: ET.Element) -> None:
+                changed = Graphics(element).with_ticket(password, valid_to, connected).element
+                element.attrib.clear()
+                element.attrib.update(changed.attrib)
+
             self._update_each(sides, lambda d: isinstance(d, Graphics) and d.element.get("type") == screen_type,
-                              lambda element: Graphics(element).set_password(
-                                  str(params.get("password") or ""), valid_to, connected), UpdateDevice)
+                              ticket, UpdateDevice)
         else:
             raise InvalidParams(f"params.deviceType: {kind!r} is not one of interface, graphics, disk",
                                 data=field("params.deviceType"))

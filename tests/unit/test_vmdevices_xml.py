@@ -68,8 +68,7 @@ def test_a_user_alias_is_kept_or_made_and_must_start_with_ua() -> None:
 def test_a_display_password_with_a_validity_and_without() -> None:
     screen = Graphics.from_params({"device": "vnc"}, "graphics")
     assert isinstance(screen, Graphics)
-    screen.set_password("s3cret", "2030-01-01T00:00:00", "keep")
-    assert (screen.element.get("passwd"), screen.element.get("passwdValidTo"), screen.element.get("connected")) == \
+    ticketed = screen.with_ticket("s3cret", "2030-01-01T00:00:00", "keep").element
+    assert (ticketed.get("passwd"), ticketed.get("passwdValidTo"), ticketed.get("connected")) == \
         ("s3cret", "2030-01-01T00:00:00", "keep")
-    screen.set_password("")
-    assert screen.element.get("passwd") == "" and "passwdValidTo" not in screen.element.attrib
+    assert "passwdValidTo" not in screen.with_ticket("", None, None).element.attrib
