@@ -134,7 +134,12 @@ class VmDevices:
                 self._cache.keep_definition(rec, xml.to_definition(), version)
             except PierError as exc:  # the definition is then read at the next look
                 log.debug("VM %s: cannot read its XML after a change: %s", domain.vm_id, exc)
-        definition = self._vms.definition(domain.vm_id)
+            definition = self._vms.definition(domain.vm_id)
+        else:  # a VM the cache has not seen yet (made outside Pier a moment ago): as libvirt has it
+            xml = domain.xml()
+            text = xml.to_string()
+            status, details = domain.status()
+            definition = {**xml.to_definition(), "status": status, **details}
         self._notify(DevicesChanged(domain.vm_id, hashlib.sha256(text.encode()).hexdigest()[:16]))
         return definition
 
