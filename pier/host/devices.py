@@ -466,6 +466,7 @@ class Channel(Device):
 
     @classmethod
     def from_params(cls, p: dict[str, Any], where: str) -> Channel:
+        choice(p.get("device", "unix"), ("unix",), f"{where}.device")
         name = p.get("name") or (p.get("specParams") or {}).get("name") or cls.GUEST_AGENT
         if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9._-]{1,100}", name):
             raise InvalidParams(f"{where}.name: {name!r} is not a channel name (letters, digits, '.', '_', '-')")

@@ -208,6 +208,7 @@ def new_guest(pierd: Pierd, conn: libvirt.virConnect, disk: str | None = None, v
               **params: Any) -> Guest:
     """Create the tiny guest through pierd's REST API and wait for its agent (removing the VM if
     it does not answer)."""
+    libvirt.registerErrorHandler(lambda *args: None, None)  # each try before the agent is up prints else
     vm_id = vm_id or str(uuid.uuid4())
     started = time.monotonic()
     status, _, body = http_request("POST", pierd.http + "/api/v1/vms", guest_params(vm_id, disk=disk, **params))

@@ -175,6 +175,8 @@ def test_bad_raw_xml_is_refused(raw: str, fragment: str) -> None:
      InvalidParams, "vmParams.devices[0].specParams.consoleType"),
     ({"vmName": "a", "memSize": 64, "devices": [{"deviceType": "channel", "name": "../x"}]},
      InvalidParams, "vmParams.devices[0].name"),
+    ({"vmName": "a", "memSize": 64, "devices": [{"deviceType": "channel", "device": "pty"}]},
+     InvalidParams, "vmParams.devices[0].device"),
 ])
 def test_bad_params_raise_an_error_naming_the_field(params: dict[str, Any], error: type,
                                                       field: str) -> None:
