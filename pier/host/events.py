@@ -111,15 +111,18 @@ class EventDispatcher:
                  read_states: Callable[[], dict[str, tuple[str, int, int]]],
                  on_vms_changed: Callable[[], None],
                  published: Callable[[], dict[str, str]],
-                 reboot_grace: float = REBOOT_GRACE) -> None:
+                 reboot_grace: float = REBOOT_GRACE,
+                 on_device_removed: Callable[[str, str], None] | None = None) -> None:
         """`read_states` gives libvirt's {vmId: (name, state, reason)}; `on_vms_changed` is told
         when VMs come or go; `published` gives the last status published of each VM (the event
-        log), for the first resync; `reboot_grace` is how long a stop waits for a start."""
+        log), for the first resync; `reboot_grace` is how long a stop waits for a start;
+        `on_device_removed(vm_id, alias)` is told (on this thread) when a guest let go of a device."""
         self._cache = cache
         self._emit = emit
         self._read_states = read_states
         self._published = published
         self._on_vms_changed = on_vms_changed
+        self._on_device_removed = on_device_removed
         self._grace = reboot_grace
         self._queue: queue.SimpleQueue[News] = queue.SimpleQueue()
         self._pending: dict[str, tuple[float, str, dict[str, Any], float]] = {}
@@ -196,6 +199,11 @@ class EventDispatcher:
             self._cache.invalidate(rec)
             self._emit(f"|virt|VM_device_removed|{news.vm_id}",
                        {news.vm_id: {"alias": news.alias}, "notify_time": event_time()})
+        if self._on_device_removed is not None:
+            try:
+                self._on_device_removed(news.vm_id, news.alias)
+            except Exception:
+                log.exception("VM %s: handling the removal of device %s failed", news.vm_id, news.alias)
 
     def _devices_changed(self, news: DevicesChanged) -> None:
         """A VM_status event with the VM's status and its definition's new hash, as VDSM sends one

@@ -65,7 +65,8 @@ class Node:
         self._last_events = last_events
         self._dispatcher = EventDispatcher(self._cache, emit, self._read_states,
                                            on_vms_changed=self._vms_changed,
-                                           published=self._published_statuses)
+                                           published=self._published_statuses,
+                                           on_device_removed=self._device_removed)
         self._connection = Connection(uri, self._dispatcher.put, on_connect=self._on_connect)
         self._sampler = StatsSampler(self._connection, self._cache, stats_interval,
                                      slow_stats_interval)
@@ -81,8 +82,9 @@ class Node:
         self.hostdevs: HostDeviceService = HostDevices(self._connection, sysfs_root)
         self.secrets: SecretService = Secrets(self._connection)
         self.domain_xmls: DomainXmlService = DomainXmls(self._connection)
-        self.vm_devices: VmDeviceService = VmControl(self._connection, self._cache, self._vms,
-                                                     self._dispatcher.put, hotunplug_timeout)
+        self._vm_control = VmControl(self._connection, self._cache, self._vms, self._dispatcher.put,
+                                     hotunplug_timeout)
+        self.vm_devices: VmDeviceService = self._vm_control
         self._running = False
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -144,6 +146,10 @@ class Node:
         if self._last_events is None:
             return {}
         return published_statuses(self._last_events(STATUS_EVENT_PREFIX))
+
+    def _device_removed(self, vm_id: str, alias: str) -> None:
+        """Thread: libvirt-events."""
+        self._vm_control.device_removed(vm_id, alias)
 
     def _vms_changed(self) -> None:
         self._sampler.kick()

@@ -6,7 +6,8 @@ leaves the VM's running guest and its definition exactly as they were. A change 
 running guest and to the persistent definition together. Plugging in does both in one libvirt
 call (libvirt saves the definition only when the guest took the device); unplugging asks the
 running guest first and waits until it lets go of the device, and only then removes it from the
-definition, so a guest that never releases it keeps it in both, as VDSM keeps it listed. After
+definition, so a guest that never releases it keeps it in both, as VDSM keeps it listed (one that
+lets go of it later loses it from the definition then, on libvirt's device-removed event). After
 each change the VM cache's definition is read again before the call returns (`VM.getInfo`
 shows the change at once) and a `DevicesChanged` news makes the dispatcher emit a VM_status event
 with the definition's new hash, as VDSM does for engines to refresh the VM's devices.
@@ -22,6 +23,7 @@ import hashlib
 import logging
 import os
 import random
+import threading
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
@@ -114,6 +116,8 @@ class VmDevices:
         self._vms = vms
         self._notify = notify
         self.hotunplug_timeout = hotunplug_timeout
+        self._late: dict[tuple[str, str], tuple[str, str]] = {}  # (vmId, alias) -> identity; see device_removed
+        self._late_lock = threading.Lock()
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -455,11 +459,32 @@ class VmDevices:
             if not any(_identity(d) == identity for d in domain.xml().devices()):
                 return
             if time.monotonic() >= deadline:
+                if device.alias:
+                    with self._late_lock:
+                        self._late[(domain.vm_id, device.alias)] = identity
                 raise error(f"the guest of VM {domain.vm_id} did not release device {device.alias or identity} "
                             f"within {self.hotunplug_timeout:g} s; it stays plugged in (and in the definition), "
                             "its removal requested", data={"vmId": domain.vm_id, "alias": device.alias})
             time.sleep(pause)
             pause = min(pause * 2, _POLL)
+
+    def device_removed(self, vm_id: str, alias: str) -> None:
+        """The guest let go of a device (libvirt's device-removed event; thread: libvirt-events).
+        One whose unplug timed out leaves the definition now, as it would have then."""
+        with self._late_lock:
+            identity = self._late.pop((vm_id, alias), None)
+        if identity is None:
+            return
+        domain = Domain.lookup(self._connection, vm_id)
+        sides = Sides(domain)
+        if sides.config is None or not sides.persistent:
+            return
+        saved = next((d for d in sides.config.devices() if _identity(d) == identity), None)
+        if saved is not None:
+            with domain.errors(f"remove device {alias} from the definition of", UpdateDevice):
+                domain.virdomain.detachDeviceFlags(_xml(saved), _CONFIG)
+            log.info("VM %s: the guest let go of device %s late; it left the definition too", vm_id, alias)
+        self.changed(domain)
 
     @staticmethod
     def _update_each(sides: Sides, match: Callable[[Device], bool], change: Callable[[ET.Element], None],

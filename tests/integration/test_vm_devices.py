@@ -18,6 +18,7 @@ from typing import Any
 import libvirt
 import pytest
 
+from pier.host.news import DeviceRemoved
 from pier.host.node import Node
 from pier.rpc.errors import (
     ChangeDisk,
@@ -268,6 +269,20 @@ def test_a_guest_that_does_not_release_a_disk_keeps_it_and_the_caller_is_told(la
     assert raised.value.code == 46 and "did not release" in raised.value.message
     assert in_both(lab, path) == (True, True)
     assert [d["path"] for d in lab.listed("disk") if d.get("path") == path] == [path]
+
+
+def test_a_disk_the_guest_lets_go_of_late_leaves_the_definition_then(lab: Lab) -> None:
+    """libvirt's device-removed event after the unplug gave up (a guest slower than the timeout)
+    takes the disk out of the definition as well; here the event is handed to the dispatcher as
+    libvirt's callback would, since a guest without OS never sends it."""
+    path = lab.image("late.img")
+    alias = next(d["alias"] for d in lab.devices.hotplug_disk(lab.vm_id, {"drive": {"path": path}})["devices"]
+                 if d.get("path") == path)
+    with pytest.raises(HotunplugDisk):
+        lab.devices.hotunplug_disk(lab.vm_id, {"drive": {"alias": alias}})
+    lab.node._dispatcher.put(DeviceRemoved(lab.vm_id, name=f"pier-devices-{lab.vm_id[:8]}", alias=alias))
+    lab.node.flush_events()
+    assert path not in lab.xmls()[1]
 
 
 def test_devices_of_a_vm_that_is_off_change_in_its_definition(lab: Lab) -> None:
