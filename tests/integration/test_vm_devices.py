@@ -31,6 +31,7 @@ from pier.rpc.errors import (
     ImageError,
     PierError,
     SetNumberOfCpus,
+    UnsupportedOperation,
     UpdateDevice,
     UpdateIoTune,
 )
@@ -196,6 +197,18 @@ def test_tuning_applies_to_the_guest_and_the_definition(lab: Lab) -> None:
 
     lab.devices.set_destroy_on_reboot(lab.vm_id)
     assert in_both(lab, "<on_reboot>destroy</on_reboot>") == (True, True)
+
+    # Half of the host's CPU time for the one vCPU, in its 50 ms period (Pier runs no MOM to do it)
+    lab.devices.update_policy(lab.vm_id, {"vcpuLimit": 50})
+    assert in_both(lab, f"<quota>{50000 * 50 * (os.cpu_count() or 1) // 100}</quota>") == (True, True)
+    assert in_both(lab, "<ovirt-vm:vcpuLimit>50</ovirt-vm:vcpuLimit>") == (True, True)
+
+
+def test_a_vm_without_tpm_or_nvram_has_no_external_data(lab: Lab) -> None:
+    for kind, why in (("tpm", "has no emulated TPM"), ("nvram", "has no NVRAM")):
+        with pytest.raises(UnsupportedOperation) as raised:
+            lab.devices.external_data(lab.vm_id, kind)
+        assert why in raised.value.message
 
 
 BAD: dict[str, tuple[Callable[[Lab], Any], type[PierError], str]] = {
