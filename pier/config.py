@@ -35,6 +35,7 @@ class Settings:
     http_threads: int = 16
     stats_interval: float = 2.0
     slow_stats_interval: float = 15.0
+    hotunplug_timeout: float = 30.0  # seconds a guest has to let go of an unplugged device (VDSM's default)
     stomp_broker: str = ""
     stomp_login: str = ""
     stomp_passcode: str = field(default="", repr=False)  # settings are logged at DEBUG

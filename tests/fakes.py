@@ -22,22 +22,33 @@ from pier.host.services import (
     LldpService,
     NetworkService,
     SecretService,
+    VmDeviceService,
     VmService,
 )
 from pier.rpc.channels import ENDED, TAKEN_OVER, Channel, ChannelEnd
 from pier.rpc.errors import (
+    ChangeDisk,
     FreezeError,
     GuestTimeout,
     HostdevDetachError,
+    HotplugDisk,
+    HotplugMemory,
+    HotplugNic,
+    HotunplugDisk,
+    HotunplugNic,
+    ImageError,
     InvalidParams,
     KsmError,
     NoSuchDevice,
     NoVM,
+    PierError,
     SecretBadRequest,
     SecretRegisterError,
+    SetNumberOfCpus,
     TargetBusy,
     Unexpected,
     UnsupportedOperation,
+    UpdateDevice,
     VMDown,
     VMExists,
 )
@@ -548,3 +559,156 @@ class FakeConsoles:
 
 def as_console_service(consoles: FakeConsoles) -> ConsoleService:
     return consoles
+
+
+class FakeVmDevices:
+    """A `pier.host.services.VmDeviceService` over the VMs of `vms`: each VM's devices, memory
+    (memSize, maxMemSize) and CPUs (smp, maxVCpus) in its record; `paths` are the images that exist."""
+
+    def __init__(self, vms: FakeVms, paths: Iterable[str] = ("/images/a.img", "/images/b.img")) -> None:
+        self._vms = vms
+        self.paths = set(paths)
+        self.io_tunes: dict[str, list[dict[str, Any]]] = {}
+        self.policies: dict[str, list[dict[str, Any]]] = {}
+
+    def _devices(self, vm_id: str) -> list[dict[str, Any]]:
+        return self._vms._get(vm_id).setdefault("devices", [])
+
+    def _changed(self, vm_id: str) -> dict[str, Any]:
+        vm = self._vms._get(vm_id)
+        self._vms.emit(f"|virt|VM_status|{vm_id}", {vm_id: {"status": vm["status"], "hash": str(len(self._devices(vm_id)))}})
+        return self._vms.definition(vm_id)
+
+    def _plug(self, vm_id: str, device: dict[str, Any], error: type[PierError]) -> dict[str, Any]:
+        device = dict(device)
+        device.setdefault("alias", f"ua-{uuid.uuid4()}")
+        for other in self._devices(vm_id):
+            for key in ("alias", "macAddr", "name", "path"):
+                if device.get(key) and other.get(key) == device[key]:
+                    raise error(f"{key}: VM {vm_id} already has a device with {key} {device[key]}",
+                                data={"field": f"params.{key}"})
+        self._devices(vm_id).append(device)
+        return device
+
+    def _unplug(self, vm_id: str, match: Mapping[str, Any], keys: tuple[str, ...],
+                error: type[PierError]) -> dict[str, Any]:
+        for device in self._devices(vm_id):
+            if any(match.get(key) and device.get(key) == match[key] for key in keys):
+                self._devices(vm_id).remove(device)
+                return self._changed(vm_id)
+        raise error(f"VM {vm_id} has no such device", data={"field": "params"})
+
+    def devices(self, vm_id: str) -> list[dict[str, Any]]:
+        return [dict(d) for d in self._devices(vm_id)]
+
+    def add_device(self, vm_id: str, device: dict[str, Any]) -> dict[str, Any]:
+        kind = device.get("deviceType")
+        plug = {"disk": ("drive", self.hotplug_disk), "interface": ("nic", self.hotplug_nic),
+                "memory": ("memory", self.hotplug_memory)}[str(kind)]
+        given = {"alias": f"ua-{uuid.uuid4()}", **device}
+        plug[1](vm_id, {plug[0]: given})
+        return next(d for d in self._devices(vm_id) if d["alias"] == given["alias"])
+
+    def remove_device(self, vm_id: str, alias: str) -> dict[str, Any]:
+        return self._unplug(vm_id, {"alias": alias}, ("alias",), UpdateDevice)
+
+    def hotplug_disk(self, vm_id: str, params: dict[str, Any]) -> dict[str, Any]:
+        drive = params["drive"]
+        if drive.get("path") not in self.paths:
+            raise ImageError(f"drive.path: {drive.get('path')} does not exist", data={"field": "params.drive.path"})
+        self._plug(vm_id, {"deviceType": "disk", "device": "disk", "iface": "virtio", **drive}, HotplugDisk)
+        return self._changed(vm_id)
+
+    def hotunplug_disk(self, vm_id: str, params: dict[str, Any]) -> dict[str, Any]:
+        return self._unplug(vm_id, params["drive"], ("alias", "name", "path"), HotunplugDisk)
+
+    def change_cd(self, vm_id: str, spec: Any, floppy: bool = False) -> dict[str, Any]:
+        path = spec if isinstance(spec, str) else spec.get("path", "")
+        if path and path not in self.paths:
+            raise ImageError(f"driveSpec.path: {path} does not exist")
+        kind = "floppy" if floppy else "cdrom"
+        drive = next((d for d in self._devices(vm_id) if d.get("device") == kind), None)
+        if drive is None:
+            raise ChangeDisk(f"VM {vm_id} has no {kind} drive")
+        drive["path"] = path
+        return self._changed(vm_id)
+
+    def hotplug_nic(self, vm_id: str, params: dict[str, Any]) -> dict[str, Any]:
+        nic = {"deviceType": "interface", "device": "bridge", "macAddr": f"52:54:00:00:00:{len(self._devices(vm_id)):02x}",
+               **params["nic"]}
+        self._plug(vm_id, nic, HotplugNic)
+        return self._changed(vm_id)
+
+    def hotunplug_nic(self, vm_id: str, params: dict[str, Any]) -> dict[str, Any]:
+        return self._unplug(vm_id, params["nic"], ("alias", "macAddr"), HotunplugNic)
+
+    def update_device(self, vm_id: str, params: dict[str, Any]) -> dict[str, Any]:
+        device = next((d for d in self._devices(vm_id) if params.get("alias") and d.get("alias") == params["alias"]), None)
+        if device is None:
+            raise UpdateDevice(f"VM {vm_id} has no device {params.get('alias')}")
+        device.update({k: v for k, v in params.items() if k in ("linkActive", "network", "path")})
+        return self._changed(vm_id)
+
+    def hotplug_memory(self, vm_id: str, params: dict[str, Any]) -> dict[str, Any]:
+        vm, memory = self._vms._get(vm_id), params["memory"]
+        if not vm.get("maxMemSize"):
+            raise HotplugMemory(f"VM {vm_id} was not made for memory hotplug: create it with maxMemSize")
+        if vm.get("memSize", 0) + memory["size"] > vm["maxMemSize"]:
+            raise HotplugMemory(f"memory.size: beyond the VM's maxMemSize of {vm['maxMemSize']} MiB",
+                                data={"field": "params.memory.size"})
+        self._plug(vm_id, {"deviceType": "memory", "device": "memory", "node": 0, **memory}, HotplugMemory)
+        vm["memSize"] = vm.get("memSize", 0) + memory["size"]
+        return self._changed(vm_id)
+
+    def hotunplug_memory(self, vm_id: str, params: dict[str, Any]) -> dict[str, Any]:
+        vm = self._vms._get(vm_id)
+        dimm = next((d for d in self._devices(vm_id) if d.get("alias") == params["memory"].get("alias")), None)
+        if dimm is not None:
+            vm["memSize"] -= dimm["size"]
+        return self._unplug(vm_id, params["memory"], ("alias",), HotplugMemory)
+
+    def set_cpus(self, vm_id: str, count: int) -> dict[str, Any]:
+        vm = self._vms._get(vm_id)
+        maximum = int(vm.get("maxVCpus", vm.get("smp", 1)))
+        if not 1 <= count <= maximum:
+            raise SetNumberOfCpus(f"numberOfCpus: {count} is not between 1 and the VM's maxVCpus, {maximum}")
+        vm["smp"] = count
+        return self._changed(vm_id)
+
+    def set_balloon(self, vm_id: str, target_kib: int) -> None:
+        self._vms._get(vm_id)["balloonTarget"] = target_kib
+
+    def set_io_tune(self, vm_id: str, tunables: list[dict[str, Any]]) -> None:
+        self._vms._get(vm_id)
+        self.io_tunes[vm_id] = [dict(t) for t in tunables]
+
+    def io_tune(self, vm_id: str) -> list[dict[str, Any]]:
+        self._vms._get(vm_id)
+        return list(self.io_tunes.get(vm_id, []))
+
+    def io_tune_policy(self, vm_id: str) -> list[dict[str, Any]]:
+        self._vms._get(vm_id)
+        return list(self.policies.get(vm_id, []))
+
+    def all_io_tune_policies(self) -> dict[str, dict[str, Any]]:
+        return {vm_id: {"policy": self.policies.get(vm_id, []), "current_values": self.io_tunes.get(vm_id, [])}
+                for vm_id in self._vms.records}
+
+    def set_cpu_tune(self, vm_id: str, period: int | None = None, quota: int | None = None) -> None:
+        self._vms._get(vm_id)
+
+    def update_policy(self, vm_id: str, params: dict[str, Any]) -> None:
+        self._vms._get(vm_id)
+        if params.get("ioTune") is not None:
+            self.policies[vm_id] = list(params["ioTune"])
+
+    def set_destroy_on_reboot(self, vm_id: str) -> None:
+        self._vms._get(vm_id)["destroyOnReboot"] = True
+
+    def external_data(self, vm_id: str, kind: str, last_hash: str = "", force: bool = False) -> dict[str, Any]:
+        self._vms._get(vm_id)
+        raise UnsupportedOperation(f"VM {vm_id} has no {kind}")
+
+
+def as_vm_device_service(devices: FakeVmDevices) -> VmDeviceService:
+    return devices

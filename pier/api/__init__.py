@@ -22,6 +22,7 @@ from pier.api.security import SecurityApi
 from pier.api.task import TaskApi
 from pier.api.vm import VmApi
 from pier.api.vm_console import VmConsoleApi
+from pier.api.vm_devices import VmDevicesApi
 from pier.host.services import (
     ConsoleService,
     DomainXmlService,
@@ -32,6 +33,7 @@ from pier.host.services import (
     LldpService,
     NetworkService,
     SecretService,
+    VmDeviceService,
     VmService,
 )
 from pier.rpc.audit import AuditLog
@@ -59,6 +61,7 @@ class Services:
     domain_xmls: DomainXmlService
     guest: GuestService
     consoles: ConsoleService
+    vm_devices: VmDeviceService
 
 
 def handlers(services: Services, served: Iterable[str]) -> list[object]:
@@ -68,4 +71,4 @@ def handlers(services: Services, served: Iterable[str]) -> list[object]:
     return [HostApi(s.host, s.vms, s.tasks, s.about, served), VmApi(s.vms, s.guest), TaskApi(s.tasks),
             EventsApi(s.events, s.credentials), SecurityApi(s.credentials, s.audit), NetworkApi(s.network, s.vms),
             HostTuneApi(s.ksm, s.lldp, s.domain_xmls), HostDevApi(s.hostdevs), SecretsApi(s.secrets),
-            GuestApi(s.guest), VmConsoleApi(s.consoles)]
+            GuestApi(s.guest), VmConsoleApi(s.consoles), VmDevicesApi(s.vm_devices)]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import re
+import uuid
 import xml.etree.ElementTree as ET
 from typing import Any, ClassVar
 
@@ -157,6 +158,15 @@ class Disk(Device):
         if el is None:
             el = sub(self.element, "target")
         return el
+
+    IO_TUNE_KEYS = ("total_bytes_sec", "read_bytes_sec", "write_bytes_sec",
+                    "total_iops_sec", "read_iops_sec", "write_iops_sec")
+
+    @property
+    def io_tune(self) -> dict[str, int]:
+        """VDSM's ioTune of the disk: each of IO_TUNE_KEYS, 0 when unlimited."""
+        el = self.element.find("iotune")
+        return {key: int((el.findtext(key) if el is not None else None) or 0) for key in self.IO_TUNE_KEYS}
 
     def name_prefix(self) -> str:
         return self._PREFIX.get(self.target.get("bus", "virtio"), "sd")
@@ -374,6 +384,44 @@ class Balloon(Device):
         return out
 
 
+class Memory(Device):
+    """`<memory model='dimm'>`: a DIMM plugged into a guest NUMA node (memory hotplug)."""
+
+    tag = "memory"
+    device_type = "memory"
+
+    @classmethod
+    def from_params(cls, p: dict[str, Any], where: str) -> Memory:
+        if p.get("size") in (None, ""):
+            raise MissingParam(f"{where}.size: a memory device needs a size (MiB)")
+        size = as_int(p["size"], f"{where}.size", minimum=1)
+        node = as_int(p.get("node", 0) or 0, f"{where}.node", minimum=0)
+        el = ET.Element("memory", model="dimm")
+        target = sub(el, "target")
+        sub(target, "size", unit="KiB").text = str(size * 1024)
+        sub(target, "node").text = str(node)
+        return cls(el)
+
+    @property
+    def size_mib(self) -> int:
+        el = self.element.find("target/size")
+        if el is None or not (el.text or "").strip():
+            return 0
+        unit = el.get("unit", "KiB").lower()
+        scale = {"b": 1, "bytes": 1, "k": 1024, "kib": 1024, "m": 2**20, "mib": 2**20, "g": 2**30, "gib": 2**30}
+        return int(el.text or 0) * scale.get(unit, 1024) // 2**20
+
+    @property
+    def node(self) -> int:
+        return int((self.element.findtext("target/node") or "0").strip() or 0)
+
+    def to_vdsm(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"deviceType": "memory", "type": "memory", "device": "memory",
+                               "size": self.size_mib, "node": self.node}
+        self._add_common(out)
+        return out
+
+
 class Console(Device):
     """`<console>`: VDSM's console device; a serial one (specParams.consoleType "serial") comes with
     the `<serial>` port it is shown on (`companions`), as VDSM adds it."""
@@ -453,9 +501,27 @@ class Channel(Device):
         return out
 
 
+USER_ALIAS_PREFIX = "ua-"
+"""libvirt keeps an alias a caller chose only when it starts with this (VDSM's are ua-<uuid>)."""
+
+
+def set_alias(device: Device, alias: str | None, where: str) -> str:
+    """Give the device a user alias: `alias` (which must start with ua-), or a new ua-<uuid>."""
+    if alias in (None, ""):
+        alias = USER_ALIAS_PREFIX + str(uuid.uuid4())
+    if not isinstance(alias, str) or not re.match(r"^ua-[A-Za-z0-9_-]{1,100}$", alias):
+        raise InvalidParams(f"{where}.alias: {alias!r} is not a user alias (ua- then letters, digits, - or _)",
+                            data={"field": f"params.{where}.alias"})
+    el = device.element.find("alias")
+    if el is None:
+        el = sub(device.element, "alias")
+    el.set("name", alias)
+    return alias
+
+
 DEVICE_CLASSES: dict[str, type[Device]] = {
     "disk": Disk, "interface": Interface, "graphics": Graphics, "video": Video,
-    "balloon": Balloon,
+    "balloon": Balloon, "memory": Memory,
     "console": Console, "channel": Channel,
 }
 """VDSM deviceType -> the class that builds it from params."""

@@ -184,25 +184,27 @@ class Domain:
             flags |= libvirt.VIR_DOMAIN_AFFECT_CONFIG
         return flags or libvirt.VIR_DOMAIN_AFFECT_CURRENT
 
-    def attach(self, device: Device | str, error: type[PierError] = Unexpected) -> None:
-        """Add a device to the running guest and to the definition."""
+    def attach(self, device: Device | str, error: type[PierError] = Unexpected,
+               flags: int | None = None) -> None:
+        """Add a device to the running guest and to the definition (or to the sides `flags` name)."""
         xml = device if isinstance(device, str) else _device_xml(device)
-        flags = self.affect_flags()
+        flags = self.affect_flags() if flags is None else flags
         with self.errors("attach a device to", error):
             self._dom.attachDeviceFlags(xml, flags)
 
-    def update(self, device: Device | str, error: type[PierError] = Unexpected) -> None:
+    def update(self, device: Device | str, error: type[PierError] = Unexpected,
+               flags: int | None = None) -> None:
         """Change a device in place (matched by libvirt on its identity: alias, target, MAC)."""
         xml = device if isinstance(device, str) else _device_xml(device)
-        flags = self.affect_flags()
+        flags = self.affect_flags() if flags is None else flags
         with self.errors("update a device of", error):
             self._dom.updateDeviceFlags(xml, flags)
 
-    def detach(self, alias: str, error: type[PierError] = Unexpected) -> None:
-        """Ask libvirt to remove the device with this alias. From a running guest the removal
-        may finish later, when the guest lets go of it: libvirt then sends a device-removed
-        event (`pier.host.news.DeviceRemoved`)."""
-        flags = self.affect_flags()
+    def detach(self, alias: str, error: type[PierError] = Unexpected, flags: int | None = None) -> None:
+        """Ask libvirt to remove the device with this alias (from the sides `flags` name, by
+        default both). From a running guest the removal may finish later, when the guest lets go
+        of it: libvirt then sends a device-removed event (`pier.host.news.DeviceRemoved`)."""
+        flags = self.affect_flags() if flags is None else flags
         with self.errors(f"detach device {alias} from", error):
             self._dom.detachDeviceAlias(alias, flags)
 

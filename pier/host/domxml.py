@@ -215,6 +215,10 @@ class DomainXml:
             "clientIp": "",
             "devices": [d.to_vdsm() for d in devices],
         }
+        max_memory = self.root.find("maxMemory")
+        if max_memory is not None:
+            out["maxMemSize"] = _kib(max_memory) // 1024
+            out["maxMemSlots"] = int(max_memory.get("slots", "0") or 0)
         if os_type is not None and os_type.get("machine"):
             out["emulatedMachine"] = os_type.get("machine")
         for field, tag in _DIRECT_BOOT.items():
@@ -279,6 +283,7 @@ def build_domain(vm_id: str, params: dict[str, Any], *, domain_type: str) -> Dom
     vcpu.text = str(max_vcpus)
     if max_vcpus != smp:
         vcpu.set("current", str(smp))
+    max_mem = _max_memory(root, params, mem_mib)
 
     os_el = sub(root, "os")
     machine = params.get("emulatedMachine")
@@ -304,6 +309,7 @@ def build_domain(vm_id: str, params: dict[str, Any], *, domain_type: str) -> Dom
         else:
             cpu = sub(root, "cpu", mode="custom", match="exact")
             sub(cpu, "model", fallback="allow").text = cpu_type
+    _numa(root, params, mem_mib, max_vcpus, needed=max_mem is not None)
     offset = as_int(params.get("timeOffset", 0) or 0, "vmParams.timeOffset")
     if offset:
         sub(root, "clock", offset="variable", adjustment=str(offset), basis="utc")
@@ -337,6 +343,57 @@ def build_domain(vm_id: str, params: dict[str, Any], *, domain_type: str) -> Dom
         dom.set_metadata("memGuaranteedSize", str(value), "int")
     check_xml_chars(root, "vmParams")
     return dom
+
+
+def _max_memory(root: ET.Element, params: dict[str, Any], mem_mib: int) -> int | None:
+    """`<maxMemory>` from maxMemSize (MiB) and maxMemSlots (default 16): the room for DIMMs."""
+    if params.get("maxMemSize") in (None, "", 0, "0"):
+        return None
+    max_mib = as_int(params["maxMemSize"], "vmParams.maxMemSize", minimum=1)
+    if max_mib < mem_mib:
+        raise InvalidParams(f"vmParams.maxMemSize: {max_mib} MiB is less than memSize {mem_mib} MiB",
+                            data={"field": "params.vmParams.maxMemSize"})
+    slots = as_int(params.get("maxMemSlots", 16) or 16, "vmParams.maxMemSlots", minimum=1)
+    if slots > 255:
+        raise InvalidParams(f"vmParams.maxMemSlots: {slots} is more than 255",
+                            data={"field": "params.vmParams.maxMemSlots"})
+    el = ET.Element("maxMemory", slots=str(slots), unit="KiB")
+    el.text = str(max_mib * 1024)
+    name = root.find("uuid")
+    root.insert(list(root).index(name) + 1 if name is not None else 0, el)
+    return max_mib
+
+
+def _numa(root: ET.Element, params: dict[str, Any], mem_mib: int, vcpus: int, *, needed: bool) -> None:
+    """The guest's NUMA cells from guestNumaNodes; one cell with every CPU and all memory when
+    memory hotplug needs NUMA (maxMemSize) and none is given."""
+    nodes = params.get("guestNumaNodes")
+    if not nodes:
+        if not needed:
+            return
+        nodes = [{"nodeIndex": 0, "cpus": f"0-{vcpus - 1}" if vcpus > 1 else "0", "memory": mem_mib}]
+    if not isinstance(nodes, list):
+        raise InvalidParams("vmParams.guestNumaNodes: expected a list")
+    cpu = root.find("cpu")
+    if cpu is None:
+        cpu = sub(root, "cpu")
+    numa = sub(cpu, "numa")
+    total = 0
+    for index, node in enumerate(nodes):
+        where = f"vmParams.guestNumaNodes[{index}]"
+        if not isinstance(node, dict):
+            raise InvalidParams(f"{where}: expected an object")
+        cpus = node.get("cpus")
+        if not isinstance(cpus, str) or not re.match(r"^[0-9]+(-[0-9]+)?(,[0-9]+(-[0-9]+)?)*$", cpus):
+            raise InvalidParams(f"{where}.cpus: {cpus!r} is not a CPU list like 0-1,3",
+                                data={"field": f"params.{where}.cpus"})
+        memory = as_int(node.get("memory"), f"{where}.memory", minimum=1)
+        total += memory
+        cell_id = as_int(node.get("nodeIndex", index), f"{where}.nodeIndex", minimum=0)
+        sub(numa, "cell", id=str(cell_id), cpus=cpus, memory=str(memory * 1024), unit="KiB")
+    if total != mem_mib:
+        raise InvalidParams(f"vmParams.guestNumaNodes: the nodes' memory adds up to {total} MiB, not memSize "
+                            f"{mem_mib} MiB", data={"field": "params.vmParams.guestNumaNodes"})
 
 
 def _add_direct_boot(os_el: ET.Element, params: dict[str, Any]) -> None:

@@ -28,6 +28,7 @@ from pier.host.news import (
     Barrier,
     Connected,
     DeviceRemoved,
+    DevicesChanged,
     Disconnected,
     Lifecycle,
     News,
@@ -117,16 +118,19 @@ class EventDispatcher:
                  on_vms_changed: Callable[[], None],
                  published: Callable[[], dict[str, str]],
                  reboot_grace: float = REBOOT_GRACE,
-                 on_agent: Callable[[str, bool], None] | None = None) -> None:
+                 on_agent: Callable[[str, bool], None] | None = None,
+                 on_device_removed: Callable[[str, str], None] | None = None) -> None:
         """`read_states` gives libvirt's {vmId: (name, state, reason)}; `on_vms_changed` is told
         when VMs come or go; `published` gives the last status published of each VM (the event
         log), for the first resync; `reboot_grace` is how long a stop waits for a start;
-        `on_agent(vmId, connected)` is told when a VM's guest agent connects or disconnects."""
+        `on_agent(vmId, connected)` is told when a VM's guest agent connects or disconnects;
+        `on_device_removed(vm_id, alias)` is told (on this thread) when a guest let go of a device."""
         self._cache = cache
         self._emit = emit
         self._read_states = read_states
         self._published = published
         self._on_vms_changed = on_vms_changed
+        self._on_device_removed = on_device_removed
         self._grace = reboot_grace
         self._on_agent = on_agent
         self._queue: queue.SimpleQueue[News] = queue.SimpleQueue()
@@ -138,6 +142,7 @@ class EventDispatcher:
             Reboot: self._reboot,
             DeviceRemoved: self._device_removed,
             AgentLifecycle: self._agent_lifecycle,
+            DevicesChanged: self._devices_changed,
             StatusNews: self._status_news,
             Connected: self._connected,
             Disconnected: self._disconnected,
@@ -204,6 +209,19 @@ class EventDispatcher:
             self._cache.invalidate(rec)
             self._emit(f"|virt|VM_device_removed|{news.vm_id}",
                        {news.vm_id: {"alias": news.alias}, "notify_time": event_time()})
+        if self._on_device_removed is not None:
+            try:
+                self._on_device_removed(news.vm_id, news.alias)
+            except Exception:
+                log.exception("VM %s: handling the removal of device %s failed", news.vm_id, news.alias)
+
+    def _devices_changed(self, news: DevicesChanged) -> None:
+        """A VM_status event with the VM's status and its definition's new hash, as VDSM sends one
+        when a VM's devices change (engines then read the devices again)."""
+        rec = self._cache.get(news.vm_id)
+        if rec is not None:
+            name, params = status_event(rec.vm_id, rec.status, {"hash": news.hash})
+            self._emit(name, params)
 
     def _agent_lifecycle(self, news: AgentLifecycle) -> None:
         """The guest agent came up or went down: tell the poller, and publish

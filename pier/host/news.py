@@ -62,6 +62,13 @@ class AgentLifecycle(VmNews):
 
 
 @dataclass(frozen=True)
+class DevicesChanged(VmNews):
+    """A verb changed the VM's devices, memory, CPUs or tuning; `hash` is its definition's new hash."""
+
+    hash: str
+
+
+@dataclass(frozen=True)
 class StatusNews(VmNews):
     """A verb's announcement of a VDSM status (Powering down, or Up again after a shutdown gave
     up); libvirt's own events may overtake it."""

@@ -40,11 +40,13 @@ from pier.host.services import (
     LldpService,
     NetworkService,
     SecretService,
+    VmDeviceService,
     VmService,
 )
 from pier.host.stats import StatsSampler
 from pier.host.vms import Vms
 from pier.host.vmstate import VmCache, read_states
+from pier.host.vmtuning import VmControl
 
 log = logging.getLogger(__name__)
 
@@ -56,19 +58,22 @@ class Node:
                  stats_interval: float = 2.0, slow_stats_interval: float = 15.0,
                  last_events: Callable[[str], dict[str, dict[str, Any]]] | None = None,
                  network_dir: str | Path | None = None, manage_network: bool = False,
-                 sysfs_root: str | Path = "/sys", guest_options: dict[str, Any] | None = None) -> None:
+                 sysfs_root: str | Path = "/sys", guest_options: dict[str, Any] | None = None,
+                 hotunplug_timeout: float = 30.0) -> None:
         """`emit` publishes an event; `last_events(prefix)` gives the params of the newest
         event kept of each name with that prefix (the event log), to correct at start any VM
         status published before the agent last stopped; `network_dir` keeps the network
         configuration (in memory without it), which setupNetworks changes only `manage_network`.
         `sysfs_root` is where the kernel's knobs are read and written (another directory in tests);
-        `guest_options` tune the guest agent poller (`pier.host.guest.GuestAgents`' keywords)."""
+        `guest_options` tune the guest agent poller (`pier.host.guest.GuestAgents`' keywords);
+        `hotunplug_timeout` is how long a guest has to let go of an unplugged device."""
         self._cache = VmCache()
         self._last_events = last_events
         self._dispatcher = EventDispatcher(self._cache, emit, self._read_states,
                                            on_vms_changed=self._vms_changed,
                                            published=self._published_statuses,
-                                           on_agent=self._agent_changed)
+                                           on_agent=self._agent_changed,
+                                           on_device_removed=self._device_removed)
         self._connection = Connection(uri, self._dispatcher.put, on_connect=self._on_connect)
         self._guest = GuestAgents(self._connection, **(guest_options or {}))
         self.guest: GuestService = self._guest
@@ -87,6 +92,9 @@ class Node:
         self.secrets: SecretService = Secrets(self._connection)
         self.domain_xmls: DomainXmlService = DomainXmls(self._connection)
         self.consoles: ConsoleService = Consoles(self._connection)
+        self._vm_control = VmControl(self._connection, self._cache, self._vms, self._dispatcher.put,
+                                     hotunplug_timeout)
+        self.vm_devices: VmDeviceService = self._vm_control
         self._running = False
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -154,6 +162,9 @@ class Node:
     def _agent_changed(self, vm_id: str, connected: bool) -> None:
         """Thread: libvirt-events."""
         self._guest.agent_changed(vm_id, connected)
+    def _device_removed(self, vm_id: str, alias: str) -> None:
+        """Thread: libvirt-events."""
+        self._vm_control.device_removed(vm_id, alias)
 
     def _vms_changed(self) -> None:
         self._sampler.kick()

@@ -243,3 +243,93 @@ class ConsoleService(Protocol):
     def open_display(self, vm_id: str) -> Channel:
         """A byte channel to the running VM's VNC server (RFB; the client authenticates)."""
         ...
+
+
+class VmDeviceService(Protocol):
+    """A running VM's devices, memory, CPUs and tuning. Each change applies to the running guest
+    and to the persistent definition together, is refused whole before anything changes when it
+    cannot be done, and is in the VM's definition (VM.getInfo) when the call returns."""
+
+    def devices(self, vm_id: str) -> list[dict[str, Any]]:
+        """The VM's devices in VDSM's form."""
+        ...
+
+    def add_device(self, vm_id: str, device: dict[str, Any]) -> dict[str, Any]:
+        """Plug in a disk, NIC or DIMM given in VDSM's device form; the device as now listed."""
+        ...
+
+    def remove_device(self, vm_id: str, alias: str) -> dict[str, Any]:
+        """Unplug the device with this alias; the VmDefinition after."""
+        ...
+
+    def hotplug_disk(self, vm_id: str, params: dict[str, Any]) -> dict[str, Any]:
+        """Plug in params["drive"]; the VmDefinition after."""
+        ...
+
+    def hotunplug_disk(self, vm_id: str, params: dict[str, Any]) -> dict[str, Any]:
+        """Unplug the disk params["drive"] names (alias, name or path), waiting for the guest."""
+        ...
+
+    def change_cd(self, vm_id: str, spec: Any, floppy: bool = False) -> dict[str, Any]:
+        """Put an image in the CD-ROM (floppy) drive, or eject with an empty path."""
+        ...
+
+    def hotplug_nic(self, vm_id: str, params: dict[str, Any]) -> dict[str, Any]:
+        """Plug in params["nic"]; the VmDefinition after."""
+        ...
+
+    def hotunplug_nic(self, vm_id: str, params: dict[str, Any]) -> dict[str, Any]:
+        """Unplug the NIC params["nic"] names (alias or macAddr), waiting for the guest."""
+        ...
+
+    def update_device(self, vm_id: str, params: dict[str, Any]) -> dict[str, Any]:
+        """A NIC's link or network, a display's password, a CD's image."""
+        ...
+
+    def hotplug_memory(self, vm_id: str, params: dict[str, Any]) -> dict[str, Any]:
+        """Plug in a DIMM (params["memory"]: size MiB, node); up to the VM's maxMemSize."""
+        ...
+
+    def hotunplug_memory(self, vm_id: str, params: dict[str, Any]) -> dict[str, Any]:
+        """Unplug the DIMM params["memory"]["alias"] names, waiting for the guest."""
+        ...
+
+    def set_cpus(self, vm_id: str, count: int) -> dict[str, Any]:
+        """Give the VM `count` vCPUs, up to its maxVCpus."""
+        ...
+
+    def set_balloon(self, vm_id: str, target_kib: int) -> None:
+        """Ask the balloon to leave the guest `target_kib` KiB."""
+        ...
+
+    def set_io_tune(self, vm_id: str, tunables: list[dict[str, Any]]) -> None:
+        """Set disks' I/O limits, all or none."""
+        ...
+
+    def io_tune(self, vm_id: str) -> list[dict[str, Any]]:
+        """[{name, path, ioTune}] of the disks with limits."""
+        ...
+
+    def io_tune_policy(self, vm_id: str) -> list[dict[str, Any]]:
+        """The I/O limits of the VM's SLA policy."""
+        ...
+
+    def all_io_tune_policies(self) -> dict[str, dict[str, Any]]:
+        """{vmId: {policy, current_values}} of every running VM."""
+        ...
+
+    def set_cpu_tune(self, vm_id: str, period: int | None = None, quota: int | None = None) -> None:
+        """The vCPUs' CFS period and/or quota."""
+        ...
+
+    def update_policy(self, vm_id: str, params: dict[str, Any]) -> None:
+        """Keep the SLA policy (vcpuLimit, ioTune) and apply its CPU limit."""
+        ...
+
+    def set_destroy_on_reboot(self, vm_id: str) -> None:
+        """A reboot of the VM powers it off."""
+        ...
+
+    def external_data(self, vm_id: str, kind: str, last_hash: str = "", force: bool = False) -> dict[str, Any]:
+        """{data, hash} of the VM's TPM or NVRAM data."""
+        ...

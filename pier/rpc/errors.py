@@ -179,6 +179,57 @@ class HostdevDetachError(PierError):
     code, name, message, http_status = 83, "hostdevDetachErr", "Could not detach host device", 409
 
 
+# -- a running VM's devices, memory, CPUs and tuning (VDSM's codes) ------------------------------
+
+
+class ChangeDisk(PierError):
+    code, name, message, http_status = 41, "changeDisk", "Failed to change disk image", 409
+
+
+class HotplugDisk(PierError):
+    code, name, message, http_status = 45, "hotplugDisk", "Failed to hotplug disk", 409
+
+
+class HotunplugDisk(PierError):
+    code, name, message, http_status = 46, "hotunplugDisk", "Failed to hotunplug disk", 409
+
+
+class HotplugNic(PierError):
+    code, name, message, http_status = 49, "hotplugNic", "Failed to hotplug NIC", 409
+
+
+class HotunplugNic(PierError):
+    code, name, message, http_status = 50, "hotunplugNic", "Failed to hotunplug NIC", 409
+
+
+class BalloonError(PierError):
+    code, name, message, http_status = 53, "balloonErr", "Balloon operation is not available", 409
+
+
+class UpdateDevice(PierError):
+    code, name, message, http_status = 56, "updateDevice", "Failed to update device", 409
+
+
+class SetNumberOfCpus(PierError):
+    code, name, message, http_status = 60, "setNumberOfCpusErr", "Failed to set the number of cpus", 409
+
+
+class CpuTuneError(PierError):
+    code, name, message, http_status = 62, "cpuTuneErr", "CpuTune operation is not available", 409
+
+
+class UpdateVmPolicy(PierError):
+    code, name, message, http_status = 63, "updateVmPolicyErr", "Failed to update VM SLA policy", 409
+
+
+class UpdateIoTune(PierError):
+    code, name, message, http_status = 64, "updateIoTuneErr", "Failed to update ioTune values", 409
+
+
+class HotplugMemory(PierError):
+    code, name, message, http_status = 70, "hotplugMem", "Failed to hotplug memory", 409
+
+
 class Recovering(PierError):
     code, name, message, http_status = 99, "recovery", "Recovering from crash or Initializing", 503
 

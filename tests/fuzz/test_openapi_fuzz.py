@@ -119,7 +119,8 @@ def test_served_document_is_the_fuzzed_one(target: Target, auth_headers: dict[st
 
 def _beyond_the_schema(case: schemathesis.Case) -> list[Any]:
     """The checks that cannot hold for an input whose validity a JSON Schema cannot express: a
-    VM.create body carrying raw domain XML or a vmId other than the query's vmID, a Trust.add
+    VM.create body carrying raw domain XML or a vmId other than the query's vmID (or a device verb's
+    params.vmId other than the path's), a Trust.add
     certificate (any text after the PEM header is documented-valid), a VM.hotplugHostdev or
     VM.hotunplugHostdev device's <hostdev> XML: pierd answers those with 400 naming vmParams.xml,
     vmID, certificate or devices[i]. And a null in a query string, which is the text
@@ -133,6 +134,11 @@ def _beyond_the_schema(case: schemathesis.Case) -> list[Any]:
         return [st_checks.negative_data_rejection]
     if operation in ("Trust.add", "VM.hotplugHostdev", "VM.hotunplugHostdev"):  # a certificate, <hostdev> XML
         return [st_checks.positive_data_acceptance]
+    if isinstance(case.body, dict) and isinstance(case.path_parameters, dict):
+        # VDSM's device verbs name the VM in the path and, as VDSM's XML-RPC did, in params.vmId
+        path_id, body_id = case.path_parameters.get("vmID"), case.body.get("vmId")
+        if isinstance(path_id, str) and isinstance(body_id, str) and path_id.lower() != body_id.lower():
+            return [st_checks.positive_data_acceptance]
     if operation == "VM.create" and isinstance(case.body, dict):
         query_id = (case.query or {}).get("vmID") if isinstance(case.query, dict) else None
         body_id = case.body.get("vmId")

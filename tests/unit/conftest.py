@@ -26,6 +26,7 @@ from tests.fakes import (
     FakeLldp,
     FakeNetwork,
     FakeSecrets,
+    FakeVmDevices,
     FakeVms,
     as_console_service,
     as_guest_service,
@@ -34,6 +35,7 @@ from tests.fakes import (
     as_secret_service,
     as_services,
     as_tuning,
+    as_vm_device_service,
 )
 
 VM_ID = "6f1e3e4c-1111-4222-8333-444455556666"
@@ -87,7 +89,8 @@ def build_stack(schema: Schema, db: Path, vms: dict[str, dict[str, object]] | No
                         as_network_service(network), ksm=ksm_service, lldp=lldp_service, hostdevs=hostdev_service,
                         secrets=as_secret_service(secrets), domain_xmls=xml_service,
                         guest=as_guest_service(guest),
-                        consoles=as_console_service(consoles := FakeConsoles(fake_vms)))
+                        consoles=as_console_service(consoles := FakeConsoles(fake_vms)),
+                        vm_devices=as_vm_device_service(FakeVmDevices(fake_vms)))
     registry = Registry(schema, handlers(services, schema.verbs), tasks, audit=audit)
     tasks.start(registry.reconcilers)
     return Stack(host, fake_vms, events, tasks, registry, JsonRpc(registry), db, credentials, audit, network, ksm,

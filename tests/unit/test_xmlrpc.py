@@ -36,6 +36,11 @@ VDSM_PAYLOAD_KEYS = {
     "hostdevReattach": None, "registerSecrets": None, "unregisterSecrets": None, "setVmTicket": None,
     "freeze": None, "thaw": None, "desktopLock": None, "desktopLogin": None, "desktopLogoff": None,
     "sendHcCmdToDesktop": None,
+    "hotplugDisk": "vmList", "hotunplugDisk": "vmList", "changeCD": "vmList", "changeFloppy": "vmList",
+    "hotplugNic": "vmList", "hotunplugNic": "vmList", "vmUpdateDevice": "vmList", "hotplugMemory": "vmList",
+    "setNumberOfCpus": "vmList", "setBalloonTarget": None, "setIoTune": None, "getIoTune": "ioTuneList",
+    "getIoTunePolicy": "ioTunePolicyList", "getAllVmIoTunePolicies": "io_tune_policies_dict",
+    "vmSetCpuTunePeriod": None, "vmSetCpuTuneQuota": None, "updateVmPolicy": None,
 }
 
 
@@ -105,14 +110,29 @@ def test_every_legacy_name_answers_the_envelope_with_its_payload_key(vdsm, schem
             "ttl": 60}
     stack.guest.agents.add(VM_ID)
     stack.guest.exec_allowed.add(VM_ID)
+    # VDSM's XML-RPC took one struct with the vmId inside for these
+    own = {"hotplugDisk": {"params": {"vmId": VM_ID, "drive": {"path": "/images/a.img"}}},
+           "hotunplugDisk": {"params": {"vmId": VM_ID, "drive": {"path": "/images/a.img"}}},
+           "hotplugNic": {"params": {"vmId": VM_ID, "nic": {"network": "default", "macAddr": "52:54:00:12:34:56"}}},
+           "hotunplugNic": {"params": {"vmId": VM_ID, "nic": {"macAddr": "52:54:00:12:34:56"}}},
+           "hotplugMemory": {"params": {"vmId": VM_ID, "memory": {"size": 128}}},
+           "vmUpdateDevice": {"params": {"vmId": VM_ID, "deviceType": "interface", "alias": "ua-none"}},
+           "updateVmPolicy": {"params": {"vmId": VM_ID, "vcpuLimit": 50}},
+           "changeCD": {"driveSpec": "/images/b.img"}, "changeFloppy": {"driveSpec": ""},
+           "numberOfCpus": 1, "target": 1024, "tunables": [{"name": "vda", "ioTune": {"total_iops_sec": 100}}],
+           "period": 100000, "quota": -1}
+    args.update({key: value for key, value in own.items() if not isinstance(value, dict)})
     failing = {"setMOMPolicy": 54, "setMOMPolicyParameters": 54,  # Pier runs no MOM
-               "desktopLogin": 75, "desktopLogoff": 75, "sendHcCmdToDesktop": 75}  # qemu-ga cannot
+               "desktopLogin": 75, "desktopLogoff": 75, "sendHcCmdToDesktop": 75,  # qemu-ga cannot
+               # the fake's VM has no CD-ROM or floppy drive, no maxMemSize, no device ua-none
+               "changeCD": 41, "changeFloppy": 41, "hotplugMemory": 70, "vmUpdateDevice": 56}
     changing = ["pause", "cont", "reset", "stopTask", "clearTask", "shutdown", "destroy"]
     names = sorted(set(schema.legacy) - set(changing) - {"create"}) + changing
     assert set(names) | {"create"} == set(schema.legacy)
     for name in names:
         verb, legacy = schema.legacy[name]
-        res = getattr(vdsm, name)(*[args[param] for param in verb.required])
+        given = {**args, **(own[name] if isinstance(own.get(name), dict) else {})}
+        res = getattr(vdsm, name)(*[given[param] for param in verb.required])
         if name in failing:
             assert res["status"]["code"] == failing[name] and set(res) == {"status"}, (name, res)
             continue
