@@ -64,6 +64,9 @@ def running_vm(node: Node, channel: bool) -> Iterator[str]:
     vm_id = str(uuid.uuid4())
     node.vms.create(vm_id, {"xml": domain_xml(vm_id, channel)})
     try:
+        # the agent poller's first visit sets the balloon's statistics period in the live XML:
+        # "the VM as before" is the VM after it
+        wait_for(lambda: node.vms.stats(vm_id).get("guestAgentState") not in (None, "unknown"))
         yield vm_id
     finally:
         node.vms.destroy(vm_id)
