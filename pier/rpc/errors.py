@@ -195,6 +195,21 @@ class LibvirtUnavailable(Unavailable):
     message = "libvirtd is not reachable"
 
 
+
+# -- storage ----------------------------------------------------------------------------------
+# VDSM's storage error codes and names (lib/vdsm/storage/exception.py). Two helpers add here:
+# each keeps its own block grouped and alphabetical.
+
+# storage: connections, domains, pools (the "domains" helper)
+
+
+class StorageDomainDoesNotExist(PierError):
+    code, name, message, http_status = 358, "StorageDomainDoesNotExist", "Storage domain does not exist", 404
+
+
+class StoragePoolUnknown(PierError):
+    code, name, message, http_status = 309, "StoragePoolUnknown", "Unknown pool id, pool not connected", 404
+
 def all_error_classes() -> list[type[PierError]]:
     """Every concrete error class, for the schema's `errors:` lists and generated docs."""
     found: list[type[PierError]] = []
