@@ -134,9 +134,10 @@ class Domains:
 
     # -- create and format ---------------------------------------------------------------------
 
-    def create(self, sd_uuid: str, domain_type: int | str, remote_path: str, name: str, domain_class: int | str,
-               version: int = md_.DEFAULT_VERSION, block_size: int = 512, max_hosts: int = special.HOSTS_MAX) -> Path:
-        """Make a new file domain on the connection to `remote_path`, as VDSM 4.50 does."""
+    def check_create(self, sd_uuid: str, domain_type: int | str, remote_path: str, name: str,
+                     domain_class: int | str, version: int = md_.DEFAULT_VERSION, block_size: int = 512,
+                     max_hosts: int = special.HOSTS_MAX) -> tuple[str, str, Path, int]:
+        """Refuse what `create` would refuse; (type, class, mount point, block size) otherwise."""
         type_name = domain_type_name(domain_type)
         class_name = domain_class_name(domain_class)
         if not layout.is_uuid(sd_uuid):
@@ -174,6 +175,14 @@ class Domains:
         domain = layout.domain_dir(mount, sd_uuid)
         if domain.exists():
             raise StorageDomainNotEmpty(f"Storage domain is not empty - requires cleaning: {domain} exists")
+        return type_name, class_name, mount, block_size
+
+    def create(self, sd_uuid: str, domain_type: int | str, remote_path: str, name: str, domain_class: int | str,
+               version: int = md_.DEFAULT_VERSION, block_size: int = 512, max_hosts: int = special.HOSTS_MAX) -> Path:
+        """Make a new file domain on the connection to `remote_path`, as VDSM 4.50 does."""
+        type_name, class_name, mount, block_size = self.check_create(
+            sd_uuid, domain_type, remote_path, name, domain_class, version, block_size, max_hosts)
+        domain = layout.domain_dir(mount, sd_uuid)
         align = special.alignment(block_size, max_hosts)
         md = {
             md_.ALIGNMENT: str(align), md_.BLOCK_SIZE: str(block_size), md_.CLASS: class_name,

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from pier.host.storage import domain_md as md_
-from pier.host.storage import layout
 from pier.host.storage.connections import Connections, Runner, run_command
 from pier.host.storage.domains import Domains, disk_space, domain_class_name, domain_type_name, info_of
 from pier.host.storage.monitor import DomainMonitor
@@ -36,7 +35,7 @@ class Storage:
                                      pool_domains=self.pools.monitored_domains)
 
     def start(self) -> None:
-        layout.mount_root(self.data_center).mkdir(parents=True, exist_ok=True)
+        """Start the monitor (nothing is made on disk before the first connection)."""
         self.monitor.start()
 
     def stop(self) -> None:
@@ -111,6 +110,12 @@ class Storage:
                       domain_class: int | str, version: int = md_.DEFAULT_VERSION, block_size: int = 512,
                       max_hosts: int = 2000) -> None:
         self.domains.create(sd_uuid, domain_type, remote_path, name, domain_class, version, block_size, max_hosts)
+
+    def check_create_domain(self, sd_uuid: str, domain_type: int | str, remote_path: str, name: str,
+                            domain_class: int | str, version: int = md_.DEFAULT_VERSION, block_size: int = 512,
+                            max_hosts: int = 2000) -> None:
+        self.domains.check_create(sd_uuid, domain_type, remote_path, name, domain_class, version, block_size,
+                                  max_hosts)
 
     def domain_info(self, sd_uuid: str) -> dict[str, Any]:
         return self.domains.info(sd_uuid)
