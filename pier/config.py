@@ -115,6 +115,8 @@ def argument_parser() -> argparse.ArgumentParser:
                         "the safe network configuration at start (off by default: the network is only read)")
     parser.add_argument("--data-center", metavar="DIR",
                         help="the storage root, VDSM's /rhev/data-center: connections under DIR/mnt, pool links")
+    parser.add_argument("--storage-monitor-interval", type=float, metavar="S",
+                        help="seconds between two checks of each watched storage domain (default 10)")
     security = parser.add_argument_group("security", "TCP listeners speak TLS; the unix socket trusts local root")
     security.add_argument("--insecure-loopback", action="store_true", default=None,
                           help="plain HTTP/WS/STOMP without TLS, allowed only on 127.0.0.1 and ::1")
