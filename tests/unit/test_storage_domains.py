@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -353,3 +354,20 @@ def test_monitor_reports_a_corrupt_domain_and_keeps_the_rest(storage: Storage, t
     storage.stop_monitoring(bad)
     storage.monitor.check_all()
     assert set(storage.repo_stats()) == {good}
+
+
+def test_the_monitor_thread_checks_and_stops(storage: Storage, tmp_path: Path,
+                                             events: list[tuple[str, dict[str, Any]]]) -> None:
+    sd = make_domain(storage, tmp_path)
+    storage.monitor.interval = 0.05
+    storage.start()
+    try:
+        storage.start_monitoring(sd, 1)
+        deadline = time.monotonic() + 5
+        while not storage.repo_stats().get(sd, {}).get("actual") and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert storage.repo_stats()[sd]["valid"]
+        assert [name for name, _ in events] == [EVENT_PREFIX + sd]
+    finally:
+        storage.stop()
+    assert not storage.monitor.alive

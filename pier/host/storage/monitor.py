@@ -141,8 +141,12 @@ class DomainMonitor(OwnedThread):
     # -- the thread ----------------------------------------------------------------------------
 
     def run(self) -> None:
+        """Thread: storage-monitor."""
         while not self.stopping.is_set():
-            self.check_all()
+            try:
+                self.check_all()
+            except Exception:  # noqa: BLE001 - one bad pass must not end the monitoring
+                log.exception("storage monitor: a pass over the watched domains failed")
             self._kick.wait(self.interval)
             self._kick.clear()
 
@@ -176,8 +180,8 @@ class DomainMonitor(OwnedThread):
             now.valid = True
         except PierError as exc:
             now.code, now.message = exc.code, exc.message
-        except OSError as exc:
-            now.code, now.message = 200, f"{exc.filename or sd_uuid}: {exc.strerror}"
+        except (OSError, ValueError) as exc:
+            now.code, now.message = 200, f"{getattr(exc, 'filename', None) or sd_uuid}: {exc}"
         now.checked = time.monotonic()
         with self._lock:
             self._cache[sd_uuid] = now
