@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -371,3 +372,15 @@ def test_the_monitor_thread_checks_and_stops(storage: Storage, tmp_path: Path,
     finally:
         storage.stop()
     assert not storage.monitor.alive
+
+
+def test_the_monitor_starts_again_after_a_stop(storage: Storage, tmp_path: Path) -> None:
+    sd = make_domain(storage, tmp_path)
+    storage.start_monitoring(sd, 1)
+    for _ in range(2):
+        storage.monitor.interval = 0.05
+        storage.start()
+        assert storage.monitor.alive
+        storage.stop()
+        assert not storage.monitor.alive
+    assert [t.name for t in threading.enumerate() if t.name == "storage-monitor"] == []
