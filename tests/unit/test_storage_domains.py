@@ -384,3 +384,15 @@ def test_the_monitor_starts_again_after_a_stop(storage: Storage, tmp_path: Path)
         storage.stop()
         assert not storage.monitor.alive
     assert [t.name for t in threading.enumerate() if t.name == "storage-monitor"] == []
+
+
+def test_host_stats_carry_the_watched_domains_vitals(storage: Storage, tmp_path: Path) -> None:
+    from pier.host.storage.host import HostWithStorage
+    from tests.fakes import FakeHost, FakeVms, as_services
+
+    sd = make_domain(storage, tmp_path)
+    storage.start_monitoring(sd, 1)
+    storage.monitor.check_all()
+    host, _ = as_services(FakeHost(FakeVms(lambda name, params: None)), FakeVms(lambda name, params: None))
+    stats = HostWithStorage(host, storage).stats()
+    assert stats["storageDomains"][sd]["valid"] is True and "cpuIdle" in stats
