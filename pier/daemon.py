@@ -103,7 +103,9 @@ class Daemon:
         self.node = Node(resolve_libvirt_uri(settings), self.events.publish,
                          stats_interval=settings.stats_interval, slow_stats_interval=settings.slow_stats_interval,
                          last_events=self.events.latest, network_dir=Path(settings.state_dir) / "network",
-                         manage_network=settings.manage_network, hotunplug_timeout=settings.hotunplug_timeout)
+                         manage_network=settings.manage_network, hotunplug_timeout=settings.hotunplug_timeout,
+                         data_center=settings.data_center,
+                         storage_monitor_interval=settings.storage_monitor_interval)
         self.node.start()
         self.tasks = TaskManager(db, self.events.publish, workers=settings.task_workers)
         limiter = RateLimiter(settings.rate_limit, settings.rate_burst) if settings.rate_limit > 0 else None
@@ -112,7 +114,7 @@ class Daemon:
                             self.about, self.node.network, ksm=self.node.ksm, lldp=self.node.lldp,
                             hostdevs=self.node.hostdevs, secrets=self.node.secrets, domain_xmls=self.node.domain_xmls,
                             guest=self.node.guest, consoles=self.node.consoles,
-                            vm_devices=self.node.vm_devices)
+                            vm_devices=self.node.vm_devices, storage=self.node.storage)
         self.registry = Registry(schema, handlers(services, schema.verbs),
                                  self.tasks, audit=self.audit, limiter=limiter, credentials=self.credentials)
         self.tasks.start(self.registry.reconcilers)

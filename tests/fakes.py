@@ -22,9 +22,11 @@ from pier.host.services import (
     LldpService,
     NetworkService,
     SecretService,
+    StorageService,
     VmDeviceService,
     VmService,
 )
+from pier.host.storage.service import Storage
 from pier.rpc.channels import ENDED, TAKEN_OVER, Channel, ChannelEnd
 from pier.rpc.errors import (
     ChangeDisk,
@@ -712,3 +714,16 @@ class FakeVmDevices:
 
 def as_vm_device_service(devices: FakeVmDevices) -> VmDeviceService:
     return devices
+
+
+class FakeStorage(Storage):
+    """The real storage service on a temporary data-center root, with mount(8) replaced by a
+    refusal (unit tests mount nothing): its domains are directories, connected as localfs."""
+
+    def __init__(self, data_center: str, emit: Callable[[str, dict[str, Any]], object] | None = None) -> None:
+        super().__init__(data_center, emit or (lambda name, params: None), monitor_interval=3600,
+                         run=lambda argv, timeout: (32, f"{argv[0]}: not in unit tests"))
+
+
+def as_storage_service(storage: FakeStorage) -> StorageService:
+    return storage

@@ -19,6 +19,7 @@ from pier.api.hosttune import HostTuneApi
 from pier.api.network import NetworkApi
 from pier.api.secrets import SecretsApi
 from pier.api.security import SecurityApi
+from pier.api.storage import StorageApi
 from pier.api.task import TaskApi
 from pier.api.vm import VmApi
 from pier.api.vm_console import VmConsoleApi
@@ -33,6 +34,7 @@ from pier.host.services import (
     LldpService,
     NetworkService,
     SecretService,
+    StorageService,
     VmDeviceService,
     VmService,
 )
@@ -62,6 +64,7 @@ class Services:
     guest: GuestService
     consoles: ConsoleService
     vm_devices: VmDeviceService
+    storage: StorageService
 
 
 def handlers(services: Services, served: Iterable[str]) -> list[object]:
@@ -71,4 +74,5 @@ def handlers(services: Services, served: Iterable[str]) -> list[object]:
     return [HostApi(s.host, s.vms, s.tasks, s.about, served), VmApi(s.vms, s.guest), TaskApi(s.tasks),
             EventsApi(s.events, s.credentials), SecurityApi(s.credentials, s.audit), NetworkApi(s.network, s.vms),
             HostTuneApi(s.ksm, s.lldp, s.domain_xmls), HostDevApi(s.hostdevs), SecretsApi(s.secrets),
-            GuestApi(s.guest), VmConsoleApi(s.consoles), VmDevicesApi(s.vm_devices)]
+            GuestApi(s.guest), VmConsoleApi(s.consoles), VmDevicesApi(s.vm_devices),
+            StorageApi(s.storage)]

@@ -26,6 +26,7 @@ from tests.fakes import (
     FakeLldp,
     FakeNetwork,
     FakeSecrets,
+    FakeStorage,
     FakeVmDevices,
     FakeVms,
     as_console_service,
@@ -34,6 +35,7 @@ from tests.fakes import (
     as_network_service,
     as_secret_service,
     as_services,
+    as_storage_service,
     as_tuning,
     as_vm_device_service,
 )
@@ -60,6 +62,7 @@ class Stack:
     secrets: FakeSecrets
     guest: FakeGuest
     consoles: FakeConsoles | None = None
+    storage: FakeStorage | None = None
 
     def call(self, verb: str, **params: object) -> object:
         return self.registry.call(verb, params, CallContext("test", identity=ADMIN))
@@ -85,16 +88,18 @@ def build_stack(schema: Schema, db: Path, vms: dict[str, dict[str, object]] | No
     hostdevs, secrets = FakeHostDevices(fake_vms), FakeSecrets()
     guest = FakeGuest(fake_vms)
     hostdev_service, xml_service, _ = as_host_extras(hostdevs, FakeDomainXmls(fake_vms), ksm)
+    storage = FakeStorage(str(db.parent / "data-center"), events.publish)
     services = Services(*as_services(host, fake_vms), tasks, events, credentials, audit, lambda: {"name": "pier"},
                         as_network_service(network), ksm=ksm_service, lldp=lldp_service, hostdevs=hostdev_service,
                         secrets=as_secret_service(secrets), domain_xmls=xml_service,
                         guest=as_guest_service(guest),
                         consoles=as_console_service(consoles := FakeConsoles(fake_vms)),
-                        vm_devices=as_vm_device_service(FakeVmDevices(fake_vms)))
+                        vm_devices=as_vm_device_service(FakeVmDevices(fake_vms)),
+                        storage=as_storage_service(storage))
     registry = Registry(schema, handlers(services, schema.verbs), tasks, audit=audit)
     tasks.start(registry.reconcilers)
     return Stack(host, fake_vms, events, tasks, registry, JsonRpc(registry), db, credentials, audit, network, ksm,
-                 lldp, hostdevs, secrets, guest, consoles)
+                 lldp, hostdevs, secrets, guest, consoles, storage)
 
 
 @pytest.fixture
