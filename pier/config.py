@@ -61,6 +61,7 @@ class Settings:
     audit_retention_days: float = 90.0
     metrics_open: bool = False  # /metrics without credentials (by default a viewer token or certificate)
     manage_network: bool = False  # opt-in: Host.setupNetworks changes this host's links, addresses and routes
+    data_center: str = "/rhev/data-center"  # VDSM's data-center root: connections, domains and pool links
 
     def __post_init__(self) -> None:
         if not self.state_dir:
@@ -111,6 +112,8 @@ def argument_parser() -> argparse.ArgumentParser:
     parser.add_argument("--manage-network", action="store_true", default=None,
                         help="let Host.setupNetworks change this host's links, addresses and routes, and restore "
                         "the safe network configuration at start (off by default: the network is only read)")
+    parser.add_argument("--data-center", metavar="DIR",
+                        help="the storage data-center root, as VDSM's (default /rhev/data-center)")
     security = parser.add_argument_group("security", "TCP listeners speak TLS; the unix socket trusts local root")
     security.add_argument("--insecure-loopback", action="store_true", default=None,
                           help="plain HTTP/WS/STOMP without TLS, allowed only on 127.0.0.1 and ::1")

@@ -20,6 +20,7 @@ from pier.api.secrets import SecretsApi
 from pier.api.security import SecurityApi
 from pier.api.task import TaskApi
 from pier.api.vm import VmApi
+from pier.api.volume import VolumeApi
 from pier.host.services import (
     DomainXmlService,
     HostDeviceService,
@@ -29,6 +30,7 @@ from pier.host.services import (
     NetworkService,
     SecretService,
     VmService,
+    VolumeService,
 )
 from pier.rpc.audit import AuditLog
 from pier.rpc.auth import Credentials
@@ -53,6 +55,7 @@ class Services:
     hostdevs: HostDeviceService
     secrets: SecretService
     domain_xmls: DomainXmlService
+    volumes: VolumeService
 
 
 def handlers(services: Services, served: Iterable[str]) -> list[object]:
@@ -61,4 +64,5 @@ def handlers(services: Services, served: Iterable[str]) -> list[object]:
     s = services
     return [HostApi(s.host, s.vms, s.tasks, s.about, served), VmApi(s.vms), TaskApi(s.tasks),
             EventsApi(s.events, s.credentials), SecurityApi(s.credentials, s.audit), NetworkApi(s.network, s.vms),
-            HostTuneApi(s.ksm, s.lldp, s.domain_xmls), HostDevApi(s.hostdevs), SecretsApi(s.secrets)]
+            HostTuneApi(s.ksm, s.lldp, s.domain_xmls), HostDevApi(s.hostdevs), SecretsApi(s.secrets),
+            VolumeApi(s.volumes, s.vms)]

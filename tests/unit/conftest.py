@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -25,11 +25,13 @@ from tests.fakes import (
     FakeNetwork,
     FakeSecrets,
     FakeVms,
+    FakeVolumes,
     as_host_extras,
     as_network_service,
     as_secret_service,
     as_services,
     as_tuning,
+    as_volume_service,
 )
 
 VM_ID = "6f1e3e4c-1111-4222-8333-444455556666"
@@ -52,6 +54,7 @@ class Stack:
     lldp: FakeLldp
     hostdevs: FakeHostDevices
     secrets: FakeSecrets
+    volumes: FakeVolumes = field(default_factory=FakeVolumes)
 
     def call(self, verb: str, **params: object) -> object:
         return self.registry.call(verb, params, CallContext("test", identity=ADMIN))
@@ -75,14 +78,16 @@ def build_stack(schema: Schema, db: Path, vms: dict[str, dict[str, object]] | No
     ksm, lldp = FakeKsm(), FakeLldp()
     ksm_service, lldp_service = as_tuning(ksm, lldp)
     hostdevs, secrets = FakeHostDevices(fake_vms), FakeSecrets()
+    volumes = FakeVolumes()
     hostdev_service, xml_service, _ = as_host_extras(hostdevs, FakeDomainXmls(fake_vms), ksm)
     services = Services(*as_services(host, fake_vms), tasks, events, credentials, audit, lambda: {"name": "pier"},
                         as_network_service(network), ksm=ksm_service, lldp=lldp_service, hostdevs=hostdev_service,
-                        secrets=as_secret_service(secrets), domain_xmls=xml_service)
+                        secrets=as_secret_service(secrets), domain_xmls=xml_service,
+                        volumes=as_volume_service(volumes))
     registry = Registry(schema, handlers(services, schema.verbs), tasks, audit=audit)
     tasks.start(registry.reconcilers)
     return Stack(host, fake_vms, events, tasks, registry, JsonRpc(registry), db, credentials, audit, network, ksm,
-                 lldp, hostdevs, secrets)
+                 lldp, hostdevs, secrets, volumes)
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from pier.host.storage import layout, qemuimg
+from pier.host.storage import layout, ovf, qemuimg
 from pier.host.storage.qemuimg import QemuImgError
 from pier.host.storage.volume_md import BLANK_UUID
 from pier.host.storage.volumes import (
@@ -28,8 +28,7 @@ from pier.host.storage.volumes import (
 from pier.rpc.errors import (
     ImageIsNotLegalChain,
     ImageVerificationError,
-    InvalidParameterException,
-    MoveImageError,
+    PierError,
     PrepareIllegalVolume,
     VolumeAlreadyExists,
     VolumeCopyError,
@@ -118,6 +117,25 @@ class VolumeStore(Volumes):
         return sorted(sd for sd, domain in layout.pool_domain_links(self.data_center, sp).items()
                       if layout.image_dir(domain, img).is_dir())
 
+    def chain_of(self, sd: str, img: str, vol: str) -> list[str]:
+        """The volumes from the base to `vol`, by the metadata's parents."""
+        return [v.vol for v in self.chain(self.volume(sd, img, vol))]
+
+    def children_of(self, sd: str, img: str, vol: str) -> list[str]:
+        return self.children(self.volume(sd, img, vol))
+
+    def legality(self, sd: str, img: str, vol: str) -> str | None:
+        """A volume's LEGALITY, or None when it is not there (for reconcilers)."""
+        try:
+            volume = self.volume(sd, img, vol)
+            return None if volume.pending_path.exists() else volume.meta().legality
+        except PierError:
+            return None
+
+    def remove_leftovers(self, sd: str, img: str | None = None) -> list[str]:
+        """What an interrupted create, copy or delete left on domain `sd`, removed."""
+        return remove_illegal_leftovers(self.domain(sd), img)
+
     # -- changing one volume --------------------------------------------------------------------
 
     def set_description(self, sd: str, img: str, vol: str, description: str) -> None:
@@ -127,6 +145,13 @@ class VolumeStore(Volumes):
     def set_legality(self, sd: str, img: str, vol: str, legality: str) -> None:
         volume = self.volume(sd, img, vol)
         volume.write(volume.meta().with_(legality=legality))
+
+    def extend_size(self, sd: str, img: str, vol: str, new_size: str) -> None:
+        self.extend(self.volume(sd, img, vol), new_size)
+
+    def delete_volume(self, sd: str, img: str, vol: str, post_zero: bool = False, progress: Progress = _no_progress,
+                      cancelled: threading.Event | None = None) -> None:
+        self.delete(self.volume(sd, img, vol), post_zero=post_zero, progress=progress, cancelled=cancelled)
 
     def verify_untrusted(self, sd: str, img: str, vol: str) -> None:
         """An image that came from outside: its format and backing file are what its metadata says."""
@@ -204,12 +229,10 @@ class VolumeStore(Volumes):
                     voltype: str, volume_format: str, preallocate: str, progress: Progress = _no_progress,
                     cancelled: threading.Event | None = None) -> str:
         """Volume.copy (VDSM's copyImage): the chain up to `vol`, collapsed into one new volume."""
+        self.check_copy(sd, img, vol, dst_sd, dst_img, dst_vol)
         source = self.volume(sd, img, vol)
         meta = source.meta()
         target = Volume(self.domain(dst_sd), dst_sd, dst_img, dst_vol)
-        if target.meta_path.exists() or target.path.exists():
-            raise VolumeAlreadyExists(f"Volume already exists: {dst_vol} (image {dst_img}, domain {dst_sd})",
-                                      data={"volUUID": dst_vol})
         needed = self._measure_or_zero(source, volume_format)
         self._check_space(target.domain, dst_sd, meta.capacity if preallocate == "PREALLOCATED" else needed,
                           meta.capacity)
@@ -236,13 +259,9 @@ class VolumeStore(Volumes):
              cancelled: threading.Event | None = None) -> None:
         """Image.move / cloneStructure: every volume of the image, with its chain, made in `dst_sd`
         (data too unless `structure_only`); the source removed after when `remove_source`."""
+        self.check_move(sd, img, dst_sd)
         source_dir = self.image(sd, img)
         dst_domain = self.domain(dst_sd)
-        if dst_sd == sd:
-            raise InvalidParameterException("dstSdUUID: the image is already on that domain",
-                                            data={"field": "dstSdUUID"})
-        if layout.image_dir(dst_domain, img).exists():
-            raise MoveImageError(f"image {img} already exists on domain {dst_sd}", data={"imgUUID": img})
         volumes = self._ordered(sd, img, source_dir)
         needed = sum(self._measure_or_zero(v, v.meta().format) for v in volumes) if not structure_only else 0
         self._check_space(dst_domain, dst_sd, needed, 0)
@@ -348,3 +367,23 @@ def _sizes(path: Path) -> dict[str, int]:
     except FileNotFoundError:
         return {"apparentsize": 0, "truesize": 0}
     return {"apparentsize": st.st_size, "truesize": st.st_blocks * 512}
+
+
+class PoolImages(VolumeStore):
+    """VolumeStore with the pool verbs that keep VMs' OVF descriptions (pier.host.storage.ovf)."""
+
+    def _ovf_domain(self, sp: str, sd: str | None) -> Path:
+        self.check_pool(sp)
+        return ovf.ovf_domain(self.data_center, sp, sd, self.domain)
+
+    def update_vms(self, sp: str, vms: list[dict[str, Any]], sd: str | None = None) -> None:
+        ovf.update(self._ovf_domain(sp, sd), vms)
+
+    def remove_vm(self, sp: str, vm: str, sd: str | None = None) -> None:
+        ovf.remove(self._ovf_domain(sp, sd), vm)
+
+    def backed_up_vms(self, sp: str, sd: str) -> list[str]:
+        return ovf.listing(self._ovf_domain(sp, sd))
+
+    def backed_up_vms_info(self, sp: str, sd: str, vms: list[str]) -> dict[str, str]:
+        return ovf.info(self._ovf_domain(sp, sd), vms)

@@ -24,6 +24,7 @@ from pier.host.storage.volume_md import BLANK_UUID, VolumeMetadata
 from pier.rpc.errors import (
     ImageDoesNotExistInSD,
     InvalidParameterException,
+    MoveImageError,
     NoSpaceLeftOnDomain,
     StoragePoolUnknown,
     TaskCancelled,
@@ -183,6 +184,36 @@ class Volumes:
                progress: Progress = _no_progress) -> str:
         """Make a volume (a qcow2 layer over `parent_vol` when not blank); every check is done
         before anything is written, and a failure leaves nothing behind."""
+        domain, target, parent, parent_meta, capacity = self._plan_create(
+            sd, img, vol, size, volume_format, preallocate, parent_img, parent_vol, initial_size)
+        meta = VolumeMetadata(
+            domain=sd, image=img, parent=parent_vol if parent else BLANK_UUID, capacity=capacity,
+            format=volume_format, type=preallocate, voltype="LEAF", disktype=disktype, description=description,
+            legality="ILLEGAL", ctime=md.now(),
+            sequence=sequence if sequence is not None else (parent_meta.sequence + 1 if parent_meta else 0))
+        with self._making(target, meta):
+            progress(10, f"creating {volume_format} volume {vol}")
+            try:
+                qemuimg.create(target.path, volume_format, capacity,
+                               backing=parent.vol if parent else None,
+                               backing_format=parent_meta.format if parent_meta else None,
+                               preallocation="falloc" if preallocate == "PREALLOCATED" else None)
+            except QemuImgError as exc:
+                raise VolumeCreationError(f"qemu-img could not create volume {vol}: {exc.stderr}") from None
+            if parent is not None and parent_meta is not None and parent_meta.voltype == "LEAF":
+                parent.write(parent_meta.with_(voltype="INTERNAL"))
+            target.write(meta.with_(legality="LEGAL" if legal else "ILLEGAL"))
+        progress(100, f"volume {vol} created")
+        return vol
+
+    def check_create(self, sd: str, img: str, vol: str, size: str, volume_format: str, preallocate: str,
+                     parent_img: str, parent_vol: str) -> None:
+        """What `create` would refuse, refused now, with nothing written."""
+        self._plan_create(sd, img, vol, size, volume_format, preallocate, parent_img, parent_vol, None)
+
+    def _plan_create(self, sd: str, img: str, vol: str, size: str, volume_format: str, preallocate: str,
+                     parent_img: str, parent_vol: str, initial_size: str | None
+                     ) -> tuple[Path, Volume, Volume | None, VolumeMetadata | None, int]:
         capacity = parse_size(size, "size")
         if initial_size is not None:
             parse_size(initial_size, "initialSize")
@@ -205,27 +236,42 @@ class Volumes:
             if capacity < parent_meta.capacity:
                 raise InvalidParameterException(
                     f"size: {capacity} bytes is less than the parent's {parent_meta.capacity}", data={"field": "size"})
-        needed = capacity if preallocate == "PREALLOCATED" else 0
-        self._check_space(domain, sd, needed, capacity)
-        meta = VolumeMetadata(
-            domain=sd, image=img, parent=parent_vol if parent else BLANK_UUID, capacity=capacity,
-            format=volume_format, type=preallocate, voltype="LEAF", disktype=disktype, description=description,
-            legality="ILLEGAL", ctime=md.now(),
-            sequence=sequence if sequence is not None else (parent_meta.sequence + 1 if parent_meta else 0))
-        with self._making(target, meta):
-            progress(10, f"creating {volume_format} volume {vol}")
-            try:
-                qemuimg.create(target.path, volume_format, capacity,
-                               backing=parent.vol if parent else None,
-                               backing_format=parent_meta.format if parent_meta else None,
-                               preallocation="falloc" if preallocate == "PREALLOCATED" else None)
-            except QemuImgError as exc:
-                raise VolumeCreationError(f"qemu-img could not create volume {vol}: {exc.stderr}") from None
-            if parent is not None and parent_meta is not None and parent_meta.voltype == "LEAF":
-                parent.write(parent_meta.with_(voltype="INTERNAL"))
-            target.write(meta.with_(legality="LEGAL" if legal else "ILLEGAL"))
-        progress(100, f"volume {vol} created")
-        return vol
+        self._check_space(domain, sd, capacity if preallocate == "PREALLOCATED" else 0, capacity)
+        return domain, target, parent, parent_meta, capacity
+
+    def check_copy(self, sd: str, img: str, vol: str, dst_sd: str, dst_img: str, dst_vol: str) -> None:
+        self.volume(sd, img, vol)
+        target = Volume(self.domain(dst_sd), dst_sd, dst_img, dst_vol)
+        if target.meta_path.exists() or target.path.exists():
+            raise VolumeAlreadyExists(f"Volume already exists: {dst_vol} (image {dst_img}, domain {dst_sd})",
+                                      data={"volUUID": dst_vol})
+
+    def check_delete(self, sd: str, img: str, vol: str) -> None:
+        volume = self.volume(sd, img, vol)
+        kids = self.children(volume)
+        if kids:
+            raise VolumeImageHasChildren(f"volume {vol} has children {', '.join(kids)}: delete them first",
+                                         data={"volUUID": vol, "children": kids})
+
+    def check_extend(self, sd: str, img: str, vol: str, new_size: str) -> None:
+        size = parse_size(new_size, "newSize")
+        capacity = self.volume(sd, img, vol).meta().capacity
+        if size < capacity:
+            raise VolumeResizeValueError(f"newSize: {size} bytes is less than the volume's {capacity}; "
+                                         "volumes only grow", data={"field": "newSize"})
+
+    def check_move(self, sd: str, img: str, dst_sd: str) -> None:
+        self.image(sd, img)
+        dst_domain = self.domain(dst_sd)
+        if dst_sd == sd:
+            raise InvalidParameterException("dstSdUUID: the image is already on that domain",
+                                            data={"field": "dstSdUUID"})
+        if layout.image_dir(dst_domain, img).exists():
+            raise MoveImageError(f"image {img} already exists on domain {dst_sd}", data={"imgUUID": img})
+
+    def volumes_of_any(self, sd: str, img: str) -> list[str]:
+        """The volumes of an image, none when the image is not there."""
+        return self.volume_ids(layout.image_dir(self.domain(sd), img))
 
     def _check_space(self, domain: Path, sd: str, needed: int, capacity: int) -> None:
         free = free_space(domain)
@@ -281,11 +327,9 @@ class Volumes:
     # -- changing -----------------------------------------------------------------------------
 
     def extend(self, volume: Volume, new_size: str) -> None:
+        self.check_extend(volume.sd, volume.img, volume.vol, new_size)
         size = parse_size(new_size, "newSize")
         meta = volume.meta()
-        if size < meta.capacity:
-            raise VolumeResizeValueError(f"newSize: {size} bytes is less than the volume's {meta.capacity}; "
-                                         "volumes only grow", data={"field": "newSize"})
         if size == meta.capacity:
             return
         self._check_space(volume.domain, volume.sd, size - meta.capacity if meta.type == "PREALLOCATED" else 0, size)
@@ -298,10 +342,7 @@ class Volumes:
     def delete(self, volume: Volume, *, post_zero: bool = False, progress: Progress = _no_progress,
                cancelled: threading.Event | None = None) -> None:
         """Remove a volume without children; its parent becomes the leaf."""
-        kids = self.children(volume)
-        if kids:
-            raise VolumeImageHasChildren(f"volume {volume.vol} has children {', '.join(kids)}: delete them first",
-                                         data={"volUUID": volume.vol, "children": kids})
+        self.check_delete(volume.sd, volume.img, volume.vol)
         meta = volume.meta()
         volume.pending_path.touch()
         volume.write(meta.with_(legality="ILLEGAL"))
