@@ -62,7 +62,7 @@ def handlers(services: Services, served: Iterable[str]) -> list[object]:
     """Every handler object, ready for `Registry(schema, handlers(services, schema.verbs))`;
     `served` names the verbs the registry will serve (capabilities promise no others)."""
     s = services
-    return [HostApi(s.host, s.vms, s.tasks, s.about, served), VmApi(s.vms), TaskApi(s.tasks),
+    return [HostApi(s.host, s.vms, s.tasks, s.about, served), VmApi(s.vms, s.volumes), TaskApi(s.tasks),
             EventsApi(s.events, s.credentials), SecurityApi(s.credentials, s.audit), NetworkApi(s.network, s.vms),
             HostTuneApi(s.ksm, s.lldp, s.domain_xmls), HostDevApi(s.hostdevs), SecretsApi(s.secrets),
             VolumeApi(s.volumes, s.vms)]

@@ -287,3 +287,28 @@ def test_ovfs_are_kept_on_the_master_domain(site: Site) -> None:
     assert refused(site, "StoragePool.removeVM", storagepoolID=site.pool, vmUUID=vm).code == 320
 
 
+
+
+def test_a_vm_disk_named_by_volume_gets_the_chain(site: Site) -> None:
+    img, base, top = new(), new(), new()
+    site.create(img, base, fmt="RAW", size=1 << 20)
+    site.create(img, top, size=1 << 20, parent=base)
+    disk = {"deviceType": "disk", "device": "disk", "iface": "virtio", "poolID": site.pool,
+            "domainID": site.sd, "imageID": img, "volumeID": top}
+    vm_id = new()
+    made = site.rpc.call("VM.create", vmParams={"vmId": vm_id, "vmName": "pier-volumes-chain", "memSize": 64,
+                                                "devices": [disk]})
+    try:
+        leaf = site.domain_dir(site.sd) / "images" / img / top
+        assert [d["path"] for d in made["devices"] if d["deviceType"] == "disk"] == [str(leaf)]
+        xml = site.rpc.call("Host.dumpxmls", vmList=[vm_id])[vm_id]
+        assert f"<source file='{leaf.parent / base}'" in xml.replace('"', "'")
+        assert "<format type='raw'" in xml.replace('"', "'")
+    finally:
+        site.rpc.call("VM.destroy", vmID=vm_id)
+    missing, refused_vm = dict(disk, volumeID=new()), new()
+    with pytest.raises(JsonRpcError) as caught:
+        site.rpc.call("VM.create", vmParams={"vmId": refused_vm, "vmName": "pier-volumes-none", "memSize": 64,
+                                             "devices": [missing]})
+    assert caught.value.code == 201
+    assert refused_vm not in json.dumps(site.rpc.call("Host.getVMList"))
