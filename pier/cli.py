@@ -39,6 +39,8 @@ CONVENIENCE_VERBS = {
     "net": "Host.getNetworkCapabilities",
     "task.info": "Task.getInfo",
     "task.list": "Host.getAllTasks",
+    "volume.create": "Volume.create",
+    "volume.list": "StorageDomain.getVolumes",
     "task.stop": "Task.stop",
     "task.clear": "Task.clear",
     "token.create": "Token.create",
@@ -405,7 +407,7 @@ def cmd_task(client: PierClient, args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from pier import cli_security
+    from pier import cli_security, cli_volume
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--url", default=argparse.SUPPRESS, help=f"pierd's address (default {cli_security.URL_HELP})")
@@ -461,6 +463,7 @@ def build_parser() -> argparse.ArgumentParser:
         task_sub.add_parser(action, parents=[common], help=text).add_argument("id")
     task.set_defaults(run=cmd_task)
     cli_security.add_commands(sub, common)
+    cli_volume.add_commands(sub, common)
     return parser
 
 

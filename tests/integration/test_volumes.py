@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from pier import cli
 from tests.integration.clients import HttpRpcClient, JsonRpcError, http_request
 from tests.integration.conftest import Pierd
 
@@ -312,3 +313,17 @@ def test_a_vm_disk_named_by_volume_gets_the_chain(site: Site) -> None:
                                              "devices": [missing]})
     assert caught.value.code == 201
     assert refused_vm not in json.dumps(site.rpc.call("Host.getVMList"))
+
+
+def test_pier_volume_create_makes_a_volume_and_waits_for_it(site: Site, capsys: pytest.CaptureFixture[str]) -> None:
+    img, vol = new(), new()
+    base = ["--url", site.daemon.http, "--token", site.daemon.token]
+    assert cli.main(["volume", "create", *base, "--domain", site.sd, "--pool", site.pool, "--image", img,
+                     "--id", vol, "--size", "3G", "--format", "qcow2"]) == 0
+    info = site.rpc.call("Volume.getInfo", volumeID=vol, storagepoolID=site.pool, storagedomainID=site.sd,
+                         imageID=img)
+    assert (info["capacity"], info["format"], info["type"]) == (str(3 * GiB), "COW", "SPARSE")
+    capsys.readouterr()
+    assert cli.main(["volume", "list", *base, "--domain", site.sd, "--pool", site.pool, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == [vol]
+    assert cli.main(["volume", "create", *base, "--domain", new(), "--size", "1G"]) != 0
