@@ -124,7 +124,6 @@ class VolumeApi:
                srcVolUUID: str, initialSize: Any = None, addBitmaps: bool = False, legal: bool = True,
                sequence: int | None = None, bitmap: str | None = None) -> str:
         self._volumes.check_pool(storagepoolID)
-        ctx.task.step("creating", 5, f"creating volume {volumeID}")
         return self._volumes.create(storagedomainID, imageID, volumeID, str(size), _code(_FORMATS, volFormat),
                                     _code(_ALLOCATIONS, preallocate), diskType, desc, srcImgUUID, srcVolUUID,
                                     initial_size=None if initialSize is None else str(initialSize), legal=legal,
@@ -134,7 +133,8 @@ class VolumeApi:
     def create_done(self, params: dict[str, Any], step: str | None) -> bool:
         """A create the agent did not finish is removed (it was marked ILLEGAL and pending)."""
         self._volumes.remove_leftovers(params["storagedomainID"], params["imageID"])
-        return self._volumes.legality(params["storagedomainID"], params["imageID"], params["volumeID"]) is not None
+        wanted = "LEGAL" if params.get("legal", True) else "ILLEGAL"
+        return self._volumes.legality(params["storagedomainID"], params["imageID"], params["volumeID"]) == wanted
 
     @verb("Volume.copy")
     def copy(self, ctx: CallContext, volumeID: str, storagepoolID: str, storagedomainID: str, imageID: str,
@@ -151,7 +151,7 @@ class VolumeApi:
     def copy_done(self, params: dict[str, Any], step: str | None) -> bool:
         """An interrupted copy's half volume is removed; the source was only read."""
         self._volumes.remove_leftovers(params["dstSdUUID"], params["dstImgUUID"])
-        return self._volumes.legality(params["dstSdUUID"], params["dstImgUUID"], params["dstVolUUID"]) is not None
+        return self._volumes.legality(params["dstSdUUID"], params["dstImgUUID"], params["dstVolUUID"]) == "LEGAL"
 
     @verb("Volume.delete")
     def delete(self, ctx: CallContext, volumeID: str, storagepoolID: str, storagedomainID: str, imageID: str,

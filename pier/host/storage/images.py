@@ -5,10 +5,10 @@ clone, sync, reconcile) and the pool verbs on images.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ class VolumeStore(Volumes):
         super().__init__(data_center)
         self._prepared: set[tuple[str, str, str]] = set()
         self._lock = threading.Lock()
+        self._listings: dict[str, dict[str, tuple[int, list[str]]]] = {}  # images dir: {image: (mtime, vols)}
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -101,15 +102,37 @@ class VolumeStore(Volumes):
     def volumes_of(self, sd: str, img: str) -> list[str]:
         """The volumes of an image (of the whole domain when `img` is the blank UUID)."""
         if img == BLANK_UUID:
-            domain = self.domain(sd)
-            out: list[str] = []
-            images = layout.images_dir(domain)
-            with contextlib.suppress(FileNotFoundError):
-                for name in sorted(os.listdir(images)):
-                    if layout.is_uuid(name):
-                        out += self.volume_ids(images / name)
-            return out
+            return self._domain_volumes(str(layout.images_dir(self.domain(sd))))
         return self.volume_ids(self.image(sd, img))
+
+    def _domain_volumes(self, images: str) -> list[str]:
+        """Every volume under `images`: each image directory is listed again only when its mtime
+        changed (a stat costs about half a listing; 1000 images are 1000 of either). A listing
+        taken within 50 ms of its directory's change is not kept: mtimes have a coarse tick."""
+        out: list[str] = []
+        try:
+            names = sorted(os.listdir(images))
+        except FileNotFoundError:
+            return out
+        kept = self._listings.get(images, {})
+        fresh: dict[str, tuple[int, list[str]]] = {}
+        settled = time.time_ns() - 50_000_000
+        for name in names:
+            if not layout.is_uuid(name):
+                continue
+            path = images + "/" + name
+            try:
+                mtime = os.stat(path).st_mtime_ns
+            except FileNotFoundError:
+                continue
+            listing = kept.get(name)
+            if listing is None or listing[0] != mtime:
+                listing = (mtime, self.volume_ids(Path(path)))
+            if mtime < settled:
+                fresh[name] = listing
+            out += listing[1]
+        self._listings[images] = fresh
+        return out
 
     def images_with(self, sp: str, img: str) -> list[str]:
         """The domains of pool `sp` that hold image `img`."""
@@ -278,8 +301,8 @@ class VolumeStore(Volumes):
                                                      ctime=meta.ctime, generation=meta.generation))
                 else:
                     self.copy_into(source, target, meta.with_(domain=dst_sd), backing=backing, progress=progress,
-                                   cancelled=cancelled, start=number * 90 // len(volumes), span=90 // len(volumes))
-                    target.write(target.meta().with_(legality=meta.legality))
+                                   cancelled=cancelled, start=number * 90 // len(volumes), span=90 // len(volumes),
+                                   legality=meta.legality)
                 made.append(target)
         except BaseException:
             shutil.rmtree(layout.image_dir(dst_domain, img), ignore_errors=True)

@@ -120,19 +120,23 @@ def read(path: Path) -> VolumeMetadata:
     return decode(data, path)
 
 
-def write(path: Path, meta: VolumeMetadata) -> None:
-    """Write `meta` to `path` crash-safely: a temporary file, fsynced, renamed, the directory fsynced."""
+def write(path: Path, meta: VolumeMetadata, *, durable: bool = True) -> None:
+    """Write `meta` to `path` crash-safely: a temporary file, fsynced, renamed, the directory fsynced.
+    Without `durable` the fsyncs are left out (for the ILLEGAL metadata of a volume being made,
+    which its pending marker already says to remove after a crash)."""
     data = meta.encode()
     temporary = path.with_name(path.name + ".new")
     try:
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o660)
         try:
             os.write(fd, data)
-            os.fsync(fd)
+            if durable:
+                os.fsync(fd)
         finally:
             os.close(fd)
         os.rename(temporary, path)
-        sync_dir(path.parent)
+        if durable:
+            sync_dir(path.parent)
     except OSError as exc:
         raise VolumeMetadataWriteError(f"cannot write {path}: {exc.strerror}", data={"path": str(path)}) from None
 

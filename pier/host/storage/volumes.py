@@ -13,6 +13,7 @@ import contextlib
 import os
 import shutil
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -191,8 +192,9 @@ class Volumes:
             format=volume_format, type=preallocate, voltype="LEAF", disktype=disktype, description=description,
             legality="ILLEGAL", ctime=md.now(),
             sequence=sequence if sequence is not None else (parent_meta.sequence + 1 if parent_meta else 0))
-        with self._making(target, meta):
-            progress(10, f"creating {volume_format} volume {vol}")
+        with self._making(target, meta) as finish:
+            if preallocate == "PREALLOCATED":
+                progress(10, f"allocating {capacity} bytes for volume {vol}")
             try:
                 qemuimg.create(target.path, volume_format, capacity,
                                backing=parent.vol if parent else None,
@@ -202,8 +204,7 @@ class Volumes:
                 raise VolumeCreationError(f"qemu-img could not create volume {vol}: {exc.stderr}") from None
             if parent is not None and parent_meta is not None and parent_meta.voltype == "LEAF":
                 parent.write(parent_meta.with_(voltype="INTERNAL"))
-            target.write(meta.with_(legality="LEGAL" if legal else "ILLEGAL"))
-        progress(100, f"volume {vol} created")
+            finish(meta.with_(legality="LEGAL" if legal else "ILLEGAL"))
         return vol
 
     def check_create(self, sd: str, img: str, vol: str, size: str, volume_format: str, preallocate: str,
@@ -284,34 +285,44 @@ class Volumes:
                                       f"domain ({total} bytes)", data={"sdUUID": sd, "needed": capacity, "size": total})
 
     @contextlib.contextmanager
-    def _making(self, target: Volume, meta: VolumeMetadata) -> Iterator[None]:
-        """Mark a volume being made (marker, ILLEGAL metadata, lease); on failure remove it all."""
+    def _making(self, target: Volume, meta: VolumeMetadata) -> Iterator[Callable[[VolumeMetadata], None]]:
+        """Mark a volume being made (marker, ILLEGAL metadata, lease) and yield `finish(meta)`, which
+        drops the marker and writes the final metadata durably (one fsync of the file, one of the
+        directory, for both); on failure remove it all. Until `finish`, nothing is fsynced: what a
+        crash leaves is a marker, or a data file without metadata, both removed at the next start."""
         created_dir = not target.image_dir.exists()
         target.image_dir.mkdir(parents=True, exist_ok=True)
+
+        def finish(final: VolumeMetadata) -> None:
+            target.pending_path.unlink()
+            target.write(final)
+
         try:
             target.pending_path.touch()
-            md.sync_dir(target.image_dir)
-            target.write(meta.with_(legality="ILLEGAL"))
+            md.write(target.meta_path, meta.with_(legality="ILLEGAL"), durable=False)
             with open(target.lease_path, "wb") as lease:
                 lease.truncate(LEASE_SIZE)
-            yield
+            yield finish
         except BaseException:
             remove_files(target)
             if created_dir:
                 with contextlib.suppress(OSError):
                     target.image_dir.rmdir()
             raise
-        target.pending_path.unlink()
-        md.sync_dir(target.image_dir)
 
     def copy_into(self, source: Volume, target: Volume, meta: VolumeMetadata, *, backing: Volume | None = None,
                   progress: Progress = _no_progress, cancelled: threading.Event | None = None,
-                  start: int = 0, span: int = 100) -> None:
+                  start: int = 0, span: int = 100, legality: str = "LEGAL") -> None:
         """Write `target` (new) from `source` with qemu-img convert; a layer over `backing` when given."""
         backing_meta = backing.meta() if backing else None
-        with self._making(target, meta):
+        with self._making(target, meta) as finish:
+            reported = [0.0]
+
             def report(percent: float) -> None:
-                progress(start + int(percent * span / 100), f"copying {source.vol} to {target.sd}: {percent:.0f}%")
+                now = time.monotonic()  # each report is a task record written: a few a second
+                if now - reported[0] >= 0.5:
+                    reported[0] = now
+                    progress(start + int(percent * span / 100), f"copying {source.vol} to {target.sd}: {percent:.0f}%")
             try:
                 qemuimg.convert(source.path, source.meta().format, target.path, meta.format,
                                 backing=backing.vol if backing else None,
@@ -322,7 +333,7 @@ class Volumes:
                 if cancelled is not None and cancelled.is_set():
                     raise TaskCancelled("the copy was stopped") from None
                 raise VolumeCreationError(f"qemu-img could not copy {source.vol}: {exc.stderr}") from None
-            target.write(meta.with_(legality="LEGAL"))
+            finish(meta.with_(legality=legality))
 
     # -- changing -----------------------------------------------------------------------------
 
@@ -404,11 +415,16 @@ def remove_illegal_leftovers(domain_dir: Path, img: str | None = None) -> list[s
             files = os.listdir(directory)
         except OSError:
             continue
-        for marker in files:
-            if marker.endswith(PENDING_EXT):
-                vol = marker[:-len(PENDING_EXT)]
-                remove_files(Volume(domain_dir, domain_dir.name, name, vol))
-                removed.append(f"{name}/{vol}")
+        names = set(files)
+        for entry in files:
+            if entry.endswith(PENDING_EXT):
+                vol = entry[:-len(PENDING_EXT)]
+            elif layout.is_uuid(entry) and entry + layout.META_EXT not in names:
+                vol = entry  # data whose metadata a crash lost before it was ever durable
+            else:
+                continue
+            remove_files(Volume(domain_dir, domain_dir.name, name, vol))
+            removed.append(f"{name}/{vol}")
         with contextlib.suppress(OSError):
             if not os.listdir(directory):
                 directory.rmdir()
