@@ -374,9 +374,89 @@ class Balloon(Device):
         return out
 
 
+class Console(Device):
+    """`<console>`: VDSM's console device; a serial one (specParams.consoleType "serial") comes with
+    the `<serial>` port it is shown on (`companions`), as VDSM adds it."""
+
+    tag = "console"
+    device_type = "console"
+    TYPES = ("serial", "virtio")
+
+    @classmethod
+    def from_params(cls, p: dict[str, Any], where: str) -> Console:
+        spec = p.get("specParams") or {}
+        if not isinstance(spec, dict):
+            raise InvalidParams(f"{where}.specParams: expected an object")
+        kind = choice(spec.get("consoleType", "virtio"), cls.TYPES, f"{where}.specParams.consoleType")
+        if as_bool(spec.get("enableSocket"), f"{where}.specParams.enableSocket"):
+            raise InvalidParams(f"{where}.specParams.enableSocket: consoles on a socket are not supported")
+        el = ET.Element("console", type="pty")
+        sub(el, "target", type=kind, port="0")
+        return cls(el)
+
+    @property
+    def console_type(self) -> str:
+        target = self.element.find("target")
+        return "" if target is None else target.get("type", "")
+
+    def companions(self) -> list[ET.Element]:
+        """The elements that go with this console in `<devices>`."""
+        if self.console_type != "serial":
+            return []
+        serial = ET.Element("serial", type="pty")
+        sub(serial, "target", port="0")
+        return [serial]
+
+    def to_vdsm(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"deviceType": "console", "type": "console", "device": "console",
+                               "specParams": {"consoleType": self.console_type,
+                                              "enableSocket": self.element.get("type") == "unix"}}
+        self._add_common(out)
+        return out
+
+
+class Channel(Device):
+    """`<channel>`: a virtio-serial port to a host socket, such as the guest agent's."""
+
+    tag = "channel"
+    device_type = "channel"
+    GUEST_AGENT = "org.qemu.guest_agent.0"
+
+    @classmethod
+    def from_params(cls, p: dict[str, Any], where: str) -> Channel:
+        choice(p.get("device", "unix"), ("unix",), f"{where}.device")
+        name = p.get("name") or (p.get("specParams") or {}).get("name") or cls.GUEST_AGENT
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9._-]{1,100}", name):
+            raise InvalidParams(f"{where}.name: {name!r} is not a channel name (letters, digits, '.', '_', '-')")
+        return cls.unix(name)
+
+    @classmethod
+    def unix(cls, name: str) -> Channel:
+        """A channel on a UNIX socket whose path libvirt chooses."""
+        el = ET.Element("channel", type="unix")
+        sub(el, "source", mode="bind")
+        sub(el, "target", type="virtio", name=name)
+        return cls(el)
+
+    @property
+    def name(self) -> str:
+        target = self.element.find("target")
+        return "" if target is None else target.get("name", "")
+
+    def to_vdsm(self) -> dict[str, Any]:
+        source = self.element.find("source")
+        out: dict[str, Any] = {"deviceType": "channel", "type": "channel", "device": self.element.get("type", ""),
+                               "name": self.name}
+        if source is not None and source.get("path"):
+            out["path"] = source.get("path")
+        self._add_common(out)
+        return out
+
+
 DEVICE_CLASSES: dict[str, type[Device]] = {
     "disk": Disk, "interface": Interface, "graphics": Graphics, "video": Video,
     "balloon": Balloon,
+    "console": Console, "channel": Channel,
 }
 """VDSM deviceType -> the class that builds it from params."""
 

@@ -16,6 +16,8 @@ import defusedxml.ElementTree as SafeET
 from defusedxml import DefusedXmlException
 
 from pier.host.devices import (
+    Channel,
+    Console,
     Device,
     Disk,
     Graphics,
@@ -39,6 +41,8 @@ _UNITS = {
 }
 _BOOT_DEVS = {"c": "hd", "d": "cdrom", "n": "network", "a": "fd"}
 CPU_MODES = ("host-passthrough", "host-model")
+_DIRECT_BOOT = {"kernel": "kernel", "initrd": "initrd", "kernelArgs": "cmdline"}
+"""vmParams field -> its element under <os>."""
 _NOT_XML_CHAR = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 
 
@@ -213,6 +217,10 @@ class DomainXml:
         }
         if os_type is not None and os_type.get("machine"):
             out["emulatedMachine"] = os_type.get("machine")
+        for field, tag in _DIRECT_BOOT.items():
+            text = self.root.findtext(f"os/{tag}")
+            if text:
+                out[field] = text.strip()
         cpu = self.root.find("cpu")
         if cpu is not None:
             model = cpu.findtext("model")
@@ -283,6 +291,7 @@ def build_domain(vm_id: str, params: dict[str, Any], *, domain_type: str) -> Dom
             if letter not in _BOOT_DEVS:
                 raise InvalidParams(f"vmParams.boot: {boot!r} (letters from c, d, n, a)")
             sub(os_el, "boot", dev=_BOOT_DEVS[letter])
+    _add_direct_boot(os_el, params)
 
     if as_bool(params.get("acpiEnable"), "vmParams.acpiEnable", default=True):
         sub(sub(root, "features"), "acpi")
@@ -308,7 +317,12 @@ def build_domain(vm_id: str, params: dict[str, Any], *, domain_type: str) -> Dom
     if not isinstance(devices, list):
         raise InvalidParams("vmParams.devices: expected a list")
     for index, dev_params in enumerate(devices):
-        dom.add_device(device_from_params(dev_params, f"vmParams.devices[{index}]"))
+        device = device_from_params(dev_params, f"vmParams.devices[{index}]")
+        dom.add_device(device)
+        if isinstance(device, Console):
+            dom.devices_element.extend(device.companions())
+    if not any(isinstance(d, Channel) and d.name == Channel.GUEST_AGENT for d in dom.devices()):
+        dom.add_device(Channel.unix(Channel.GUEST_AGENT))  # as VDSM gives every VM
     display = params.get("display")
     if display and not dom.graphics():
         if display not in ("vnc", "qxl"):
@@ -323,6 +337,25 @@ def build_domain(vm_id: str, params: dict[str, Any], *, domain_type: str) -> Dom
         dom.set_metadata("memGuaranteedSize", str(value), "int")
     check_xml_chars(root, "vmParams")
     return dom
+
+
+def _add_direct_boot(os_el: ET.Element, params: dict[str, Any]) -> None:
+    """`kernel`, `initrd` and `kernelArgs`: boot a kernel from a host file instead of a disk."""
+    given: dict[str, str] = {}
+    for field in _DIRECT_BOOT:
+        value = params.get(field)
+        if value in (None, ""):
+            continue
+        if not isinstance(value, str):
+            raise InvalidParams(f"vmParams.{field}: expected a string, got {value!r}")
+        if field != "kernelArgs" and not value.startswith("/"):
+            raise InvalidParams(f"vmParams.{field}: {value!r} is not an absolute path")
+        given[field] = value
+    if given and "kernel" not in given:
+        raise MissingParam(f"vmParams.kernel: missing (needed by {' and '.join(given)})")
+    for field, tag in _DIRECT_BOOT.items():
+        if field in given:
+            sub(os_el, tag).text = given[field]
 
 
 def _check_unique_macs(dom: DomainXml) -> None:

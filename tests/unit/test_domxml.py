@@ -74,6 +74,11 @@ CASES: dict[str, dict[str, Any]] = {
              "iface": "sata"},
         ],
     },
+    "direct_boot_console": {
+        **MINIMAL, "vmName": "pier-test-direct-boot", "kernel": "/var/lib/pier/guest/vmlinuz",
+        "initrd": "/var/lib/pier/guest/initrd.img", "kernelArgs": "console=ttyS0 quiet",
+        "devices": [{"deviceType": "console", "device": "console", "specParams": {"consoleType": "serial"}}],
+    },
     "launch_paused": {**MINIMAL, "vmName": "pier-test-paused", "launchPaused": "true",
                       "display": "qxl", "acpiEnable": "false"},
 }
@@ -162,12 +167,38 @@ def test_bad_raw_xml_is_refused(raw: str, fragment: str) -> None:
         {"deviceType": "interface", "network": "n", "macAddr": "52:54:00:00:00:01"},
         {"deviceType": "interface", "network": "n", "macAddr": "52:54:00:00:00:01"}]},
      InvalidParams, "52:54:00:00:00:01"),
+    ({"vmName": "a", "memSize": 64, "initrd": "/boot/initrd.img"}, MissingParam, "vmParams.kernel"),
+    ({"vmName": "a", "memSize": 64, "kernel": "vmlinuz"}, InvalidParams, "vmParams.kernel"),
+    ({"vmName": "a", "memSize": 64, "kernel": "/k", "initrd": "initrd"}, InvalidParams, "vmParams.initrd"),
+    ({"vmName": "a", "memSize": 64, "kernel": "/k", "kernelArgs": ["quiet"]}, InvalidParams, "vmParams.kernelArgs"),
+    ({"vmName": "a", "memSize": 64, "devices": [{"deviceType": "console", "specParams": {"consoleType": "vga"}}]},
+     InvalidParams, "vmParams.devices[0].specParams.consoleType"),
+    ({"vmName": "a", "memSize": 64, "devices": [{"deviceType": "channel", "name": "../x"}]},
+     InvalidParams, "vmParams.devices[0].name"),
+    ({"vmName": "a", "memSize": 64, "devices": [{"deviceType": "channel", "device": "pty"}]},
+     InvalidParams, "vmParams.devices[0].device"),
 ])
 def test_bad_params_raise_an_error_naming_the_field(params: dict[str, Any], error: type,
                                                       field: str) -> None:
     with pytest.raises(error) as err:
         build_domain(VM_ID, params, domain_type="kvm")
     assert field in err.value.message
+
+
+def test_a_built_vm_reads_back_its_direct_boot_console_and_agent_channel() -> None:
+    info = build_domain(VM_ID, CASES["direct_boot_console"], domain_type="kvm").to_definition()
+    assert (info["kernel"], info["initrd"], info["kernelArgs"]) == (
+        "/var/lib/pier/guest/vmlinuz", "/var/lib/pier/guest/initrd.img", "console=ttyS0 quiet")
+    by_type = {dev["deviceType"]: dev for dev in info["devices"]}
+    assert by_type["console"]["specParams"] == {"consoleType": "serial", "enableSocket": False}
+    assert by_type["channel"]["name"] == "org.qemu.guest_agent.0"
+
+
+def test_a_guest_agent_channel_given_in_devices_is_not_added_twice() -> None:
+    params = {**MINIMAL, "devices": [{"deviceType": "channel"}]}
+    channels = [d for d in build_domain(VM_ID, params, domain_type="kvm").to_definition()["devices"]
+                if d["deviceType"] == "channel"]
+    assert [c["name"] for c in channels] == ["org.qemu.guest_agent.0"]
 
 
 def test_bad_vm_id_is_refused() -> None:

@@ -1,0 +1,1 @@
+"""Pier's tiny test guest (see build.py)."""
