@@ -1,171 +1,116 @@
-"""Volumes through pierd beside qemu-img alone, on a directory domain of a throwaway data center.
+"""Host.getStorageRepoStats from the monitor's cache, with 1000 volumes on the watched domains.
 
-  Volume.create, a 10 GiB sparse qcow2    vs qemu-img create of the same file (target <= 1.3x);
-                                             the verb timed from the call until its task ended
-                                             (JSON-RPC over HTTP, then REST's ?wait)
-                                             (and the same work in process, without RPC or task)
-  Volume.copy of 1 GiB of data            vs qemu-img convert of the same file, as Pier runs it
-                                             (-t none -T none, raw to qcow2; target <= 1.1x)
-  StorageDomain.getVolumes, 1000 volumes  vs os.listdir of the image directories (target < 20 ms)
+  GET /host/storage-repo-stats (pierd, unix socket)   vs GET /host/ping (the same wire, no work)
+                                                        (target: p99 < 20 ms)
+  Host.getStorageRepoStats, in process                 vs a bare dict copy of the same size
 
-Each figure beside its floor, in one run. The data center is deleted at the end.
+Four localfs domains in a temporary data-center root, 1000 volumes in all (data file, .meta and
+.lease each), all watched by the monitor; nothing outside the temporary directory is touched.
 
-Run: .venv/bin/python bench/storage.py [--rounds N]
+Then the volume figures of bench/storage_volumes.py (Volume.create, Volume.copy,
+StorageDomain.getVolumes with 1000 volumes, each beside qemu-img or a listing).
+
+Run: .venv/bin/python bench/storage.py [--count N] [--rounds N]
 """
 
 from __future__ import annotations
 
 import argparse
-import http.client
-import json
-import os
 import shutil
-import subprocess
+import sys
 import tempfile
-import time
 import uuid
 from pathlib import Path
-from typing import Any
 
-from common import PierdProcess, interleaved, report, time_calls
+import storage_volumes
+from common import PierdProcess, interleaved, report
 
-from pier.host.storage import volume_md as md
-from pier.host.storage.images import PoolImages
+from pier.host.storage.service import Storage
+from tests.integration.clients import unix_request
 
-BLANK = "00000000-0000-0000-0000-000000000000"
-GiB = 1 << 30
-
-
-class Rpc:
-    def __init__(self, daemon: PierdProcess) -> None:
-        host, port = daemon.http.split("//")[1].split(":")
-        self.connection = http.client.HTTPConnection(host, int(port), timeout=600)
-        self.headers = {"Content-Type": "application/json", "Authorization": f"Bearer {daemon.token}"}
-
-    def request(self, method: str, path: str, body: Any = None) -> Any:
-        self.connection.request(method, path, body=None if body is None else json.dumps(body), headers=self.headers)
-        reply = json.loads(self.connection.getresponse().read())
-        return reply
-
-    def call(self, verb: str, **params: Any) -> Any:
-        reply = self.request("POST", "/jsonrpc", {"jsonrpc": "2.0", "method": verb, "params": params, "id": 1})
-        if "error" in reply:
-            raise RuntimeError(reply["error"])
-        return reply["result"]
-
-    def task(self, verb: str, **params: Any) -> None:
-        task = self.call(verb, **params)
-        ended = self.request("GET", f"/api/v1/tasks/{task['taskID']}?wait=300")
-        if ended.get("state") != "succeeded":
-            raise RuntimeError(ended)
+DOMAINS = 4
+VOLUMES = 1000
 
 
-def qemu_img(*args: str) -> None:
-    subprocess.run(["qemu-img", *args], check=True, capture_output=True)
+def fill(root: Path) -> list[tuple[str, str]]:
+    """(local directory, sdUUID) of DOMAINS domains made with VOLUMES volumes between them."""
+    made = []
+    for i in range(DOMAINS):
+        local = root / f"sd{i}"
+        local.mkdir(parents=True)
+        made.append((str(local), str(uuid.uuid4())))
+    return made
 
 
-def make_domain(dc: Path, sd: str) -> Path:
-    domain = dc / "mnt" / "_bench" / sd
-    (domain / "dom_md").mkdir(parents=True)
-    (domain / "images").mkdir()
-    (domain / "dom_md" / "metadata").write_text(f"SDUUID={sd}\nVERSION=5\n")
-    return domain
+def add_volumes(domain: Path, count: int) -> None:
+    for _ in range(count // 10):
+        image = domain / "images" / str(uuid.uuid4())
+        image.mkdir()
+        for _ in range(10):
+            vol = str(uuid.uuid4())
+            (image / vol).write_bytes(b"")
+            (image / (vol + ".meta")).write_text("CAP=1073741824\nFORMAT=RAW\nEOF\n")
+            (image / (vol + ".lease")).write_bytes(b"")
 
 
-def bench_create(rpc: Rpc, data_center: Path, sd: str, scratch: Path, rounds: int) -> None:
-    def pier() -> None:
-        img = str(uuid.uuid4())
-        rpc.task("Volume.create", volumeID=str(uuid.uuid4()), storagepoolID=BLANK, storagedomainID=sd, imageID=img,
-                 size=str(10 * GiB), volFormat="COW", preallocate="SPARSE", diskType="DATA", desc="",
-                 srcImgUUID=BLANK, srcVolUUID=BLANK)
-
-    def floor() -> None:
-        path = scratch / str(uuid.uuid4())
-        qemu_img("create", "-q", "-f", "qcow2", "-o", "compat=1.1", str(path), str(10 * GiB))
-
-    subject, base = interleaved(pier, floor, rounds, rounds=max(1, rounds // 4))
-    report("Volume.create 10 GiB sparse qcow2", subject, base, "<= 1.3x")
-
-    store = PoolImages(data_center)
-
-    def in_process() -> None:  # the storage work alone: no RPC, no task
-        store.create(sd, str(uuid.uuid4()), str(uuid.uuid4()), str(10 * GiB), "COW", "SPARSE", "DATA", "", BLANK,
-                     BLANK)
-
-    subject, base = interleaved(in_process, floor, rounds, rounds=max(1, rounds // 4))
-    report("  its storage work alone (in process)", subject, base)
+def bench_in_process(root: Path, count: int) -> None:
+    storage = Storage(root / "dc", lambda name, params: None, monitor_interval=3600)
+    for local, sd in fill(root / "inproc"):
+        storage.connect_storage_server(4, [{"id": sd, "connection": local}])
+        storage.create_domain(sd, 4, local, "bench", 1)
+        add_volumes(Path(local) / sd, VOLUMES // DOMAINS)
+        storage.start_monitoring(sd, 1)
+    storage.monitor.check_all()
+    cache = storage.repo_stats()
+    assert len(cache) == DOMAINS and all(v["valid"] for v in cache.values())
+    subject, base = interleaved(storage.repo_stats, lambda: {k: dict(v) for k, v in cache.items()}, count)
+    report("getStorageRepoStats (in process)", subject, base)
 
 
-def bench_copy(rpc: Rpc, sd: str, sd2: str, domain: Path, scratch: Path, rounds: int) -> None:
-    img, vol = str(uuid.uuid4()), str(uuid.uuid4())
-    rpc.task("Volume.create", volumeID=vol, storagepoolID=BLANK, storagedomainID=sd, imageID=img, size=str(GiB),
-             volFormat="RAW", preallocate="SPARSE", diskType="DATA", desc="", srcImgUUID=BLANK, srcVolUUID=BLANK)
-    source = domain / "images" / img / vol
-    block = os.urandom(1 << 20)
-    with open(source, "r+b") as out:
-        for _ in range(GiB >> 20):
-            out.write(block)
-        os.fsync(out.fileno())
-    pier_times: list[float] = []
-    floor_times: list[float] = []
-    for _ in range(rounds):
-        target = scratch / str(uuid.uuid4())
-        started = time.perf_counter()
-        qemu_img("convert", "-t", "none", "-T", "none", "-f", "raw", "-O", "qcow2", "-o", "compat=1.1",
-                 str(source), str(target))
-        floor_times.append(time.perf_counter() - started)
-        target.unlink()
-        dst_img = str(uuid.uuid4())
-        started = time.perf_counter()
-        rpc.task("Volume.copy", volumeID=vol, storagepoolID=BLANK, storagedomainID=sd, imageID=img, dstSdUUID=sd2,
-                 dstImgUUID=dst_img, dstVolUUID=str(uuid.uuid4()), desc="", volType="LEAF", volFormat="COW",
-                 preallocate="SPARSE", postZero=False, force=False)
-        pier_times.append(time.perf_counter() - started)
-        rpc.task("Image.delete", imageID=dst_img, storagepoolID=BLANK, storagedomainID=sd2)
-    report("Volume.copy 1 GiB raw -> qcow2", pier_times, floor_times, "<= 1.1x")
-
-
-def bench_listing(rpc: Rpc, sd: str, domain: Path, count: int) -> None:
-    images = domain / "images"
-    for _ in range(1000):  # written directly: what is timed is the listing, not 1000 creates
-        img, vol = str(uuid.uuid4()), str(uuid.uuid4())
-        (images / img).mkdir()
-        (images / img / vol).touch()
-        md.write(images / img / f"{vol}.meta", md.VolumeMetadata(
-            domain=sd, image=img, parent=BLANK, capacity=GiB, format="COW", type="SPARSE", voltype="LEAF",
-            disktype="DATA"))
-
-    def floor() -> None:
-        for name in os.listdir(images):
-            os.listdir(images / name)
-
-    listed = rpc.call("StorageDomain.getVolumes", storagedomainID=sd, storagepoolID=BLANK, imageID=BLANK)
-    assert len(listed) >= 1000, len(listed)
-    subject = time_calls(lambda: rpc.call("StorageDomain.getVolumes", storagedomainID=sd, storagepoolID=BLANK,
-                                          imageID=BLANK), count, warmup=5)
-    report(f"StorageDomain.getVolumes {len(listed)} volumes", subject, time_calls(floor, count, warmup=5), "< 20 ms")
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=5)
-    args = parser.parse_args()
-    root = Path(tempfile.mkdtemp(prefix="pier-bench-storage-", dir="/var/tmp"))
-    dc, scratch = root / "dc", root / "scratch"
-    scratch.mkdir()
-    sd, sd2 = str(uuid.uuid4()), str(uuid.uuid4())
-    domain = make_domain(dc, sd)
-    make_domain(dc, sd2)
-    daemon = PierdProcess(None, None, "--data-center", str(dc))
+def bench_pierd(root: Path, count: int) -> None:
+    pierd = PierdProcess(None, None, "--data-center", str(root / "pierd-dc"), "--storage-monitor-interval", "2")
     try:
-        rpc = Rpc(daemon)
-        bench_create(rpc, dc, sd, scratch, args.rounds * 4)
-        bench_copy(rpc, sd, sd2, domain, scratch, args.rounds)
-        bench_listing(rpc, sd, domain, args.rounds * 20)
+        for local, sd in fill(root / "served"):
+            status, answer = unix_request(pierd.socket, "POST", "/api/v1/storage-connections", {
+                "storagepoolID": "00000000-0000-0000-0000-000000000000", "domainType": 4,
+                "connectionParams": [{"id": sd, "connection": local}]})
+            assert status == 200 and answer[0]["status"] == 0, answer
+            status, answer = unix_request(pierd.socket, "POST", "/api/v1/storage-domains", {
+                "storagedomainID": sd, "domainType": 4, "typeArgs": local, "name": "bench", "domainClass": 1})
+            assert status == 202, answer
+            unix_request(pierd.socket, "GET", f"/api/v1/tasks/{answer['taskID']}?wait=30")
+            add_volumes(Path(local) / sd, VOLUMES // DOMAINS)
+            status, _ = unix_request(pierd.socket, "POST", f"/api/v1/storage-domains/{sd}/monitor", {"hostID": 1})
+            assert status == 200
+
+        def call() -> object:
+            status, stats = unix_request(pierd.socket, "GET", "/api/v1/host/storage-repo-stats")
+            assert status == 200 and len(stats) == DOMAINS
+            return stats
+
+        def floor() -> object:
+            return unix_request(pierd.socket, "GET", "/api/v1/host/ping")
+
+        subject, base = interleaved(call, floor, count)
+        report("GET /host/storage-repo-stats (pierd)", subject, base, "p99 < 20 ms")
     finally:
-        daemon.stop()
+        pierd.stop()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--count", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of the volume figures")
+    args = parser.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="pier-bench-storage-"))
+    try:
+        bench_in_process(root, args.count)
+        bench_pierd(root, args.count)
+        storage_volumes.run(args.rounds)
+    finally:
         shutil.rmtree(root, ignore_errors=True)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -37,6 +37,7 @@ CONVENIENCE_VERBS = {
     "capabilities": "Host.getCapabilities",
     "stats": "Host.getStats",
     "net": "Host.getNetworkCapabilities",
+    "storage": "Host.listStorageDomains",
     "task.info": "Task.getInfo",
     "task.list": "Host.getAllTasks",
     "volume.create": "Volume.create",
@@ -314,6 +315,12 @@ def cmd_vms(client: PierClient, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_storage(client: PierClient, args: argparse.Namespace) -> int:
+    domains = client.call(CONVENIENCE_VERBS["storage"], {})
+    _out(fmt.compact_json(domains) if args.json else fmt.storage_table(domains))
+    return EXIT_OK
+
+
 def cmd_net(client: PierClient, args: argparse.Namespace) -> int:
     caps = client.call(CONVENIENCE_VERBS["net"], {})
     _out(fmt.compact_json(caps) if args.json else fmt.networks_table(caps))
@@ -444,6 +451,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("host", parents=[common], help="a summary of this host").set_defaults(run=cmd_host)
     sub.add_parser("net", parents=[common], help="the host's networks, and its NICs, bonds, VLANs and bridges"
                    ).set_defaults(run=cmd_net)
+    sub.add_parser("storage", parents=[common], help="the storage domains on this host's connections: type, "
+                   "class, pool, free space, and whether each is valid").set_defaults(run=cmd_storage)
 
     events = sub.add_parser("events", parents=[common], help="print events (--follow to keep going)")
     events.add_argument("--after", type=int, metavar="SEQ", help="only events after this sequence number "

@@ -155,6 +155,32 @@ def networks_table(caps: dict[str, Any]) -> str:
     return "\n\n".join(parts)
 
 
+def _size(n: Any) -> str:
+    value = float(n or 0)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return str(n)
+
+
+def storage_table(domains: list[dict[str, Any]]) -> str:
+    """The storage domains from Host.listStorageDomains: an invalid one shows why on its own line."""
+    if not domains:
+        return "no storage domains on this host's connections"
+    rows, problems = [], []
+    for d in sorted(domains, key=lambda d: (str(d.get("name", "")), str(d["uuid"]))):
+        state = "valid" if d.get("valid") else "INVALID"
+        free = f"{_size(d.get('diskfree'))} of {_size(d.get('disktotal'))}" if d.get("valid") else "-"
+        rows.append([d["uuid"], d.get("name", "-") or "-", d.get("type", "-"), d.get("class", "-"),
+                     d.get("role", "-"), ",".join(d.get("pool") or []) or "-", free, state])
+        error = d.get("error") or {}
+        if not d.get("valid") and error:
+            problems.append(f"{d['uuid']}: {error_line(error.get('code'), error.get('name'), error.get('message', ''))}")
+    out = table(["DOMAIN", "NAME", "TYPE", "CLASS", "ROLE", "POOL", "FREE", "STATE"], rows)
+    return out + ("\n\n" + "\n".join(problems) if problems else "")
+
+
 def tasks_table(tasks: dict[str, dict[str, Any]]) -> str:
     if not tasks:
         return "no tasks"

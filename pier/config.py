@@ -61,7 +61,8 @@ class Settings:
     audit_retention_days: float = 90.0
     metrics_open: bool = False  # /metrics without credentials (by default a viewer token or certificate)
     manage_network: bool = False  # opt-in: Host.setupNetworks changes this host's links, addresses and routes
-    data_center: str = "/rhev/data-center"  # VDSM's data-center root: connections, domains and pool links
+    data_center: str = "/rhev/data-center"  # VDSM's storage root: connections under mnt/, pool links
+    storage_monitor_interval: float = 10.0  # seconds between two checks of each watched storage domain
 
     def __post_init__(self) -> None:
         if not self.state_dir:
@@ -113,7 +114,9 @@ def argument_parser() -> argparse.ArgumentParser:
                         help="let Host.setupNetworks change this host's links, addresses and routes, and restore "
                         "the safe network configuration at start (off by default: the network is only read)")
     parser.add_argument("--data-center", metavar="DIR",
-                        help="the storage data-center root, as VDSM's (default /rhev/data-center)")
+                        help="the storage root, VDSM's /rhev/data-center: connections under DIR/mnt, pool links")
+    parser.add_argument("--storage-monitor-interval", type=float, metavar="S",
+                        help="seconds between two checks of each watched storage domain (default 10)")
     security = parser.add_argument_group("security", "TCP listeners speak TLS; the unix socket trusts local root")
     security.add_argument("--insecure-loopback", action="store_true", default=None,
                           help="plain HTTP/WS/STOMP without TLS, allowed only on 127.0.0.1 and ::1")

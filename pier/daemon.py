@@ -104,7 +104,8 @@ class Daemon:
         self.node = Node(resolve_libvirt_uri(settings), self.events.publish,
                          stats_interval=settings.stats_interval, slow_stats_interval=settings.slow_stats_interval,
                          last_events=self.events.latest, network_dir=Path(settings.state_dir) / "network",
-                         manage_network=settings.manage_network)
+                         manage_network=settings.manage_network, data_center=settings.data_center,
+                         storage_monitor_interval=settings.storage_monitor_interval)
         self.node.start()
         self.tasks = TaskManager(db, self.events.publish, workers=settings.task_workers)
         limiter = RateLimiter(settings.rate_limit, settings.rate_burst) if settings.rate_limit > 0 else None
@@ -112,6 +113,7 @@ class Daemon:
         services = Services(self.node.host, self.node.vms, self.tasks, self.events, self.credentials, self.audit,
                             self.about, self.node.network, ksm=self.node.ksm, lldp=self.node.lldp,
                             hostdevs=self.node.hostdevs, secrets=self.node.secrets, domain_xmls=self.node.domain_xmls,
+                            storage=self.node.storage,
                             volumes=PoolImages(Path(settings.data_center)))
         self.registry = Registry(schema, handlers(services, schema.verbs),
                                  self.tasks, audit=self.audit, limiter=limiter, credentials=self.credentials)

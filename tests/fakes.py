@@ -19,9 +19,11 @@ from pier.host.services import (
     LldpService,
     NetworkService,
     SecretService,
+    StorageService,
     VmService,
     VolumeService,
 )
+from pier.host.storage.service import Storage
 from pier.rpc.errors import (
     HostdevDetachError,
     ImageDoesNotExistInSD,
@@ -423,6 +425,19 @@ def as_host_extras(hostdevs: FakeHostDevices, xmls: FakeDomainXmls,
 
 def as_secret_service(secrets: FakeSecrets) -> SecretService:
     return secrets
+
+
+class FakeStorage(Storage):
+    """The real storage service on a temporary data-center root, with mount(8) replaced by a
+    refusal (unit tests mount nothing): its domains are directories, connected as localfs."""
+
+    def __init__(self, data_center: str, emit: Callable[[str, dict[str, Any]], object] | None = None) -> None:
+        super().__init__(data_center, emit or (lambda name, params: None), monitor_interval=3600,
+                         run=lambda argv, timeout: (32, f"{argv[0]}: not in unit tests"))
+
+
+def as_storage_service(storage: FakeStorage) -> StorageService:
+    return storage
 
 
 BLANK = "00000000-0000-0000-0000-000000000000"

@@ -18,6 +18,7 @@ from pier.api.hosttune import HostTuneApi
 from pier.api.network import NetworkApi
 from pier.api.secrets import SecretsApi
 from pier.api.security import SecurityApi
+from pier.api.storage import StorageApi
 from pier.api.task import TaskApi
 from pier.api.vm import VmApi
 from pier.api.volume import VolumeApi
@@ -29,6 +30,7 @@ from pier.host.services import (
     LldpService,
     NetworkService,
     SecretService,
+    StorageService,
     VmService,
     VolumeService,
 )
@@ -55,6 +57,7 @@ class Services:
     hostdevs: HostDeviceService
     secrets: SecretService
     domain_xmls: DomainXmlService
+    storage: StorageService
     volumes: VolumeService
 
 
@@ -65,4 +68,5 @@ def handlers(services: Services, served: Iterable[str]) -> list[object]:
     return [HostApi(s.host, s.vms, s.tasks, s.about, served), VmApi(s.vms, s.volumes), TaskApi(s.tasks),
             EventsApi(s.events, s.credentials), SecurityApi(s.credentials, s.audit), NetworkApi(s.network, s.vms),
             HostTuneApi(s.ksm, s.lldp, s.domain_xmls), HostDevApi(s.hostdevs), SecretsApi(s.secrets),
+            StorageApi(s.storage),
             VolumeApi(s.volumes, s.vms)]

@@ -1,7 +1,8 @@
 """Node: this host's hypervisor, wired together; it hands the verb handlers their services.
 
 It builds the parts of `pier.host` and owns their threads: the libvirt connection (and through
-it the shared event loop and the reconnect thread), the event dispatcher, and the stats sampler.
+it the shared event loop and the reconnect thread), the event dispatcher, the stats sampler, and
+the storage domain monitor.
 The handlers get `node.vms` (a `VmService`) and `node.host` (a `HostService`) and call them
 directly. `start()` does not fail when libvirtd is away; verbs that need libvirt then raise
 LibvirtUnavailable at once, while lists, statuses and stats come from the cache.
@@ -36,9 +37,11 @@ from pier.host.services import (
     LldpService,
     NetworkService,
     SecretService,
+    StorageService,
     VmService,
 )
 from pier.host.stats import StatsSampler
+from pier.host.storage.service import Storage
 from pier.host.vms import Vms
 from pier.host.vmstate import VmCache, read_states
 
@@ -52,12 +55,15 @@ class Node:
                  stats_interval: float = 2.0, slow_stats_interval: float = 15.0,
                  last_events: Callable[[str], dict[str, dict[str, Any]]] | None = None,
                  network_dir: str | Path | None = None, manage_network: bool = False,
-                 sysfs_root: str | Path = "/sys") -> None:
+                 sysfs_root: str | Path = "/sys", data_center: str | Path = "/rhev/data-center",
+                 storage_monitor_interval: float = 10.0) -> None:
         """`emit` publishes an event; `last_events(prefix)` gives the params of the newest
         event kept of each name with that prefix (the event log), to correct at start any VM
         status published before the agent last stopped; `network_dir` keeps the network
         configuration (in memory without it), which setupNetworks changes only `manage_network`.
-        `sysfs_root` is where the kernel's knobs are read and written (another directory in tests)."""
+        `sysfs_root` is where the kernel's knobs are read and written (another directory in tests);
+        `data_center` is the storage root (VDSM's /rhev/data-center), whose domains the storage
+        monitor checks every `storage_monitor_interval` seconds."""
         self._cache = VmCache()
         self._last_events = last_events
         self._dispatcher = EventDispatcher(self._cache, emit, self._read_states,
@@ -78,6 +84,8 @@ class Node:
         self.hostdevs: HostDeviceService = HostDevices(self._connection, sysfs_root)
         self.secrets: SecretService = Secrets(self._connection)
         self.domain_xmls: DomainXmlService = DomainXmls(self._connection)
+        self._storage = Storage(data_center, emit, monitor_interval=storage_monitor_interval)
+        self.storage: StorageService = self._storage
         self._running = False
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -93,6 +101,7 @@ class Node:
             self._dispatcher.flush(10.0)  # the first load of the VM cache
         self._sampler.start()
         self._network.start()
+        self._storage.start()
 
     def stop(self) -> None:
         """Stop the sampler, the connection (reconnect thread, event loop) and the dispatcher,
@@ -100,6 +109,7 @@ class Node:
         if not self._running:
             return
         self._running = False
+        self._storage.stop()
         self._network.stop()
         self._sampler.stop()
         self.flush_events(2.0)

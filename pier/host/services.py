@@ -194,6 +194,120 @@ class DomainXmlService(Protocol):
         ...
 
 
+class StorageService(Protocol):
+    """Storage connections, file domains, pools, the SPM role and the domain monitor."""
+
+    def connect_storage_server(self, domain_type: int, params: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Connect each; [{id, status}] with 0 or VDSM's error code per connection."""
+        ...
+
+    def disconnect_storage_server(self, domain_type: int, params: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Disconnect each; [{id, status}]."""
+        ...
+
+    def domain_ids(self, pool: str | None = None, domain_class: str | None = None,
+                   storage_type: str | int | None = None, remote_path: str | None = None) -> list[str]:
+        """The ids of the domains found, or of those matching every filter given."""
+        ...
+
+    def listing(self) -> list[dict[str, Any]]:
+        """Every domain with its info, validity (or error), space and whether it is monitored."""
+        ...
+
+    def connected_pools(self) -> list[str]:
+        ...
+
+    def repo_stats(self, domains: Iterable[str] | None = None) -> dict[str, dict[str, Any]]:
+        """The monitor's cached vitals of the watched domains (or of those named)."""
+        ...
+
+    def start_monitoring(self, sd_uuid: str, host_id: int) -> None:
+        ...
+
+    def stop_monitoring(self, sd_uuid: str) -> None:
+        ...
+
+    def create_domain(self, sd_uuid: str, domain_type: int | str, remote_path: str, name: str,
+                      domain_class: int | str, version: int = 5, block_size: int = 512,
+                      max_hosts: int = 2000) -> None:
+        """Make a file domain on the connection to `remote_path`."""
+        ...
+
+    def check_create_domain(self, sd_uuid: str, domain_type: int | str, remote_path: str, name: str,
+                            domain_class: int | str, version: int = 5, block_size: int = 512,
+                            max_hosts: int = 2000) -> None:
+        """Raise what create_domain would refuse, changing nothing."""
+        ...
+
+    def domain_info(self, sd_uuid: str) -> dict[str, Any]:
+        ...
+
+    def domain_stats(self, sd_uuid: str) -> dict[str, Any]:
+        ...
+
+    def domain_images(self, sd_uuid: str) -> list[str]:
+        ...
+
+    def validate_domain(self, sd_uuid: str) -> None:
+        ...
+
+    def set_domain_description(self, sd_uuid: str, description: str) -> None:
+        ...
+
+    def format_domain(self, sd_uuid: str, auto_detach: bool) -> None:
+        ...
+
+    def dump_domain(self, sd_uuid: str, full: bool = False) -> dict[str, Any]:
+        ...
+
+    def file_stats(self, sd_uuid: str, pattern: str, case_sensitive: bool) -> dict[str, dict[str, Any]]:
+        ...
+
+    def attach_domain(self, sd_uuid: str, sp_uuid: str) -> None:
+        ...
+
+    def detach_domain(self, sd_uuid: str, sp_uuid: str, force: bool = False) -> None:
+        ...
+
+    def activate_domain(self, sd_uuid: str, sp_uuid: str) -> None:
+        ...
+
+    def deactivate_domain(self, sd_uuid: str, sp_uuid: str) -> None:
+        ...
+
+    def create_pool(self, sp_uuid: str, name: str, master: str, master_version: int, domains: list[str],
+                    lease_params: Mapping[str, int]) -> None:
+        ...
+
+    def connect_pool(self, sp_uuid: str, host_id: int, master: str, master_version: int,
+                     domain_dict: Mapping[str, str] | None = None) -> None:
+        ...
+
+    def disconnect_pool(self, sp_uuid: str, host_id: int, remove: bool = False) -> None:
+        ...
+
+    def destroy_pool(self, sp_uuid: str, host_id: int) -> None:
+        ...
+
+    def pool_info(self, sp_uuid: str) -> dict[str, Any]:
+        ...
+
+    def refresh_pool(self, sp_uuid: str, master: str, master_version: int) -> None:
+        ...
+
+    def set_pool_description(self, sp_uuid: str, description: str) -> None:
+        ...
+
+    def spm_start(self, sp_uuid: str, prev_id: int, prev_lver: int) -> None:
+        ...
+
+    def spm_stop(self, sp_uuid: str) -> None:
+        ...
+
+    def spm_status(self, sp_uuid: str) -> dict[str, Any]:
+        ...
+
+
 Progress = Callable[[int, str], None]
 
 

@@ -203,12 +203,166 @@ class LibvirtUnavailable(Unavailable):
 # storage: connections, domains, pools (the "domains" helper)
 
 
+class AcquireLockFailure(PierError):
+    code, name, message, http_status = 651, "AcquireLockFailure", "Cannot obtain lock", 409
+
+
+class BackupCannotBeMasterDomain(PierError):
+    code, name, http_status = 319, "BackupCannotBeMasterDomain", 409
+    message = "Backup domain cannot be a master storage domain"
+
+
+class CannotConnectMultiplePools(PierError):
+    code, name, http_status = 323, "CannotConnectMultiplePools", 409
+    message = "Cannot connect pool, already connected to another pool"
+
+
+class CannotDetachMasterStorageDomain(PierError):
+    code, name, message, http_status = 383, "CannotDetachMasterStorageDomain", "Illegal action", 409
+
+
+class CannotFormatAttachedStorageDomain(PierError):
+    code, name, http_status = 391, "CannotFormatAttachedStorageDomain", 409
+    message = "Cannot format attached storage domain"
+
+
+class CannotFormatStorageDomainInConnectedPool(PierError):
+    code, name, http_status = 392, "CannotFormatStorageDomainInConnectedPool", 409
+    message = "Cannot format storage domain in connected pool"
+
+
+class InvalidParameterException(PierError):
+    code, name, message, http_status = 1000, "InvalidParameterException", "Invalid parameter", 400
+
+
+class IsoCannotBeMasterDomain(PierError):
+    code, name, http_status = 317, "IsoCannotBeMasterDomain", 409
+    message = "ISO domain cannot be a master storage domain"
+
+
+class MetaDataSealIsBroken(PierError):
+    code, name, message, http_status = 752, "MetaDataSealIsBroken", "Meta Data seal is broken (checksum mismatch)", 500
+
+
+class MetaDataValidationError(PierError):
+    code, name, message, http_status = 753, "MetaDataValidationError", "Meta Data self-validation failed", 500
+
+
+class MountError(PierError):
+    code, name, message, http_status = 477, "MountError", "Problem while trying to mount target", 502
+
+
+class SpmParamsMismatch(PierError):
+    code, name, message, http_status = 652, "SpmParamsMismatch", "Pool previous lver/id don't match request", 409
+
+
+class SpmStatusError(PierError):
+    code, name, message, http_status = 654, "SpmStatusError", "Not SPM", 409
+
+
+class StorageDomainActive(PierError):
+    code, name, message, http_status = 382, "StorageDomainActive", "Illegal action, domain active", 409
+
+
+class StorageDomainAlreadyAttached(PierError):
+    code, name, http_status = 380, "StorageDomainAlreadyAttached", 409
+    message = "Storage domain already attached to pool"
+
+
+class StorageDomainAlreadyExists(PierError):
+    code, name, message, http_status = 365, "StorageDomainAlreadyExists", "Storage domain already exists", 409
+
+
+class StorageDomainCheckError(PierError):
+    code, name, message, http_status = 377, "StorageDomainCheckError", "Domain has errors", 409
+
+
+class StorageDomainClassError(PierError):
+    code, name, message, http_status = 386, "StorageDomainClassError", "Invalid domain class value", 400
+
+
+class StorageDomainDescriptionTooLongError(PierError):
+    code, name, http_status = 387, "StorageDomainDescriptionTooLongError", 400
+    message = "Storage domain description is too long"
+
+
 class StorageDomainDoesNotExist(PierError):
     code, name, message, http_status = 358, "StorageDomainDoesNotExist", "Storage domain does not exist", 404
 
 
+class StorageDomainFSNotMounted(PierError):
+    code, name, message, http_status = 360, "StorageDomainFSNotMounted", "Storage domain remote path not mounted", 409
+
+
+class StorageDomainIllegalRemotePath(PierError):
+    code, name, message, http_status = 390, "StorageDomainIllegalRemotePath", "Remote path is illegal", 400
+
+
+class StorageDomainMetadataNotFound(PierError):
+    code, name, http_status = 364, "StorageDomainMetadataNotFound", 409
+    message = "Storage domain invalid, metadata not found"
+
+
+class StorageDomainNotActive(PierError):
+    code, name, message, http_status = 369, "StorageDomainNotActive", "Storage domain not active", 409
+
+
+class StorageDomainNotEmpty(PierError):
+    code, name, http_status = 361, "StorageDomainNotEmpty", 409
+    message = "Storage domain is not empty - requires cleaning"
+
+
+class StorageDomainNotInPool(PierError):
+    code, name, message, http_status = 353, "StorageDomainNotInPool", "Storage domain not in pool", 409
+
+
+class StorageDomainTypeError(PierError):
+    code, name, message, http_status = 372, "StorageDomainTypeError", "Unsupported Storage Domain type", 400
+
+
+class StoragePoolAlreadyExists(PierError):
+    code, name, http_status = 316, "StoragePoolAlreadyExists", 409
+    message = "Error creating a storage pool - pool already exists"
+
+
+class StoragePoolDescriptionTooLongError(PierError):
+    code, name, http_status = 327, "StoragePoolDescriptionTooLongError", 400
+    message = "Storage pool description is too long"
+
+
+class StoragePoolMasterNotFound(PierError):
+    code, name, message, http_status = 304, "StoragePoolMasterNotFound", "Cannot find master domain", 409
+
+
+class StoragePoolNotConnected(PierError):
+    code, name, message, http_status = 313, "StoragePoolNotConnected", "Storage pool not connected", 409
+
+
 class StoragePoolUnknown(PierError):
     code, name, message, http_status = 309, "StoragePoolUnknown", "Unknown pool id, pool not connected", 404
+
+
+class StoragePoolWrongMaster(PierError):
+    code, name, message, http_status = 324, "StoragePoolWrongMaster", "Wrong Master domain or its version", 409
+
+
+class StorageServerAccessPermissionError(PierError):
+    code, name, http_status = 469, "StorageServerAccessPermissionError", 403
+    message = "Permission settings on the specified path do not allow access to the storage"
+
+
+class StorageServerConnectionError(PierError):
+    code, name, message, http_status = 451, "StorageServerConnectionError", "Error storage server connection", 502
+
+
+class StorageServerValidationError(PierError):
+    code, name, http_status = 453, "StorageServerValidationError", 404
+    message = "The specified path does not exist or cannot be reached"
+
+
+class UnsupportedDomainVersion(PierError):
+    code, name, http_status = 394, "UnsupportedDomainVersion", 400
+    message = "Domain version is unsupported by this version of Pier"
 
 
 # storage: volumes and images (the "volumes" helper)
@@ -228,10 +382,6 @@ class ImageIsNotLegalChain(PierError):
 
 class ImageVerificationError(PierError):
     code, name, message, http_status = 484, "ImageVerificationError", "Image verification failed", 422
-
-
-class InvalidParameterException(PierError):
-    code, name, message, http_status = 1000, "InvalidParameterException", "Invalid parameter", 400
 
 
 class MissingOvfFileFromVM(PierError):

@@ -24,12 +24,14 @@ from tests.fakes import (
     FakeLldp,
     FakeNetwork,
     FakeSecrets,
+    FakeStorage,
     FakeVms,
     FakeVolumes,
     as_host_extras,
     as_network_service,
     as_secret_service,
     as_services,
+    as_storage_service,
     as_tuning,
     as_volume_service,
 )
@@ -54,6 +56,7 @@ class Stack:
     lldp: FakeLldp
     hostdevs: FakeHostDevices
     secrets: FakeSecrets
+    storage: FakeStorage
     volumes: FakeVolumes = field(default_factory=FakeVolumes)
 
     def call(self, verb: str, **params: object) -> object:
@@ -80,14 +83,16 @@ def build_stack(schema: Schema, db: Path, vms: dict[str, dict[str, object]] | No
     hostdevs, secrets = FakeHostDevices(fake_vms), FakeSecrets()
     volumes = FakeVolumes()
     hostdev_service, xml_service, _ = as_host_extras(hostdevs, FakeDomainXmls(fake_vms), ksm)
+    storage = FakeStorage(str(db.parent / "data-center"), events.publish)
     services = Services(*as_services(host, fake_vms), tasks, events, credentials, audit, lambda: {"name": "pier"},
                         as_network_service(network), ksm=ksm_service, lldp=lldp_service, hostdevs=hostdev_service,
                         secrets=as_secret_service(secrets), domain_xmls=xml_service,
+                        storage=as_storage_service(storage),
                         volumes=as_volume_service(volumes))
     registry = Registry(schema, handlers(services, schema.verbs), tasks, audit=audit)
     tasks.start(registry.reconcilers)
     return Stack(host, fake_vms, events, tasks, registry, JsonRpc(registry), db, credentials, audit, network, ksm,
-                 lldp, hostdevs, secrets, volumes)
+                 lldp, hostdevs, secrets, storage, volumes)
 
 
 @pytest.fixture

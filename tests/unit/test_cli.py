@@ -855,3 +855,29 @@ def test_tls_to_a_plain_port_says_so(pierd: str, capsys: pytest.CaptureFixture[s
     url = pierd.replace("http://", "https://")
     assert cli.main(["--url", url, "vms"]) == 3
     assert capsys.readouterr().err == f"pier: pierd at {url} does not speak TLS: use http://\n"
+
+
+def test_storage_table_shows_an_invalid_domain_and_why(pier: Run, stack: Stack, tmp_path: Path) -> None:
+    assert pier("storage") == (0, "no storage domains on this host's connections\n", "")
+    local = tmp_path / "sd"
+    local.mkdir()
+    stack.storage.connect_storage_server(4, [{"id": "c", "connection": str(local)}])
+    good, bad = "11111111-0000-4000-8000-000000000001", "22222222-0000-4000-8000-000000000002"
+    stack.storage.create_domain(good, 4, str(local), "good", 1)
+    other = tmp_path / "other"
+    other.mkdir()
+    stack.storage.connect_storage_server(4, [{"id": "c", "connection": str(other)}])
+    stack.storage.create_domain(bad, 4, str(other), "bad", 2)
+    metadata = other / bad / "dom_md" / "metadata"
+    metadata.write_text(metadata.read_text().replace("CLASS=Iso", "CLASS=Isx"))
+    code, out, _ = pier("storage")
+    lines = out.splitlines()
+    assert code == 0
+    assert lines[0].split() == ["DOMAIN", "NAME", "TYPE", "CLASS", "ROLE", "POOL", "FREE", "STATE"]
+    assert lines[1].split()[:6] == [bad, "-", "-", "-", "-", "-"] and lines[1].split()[-1] == "INVALID"
+    assert lines[2].split()[:6] == [good, "good", "LOCALFS", "Data", "Regular", "-"]
+    assert lines[2].split()[-1] == "valid"
+    assert lines[4].startswith(f"{bad}: error 752 MetaDataSealIsBroken: ")
+    assert f"{bad}/dom_md/metadata: checksum" in lines[4]
+    code, out, _ = pier("storage", "--json")
+    assert {row["uuid"]: row["valid"] for row in json.loads(out)} == {good: True, bad: False}

@@ -32,7 +32,10 @@ ROUTES = endpoints(Schema.load().verbs)
 # The routes that answer a Location, and where it points for a result with this taskID and vmId.
 LOCATIONS = {"POST /api/v1/vms": f"/api/v1/vms/{VM_ID}",
              "POST /api/v1/vms/{vmID}/shutdown": f"/api/v1/tasks/{TASK_ID}",
-             "POST /api/v1/host/network/setup": f"/api/v1/tasks/{TASK_ID}"}
+             "POST /api/v1/host/network/setup": f"/api/v1/tasks/{TASK_ID}",
+             "POST /api/v1/pools/{storagepoolID}/spm/start": f"/api/v1/tasks/{TASK_ID}",
+             "POST /api/v1/storage-domains": f"/api/v1/tasks/{TASK_ID}",
+             "DELETE /api/v1/storage-domains/{storagedomainID}": f"/api/v1/tasks/{TASK_ID}"}
 # The task verbs of pier/rpc/schema/volume.yml.
 LOCATIONS["POST /api/v1/storage-domains/{storagedomainID}/images/{imageID}/volumes"] = f"/api/v1/tasks/{TASK_ID}"
 LOCATIONS["POST /api/v1/storage-domains/{storagedomainID}/images/{imageID}/volumes/{volumeID}/copy"] = f"/api/v1/tasks/{TASK_ID}"
@@ -190,6 +193,38 @@ ROUTE_TABLE = {
     ("POST", "/api/v1/vms/<vmID>/hostdevs/unplug", "VM.hotunplugHostdev"),
     ("POST", "/api/v1/host/secrets", "Host.registerSecrets"),
     ("DELETE", "/api/v1/host/secrets", "Host.unregisterSecrets"),
+    # storage.yml
+    ("GET", "/api/v1/host/storage-domains", "Host.getStorageDomains"),
+    ("GET", "/api/v1/storage-domains", "Host.listStorageDomains"),
+    ("GET", "/api/v1/pools", "Host.getConnectedStoragePools"),
+    ("GET", "/api/v1/host/storage-repo-stats", "Host.getStorageRepoStats"),
+    ("POST", "/api/v1/storage-domains/<sdUUID>/monitor", "Host.startMonitoringDomain"),
+    ("DELETE", "/api/v1/storage-domains/<sdUUID>/monitor", "Host.stopMonitoringDomain"),
+    ("POST", "/api/v1/storage-connections", "StoragePool.connectStorageServer"),
+    ("POST", "/api/v1/storage-connections/disconnect", "StoragePool.disconnectStorageServer"),
+    ("POST", "/api/v1/pools", "StoragePool.create"),
+    ("POST", "/api/v1/pools/<storagepoolID>/connect", "StoragePool.connect"),
+    ("POST", "/api/v1/pools/<storagepoolID>/disconnect", "StoragePool.disconnect"),
+    ("DELETE", "/api/v1/pools/<storagepoolID>", "StoragePool.destroy"),
+    ("GET", "/api/v1/pools/<storagepoolID>", "StoragePool.getInfo"),
+    ("POST", "/api/v1/pools/<storagepoolID>/refresh", "StoragePool.refresh"),
+    ("POST", "/api/v1/pools/<storagepoolID>/description", "StoragePool.setDescription"),
+    ("POST", "/api/v1/pools/<storagepoolID>/spm/start", "StoragePool.spmStart"),
+    ("POST", "/api/v1/pools/<storagepoolID>/spm/stop", "StoragePool.spmStop"),
+    ("GET", "/api/v1/pools/<storagepoolID>/spm", "StoragePool.getSpmStatus"),
+    ("POST", "/api/v1/storage-domains", "StorageDomain.create"),
+    ("GET", "/api/v1/storage-domains/<storagedomainID>", "StorageDomain.getInfo"),
+    ("GET", "/api/v1/storage-domains/<storagedomainID>/stats", "StorageDomain.getStats"),
+    ("GET", "/api/v1/storage-domains/<storagedomainID>/images", "StorageDomain.getImages"),
+    ("POST", "/api/v1/storage-domains/<storagedomainID>/validate", "StorageDomain.validate"),
+    ("POST", "/api/v1/storage-domains/<storagedomainID>/description", "StorageDomain.setDescription"),
+    ("DELETE", "/api/v1/storage-domains/<storagedomainID>", "StorageDomain.format"),
+    ("POST", "/api/v1/storage-domains/<storagedomainID>/attach", "StorageDomain.attach"),
+    ("POST", "/api/v1/storage-domains/<storagedomainID>/detach", "StorageDomain.detach"),
+    ("POST", "/api/v1/storage-domains/<storagedomainID>/activate", "StorageDomain.activate"),
+    ("POST", "/api/v1/storage-domains/<storagedomainID>/deactivate", "StorageDomain.deactivate"),
+    ("GET", "/api/v1/storage-domains/<sd_id>/dump", "StorageDomain.dump"),
+    ("GET", "/api/v1/storage-domains/<storagedomainID>/files", "StorageDomain.getFileStats"),
 }
 
 

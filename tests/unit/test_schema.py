@@ -120,10 +120,10 @@ def test_a_ref_to_nothing_fails_the_load_naming_the_file(schema_dir: Path, file:
 
 
 def test_every_file_is_listed_and_every_listed_file_is_there(schema_dir: Path) -> None:
-    (schema_dir / "storage.yml").write_text("verbs: {}\n", encoding="utf-8")
-    with pytest.raises(SchemaError, match=r"^storage\.yml: not listed in index\.yml's `files`"):
+    (schema_dir / "extra.yml").write_text("verbs: {}\n", encoding="utf-8")
+    with pytest.raises(SchemaError, match=r"^extra\.yml: not listed in index\.yml's `files`"):
         Schema.load(schema_dir)
-    (schema_dir / "storage.yml").unlink()
+    (schema_dir / "extra.yml").unlink()
     (schema_dir / "events.yml").unlink()
     with pytest.raises(SchemaError, match=r"^events\.yml: .*No such file"):
         Schema.load(schema_dir)
