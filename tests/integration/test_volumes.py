@@ -327,3 +327,30 @@ def test_pier_volume_create_makes_a_volume_and_waits_for_it(site: Site, capsys: 
     assert cli.main(["volume", "list", *base, "--domain", site.sd, "--pool", site.pool, "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == [vol]
     assert cli.main(["volume", "create", *base, "--domain", new(), "--size", "1G"]) != 0
+
+
+def test_volumes_on_a_domain_and_pool_pier_made(tmp_path: Path, test_uri: str) -> None:
+    """The seam with the domain verbs: a localfs domain and a pool made by StorageDomain.create and
+    StoragePool.create/connect hold volumes, and getDomainsContainingImage finds them."""
+    dc = tmp_path / "dc"
+    daemon = Pierd(tmp_path / "state", test_uri, "--data-center", str(dc))
+    rpc = HttpRpcClient(daemon.http)
+    try:
+        local = tmp_path / "local"
+        local.mkdir()
+        sd, sp, img, vol = new(), new(), new(), new()
+        assert rpc.call("StoragePool.connectStorageServer", storagepoolID=BLANK, domainType=4,
+                        connectionParams=[{"id": "c1", "connection": str(local)}])[0]["status"] == 0
+        rpc.call("StorageDomain.create", storagedomainID=sd, domainType=4, typeArgs=str(local), name="data",
+                 domainClass=1)
+        rpc.call("StoragePool.create", storagepoolID=sp, name="dc", masterSdUUID=sd, masterVersion=1, domainList=[sd])
+        rpc.call("StoragePool.connect", storagepoolID=sp, hostID=1, scsiKey="", masterSdUUID=sd, masterVersion=1)
+        site = Site(daemon, rpc, dc, sp, sd, sd)
+        site.create(img, vol, size=GiB)
+        assert (local / sd / "images" / img / f"{vol}.meta").is_file()
+        assert rpc.call("StoragePool.getDomainsContainingImage", storagepoolID=sp, imageID=img) == [sd]
+        assert rpc.call("StorageDomain.getImages", storagedomainID=sd) == [img]
+        assert rpc.call("StorageDomain.getVolumes", storagedomainID=sd, storagepoolID=sp, imageID=img) == [vol]
+        rpc.call("StorageDomain.validate", storagedomainID=sd)
+    finally:
+        daemon.stop()
