@@ -354,3 +354,35 @@ def test_volumes_on_a_domain_and_pool_pier_made(tmp_path: Path, test_uri: str) -
         rpc.call("StorageDomain.validate", storagedomainID=sd)
     finally:
         daemon.stop()
+
+
+def test_clone_structure_then_sync_data_and_a_cold_merge(site: Site) -> None:
+    img, base, top, leaf = new(), new(), new(), new()
+    site.create(img, base, size=64 << 20)
+    images = site.domain_dir(site.sd) / "images" / img
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0x61 0 1M", str(images / base)], check=True,
+                   capture_output=True)
+    site.create(img, top, size=64 << 20, parent=base)
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0x62 1M 1M", str(images / top)], check=True,
+                   capture_output=True)
+    site.create(img, leaf, size=64 << 20, parent=top)
+    ids = dict(storagepoolID=site.pool, storagedomainID=site.sd, imageID=img)
+
+    site.done("Image.cloneStructure", dstSdUUID=site.sd2, **ids)
+    cloned = site.domain_dir(site.sd2) / "images" / img
+    assert qemu_chain(cloned / leaf) == [base, top, leaf]
+    site.done("Image.syncData", dstSdUUID=site.sd2, syncType="INTERNAL", **ids)
+    read = subprocess.run(["qemu-io", "-f", "qcow2", "-r", "-c", "read -P 0x62 1M 1M", str(cloned / leaf)],
+                          capture_output=True, text=True)
+    assert "Pattern verification failed" not in read.stdout and read.returncode == 0, read.stdout
+
+    subchain = {"sd_id": site.sd, "img_id": img, "base_id": base, "top_id": top, "base_generation": 0}
+    site.done("StoragePool.prepareMerge", storagepoolID=site.pool, subchainInfo=subchain)
+    subprocess.run(["qemu-img", "commit", "-q", "-b", base, str(images / top)], check=True, cwd=images)  # SDM.merge
+    site.done("StoragePool.finalizeMerge", storagepoolID=site.pool, subchainInfo=subchain)
+    assert qemu_chain(images / leaf) == [base, leaf]
+    assert site.rpc.call("Volume.getInfo", volumeID=top, **ids)["legality"] == "ILLEGAL"
+    site.done("Volume.delete", volumeID=top, postZero=False, force=False, **ids)
+    assert site.rpc.call("Image.reconcileVolumeChain", leafVolID=leaf, **ids) == [base, leaf]
+    reduced = site.done("StoragePool.reduceVolume", volumeID=leaf, **ids)
+    assert "nothing to reduce" in reduced["message"] + json.dumps(reduced["result"])
