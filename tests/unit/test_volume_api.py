@@ -8,6 +8,7 @@ import pytest
 
 from pier.rpc.errors import PierError
 from pier.rpc.registry import CallContext
+from pier.transports.xmlrpc import XmlRpc
 from tests.unit.conftest import ADMIN, Stack
 
 BLANK = "00000000-0000-0000-0000-000000000000"
@@ -88,3 +89,10 @@ def test_storage_legacy_names_are_served(site: Stack) -> None:
 
 def _ctx() -> CallContext:
     return CallContext("test", identity=ADMIN)
+
+
+def test_an_spm_verb_answers_its_task_id_under_uuid_over_xmlrpc(site: Stack) -> None:
+    params = ["70000000-0000-4000-8000-000000000007", SP, SD, IMG, "1024", 4, 2, "DATA", "", BLANK, BLANK]
+    answer = XmlRpc(site.registry).call("createVolume", params, _ctx())  # the schema's (vdsm-api.yml's) order
+    assert answer["status"]["code"] == 0, answer
+    assert isinstance(answer["uuid"], str) and site.tasks.get(answer["uuid"])["verb"] == "Volume.create"
