@@ -1,6 +1,10 @@
 """Disks of a VM that name a volume as VDSM's drive spec does (domainID, poolID, imageID,
-volumeID) instead of a path: the image is prepared before the VM is made, the disk gets the
-leaf's path, its format and its chain (base last), and the image is torn down when the VM goes.
+volumeID): the image is prepared before the VM is made, the disk gets the leaf's path (replacing
+any it gave), its format and its chain (leaf first), and the image is torn down when the VM goes.
+
+The schema still asks every disk for a path (VmDevice): relaxing it for volume disks makes the
+OpenAPI fuzzer's schema canonicalizer give up on VM.create, so callers give any absolute path
+until it copes; VDSM's engine sends none.
 """
 
 from __future__ import annotations
@@ -10,9 +14,14 @@ import threading
 from typing import Any
 
 from pier.host.services import VolumeService
+from pier.rpc.errors import MissingParam
 
 BLANK_UUID = "00000000-0000-0000-0000-000000000000"
 _FORMATS = {"COW": "qcow2", "RAW": "raw"}
+
+
+def _names_volume(device: dict[str, Any]) -> bool:
+    return device.get("deviceType") == "disk" and bool(device.get("volumeID"))
 
 
 class Drives:
@@ -25,17 +34,20 @@ class Drives:
 
     def prepare(self, vm_id: str | None, params: dict[str, Any]) -> dict[str, Any]:
         """vmParams with each volume disk given its path, format and volumeChain; the params as they
-        were when no disk names a volume. A failure tears down what it prepared."""
-        disks = [d for d in params.get("devices") or []
-                 if d.get("deviceType") == "disk" and d.get("volumeID") and not d.get("path")]
+        were when no disk names a volume. A failure tears down what it prepared; a disk naming a
+        volume without domainID or imageID is refused (MissingParam)."""
+        disks = [d for d in params.get("devices") or [] if _names_volume(d)]
         if not disks:
             return params
         params = copy.deepcopy(params)
         prepared: list[tuple[str, str, str]] = []
         try:
-            for device in [d for d in params["devices"]
-                           if d.get("deviceType") == "disk" and d.get("volumeID") and not d.get("path")]:
-                sd, img, vol = device["domainID"], device["imageID"], device["volumeID"]
+            for device in [d for d in params["devices"] if _names_volume(d)]:
+                missing = [key for key in ("domainID", "imageID") if not device.get(key)]
+                if missing:
+                    raise MissingParam(f"a disk naming volume {device['volumeID']} needs {' and '.join(missing)}",
+                                       data={"field": f"vmParams.devices.{missing[0]}"})
+                sd, img, vol = str(device["domainID"]), str(device["imageID"]), str(device["volumeID"])
                 self._volumes.check_pool(device.get("poolID") or BLANK_UUID)
                 found = self._volumes.prepare(sd, img, vol)
                 prepared.append((sd, img, vol))

@@ -232,7 +232,7 @@ class CannotFormatStorageDomainInConnectedPool(PierError):
 
 
 class InvalidParameterException(PierError):
-    code, name, message, http_status = 1000, "InvalidParameterException", "Invalid parameter", 400
+    code, name, message, http_status = 1000, "InvalidParameterException", "Invalid parameter", 422
 
 
 class IsoCannotBeMasterDomain(PierError):
@@ -442,12 +442,12 @@ class VolumeMetadataWriteError(PierError):
 
 
 class VolumeResizeValueError(PierError):
-    code, name, message, http_status = 232, "VolumeResizeValueError", "Incorrect size value for volume resize", 400
+    code, name, message, http_status = 232, "VolumeResizeValueError", "Incorrect size value for volume resize", 422
 
 
 class VolumeSizeError(PierError):
     code, name, message, http_status = 229, "createVolumeSizeError", \
-        "Requested size is too small. Must be larger or equal to 1", 400
+        "Requested size is too small. Must be larger or equal to 1", 422
 
 
 def all_error_classes() -> list[type[PierError]]:

@@ -294,7 +294,7 @@ def test_a_vm_disk_named_by_volume_gets_the_chain(site: Site) -> None:
     img, base, top = new(), new(), new()
     site.create(img, base, fmt="RAW", size=1 << 20)
     site.create(img, top, size=1 << 20, parent=base)
-    disk = {"deviceType": "disk", "device": "disk", "iface": "virtio", "poolID": site.pool,
+    disk = {"deviceType": "disk", "device": "disk", "iface": "virtio", "path": "/volume", "poolID": site.pool,
             "domainID": site.sd, "imageID": img, "volumeID": top}
     vm_id = new()
     made = site.rpc.call("VM.create", vmParams={"vmId": vm_id, "vmName": "pier-volumes-chain", "memSize": 64,

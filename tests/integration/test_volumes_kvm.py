@@ -69,7 +69,7 @@ def test_the_life_of_a_disk(kvm_site: Site, system_libvirt: str) -> None:
 
     conn = libvirt.open(system_libvirt)
     vm_id = str(uuid.uuid4())
-    disk = {"deviceType": "disk", "device": "disk", "iface": "virtio", "poolID": site.pool,
+    disk = {"deviceType": "disk", "device": "disk", "iface": "virtio", "path": "/volume", "poolID": site.pool,
             "domainID": site.sd, "imageID": img, "volumeID": top}
     console = {"deviceType": "console", "device": "console", "specParams": {"consoleType": "serial"}}
     guest = None
