@@ -19,6 +19,14 @@ def _int(name: str, value: int | str) -> int:
         raise InvalidParams(f"params.{name}: {value!r} is not a number", data={"field": name}) from None
 
 
+_TYPE_NUMBERS = {"NFS": 1, "FCP": 2, "ISCSI": 3, "LOCALFS": 4, "CIFS": 5, "POSIXFS": 6, "GLUSTERFS": 7}
+
+
+def _type_number(value: int | str) -> int:
+    """A domain type as VDSM's number (the schema allows the number or the name)."""
+    return _TYPE_NUMBERS[value] if isinstance(value, str) and value in _TYPE_NUMBERS else _int("domainType", value)
+
+
 def _remote_path(type_args: str | dict[str, Any]) -> str:
     return str(type_args["remotePath"]) if isinstance(type_args, dict) else str(type_args)
 
@@ -60,12 +68,12 @@ class StorageApi:
     @verb("StoragePool.connectStorageServer")
     def connect_server(self, ctx: CallContext, storagepoolID: str, domainType: int | str,
                        connectionParams: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        return self._storage.connect_storage_server(_int("domainType", domainType), connectionParams)
+        return self._storage.connect_storage_server(_type_number(domainType), connectionParams)
 
     @verb("StoragePool.disconnectStorageServer")
     def disconnect_server(self, ctx: CallContext, storagepoolID: str, domainType: int | str,
                           connectionParams: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        return self._storage.disconnect_storage_server(_int("domainType", domainType), connectionParams)
+        return self._storage.disconnect_storage_server(_type_number(domainType), connectionParams)
 
     # -- StorageDomain -------------------------------------------------------------------------
 
@@ -179,18 +187,17 @@ class StorageApi:
         self._storage.set_pool_description(storagepoolID, description)
 
     @verb("StoragePool.spmStart")
-    def spm_start(self, ctx: CallContext, storagepoolID: str, prevID: int = -1, prevLver: int | str = -1,
+    def spm_start(self, ctx: CallContext, storagepoolID: str, prevID: int = -1, prevLver: int = -1,
                   enableScsiFencing: str | bool = "false", maxHostID: int | None = None,
                   domVersion: str | int | None = None) -> dict[str, Any]:
-        self._storage.spm_start(storagepoolID, prevID, _int("prevLver", prevLver))
+        self._storage.spm_start(storagepoolID, prevID, prevLver)
         return self._storage.spm_status(storagepoolID)
 
     @precheck("StoragePool.spmStart")
-    def spm_start_allowed(self, ctx: CallContext, storagepoolID: str, prevID: int = -1, prevLver: int | str = -1,
+    def spm_start_allowed(self, ctx: CallContext, storagepoolID: str, prevID: int = -1, prevLver: int = -1,
                           enableScsiFencing: str | bool = "false", maxHostID: int | None = None,
                           domVersion: str | int | None = None) -> None:
         """A pool this host is not connected to is refused at the call."""
-        _int("prevLver", prevLver)
         self._storage.spm_status(storagepoolID)
 
     @verb("StoragePool.spmStop")

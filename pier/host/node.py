@@ -41,6 +41,7 @@ from pier.host.services import (
     VmService,
 )
 from pier.host.stats import StatsSampler
+from pier.host.storage.host import HostWithStorage
 from pier.host.storage.service import Storage
 from pier.host.vms import Vms
 from pier.host.vmstate import VmCache, read_states
@@ -78,14 +79,15 @@ class Node:
         self._network = Network(network_dir, stats_interval=stats_interval, libvirt_conn=self._connection.current,
                                 emit=emit, manage=manage_network)
         self.network: NetworkService = self._network
-        self.host: HostService = HostWithNetwork(HostInfo(self._connection, self._cache), self._network)
+        self._storage = Storage(data_center, emit, monitor_interval=storage_monitor_interval)
+        self.storage: StorageService = self._storage
+        self.host: HostService = HostWithStorage(HostWithNetwork(HostInfo(self._connection, self._cache),
+                                                                 self._network), self._storage)
         self.ksm: KsmService = Ksm(sysfs_root)
         self.lldp: LldpService = Lldp(sysfs_root)
         self.hostdevs: HostDeviceService = HostDevices(self._connection, sysfs_root)
         self.secrets: SecretService = Secrets(self._connection)
         self.domain_xmls: DomainXmlService = DomainXmls(self._connection)
-        self._storage = Storage(data_center, emit, monitor_interval=storage_monitor_interval)
-        self.storage: StorageService = self._storage
         self._running = False
 
     # -- lifecycle -----------------------------------------------------------------------------

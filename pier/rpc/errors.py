@@ -278,11 +278,11 @@ class StorageDomainCheckError(PierError):
 
 
 class StorageDomainClassError(PierError):
-    code, name, message, http_status = 386, "StorageDomainClassError", "Invalid domain class value", 400
+    code, name, message, http_status = 386, "StorageDomainClassError", "Invalid domain class value", 422
 
 
 class StorageDomainDescriptionTooLongError(PierError):
-    code, name, http_status = 387, "StorageDomainDescriptionTooLongError", 400
+    code, name, http_status = 387, "StorageDomainDescriptionTooLongError", 422
     message = "Storage domain description is too long"
 
 
@@ -295,7 +295,7 @@ class StorageDomainFSNotMounted(PierError):
 
 
 class StorageDomainIllegalRemotePath(PierError):
-    code, name, message, http_status = 390, "StorageDomainIllegalRemotePath", "Remote path is illegal", 400
+    code, name, message, http_status = 390, "StorageDomainIllegalRemotePath", "Remote path is illegal", 422
 
 
 class StorageDomainMetadataNotFound(PierError):
@@ -317,7 +317,7 @@ class StorageDomainNotInPool(PierError):
 
 
 class StorageDomainTypeError(PierError):
-    code, name, message, http_status = 372, "StorageDomainTypeError", "Unsupported Storage Domain type", 400
+    code, name, message, http_status = 372, "StorageDomainTypeError", "Unsupported Storage Domain type", 422
 
 
 class StoragePoolAlreadyExists(PierError):
@@ -326,7 +326,7 @@ class StoragePoolAlreadyExists(PierError):
 
 
 class StoragePoolDescriptionTooLongError(PierError):
-    code, name, http_status = 327, "StoragePoolDescriptionTooLongError", 400
+    code, name, http_status = 327, "StoragePoolDescriptionTooLongError", 422
     message = "Storage pool description is too long"
 
 
@@ -361,7 +361,7 @@ class StorageServerValidationError(PierError):
 
 
 class UnsupportedDomainVersion(PierError):
-    code, name, http_status = 394, "UnsupportedDomainVersion", 400
+    code, name, http_status = 394, "UnsupportedDomainVersion", 422
     message = "Domain version is unsupported by this version of Pier"
 
 

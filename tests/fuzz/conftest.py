@@ -21,6 +21,7 @@ import json
 import os
 import re
 import socket
+import subprocess
 import time
 import urllib.parse
 import uuid
@@ -288,9 +289,19 @@ class Target:
             client.close()
 
 
+def unmount_under(root: Path) -> None:
+    """Unmount whatever a fuzzed StoragePool.connectStorageServer managed to mount under `root`."""
+    prefix = str(root) + "/"
+    for line in reversed(Path("/proc/self/mountinfo").read_text().splitlines()):
+        point = line.split(" ")[4].replace("\\040", " ")
+        if point.startswith(prefix):
+            subprocess.run(["umount", "-l", point], check=False, capture_output=True)
+
+
 def start_target(base: Path) -> Target:
     """A pierd for one fuzz module, with its own state dir and test-driver file under `base`."""
-    daemon = Pierd(base / "state", make_test_uri(base / "testnode.xml"), *PIERD_FLAGS)
+    daemon = Pierd(base / "state", make_test_uri(base / "testnode.xml"), *PIERD_FLAGS,
+                   "--data-center", str(base / "data-center"))
     deadline = time.monotonic() + 10
     stomp = None
     while stomp is None and time.monotonic() < deadline:
@@ -312,6 +323,7 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
         made.assert_serving()
     finally:
         code = made.daemon.stop()
+        unmount_under(made.daemon.state_dir.parent / "data-center")
     assert code == 0, "pierd did not exit cleanly:\n" + "".join(made.daemon.log[-30:])
     made.assert_log_clean()
 

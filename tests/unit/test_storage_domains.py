@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -371,3 +372,27 @@ def test_the_monitor_thread_checks_and_stops(storage: Storage, tmp_path: Path,
     finally:
         storage.stop()
     assert not storage.monitor.alive
+
+
+def test_the_monitor_starts_again_after_a_stop(storage: Storage, tmp_path: Path) -> None:
+    sd = make_domain(storage, tmp_path)
+    storage.start_monitoring(sd, 1)
+    for _ in range(2):
+        storage.monitor.interval = 0.05
+        storage.start()
+        assert storage.monitor.alive
+        storage.stop()
+        assert not storage.monitor.alive
+    assert [t.name for t in threading.enumerate() if t.name == "storage-monitor"] == []
+
+
+def test_host_stats_carry_the_watched_domains_vitals(storage: Storage, tmp_path: Path) -> None:
+    from pier.host.storage.host import HostWithStorage
+    from tests.fakes import FakeHost, FakeVms, as_services
+
+    sd = make_domain(storage, tmp_path)
+    storage.start_monitoring(sd, 1)
+    storage.monitor.check_all()
+    host, _ = as_services(FakeHost(FakeVms(lambda name, params: None)), FakeVms(lambda name, params: None))
+    stats = HostWithStorage(host, storage).stats()
+    assert stats["storageDomains"][sd]["valid"] is True and "cpuIdle" in stats

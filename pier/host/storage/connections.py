@@ -52,10 +52,23 @@ def run_command(argv: Sequence[str], timeout: float) -> tuple[int, str]:
     return done.returncode, (done.stderr.strip() or done.stdout.strip())
 
 
+def _number(params: Mapping[str, Any], key: str, default: int) -> int:
+    value = params.get(key)
+    if value in (None, ""):
+        return default
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        number = -1
+    if number < 0:
+        raise StorageServerConnectionError(f"Error storage server connection: {key} {value!r} is not a count")
+    return number
+
+
 def nfs_options(params: Mapping[str, Any]) -> str:
     """VDSM's mount options for an NFS connection's params."""
-    options = ["soft", "nosharecache", f"timeo={int(params.get('timeout') or 100)}",
-               f"retrans={int(params.get('retrans') or 3)}"]
+    options = ["soft", "nosharecache", f"timeo={_number(params, 'timeout', 100)}",
+               f"retrans={_number(params, 'retrans', 3)}"]
     version = str(params.get("protocol_version") or params.get("version") or "")
     if version in ("auto", "None"):
         version = ""
@@ -117,7 +130,7 @@ class Connections:
         except PierError as exc:
             log.warning("storage connection %s (%s): %s", con_id, remote_of(params), exc.message)
             return {"id": con_id, "status": exc.code}
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # ValueError: text the OS cannot take (a NUL, bad UTF-8)
             log.warning("storage connection %s (%s): %s", con_id, remote_of(params), exc)
             return {"id": con_id, "status": StorageServerConnectionError.code}
         return {"id": con_id, "status": 0}
@@ -126,8 +139,9 @@ class Connections:
 
     def _connect_one(self, domain_type: int, params: Mapping[str, Any]) -> None:
         remote = remote_of(params)
-        if not remote:
-            raise StorageServerValidationError("The connection has no path ('connection')")
+        problem = layout.usable_remote_path(remote)
+        if problem:
+            raise StorageServerValidationError(f"The connection's path {remote!r} cannot be used: {problem}")
         if domain_type == LOCALFS:
             self._link_local(remote)
         elif domain_type in MOUNTED_TYPES:
@@ -162,6 +176,13 @@ class Connections:
             options = str(params.get("mnt_options") or params.get("options") or "")
             if not vfs:
                 raise MountError("A posixfs connection needs its vfs_type")
+        for name, value in (("vfs_type", vfs), ("mnt_options", options)):
+            if "\0" in value or not value.isprintable():
+                raise MountError(f"Problem while trying to mount target: {name} {value!r} is not printable text")
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise MountError(f"Problem while trying to mount target: {name} is not valid UTF-8") from None
         made = not point.exists()
         point.mkdir(parents=True, exist_ok=True)
         argv = ["mount", "-t", vfs] + (["-o", options] if options else []) + [remote, str(point)]
@@ -179,8 +200,9 @@ class Connections:
 
     def _disconnect_one(self, domain_type: int, params: Mapping[str, Any]) -> None:
         remote = remote_of(params)
-        if not remote:
-            raise StorageServerValidationError("The connection has no path ('connection')")
+        problem = layout.usable_remote_path(remote)
+        if problem:
+            raise StorageServerValidationError(f"The connection's path {remote!r} cannot be used: {problem}")
         point = layout.mount_point(self._dc, remote)
         if domain_type == LOCALFS:
             if point.is_symlink():

@@ -14,7 +14,12 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from pier.rpc.errors import MetaDataSealIsBroken, MetaDataValidationError, StorageDomainMetadataNotFound
+from pier.rpc.errors import (
+    InvalidParameterException,
+    MetaDataSealIsBroken,
+    MetaDataValidationError,
+    StorageDomainMetadataNotFound,
+)
 
 CHECKSUM_KEY = "_SHA_CKSUM"
 FILE_MODE = 0o660
@@ -57,6 +62,16 @@ MAX_DESCRIPTION = 50  # VDSM's MAX_DOMAIN_DESCRIPTION_SIZE
 
 # VDSM's lease parameters at creation (DEFAULT_LEASE_PARAMS); LOCKPOLICY is written empty.
 DEFAULT_LEASE_PARAMS = {LEASERETRIES: "3", LEASETIMESEC: "60", LOCKRENEWALINTERVALSEC: "5", IOOPTIMEOUTSEC: "10"}
+
+
+def check_value(value: str, what: str) -> None:
+    """Refuse a value metadata cannot hold: a newline, a NUL, or text that is not UTF-8."""
+    if "\n" in value or "\0" in value:
+        raise InvalidParameterException(f"Invalid parameter: {what} may not hold a newline or a NUL")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidParameterException(f"Invalid parameter: {what} is not valid UTF-8") from None
 
 
 def checksum(lines: list[str]) -> str:

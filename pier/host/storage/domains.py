@@ -154,8 +154,10 @@ class Domains:
         if len(name) > md_.MAX_DESCRIPTION:
             raise StorageDomainDescriptionTooLongError(
                 f"Storage domain description is too long: {len(name)} characters, at most {md_.MAX_DESCRIPTION}")
-        if "\n" in name or "\n" in remote_path:
-            raise InvalidParameterException("Invalid parameter: a name or path may not hold a newline")
+        md_.check_value(name, "the name")
+        problem = layout.usable_remote_path(remote_path)
+        if problem:
+            raise StorageDomainIllegalRemotePath(f"Remote path is illegal: {remote_path!r}: {problem}")
         if type_name == "LOCALFS" and (not os.path.isabs(remote_path) or os.path.normpath(remote_path) != remote_path):
             raise StorageDomainIllegalRemotePath(f"Remote path is illegal: {remote_path!r} (an absolute, normal path)")
         try:
@@ -263,8 +265,7 @@ class Domains:
             raise StorageDomainDescriptionTooLongError(
                 f"Storage domain description is too long: {len(description)} characters, at most "
                 f"{md_.MAX_DESCRIPTION}")
-        if "\n" in description:
-            raise InvalidParameterException("Invalid parameter: a description may not hold a newline")
+        md_.check_value(description, "the description")
         self.update(sd_uuid, {md_.DESCRIPTION: description})
 
     def file_stats(self, sd_uuid: str, pattern: str, case_sensitive: bool) -> dict[str, dict[str, Any]]:

@@ -56,6 +56,25 @@ def mount_name(remote_path: str) -> str:
     return remote_path.replace("_", "__").replace("/", "_")
 
 
+NAME_MAX = 255
+
+
+def usable_remote_path(remote_path: str) -> str | None:
+    """Why `remote_path` cannot name a mount point (None when it can): a NUL, text that is not
+    UTF-8, or a mount name longer than the filesystem's 255 bytes."""
+    if not remote_path:
+        return "it is empty"
+    if "\0" in remote_path or "\n" in remote_path:
+        return "it holds a NUL or a newline"
+    try:
+        size = len(mount_name(remote_path).encode("utf-8"))
+    except UnicodeEncodeError:
+        return "it is not valid UTF-8"
+    if size > NAME_MAX:
+        return f"its mount name would be {size} bytes, more than {NAME_MAX}"
+    return None
+
+
 def mount_root(data_center: Path) -> Path:
     """The directory that holds every connection: `<data_center>/mnt`."""
     return Path(data_center) / MOUNT_DIR

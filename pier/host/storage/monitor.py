@@ -84,12 +84,14 @@ def timed_read(path: Path) -> float:
     return time.monotonic() - start
 
 
-class DomainMonitor(OwnedThread):
-    """Checks watched domains; `emit(name, params)` publishes a state change."""
+class DomainMonitor:
+    """Checks watched domains; `emit(name, params)` publishes a state change. Its thread (an
+    OwnedThread, `storage-monitor`) runs from `start()` to `stop()`; it may be started again."""
 
     def __init__(self, domains: Domains, emit: Callable[[str, dict[str, Any]], object], *,
                  interval: float = 10.0, pool_domains: Callable[[], Iterable[str]] = lambda: ()) -> None:
-        super().__init__("storage-monitor")
+        self._thread: OwnedThread | None = None
+        self.stopping = threading.Event()
         self._domains = domains
         self._emit = emit
         self.interval = interval
@@ -140,7 +142,23 @@ class DomainMonitor(OwnedThread):
 
     # -- the thread ----------------------------------------------------------------------------
 
-    def run(self) -> None:
+    def start(self) -> None:
+        if self._thread is not None and self._thread.alive:
+            return
+        self.stopping = threading.Event()
+        self._thread = OwnedThread("storage-monitor", self._run, wake=self._kick.set)
+        self.stopping = self._thread.stopping
+        self._thread.start()
+
+    def stop(self) -> bool:
+        thread, self._thread = self._thread, None
+        return thread.stop() if thread is not None else True
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.alive
+
+    def _run(self) -> None:
         """Thread: storage-monitor."""
         while not self.stopping.is_set():
             try:
@@ -149,9 +167,6 @@ class DomainMonitor(OwnedThread):
                 log.exception("storage monitor: a pass over the watched domains failed")
             self._kick.wait(self.interval)
             self._kick.clear()
-
-    def wake(self) -> None:
-        self._kick.set()
 
     def check_all(self) -> None:
         """Check every watched domain once, and forget domains no longer watched."""

@@ -113,9 +113,10 @@ class Pools:
         """Make a pool: `master` becomes its master domain (Active), the others are attached."""
         if not layout.is_uuid(sp_uuid):
             raise InvalidParameterException(f"Invalid parameter: storagepoolID={sp_uuid!r} is not a UUID")
-        if len(name) > MAX_POOL_DESCRIPTION or "\n" in name:
+        if len(name) > MAX_POOL_DESCRIPTION:
             raise StoragePoolDescriptionTooLongError(
                 f"Storage pool description is too long: {len(name)} characters, at most {MAX_POOL_DESCRIPTION}")
+        md_.check_value(name, "the pool's name")
         members = list(dict.fromkeys([master, *domain_list]))
         mds = {sd: self._domains.metadata(sd) for sd in members}
         for sd, md in mds.items():
@@ -256,10 +257,11 @@ class Pools:
 
     def set_description(self, sp_uuid: str, description: str) -> None:
         pool = self._spm(sp_uuid)
-        if len(description) > MAX_POOL_DESCRIPTION or "\n" in description:
+        if len(description) > MAX_POOL_DESCRIPTION:
             raise StoragePoolDescriptionTooLongError(
                 f"Storage pool description is too long: {len(description)} characters, at most "
                 f"{MAX_POOL_DESCRIPTION}")
+        md_.check_value(description, "the pool's description")
         self._domains.update(pool.master, {md_.POOL_DESCRIPTION: description})
 
     # -- SPM -----------------------------------------------------------------------------------
