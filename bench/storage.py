@@ -7,7 +7,10 @@
 Four localfs domains in a temporary data-center root, 1000 volumes in all (data file, .meta and
 .lease each), all watched by the monitor; nothing outside the temporary directory is touched.
 
-Run: .venv/bin/python bench/storage.py [--count N]
+Then the volume figures of bench/storage_volumes.py (Volume.create, Volume.copy,
+StorageDomain.getVolumes with 1000 volumes, each beside qemu-img or a listing).
+
+Run: .venv/bin/python bench/storage.py [--count N] [--rounds N]
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import tempfile
 import uuid
 from pathlib import Path
 
+import storage_volumes
 from common import PierdProcess, interleaved, report
 
 from pier.host.storage.service import Storage
@@ -96,11 +100,13 @@ def bench_pierd(root: Path, count: int) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--count", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of the volume figures")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="pier-bench-storage-"))
     try:
         bench_in_process(root, args.count)
         bench_pierd(root, args.count)
+        storage_volumes.run(args.rounds)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return 0

@@ -40,6 +40,8 @@ CONVENIENCE_VERBS = {
     "storage": "Host.listStorageDomains",
     "task.info": "Task.getInfo",
     "task.list": "Host.getAllTasks",
+    "volume.create": "Volume.create",
+    "volume.list": "StorageDomain.getVolumes",
     "task.stop": "Task.stop",
     "task.clear": "Task.clear",
     "token.create": "Token.create",
@@ -417,7 +419,7 @@ def cmd_task(client: PierClient, args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from pier import cli_security
+    from pier import cli_security, cli_volume
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--url", default=argparse.SUPPRESS, help=f"pierd's address (default {cli_security.URL_HELP})")
@@ -478,6 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
     from pier import cli_console
 
     cli_console.add_commands(sub, common)
+    cli_volume.add_commands(sub, common)
     return parser
 
 

@@ -25,6 +25,7 @@ from pier.api import Services, handlers
 from pier.config import Settings, load_settings, parse_address
 from pier.facade.app import make_app
 from pier.host.node import Node
+from pier.host.storage.images import PoolImages
 from pier.host.testdriver import make_test_uri, unusable_reason
 from pier.rpc.audit import AuditLog
 from pier.rpc.auth import Authenticator, Credentials
@@ -114,7 +115,8 @@ class Daemon:
                             self.about, self.node.network, ksm=self.node.ksm, lldp=self.node.lldp,
                             hostdevs=self.node.hostdevs, secrets=self.node.secrets, domain_xmls=self.node.domain_xmls,
                             guest=self.node.guest, consoles=self.node.consoles,
-                            vm_devices=self.node.vm_devices, storage=self.node.storage)
+                            vm_devices=self.node.vm_devices, storage=self.node.storage,
+                            volumes=PoolImages(Path(settings.data_center)))
         self.registry = Registry(schema, handlers(services, schema.verbs),
                                  self.tasks, audit=self.audit, limiter=limiter, credentials=self.credentials)
         self.tasks.start(self.registry.reconcilers)

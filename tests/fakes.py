@@ -25,6 +25,7 @@ from pier.host.services import (
     StorageService,
     VmDeviceService,
     VmService,
+    VolumeService,
 )
 from pier.host.storage.service import Storage
 from pier.rpc.channels import ENDED, TAKEN_OVER, Channel, ChannelEnd
@@ -38,21 +39,32 @@ from pier.rpc.errors import (
     HotplugNic,
     HotunplugDisk,
     HotunplugNic,
+    ImageDoesNotExistInSD,
     ImageError,
+    InvalidParameterException,
     InvalidParams,
     KsmError,
+    MissingOvfFileFromVM,
     NoSuchDevice,
     NoVM,
     PierError,
+    PrepareIllegalVolume,
     SecretBadRequest,
     SecretRegisterError,
     SetNumberOfCpus,
+    StorageDomainDoesNotExist,
+    StoragePoolUnknown,
     TargetBusy,
     Unexpected,
     UnsupportedOperation,
     UpdateDevice,
     VMDown,
     VMExists,
+    VolumeAlreadyExists,
+    VolumeDoesNotExist,
+    VolumeImageHasChildren,
+    VolumeResizeValueError,
+    VolumeSizeError,
 )
 
 
@@ -727,3 +739,244 @@ class FakeStorage(Storage):
 
 def as_storage_service(storage: FakeStorage) -> StorageService:
     return storage
+
+
+BLANK = "00000000-0000-0000-0000-000000000000"
+
+
+class FakeVolumes:
+    """A `pier.host.services.VolumeService` in memory: `domains` and `pools` by id, `volumes`
+    {(sd, img, vol): VolumeInfo-like dict}, `ovfs` {(domain, vm): ovf}."""
+
+    def __init__(self, domains: Iterable[str] = (), pools: Iterable[str] = ()) -> None:
+        self.domains = set(domains)
+        self.pools = set(pools)
+        self.volumes: dict[tuple[str, str, str], dict[str, Any]] = {}
+        self.ovfs: dict[tuple[str, str], str] = {}
+        self.prepared: set[tuple[str, str, str]] = set()
+
+    def check_pool(self, sp: str) -> None:
+        if sp != BLANK and sp not in self.pools:
+            raise StoragePoolUnknown(f"Unknown pool id, pool not connected: {sp}")
+
+    def _domain(self, sd: str) -> None:
+        if sd not in self.domains:
+            raise StorageDomainDoesNotExist(f"Storage domain does not exist: {sd}")
+
+    def _image(self, sd: str, img: str) -> None:
+        self._domain(sd)
+        if not any(key[:2] == (sd, img) for key in self.volumes):
+            raise ImageDoesNotExistInSD(f"Image does not exist in domain: image={img}, domain={sd}")
+
+    def _vol(self, sd: str, img: str, vol: str) -> dict[str, Any]:
+        self._image(sd, img)
+        if (sd, img, vol) not in self.volumes:
+            raise VolumeDoesNotExist(f"Volume does not exist: {vol}")
+        return self.volumes[(sd, img, vol)]
+
+    @staticmethod
+    def _size(text: str, field: str) -> int:
+        try:
+            size = int(text)
+        except ValueError:
+            raise InvalidParameterException(f"{field}: {text!r} is not a number of bytes") from None
+        if size < 1:
+            raise VolumeSizeError(f"{field}: {size} bytes; a volume needs at least 1")
+        return size
+
+    def check_create(self, sd: str, img: str, vol: str, size: str, volume_format: str, preallocate: str,
+                     parent_img: str, parent_vol: str) -> None:
+        self._size(size, "size")
+        self._domain(sd)
+        if (sd, img, vol) in self.volumes:
+            raise VolumeAlreadyExists(f"Volume already exists: {vol}")
+        if parent_vol != BLANK:
+            self._vol(sd, img, parent_vol)
+
+    def check_copy(self, sd: str, img: str, vol: str, dst_sd: str, dst_img: str, dst_vol: str) -> None:
+        self._vol(sd, img, vol)
+        self._domain(dst_sd)
+        if (dst_sd, dst_img, dst_vol) in self.volumes:
+            raise VolumeAlreadyExists(f"Volume already exists: {dst_vol}")
+
+    def check_delete(self, sd: str, img: str, vol: str) -> None:
+        self._vol(sd, img, vol)
+        if self.children_of(sd, img, vol):
+            raise VolumeImageHasChildren(f"volume {vol} has children")
+
+    def check_extend(self, sd: str, img: str, vol: str, new_size: str) -> None:
+        if self._size(new_size, "newSize") < int(self._vol(sd, img, vol)["capacity"]):
+            raise VolumeResizeValueError("newSize: volumes only grow")
+
+    def check_move(self, sd: str, img: str, dst_sd: str) -> None:
+        self._image(sd, img)
+        self._domain(dst_sd)
+
+    def create(self, sd: str, img: str, vol: str, size: str, volume_format: str, preallocate: str,
+               disktype: str, description: str, parent_img: str, parent_vol: str, *,
+               initial_size: str | None = None, legal: bool = True, sequence: int | None = None,
+               progress: Callable[[int, str], None] = lambda p, m: None) -> str:
+        self.check_create(sd, img, vol, size, volume_format, preallocate, parent_img, parent_vol)
+        if parent_vol != BLANK:
+            self.volumes[(sd, img, parent_vol)]["voltype"] = "INTERNAL"
+        self.volumes[(sd, img, vol)] = {
+            "uuid": vol, "format": volume_format, "type": preallocate, "disktype": disktype, "voltype": "LEAF",
+            "capacity": str(int(size)), "parent": parent_vol, "description": description, "domain": sd,
+            "image": img, "legality": "LEGAL" if legal else "ILLEGAL", "status": "OK"}
+        progress(100, "created")
+        return vol
+
+    def copy_volume(self, sd: str, img: str, vol: str, dst_sd: str, dst_img: str, dst_vol: str, description: str,
+                    voltype: str, volume_format: str, preallocate: str,
+                    progress: Callable[[int, str], None] = lambda p, m: None,
+                    cancelled: threading.Event | None = None) -> str:
+        self.check_copy(sd, img, vol, dst_sd, dst_img, dst_vol)
+        source = self.volumes[(sd, img, vol)]
+        self.volumes[(dst_sd, dst_img, dst_vol)] = dict(source, uuid=dst_vol, domain=dst_sd, image=dst_img,
+                                                        parent=BLANK, voltype=voltype, format=volume_format,
+                                                        type=preallocate, description=description)
+        return dst_vol
+
+    def delete_volume(self, sd: str, img: str, vol: str, post_zero: bool = False,
+                      progress: Callable[[int, str], None] = lambda p, m: None,
+                      cancelled: threading.Event | None = None) -> None:
+        self.check_delete(sd, img, vol)
+        del self.volumes[(sd, img, vol)]
+
+    def extend_size(self, sd: str, img: str, vol: str, new_size: str) -> None:
+        self.check_extend(sd, img, vol, new_size)
+        self.volumes[(sd, img, vol)]["capacity"] = str(int(new_size))
+
+    def info(self, sp: str, sd: str, img: str, vol: str) -> dict[str, Any]:
+        return dict(self._vol(sd, img, vol))
+
+    def size(self, sd: str, img: str, vol: str) -> dict[str, str]:
+        capacity = self._vol(sd, img, vol)["capacity"]
+        return {"apparentsize": capacity, "truesize": "0"}
+
+    def qemu_info(self, sd: str, img: str, vol: str) -> dict[str, Any]:
+        found = self._vol(sd, img, vol)
+        return {"format": "qcow2" if found["format"] == "COW" else "raw", "virtualsize": int(found["capacity"])}
+
+    def measure(self, sd: str, img: str, vol: str, dst_format: str, backing_chain: bool = True,
+                base: str | None = None) -> dict[str, int]:
+        capacity = int(self._vol(sd, img, vol)["capacity"])
+        return {"required": 0, "fully-allocated": capacity}
+
+    def set_description(self, sd: str, img: str, vol: str, description: str) -> None:
+        self._vol(sd, img, vol)["description"] = description
+
+    def set_legality(self, sd: str, img: str, vol: str, legality: str) -> None:
+        self._vol(sd, img, vol)["legality"] = legality
+
+    def verify_untrusted(self, sd: str, img: str, vol: str) -> None:
+        self._vol(sd, img, vol)
+
+    def volume_path(self, sd: str, img: str, vol: str) -> str:
+        self._vol(sd, img, vol)
+        return f"/fake/{sd}/images/{img}/{vol}"
+
+    def volumes_of(self, sd: str, img: str) -> list[str]:
+        if img == BLANK:
+            self._domain(sd)
+            return sorted(key[2] for key in self.volumes if key[0] == sd)
+        self._image(sd, img)
+        return self.volumes_of_any(sd, img)
+
+    def volumes_of_any(self, sd: str, img: str) -> list[str]:
+        return sorted(key[2] for key in self.volumes if key[:2] == (sd, img))
+
+    def chain_of(self, sd: str, img: str, vol: str) -> list[str]:
+        chain = [vol]
+        while (parent := self._vol(sd, img, chain[-1])["parent"]) != BLANK:
+            chain.append(parent)
+        return chain[::-1]
+
+    def children_of(self, sd: str, img: str, vol: str) -> list[str]:
+        return sorted(key[2] for key, found in self.volumes.items() if key[:2] == (sd, img) and found["parent"] == vol)
+
+    def legality(self, sd: str, img: str, vol: str) -> str | None:
+        found = self.volumes.get((sd, img, vol))
+        return None if found is None else str(found["legality"])
+
+    def remove_leftovers(self, sd: str, img: str | None = None) -> list[str]:
+        return []
+
+    def images_with(self, sp: str, img: str) -> list[str]:
+        self.check_pool(sp)
+        return sorted({key[0] for key in self.volumes if key[1] == img})
+
+    def prepare(self, sd: str, img: str, vol: str, allow_illegal: bool = False) -> dict[str, Any]:
+        chain = self.chain_of(sd, img, vol)
+        if self.volumes[(sd, img, vol)]["legality"] == "ILLEGAL" and not allow_illegal:
+            raise PrepareIllegalVolume(f"Cannot prepare illegal volume {vol}")
+        self.prepared.add((sd, img, vol))
+        path = self.volume_path(sd, img, vol)
+        return {"path": path, "info": {"type": "file", "path": path},
+                "imgVolumesInfo": [{"domainID": sd, "imageID": img, "volumeID": v,
+                                    "path": self.volume_path(sd, img, v)} for v in chain]}
+
+    def teardown(self, sd: str, img: str, vol: str | None = None) -> None:
+        self._image(sd, img)
+        self.prepared = {key for key in self.prepared if key[:2] != (sd, img) or (vol and key[2] != vol)}
+
+    def delete_image(self, sd: str, img: str, post_zero: bool = False,
+                     progress: Callable[[int, str], None] = lambda p, m: None,
+                     cancelled: threading.Event | None = None) -> None:
+        self._image(sd, img)
+        for key in [key for key in self.volumes if key[:2] == (sd, img)]:
+            del self.volumes[key]
+
+    def delete_volumes(self, sd: str, img: str, vols: list[str], post_zero: bool = False,
+                       progress: Callable[[int, str], None] = lambda p, m: None,
+                       cancelled: threading.Event | None = None) -> None:
+        for vol in sorted(vols, key=lambda v: -len(self.chain_of(sd, img, v))):
+            self.delete_volume(sd, img, vol)
+
+    def move(self, sd: str, img: str, dst_sd: str, *, remove_source: bool, structure_only: bool = False,
+             post_zero: bool = False, progress: Callable[[int, str], None] = lambda p, m: None,
+             cancelled: threading.Event | None = None) -> None:
+        self.check_move(sd, img, dst_sd)
+        for key, found in list(self.volumes.items()):
+            if key[:2] == (sd, img):
+                self.volumes[(dst_sd, img, key[2])] = dict(found, domain=dst_sd)
+                if remove_source:
+                    del self.volumes[key]
+
+    def sync_data(self, sd: str, img: str, dst_sd: str, sync_type: str,
+                  progress: Callable[[int, str], None] = lambda p, m: None,
+                  cancelled: threading.Event | None = None) -> None:
+        self._image(sd, img)
+        self._image(dst_sd, img)
+
+    def reconcile_chain(self, sd: str, img: str, leaf_vol: str) -> list[str]:
+        return self.chain_of(sd, img, leaf_vol)
+
+    def finalize_merge(self, sd: str, img: str, base: str, top: str) -> None:
+        self._vol(sd, img, top)["legality"] = "ILLEGAL"
+
+    def update_vms(self, sp: str, vms: list[dict[str, Any]], sd: str | None = None) -> None:
+        self.check_pool(sp)
+        for vm in vms:
+            self.ovfs[(sd or sp, vm["vm"])] = vm["ovf"]
+
+    def remove_vm(self, sp: str, vm: str, sd: str | None = None) -> None:
+        self.check_pool(sp)
+        if self.ovfs.pop((sd or sp, vm), None) is None:
+            raise MissingOvfFileFromVM(f"Missing OVF file from VM {vm}")
+
+    def backed_up_vms(self, sp: str, sd: str) -> list[str]:
+        self.check_pool(sp)
+        return sorted(vm for where, vm in self.ovfs if where == sd)
+
+    def backed_up_vms_info(self, sp: str, sd: str, vms: list[str]) -> dict[str, str]:
+        self.check_pool(sp)
+        try:
+            return {vm: self.ovfs[(sd, vm)] for vm in vms}
+        except KeyError as exc:
+            raise MissingOvfFileFromVM(f"Missing OVF file from VM {exc.args[0]}") from None
+
+
+def as_volume_service(volumes: FakeVolumes) -> VolumeService:
+    """The fake, typed as the Protocol it implements (mypy checks it)."""
+    return volumes

@@ -24,6 +24,7 @@ from pier.api.task import TaskApi
 from pier.api.vm import VmApi
 from pier.api.vm_console import VmConsoleApi
 from pier.api.vm_devices import VmDevicesApi
+from pier.api.volume import VolumeApi
 from pier.host.services import (
     ConsoleService,
     DomainXmlService,
@@ -37,6 +38,7 @@ from pier.host.services import (
     StorageService,
     VmDeviceService,
     VmService,
+    VolumeService,
 )
 from pier.rpc.audit import AuditLog
 from pier.rpc.auth import Credentials
@@ -65,14 +67,15 @@ class Services:
     consoles: ConsoleService
     vm_devices: VmDeviceService
     storage: StorageService
+    volumes: VolumeService
 
 
 def handlers(services: Services, served: Iterable[str]) -> list[object]:
     """Every handler object, ready for `Registry(schema, handlers(services, schema.verbs))`;
     `served` names the verbs the registry will serve (capabilities promise no others)."""
     s = services
-    return [HostApi(s.host, s.vms, s.tasks, s.about, served), VmApi(s.vms, s.guest), TaskApi(s.tasks),
+    return [HostApi(s.host, s.vms, s.tasks, s.about, served), VmApi(s.vms, s.guest, s.volumes), TaskApi(s.tasks),
             EventsApi(s.events, s.credentials), SecurityApi(s.credentials, s.audit), NetworkApi(s.network, s.vms),
             HostTuneApi(s.ksm, s.lldp, s.domain_xmls), HostDevApi(s.hostdevs), SecretsApi(s.secrets),
             GuestApi(s.guest), VmConsoleApi(s.consoles), VmDevicesApi(s.vm_devices),
-            StorageApi(s.storage)]
+            StorageApi(s.storage), VolumeApi(s.volumes, s.vms)]

@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from pier.host.services import GuestService, VmService
+from pier.api.drives import Drives
+from pier.host.services import GuestService, VmService, VolumeService
 from pier.rpc.errors import GuestTimeout, InvalidParams, LibvirtUnavailable, NoVM, Recovering, TaskCancelled
 from pier.rpc.registry import CallContext, reconciler, verb
 
@@ -16,20 +17,33 @@ POWERING_OFF = "poweroff"
 
 
 class VmApi:
-    def __init__(self, vms: VmService, guest: GuestService | None = None) -> None:
+    def __init__(self, vms: VmService, guest: GuestService | None = None,
+                 volumes: VolumeService | None = None) -> None:
         self._vms = vms
         self._guest = guest
+        self._drives = Drives(volumes) if volumes is not None else None
 
     @verb("VM.create")
     def create(self, ctx: CallContext, vmParams: dict[str, Any], vmID: str | None = None) -> dict[str, Any]:
         given = vmParams.get("vmId")
         if vmID and given and vmID.lower() != given.lower():
             raise InvalidParams(f"vmID {vmID} differs from vmParams.vmId {given}", data={"field": "params.vmID"})
-        return self._vms.create(vmID or given, vmParams)
+        if self._drives is None:
+            return self._vms.create(vmID or given, vmParams)
+        params = self._drives.prepare(vmID or given, vmParams)
+        try:
+            made = self._vms.create(vmID or given, params)
+        except BaseException:
+            self._drives.teardown(vmID or given or "")
+            raise
+        self._drives.remember(made["vmId"], params)
+        return made
 
     @verb("VM.destroy")
     def destroy(self, ctx: CallContext, vmID: str, gracefulAttempts: int = 1) -> None:
         self._vms.destroy(vmID)
+        if self._drives is not None:
+            self._drives.teardown(vmID)
 
     @verb("VM.shutdown")
     def shutdown(self, ctx: CallContext, vmID: str, delay: int = 0, message: str = "", reboot: bool = False,

@@ -447,3 +447,150 @@ class StorageService(Protocol):
 
     def spm_status(self, sp_uuid: str) -> dict[str, Any]:
         ...
+
+
+Progress = Callable[[int, str], None]
+
+
+class VolumeService(Protocol):
+    """Volumes and images of file storage domains (pier.host.storage.images.PoolImages): VDSM's
+    layout, made through qemu-img. Ids are UUID strings; sizes are VDSM's decimal strings of bytes.
+    Errors carry VDSM's storage codes (StorageDomainDoesNotExist, VolumeDoesNotExist, ...)."""
+
+    def check_pool(self, sp: str) -> None:
+        """StoragePoolUnknown unless pool `sp` is connected (the blank UUID names none)."""
+        ...
+
+    def check_create(self, sd: str, img: str, vol: str, size: str, volume_format: str, preallocate: str,
+                     parent_img: str, parent_vol: str) -> None:
+        """What `create` would refuse, refused now, with nothing written."""
+        ...
+
+    def check_copy(self, sd: str, img: str, vol: str, dst_sd: str, dst_img: str, dst_vol: str) -> None:
+        ...
+
+    def check_delete(self, sd: str, img: str, vol: str) -> None:
+        """VolumeImageHasChildren (or not found) when the volume cannot be deleted."""
+        ...
+
+    def check_extend(self, sd: str, img: str, vol: str, new_size: str) -> None:
+        ...
+
+    def check_move(self, sd: str, img: str, dst_sd: str) -> None:
+        ...
+
+    def create(self, sd: str, img: str, vol: str, size: str, volume_format: str, preallocate: str,
+               disktype: str, description: str, parent_img: str, parent_vol: str, *,
+               initial_size: str | None = None, legal: bool = True, sequence: int | None = None,
+               progress: Progress = ...) -> str:
+        """Make a volume (a qcow2 layer over `parent_vol` unless blank); nothing stays on failure."""
+        ...
+
+    def copy_volume(self, sd: str, img: str, vol: str, dst_sd: str, dst_img: str, dst_vol: str, description: str,
+                    voltype: str, volume_format: str, preallocate: str, progress: Progress = ...,
+                    cancelled: threading.Event | None = None) -> str:
+        """The chain up to `vol` collapsed into a new volume."""
+        ...
+
+    def delete_volume(self, sd: str, img: str, vol: str, post_zero: bool = False, progress: Progress = ...,
+                      cancelled: threading.Event | None = None) -> None:
+        ...
+
+    def extend_size(self, sd: str, img: str, vol: str, new_size: str) -> None:
+        ...
+
+    def info(self, sp: str, sd: str, img: str, vol: str) -> dict[str, Any]:
+        """VolumeInfo."""
+        ...
+
+    def size(self, sd: str, img: str, vol: str) -> dict[str, str]:
+        """VolumeSizeInfo."""
+        ...
+
+    def qemu_info(self, sd: str, img: str, vol: str) -> dict[str, Any]:
+        """QemuImageInfo."""
+        ...
+
+    def measure(self, sd: str, img: str, vol: str, dst_format: str, backing_chain: bool = True,
+                base: str | None = None) -> dict[str, int]:
+        ...
+
+    def set_description(self, sd: str, img: str, vol: str, description: str) -> None:
+        ...
+
+    def set_legality(self, sd: str, img: str, vol: str, legality: str) -> None:
+        ...
+
+    def verify_untrusted(self, sd: str, img: str, vol: str) -> None:
+        ...
+
+    def volume_path(self, sd: str, img: str, vol: str) -> str:
+        """The volume's data file; VolumeDoesNotExist (and the like) when it is not there."""
+        ...
+
+    def volumes_of(self, sd: str, img: str) -> list[str]:
+        """The volumes of an image (of the whole domain for the blank UUID)."""
+        ...
+
+    def volumes_of_any(self, sd: str, img: str) -> list[str]:
+        """The volumes of an image; none when it is not there."""
+        ...
+
+    def chain_of(self, sd: str, img: str, vol: str) -> list[str]:
+        """Base to `vol`."""
+        ...
+
+    def children_of(self, sd: str, img: str, vol: str) -> list[str]:
+        ...
+
+    def legality(self, sd: str, img: str, vol: str) -> str | None:
+        """A volume's LEGALITY; None when it is not there or half made."""
+        ...
+
+    def remove_leftovers(self, sd: str, img: str | None = None) -> list[str]:
+        """Remove what interrupted creates, copies and deletes left on the domain."""
+        ...
+
+    def images_with(self, sp: str, img: str) -> list[str]:
+        ...
+
+    def prepare(self, sd: str, img: str, vol: str, allow_illegal: bool = False) -> dict[str, Any]:
+        """PreparedImageInfo: the leaf's path and the chain, base first."""
+        ...
+
+    def teardown(self, sd: str, img: str, vol: str | None = None) -> None:
+        ...
+
+    def delete_image(self, sd: str, img: str, post_zero: bool = False, progress: Progress = ...,
+                     cancelled: threading.Event | None = None) -> None:
+        ...
+
+    def delete_volumes(self, sd: str, img: str, vols: list[str], post_zero: bool = False,
+                       progress: Progress = ..., cancelled: threading.Event | None = None) -> None:
+        ...
+
+    def move(self, sd: str, img: str, dst_sd: str, *, remove_source: bool, structure_only: bool = False,
+             post_zero: bool = False, progress: Progress = ..., cancelled: threading.Event | None = None) -> None:
+        ...
+
+    def sync_data(self, sd: str, img: str, dst_sd: str, sync_type: str, progress: Progress = ...,
+                  cancelled: threading.Event | None = None) -> None:
+        ...
+
+    def reconcile_chain(self, sd: str, img: str, leaf_vol: str) -> list[str]:
+        ...
+
+    def finalize_merge(self, sd: str, img: str, base: str, top: str) -> None:
+        ...
+
+    def update_vms(self, sp: str, vms: list[dict[str, Any]], sd: str | None = None) -> None:
+        ...
+
+    def remove_vm(self, sp: str, vm: str, sd: str | None = None) -> None:
+        ...
+
+    def backed_up_vms(self, sp: str, sd: str) -> list[str]:
+        ...
+
+    def backed_up_vms_info(self, sp: str, sd: str, vms: list[str]) -> dict[str, str]:
+        ...

@@ -423,6 +423,92 @@ class UnsupportedDomainVersion(PierError):
     code, name, http_status = 394, "UnsupportedDomainVersion", 422
     message = "Domain version is unsupported by this version of Pier"
 
+
+# storage: volumes and images (the "volumes" helper)
+
+
+class CopyImageError(PierError):
+    code, name, message, http_status = 261, "CopyImageError", "low level Image copy failed", 500
+
+
+class ImageDoesNotExistInSD(PierError):
+    code, name, message, http_status = 268, "ImageDoesNotExistInSD", "Image does not exist in domain", 404
+
+
+class ImageIsNotLegalChain(PierError):
+    code, name, message, http_status = 262, "ImageIsNotLegalChain", "Image is not a legal chain", 409
+
+
+class ImageVerificationError(PierError):
+    code, name, message, http_status = 484, "ImageVerificationError", "Image verification failed", 422
+
+
+class MissingOvfFileFromVM(PierError):
+    code, name, message, http_status = 320, "MissingOvfFileFromVM", "Missing OVF file from VM", 404
+
+
+class MoveImageError(PierError):
+    code, name, message, http_status = 253, "MoveImageError", "Error moving image", 500
+
+
+class NoSpaceLeftOnDomain(PierError):
+    code, name, message, http_status = 397, "NoSpaceLeftOnDomain", "No space left on domain", 507
+
+
+class PrepareIllegalVolume(PierError):
+    code, name, message, http_status = 227, "prepareIllegalVolumeError", "Cannot prepare illegal volume", 409
+
+
+class StorageUpdateVmError(PierError):
+    code, name, message, http_status = 305, "StorageUpdateVmError", "Cannot update VM", 422
+
+
+class VolumeAlreadyExists(PierError):
+    code, name, message, http_status = 212, "VolumeAlreadyExists", "Volume already exists", 409
+
+
+class VolumeCannotGetParent(PierError):
+    code, name, message, http_status = 216, "VolumeCannotGetParent", "Cannot get parent volume", 422
+
+
+class VolumeCopyError(PierError):
+    code, name, message, http_status = 225, "VolumeCopyError", "Volume copy failed", 500
+
+
+class VolumeCreationError(PierError):
+    code, name, message, http_status = 205, "VolumeCreationError", "Error creating a new volume", 500
+
+
+class VolumeDoesNotExist(PierError):
+    code, name, message, http_status = 201, "VolumeDoesNotExist", "Volume does not exist", 404
+
+
+class VolumeImageHasChildren(PierError):
+    code, name, message, http_status = 204, "VolumeImageHasChildren", \
+        "Cannot delete volume which has children (non-ethical)", 409
+
+
+class VolumeIsBusy(PierError):
+    code, name, message, http_status = 203, "VolumeIsBusy", "Volume is busy", 409
+
+
+class VolumeMetadataReadError(PierError):
+    code, name, message, http_status = 207, "VolumeMetadataReadError", "Error while processing volume meta data", 500
+
+
+class VolumeMetadataWriteError(PierError):
+    code, name, message, http_status = 208, "VolumeMetadataWriteError", "Error while updating volume meta data", 500
+
+
+class VolumeResizeValueError(PierError):
+    code, name, message, http_status = 232, "VolumeResizeValueError", "Incorrect size value for volume resize", 422
+
+
+class VolumeSizeError(PierError):
+    code, name, message, http_status = 229, "createVolumeSizeError", \
+        "Requested size is too small. Must be larger or equal to 1", 422
+
+
 def all_error_classes() -> list[type[PierError]]:
     """Every concrete error class, for the schema's `errors:` lists and generated docs."""
     found: list[type[PierError]] = []

@@ -204,7 +204,10 @@ class XmlRpc:
             result = self.registry.call(name, params, context)
         except PierError as exc:
             return error_envelope(exc)
-        return envelope(result, payload_key(self.registry.schema, name, verb))
+        payload = payload_key(self.registry.schema, name, verb)
+        if payload == "uuid" and verb.task and isinstance(result, dict) and "taskID" in result:
+            result = result["taskID"]  # VDSM's SPM verbs answered the id of the task they started
+        return envelope(result, payload)
 
     # -- introspection ----------------------------------------------------------------------
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -29,6 +29,7 @@ from tests.fakes import (
     FakeStorage,
     FakeVmDevices,
     FakeVms,
+    FakeVolumes,
     as_console_service,
     as_guest_service,
     as_host_extras,
@@ -38,6 +39,7 @@ from tests.fakes import (
     as_storage_service,
     as_tuning,
     as_vm_device_service,
+    as_volume_service,
 )
 
 VM_ID = "6f1e3e4c-1111-4222-8333-444455556666"
@@ -63,6 +65,7 @@ class Stack:
     guest: FakeGuest
     consoles: FakeConsoles | None = None
     storage: FakeStorage | None = None
+    volumes: FakeVolumes = field(default_factory=FakeVolumes)
 
     def call(self, verb: str, **params: object) -> object:
         return self.registry.call(verb, params, CallContext("test", identity=ADMIN))
@@ -87,6 +90,7 @@ def build_stack(schema: Schema, db: Path, vms: dict[str, dict[str, object]] | No
     ksm_service, lldp_service = as_tuning(ksm, lldp)
     hostdevs, secrets = FakeHostDevices(fake_vms), FakeSecrets()
     guest = FakeGuest(fake_vms)
+    volumes = FakeVolumes()
     hostdev_service, xml_service, _ = as_host_extras(hostdevs, FakeDomainXmls(fake_vms), ksm)
     storage = FakeStorage(str(db.parent / "data-center"), events.publish)
     services = Services(*as_services(host, fake_vms), tasks, events, credentials, audit, lambda: {"name": "pier"},
@@ -95,11 +99,12 @@ def build_stack(schema: Schema, db: Path, vms: dict[str, dict[str, object]] | No
                         guest=as_guest_service(guest),
                         consoles=as_console_service(consoles := FakeConsoles(fake_vms)),
                         vm_devices=as_vm_device_service(FakeVmDevices(fake_vms)),
-                        storage=as_storage_service(storage))
+                        storage=as_storage_service(storage),
+                        volumes=as_volume_service(volumes))
     registry = Registry(schema, handlers(services, schema.verbs), tasks, audit=audit)
     tasks.start(registry.reconcilers)
     return Stack(host, fake_vms, events, tasks, registry, JsonRpc(registry), db, credentials, audit, network, ksm,
-                 lldp, hostdevs, secrets, guest, consoles, storage)
+                 lldp, hostdevs, secrets, guest, consoles, storage, volumes)
 
 
 @pytest.fixture

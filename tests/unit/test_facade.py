@@ -38,6 +38,19 @@ LOCATIONS = {"POST /api/v1/vms": f"/api/v1/vms/{VM_ID}",
              "POST /api/v1/pools/{storagepoolID}/spm/start": f"/api/v1/tasks/{TASK_ID}",
              "POST /api/v1/storage-domains": f"/api/v1/tasks/{TASK_ID}",
              "DELETE /api/v1/storage-domains/{storagedomainID}": f"/api/v1/tasks/{TASK_ID}"}
+# The task verbs of pier/rpc/schema/volume.yml.
+LOCATIONS["POST /api/v1/storage-domains/{storagedomainID}/images/{imageID}/volumes"] = f"/api/v1/tasks/{TASK_ID}"
+LOCATIONS["POST /api/v1/storage-domains/{storagedomainID}/images/{imageID}/volumes/{volumeID}/copy"] = f"/api/v1/tasks/{TASK_ID}"
+LOCATIONS["DELETE /api/v1/storage-domains/{storagedomainID}/images/{imageID}/volumes/{volumeID}"] = f"/api/v1/tasks/{TASK_ID}"
+LOCATIONS["POST /api/v1/storage-domains/{storagedomainID}/images/{imageID}/volumes/{volumeID}/extend"] = f"/api/v1/tasks/{TASK_ID}"
+LOCATIONS["DELETE /api/v1/storage-domains/{storagedomainID}/images/{imageID}"] = f"/api/v1/tasks/{TASK_ID}"
+LOCATIONS["POST /api/v1/storage-domains/{storagedomainID}/images/{imageID}/delete-volumes"] = f"/api/v1/tasks/{TASK_ID}"
+LOCATIONS["POST /api/v1/storage-domains/{storagedomainID}/images/{imageID}/move"] = f"/api/v1/tasks/{TASK_ID}"
+LOCATIONS["POST /api/v1/storage-domains/{storagedomainID}/images/{imageID}/clone-structure"] = f"/api/v1/tasks/{TASK_ID}"
+LOCATIONS["POST /api/v1/storage-domains/{storagedomainID}/images/{imageID}/sync"] = f"/api/v1/tasks/{TASK_ID}"
+LOCATIONS["POST /api/v1/pools/{storagepoolID}/merge/prepare"] = f"/api/v1/tasks/{TASK_ID}"
+LOCATIONS["POST /api/v1/pools/{storagepoolID}/merge/finalize"] = f"/api/v1/tasks/{TASK_ID}"
+LOCATIONS["POST /api/v1/pools/{storagepoolID}/domains/{storagedomainID}/images/{imageID}/volumes/{volumeID}/reduce"] = f"/api/v1/tasks/{TASK_ID}"
 
 
 @dataclass
@@ -248,6 +261,43 @@ ROUTE_TABLE = {
     ("GET", "/api/v1/storage-domains/<sd_id>/dump", "StorageDomain.dump"),
     ("GET", "/api/v1/storage-domains/<storagedomainID>/files", "StorageDomain.getFileStats"),
 }
+
+
+# The volumes and images of pier/rpc/schema/volume.yml.
+VOLUME_ROUTES = {
+    ("POST", "/api/v1/storage-domains/<storagedomainID>/images/<imageID>/volumes", "Volume.create"),
+    ("POST", "/api/v1/storage-domains/<storagedomainID>/images/<imageID>/volumes/<volumeID>/copy", "Volume.copy"),
+    ("DELETE", "/api/v1/storage-domains/<storagedomainID>/images/<imageID>/volumes/<volumeID>", "Volume.delete"),
+    ("POST", "/api/v1/storage-domains/<storagedomainID>/images/<imageID>/volumes/<volumeID>/extend", "Volume.extendSize"),
+    ("GET", "/api/v1/storage-domains/<storagedomainID>/images/<imageID>/volumes/<volumeID>", "Volume.getInfo"),
+    ("GET", "/api/v1/storage-domains/<storagedomainID>/images/<imageID>/volumes/<volumeID>/qemu-info", "Volume.getQemuImageInfo"),
+    ("GET", "/api/v1/storage-domains/<storagedomainID>/images/<imageID>/volumes/<volumeID>/size", "Volume.getSize"),
+    ("GET", "/api/v1/storage-domains/<storagedomainID>/images/<imageID>/volumes/<volumeID>/measure", "Volume.measure"),
+    ("POST", "/api/v1/storage-domains/<storagedomainID>/images/<imageID>/volumes/<volumeID>/refresh", "Volume.refresh"),
+    ("PUT", "/api/v1/storage-domains/<storagedomainID>/images/<imageID>/volumes/<volumeID>/description", "Volume.setDescription"),
+    ("PUT", "/api/v1/storage-domains/<storagedomainID>/images/<imageID>/volumes/<volumeID>/legality", "Volume.setLegality"),
+    ("POST", "/api/v1/storage-domains/<storagedomainID>/images/<imageID>/volumes/<volumeID>/teardown", "Volume.teardown"),
+    ("POST", "/api/v1/storage-domains/<storagedomainID>/images/<imageID>/volumes/<volumeID>/verify", "Volume.verify_untrusted"),
+    ("GET", "/api/v1/storage-domains/<storagedomainID>/images/<imageID>/volumes", "Image.getVolumes"),
+    ("GET", "/api/v1/storage-domains/<storagedomainID>/volumes", "StorageDomain.getVolumes"),
+    ("POST", "/api/v1/storage-domains/<storagedomainID>/images/<imageID>/prepare", "Image.prepare"),
+    ("POST", "/api/v1/storage-domains/<storagedomainID>/images/<imageID>/teardown", "Image.teardown"),
+    ("DELETE", "/api/v1/storage-domains/<storagedomainID>/images/<imageID>", "Image.delete"),
+    ("POST", "/api/v1/storage-domains/<storagedomainID>/images/<imageID>/delete-volumes", "Image.deleteVolumes"),
+    ("POST", "/api/v1/storage-domains/<storagedomainID>/images/<imageID>/move", "Image.move"),
+    ("POST", "/api/v1/storage-domains/<storagedomainID>/images/<imageID>/clone-structure", "Image.cloneStructure"),
+    ("POST", "/api/v1/storage-domains/<storagedomainID>/images/<imageID>/sync", "Image.syncData"),
+    ("POST", "/api/v1/storage-domains/<storagedomainID>/images/<imageID>/reconcile", "Image.reconcileVolumeChain"),
+    ("GET", "/api/v1/pools/<storagepoolID>/images/<imageID>/domains", "StoragePool.getDomainsContainingImage"),
+    ("POST", "/api/v1/pools/<storagepoolID>/merge/prepare", "StoragePool.prepareMerge"),
+    ("POST", "/api/v1/pools/<storagepoolID>/merge/finalize", "StoragePool.finalizeMerge"),
+    ("POST", "/api/v1/pools/<storagepoolID>/domains/<storagedomainID>/images/<imageID>/volumes/<volumeID>/reduce", "StoragePool.reduceVolume"),
+    ("POST", "/api/v1/pools/<storagepoolID>/vms", "StoragePool.updateVMs"),
+    ("DELETE", "/api/v1/pools/<storagepoolID>/vms/<vmUUID>", "StoragePool.removeVM"),
+    ("GET", "/api/v1/pools/<storagepoolID>/domains/<storagedomainID>/vms", "StoragePool.getBackedUpVmsList"),
+    ("POST", "/api/v1/pools/<storagepoolID>/domains/<storagedomainID>/vms/info", "StoragePool.getBackedUpVmsInfo"),
+}
+ROUTE_TABLE |= VOLUME_ROUTES
 
 
 def test_route_table_is_the_schema(app: bottle.Bottle) -> None:

@@ -51,6 +51,16 @@ VDSM_PAYLOAD_KEYS = {
     "detachStorageDomain": None, "forcedDetachStorageDomain": None, "activateStorageDomain": None,
     "deactivateStorageDomain": None, "getFileStats": "fileStats",
 }
+# The legacy names of pier/rpc/schema/volume.yml (VDSM's storage verbs).
+STORAGE_LEGACY = {
+    "createVolume": "uuid", "copyImage": "uuid", "extendVolumeSize": "uuid", "getVolumeInfo": "info",
+    "getVolumeSize": None, "refreshVolume": None, "setVolumeDescription": None, "setVolumeLegality": None,
+    "getVolumesList": "uuidlist", "prepareImage": None, "teardownImage": None, "deleteImage": "uuid",
+    "deleteVolume": "uuid", "moveImage": "uuid", "cloneImageStructure": "uuid", "syncImageData": "uuid",
+    "reconcileVolumeChain": "volumes", "getImageDomainsList": "domainslist", "updateVM": None,
+    "removeVM": None, "getVmsList": "vmlist", "getVmsInfo": "vmlist",
+}
+VDSM_PAYLOAD_KEYS |= STORAGE_LEGACY
 
 
 def _not_found(environ: dict, start_response) -> list[bytes]:
@@ -148,8 +158,8 @@ def test_every_legacy_name_answers_the_envelope_with_its_payload_key(vdsm, schem
                                           "deactivateStorageDomain")})
     failing.update({"connectStoragePool": 304, "createStorageDomain": 360})
     changing = ["pause", "cont", "reset", "stopTask", "clearTask", "shutdown", "destroy"]
-    names = sorted(set(schema.legacy) - set(changing) - {"create"}) + changing
-    assert set(names) | {"create"} == set(schema.legacy)
+    names = sorted(set(schema.legacy) - set(changing) - {"create"} - set(STORAGE_LEGACY)) + changing
+    assert set(names) | {"create"} | set(STORAGE_LEGACY) == set(schema.legacy)  # storage: test_volume_api.py
     for name in names:
         verb, legacy = schema.legacy[name]
         given = {**args, **(own[name] if isinstance(own.get(name), dict) else {})}
