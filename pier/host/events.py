@@ -108,6 +108,11 @@ def published_statuses(latest: dict[str, dict[str, Any]]) -> dict[str, str]:
     return out
 
 
+_SET_AFTER_A_START = frozenset({PAUSED, POWERING_DOWN})
+"""Statuses only a running VM can get: libvirt's start event, delivered after a verb recorded
+one of them, does not take the VM back to Up (its own event for the change follows)."""
+
+
 class EventDispatcher:
     """Owns the `libvirt-events` thread; see the module docstring."""
 
@@ -318,8 +323,8 @@ class EventDispatcher:
                 self._set(rec, UP, {})
             elif rec.launch_paused and rec.emitted in (None, WAIT_FOR_LAUNCH):
                 self._set(rec, PAUSED, {"pauseCode": "NOERR"})
-            else:
-                self._set(rec, UP, {})
+            else:  # a start delivered late keeps what a verb recorded since (a pause, a shutdown)
+                self._set(rec, UP, {}, update=rec.status not in _SET_AFTER_A_START)
             self._on_vms_changed()
             return
 

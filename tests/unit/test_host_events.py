@@ -202,6 +202,20 @@ def test_an_event_older_than_a_verbs_change_is_emitted_but_does_not_undo_it(setu
     assert cache.get(A).status == UP
 
 
+def test_a_start_delivered_after_a_pause_is_emitted_but_keeps_the_vm_paused(setup) -> None:
+    """libvirt delivers a new VM's start event late (under load): the pause a verb recorded since
+    stays; the history still says Up, then Paused once the pause's own event comes."""
+    disp, cache, rec, _ = setup
+    record = cache.add(VmRecord(A, "vm-a", status=UP, emitted=None))
+    cache.set_status(record, PAUSED, {"pauseCode": "NOERR"})  # VM.pause, before the start was handled
+    disp.put(life(A, E.VIR_DOMAIN_EVENT_STARTED))
+    assert disp.flush()
+    assert cache.get(A).status == PAUSED and rec.statuses(A) == [UP]
+    disp.put(life(A, E.VIR_DOMAIN_EVENT_SUSPENDED))
+    assert disp.flush()
+    assert cache.get(A).status == PAUSED and rec.statuses(A) == [UP, PAUSED]
+
+
 def test_an_orderly_stop_publishes_the_down_held_back_for_the_reboot_grace() -> None:
     cache, rec = VmCache(), Recorder()
     disp = EventDispatcher(cache, rec, dict, lambda: None, dict, reboot_grace=60.0)
