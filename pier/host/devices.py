@@ -241,20 +241,7 @@ class Interface(Device):
             sub(el, "link", state="up" if up else "down")
         if p.get("bootOrder") not in (None, ""):
             sub(el, "boot", order=str(as_int(p["bootOrder"], f"{where}.bootOrder", minimum=1)))
-        cls._add_chain(el, p.get("volumeChain") or [])
         return cls(el)
-
-    @staticmethod
-    def _add_chain(el: ET.Element, chain: list[dict[str, Any]]) -> None:
-        """A prepared volume's backing chain (leaf first, as Pier's drive preparation gives it) as
-        nested <backingStore>s, so libvirt uses (and labels) exactly these files."""
-        below = el
-        for entry in chain[1:]:
-            below = sub(below, "backingStore", type="file")
-            sub(below, "format", type=str(entry["format"]))
-            sub(below, "source", file=str(entry["path"]))
-        if len(chain) > 1:
-            sub(below, "backingStore")
 
     @property
     def mac(self) -> str:
