@@ -16,7 +16,7 @@ from pathlib import Path
 from pier.docs import _table, route_text
 from pier.rpc.errors import InvalidParams, InvalidRequest, MethodNotFound, NoVM, ParseError
 from pier.rpc.schema import Schema, Verb
-from pier.transports.xmlrpc import GENERIC_PAYLOAD, INT_MAX, INT_MIN, payload_key, positional_text
+from pier.transports.xmlrpc import ENVELOPE_LEVEL, GENERIC_PAYLOAD, INT_MAX, INT_MIN, payload_key, positional_text
 
 GUIDE_PATH = Path(__file__).resolve().parent.parent / "docs" / "migrating-from-vdsm.md"
 EXAMPLE = "contrib/vdsm_xmlrpc_example.py"
@@ -27,6 +27,8 @@ def _rest(verb: Verb) -> str:
 
 
 def _key(key: str | None) -> str:
+    if key == ENVELOPE_LEVEL:
+        return "(beside `status`)"
     return f"`{key}`" if key else "- (status only)"
 
 
@@ -40,8 +42,10 @@ def render_migration_markdown(schema: Schema) -> str:
                          else "slow: runs as a task (see below)")
         if len(verb.legacy) > 1:
             notes.append("also " + ", ".join(f"`{other.name}`" for other in verb.legacy if other.name != name))
+        if legacy.sets:
+            notes.append("gives " + ", ".join(f"{param}={value!r}" for param, value in legacy.sets.items()))
         legacy_rows.append([f"`{name}`", f"`{verb.name}`", _rest(verb), _key(legacy.payload),
-                            positional_text(verb, schema.defs), "; ".join(notes)])
+                            positional_text(legacy.positions(verb), verb, schema.defs), "; ".join(notes)])
     new_rows = [[f"`{verb.name}`", _rest(verb), _key(payload_key(schema, verb.name, verb)), verb.summary]
                 for verb in schema.verbs.values() if not verb.legacy]
     tasks = [verb for verb in schema.verbs.values() if verb.task and not verb.waits]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import copy
 import threading
 import time
 import uuid
@@ -147,6 +148,8 @@ class FakeVms:
         if vm_id in self.records:
             raise VMExists(data={"vmId": vm_id})
         self.records[vm_id] = {"vmId": vm_id, "vmName": params.get("vmName", vm_id), "status": "WaitForLaunch"}
+        if params.get("devices"):
+            self.records[vm_id]["devices"] = copy.deepcopy(params["devices"])
         self._set(vm_id, "Up")
         return dict(self.records[vm_id])
 
@@ -754,6 +757,7 @@ class FakeVolumes:
         self.volumes: dict[tuple[str, str, str], dict[str, Any]] = {}
         self.ovfs: dict[tuple[str, str], str] = {}
         self.prepared: set[tuple[str, str, str]] = set()
+        self.leftovers: dict[str, set[str]] = {}  # domain: images an interrupted operation left something in
 
     def check_pool(self, sp: str) -> None:
         if sp != BLANK and sp not in self.pools:
@@ -900,7 +904,12 @@ class FakeVolumes:
         return None if found is None else str(found["legality"])
 
     def remove_leftovers(self, sd: str, img: str | None = None) -> list[str]:
-        return []
+        gone = sorted(i for i in self.leftovers.get(sd, set()) if img is None or i == img)
+        self.leftovers[sd] = self.leftovers.get(sd, set()) - set(gone)
+        return gone
+
+    def leftover_images(self, sd: str) -> list[str]:
+        return sorted(self.leftovers.get(sd, set()))
 
     def images_with(self, sp: str, img: str) -> list[str]:
         self.check_pool(sp)

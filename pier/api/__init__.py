@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from pier.api.drives import Drives
 from pier.api.events import EventsApi
 from pier.api.guest import GuestApi
 from pier.api.host import HostApi
@@ -74,8 +75,9 @@ def handlers(services: Services, served: Iterable[str]) -> list[object]:
     """Every handler object, ready for `Registry(schema, handlers(services, schema.verbs))`;
     `served` names the verbs the registry will serve (capabilities promise no others)."""
     s = services
-    return [HostApi(s.host, s.vms, s.tasks, s.about, served), VmApi(s.vms, s.guest, s.volumes), TaskApi(s.tasks),
+    drives = Drives(s.volumes)
+    return [HostApi(s.host, s.vms, s.tasks, s.about, served), VmApi(s.vms, s.guest, drives), TaskApi(s.tasks),
             EventsApi(s.events, s.credentials), SecurityApi(s.credentials, s.audit), NetworkApi(s.network, s.vms),
             HostTuneApi(s.ksm, s.lldp, s.domain_xmls), HostDevApi(s.hostdevs), SecretsApi(s.secrets),
-            GuestApi(s.guest), VmConsoleApi(s.consoles), VmDevicesApi(s.vm_devices),
-            StorageApi(s.storage), VolumeApi(s.volumes, s.vms)]
+            GuestApi(s.guest), VmConsoleApi(s.consoles), VmDevicesApi(s.vm_devices, drives),
+            StorageApi(s.storage, s.volumes), VolumeApi(s.volumes, s.vms)]

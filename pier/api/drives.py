@@ -1,17 +1,14 @@
 """Disks of a VM that name a volume as VDSM's drive spec does (domainID, poolID, imageID,
-volumeID): the image is prepared before the VM is made, the disk gets the leaf's path (replacing
-any it gave), its format and its chain (leaf first), and the image is torn down when the VM goes.
-
-The schema still asks every disk for a path (VmDevice): relaxing it for volume disks makes the
-OpenAPI fuzzer's schema canonicalizer give up on VM.create, so callers give any absolute path
-until it copes; VDSM's engine sends none.
+volumeID), in VM.create and VM.hotplugDisk: the image is prepared before the disk is made, the
+disk gets the leaf's path (replacing any it gave), its format and its chain (leaf first), and the
+image is torn down when the disk is unplugged or the VM goes.
 """
 
 from __future__ import annotations
 
 import copy
 import threading
-from typing import Any
+from typing import Any, NamedTuple
 
 from pier.host.services import VolumeService
 from pier.rpc.errors import MissingParam
@@ -20,68 +17,105 @@ BLANK_UUID = "00000000-0000-0000-0000-000000000000"
 _FORMATS = {"COW": "qcow2", "RAW": "raw"}
 
 
-def _names_volume(device: dict[str, Any]) -> bool:
-    return device.get("deviceType") == "disk" and bool(device.get("volumeID"))
+class _Prepared(NamedTuple):
+    sd: str
+    img: str
+    vol: str
+    path: str
+
+
+def names_volume(drive: dict[str, Any]) -> bool:
+    """Whether a disk (a VM.create device or a hotplugged drive) names a volume rather than a path."""
+    return drive.get("deviceType", "disk") == "disk" and drive.get("device", "disk") == "disk" \
+        and bool(drive.get("volumeID"))
 
 
 class Drives:
-    """Which images each VM's disks prepared, so they are torn down when it goes."""
+    """Which images each VM's disks prepared, so they are torn down when they go."""
 
     def __init__(self, volumes: VolumeService) -> None:
         self._volumes = volumes
         self._lock = threading.Lock()
-        self._prepared: dict[str, list[tuple[str, str, str]]] = {}
+        self._prepared: dict[str, list[_Prepared]] = {}
 
-    def prepare(self, vm_id: str | None, params: dict[str, Any]) -> dict[str, Any]:
+    def prepare(self, params: dict[str, Any]) -> dict[str, Any]:
         """vmParams with each volume disk given its path, format and volumeChain; the params as they
-        were when no disk names a volume. A failure tears down what it prepared; a disk naming a
-        volume without domainID or imageID is refused (MissingParam)."""
-        disks = [d for d in params.get("devices") or [] if _names_volume(d)]
-        if not disks:
+        were when no disk names a volume. A failure tears down what it prepared; on success the
+        caller `remember`s the VM it made, or `discard`s the params when none was made."""
+        if not any(names_volume(d) for d in params.get("devices") or []):
             return params
         params = copy.deepcopy(params)
-        prepared: list[tuple[str, str, str]] = []
+        prepared: list[_Prepared] = []
         try:
-            for device in [d for d in params["devices"] if _names_volume(d)]:
-                missing = [key for key in ("domainID", "imageID") if not device.get(key)]
-                if missing:
-                    raise MissingParam(f"a disk naming volume {device['volumeID']} needs {' and '.join(missing)}",
-                                       data={"field": f"vmParams.devices.{missing[0]}"})
-                sd, img, vol = str(device["domainID"]), str(device["imageID"]), str(device["volumeID"])
-                self._volumes.check_pool(device.get("poolID") or BLANK_UUID)
-                found = self._volumes.prepare(sd, img, vol)
-                prepared.append((sd, img, vol))
-                chain = []
-                for entry in found["imgVolumesInfo"]:
-                    info = self._volumes.info(BLANK_UUID, sd, img, entry["volumeID"])
-                    chain.append({"volumeID": entry["volumeID"], "path": entry["path"],
-                                  "format": _FORMATS[info["format"]]})
-                device["path"] = found["path"]
-                device["format"] = chain[-1]["format"]
-                device["volumeChain"] = chain[::-1]  # the leaf first, as libvirt's backingStore nests
+            for index, device in enumerate(params["devices"]):
+                if names_volume(device):
+                    prepared.append(self._prepare(device, f"vmParams.devices.{index}"))
         except BaseException:
-            for sd, img, vol in prepared:
-                self._volumes.teardown(sd, img, vol)
+            self._teardown(prepared)
             raise
-        if vm_id:
-            with self._lock:
-                self._prepared[vm_id] = prepared
         return params
 
-    def remember(self, vm_id: str, params: dict[str, Any]) -> None:
-        """Keep the images of a VM whose id was known only after it was made."""
-        volumes = [(d["domainID"], d["imageID"], d["volumeID"]) for d in params.get("devices") or []
-                   if d.get("deviceType") == "disk" and d.get("volumeChain")]
-        if volumes:
-            with self._lock:
-                self._prepared.setdefault(vm_id, volumes)
+    def prepare_drive(self, vm_id: str, drive: dict[str, Any], where: str = "params.drive") -> dict[str, Any]:
+        """A hotplugged drive naming a volume, prepared (as `prepare` does for VM.create) and kept
+        under the VM; `release` undoes it when the plug fails."""
+        drive = copy.deepcopy(drive)
+        self._keep(vm_id, [self._prepare(drive, where)])
+        return drive
 
-    def teardown(self, vm_id: str) -> None:
-        """Tear down the images the VM's disks prepared (none: nothing)."""
+    def remember(self, vm_id: str, params: dict[str, Any]) -> None:
+        """Keep the images `prepare` gave params under the VM made from them."""
+        self._keep(vm_id, _prepared_in(params))
+
+    def discard(self, params: dict[str, Any]) -> None:
+        """Tear down the images `prepare` gave params for a VM that was not made."""
+        self._teardown(_prepared_in(params))
+
+    def release(self, vm_id: str, keep_paths: set[str] | None = None) -> None:
+        """Tear down the images of the VM's disks whose path is not in keep_paths (None: all of
+        them, as when the VM goes)."""
         with self._lock:
-            prepared = self._prepared.pop(vm_id, [])
-        for sd, img, vol in prepared:
+            held = self._prepared.pop(vm_id, [])
+            kept = [p for p in held if keep_paths is not None and p.path in keep_paths]
+            if kept:
+                self._prepared[vm_id] = kept
+        self._teardown([p for p in held if p not in kept])
+
+    def _prepare(self, device: dict[str, Any], where: str) -> _Prepared:
+        missing = [key for key in ("domainID", "imageID") if not device.get(key)]
+        if missing:
+            raise MissingParam(f"{where}: a disk naming volume {device['volumeID']} needs {' and '.join(missing)}",
+                               data={"field": f"{where}.{missing[0]}"})
+        sd, img, vol = str(device["domainID"]), str(device["imageID"]), str(device["volumeID"])
+        self._volumes.check_pool(device.get("poolID") or BLANK_UUID)
+        found = self._volumes.prepare(sd, img, vol)
+        try:
+            chain = []
+            for entry in found["imgVolumesInfo"]:
+                info = self._volumes.info(BLANK_UUID, sd, img, entry["volumeID"])
+                chain.append({"volumeID": entry["volumeID"], "path": entry["path"],
+                              "format": _FORMATS[info["format"]]})
+        except BaseException:
+            self._volumes.teardown(sd, img, vol)
+            raise
+        device["path"] = found["path"]
+        device["format"] = chain[-1]["format"]
+        device["volumeChain"] = chain[::-1]  # the leaf first, as libvirt's backingStore nests
+        return _Prepared(sd, img, vol, found["path"])
+
+    def _keep(self, vm_id: str, prepared: list[_Prepared]) -> None:
+        if not prepared:
+            return
+        with self._lock:
+            self._prepared.setdefault(vm_id, []).extend(prepared)
+
+    def _teardown(self, prepared: list[_Prepared]) -> None:
+        for p in prepared:
             try:
-                self._volumes.teardown(sd, img, vol)
+                self._volumes.teardown(p.sd, p.img, p.vol)
             except Exception:  # the image went away meanwhile: nothing is left to tear down
                 pass
+
+
+def _prepared_in(params: dict[str, Any]) -> list[_Prepared]:
+    return [_Prepared(d["domainID"], d["imageID"], d["volumeID"], d["path"])
+            for d in params.get("devices") or [] if names_volume(d) and d.get("volumeChain")]

@@ -5,10 +5,11 @@ Image and volume verbs (and the pool verbs that work on them) are in pier/api/vo
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
-from pier.host.services import StorageService
-from pier.rpc.errors import InvalidParams
+from pier.host.services import StorageService, VolumeService
+from pier.rpc.errors import InvalidParams, TargetBusy
 from pier.rpc.registry import CallContext, precheck, verb
 
 
@@ -18,6 +19,8 @@ def _int(name: str, value: int | str) -> int:
     except (TypeError, ValueError):
         raise InvalidParams(f"params.{name}: {value!r} is not a number", data={"field": name}) from None
 
+
+log = logging.getLogger(__name__)
 
 _TYPE_NUMBERS = {"NFS": 1, "FCP": 2, "ISCSI": 3, "LOCALFS": 4, "CIFS": 5, "POSIXFS": 6, "GLUSTERFS": 7}
 
@@ -32,8 +35,9 @@ def _remote_path(type_args: str | dict[str, Any]) -> str:
 
 
 class StorageApi:
-    def __init__(self, storage: StorageService) -> None:
+    def __init__(self, storage: StorageService, volumes: VolumeService | None = None) -> None:
         self._storage = storage
+        self._volumes = volumes
 
     # -- Host ----------------------------------------------------------------------------------
 
@@ -109,6 +113,17 @@ class StorageApi:
     @verb("StorageDomain.validate")
     def validate_domain(self, ctx: CallContext, storagedomainID: str) -> None:
         self._storage.validate_domain(storagedomainID)
+        if self._volumes is None:
+            return
+        for img in self._volumes.leftover_images(storagedomainID):
+            try:
+                with ctx.try_hold(img, "StorageDomain.validate"):  # a task at work on it is left alone
+                    removed = self._volumes.remove_leftovers(storagedomainID, img)
+            except TargetBusy:
+                continue
+            if removed:
+                log.info("domain %s: removed what an interrupted operation left: %s", storagedomainID,
+                         ", ".join(removed))
 
     @verb("StorageDomain.setDescription")
     def set_domain_description(self, ctx: CallContext, storagedomainID: str, description: str) -> None:

@@ -6,7 +6,7 @@ import time
 from typing import Any
 
 from pier.api.drives import Drives
-from pier.host.services import GuestService, VmService, VolumeService
+from pier.host.services import GuestService, VmService
 from pier.rpc.errors import GuestTimeout, InvalidParams, LibvirtUnavailable, NoVM, Recovering, TaskCancelled
 from pier.rpc.registry import CallContext, reconciler, verb
 
@@ -17,11 +17,10 @@ POWERING_OFF = "poweroff"
 
 
 class VmApi:
-    def __init__(self, vms: VmService, guest: GuestService | None = None,
-                 volumes: VolumeService | None = None) -> None:
+    def __init__(self, vms: VmService, guest: GuestService | None = None, drives: Drives | None = None) -> None:
         self._vms = vms
         self._guest = guest
-        self._drives = Drives(volumes) if volumes is not None else None
+        self._drives = drives
 
     @verb("VM.create")
     def create(self, ctx: CallContext, vmParams: dict[str, Any], vmID: str | None = None) -> dict[str, Any]:
@@ -30,11 +29,11 @@ class VmApi:
             raise InvalidParams(f"vmID {vmID} differs from vmParams.vmId {given}", data={"field": "params.vmID"})
         if self._drives is None:
             return self._vms.create(vmID or given, vmParams)
-        params = self._drives.prepare(vmID or given, vmParams)
+        params = self._drives.prepare(vmParams)
         try:
             made = self._vms.create(vmID or given, params)
         except BaseException:
-            self._drives.teardown(vmID or given or "")
+            self._drives.discard(params)
             raise
         self._drives.remember(made["vmId"], params)
         return made
@@ -43,7 +42,7 @@ class VmApi:
     def destroy(self, ctx: CallContext, vmID: str, gracefulAttempts: int = 1) -> None:
         self._vms.destroy(vmID)
         if self._drives is not None:
-            self._drives.teardown(vmID)
+            self._drives.release(vmID)
 
     @verb("VM.shutdown")
     def shutdown(self, ctx: CallContext, vmID: str, delay: int = 0, message: str = "", reboot: bool = False,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
+from pier.api.drives import Drives, names_volume
 from pier.host.services import VmDeviceService
 from pier.rpc.errors import InvalidParams, MissingParam
 from pier.rpc.registry import CallContext, verb
@@ -20,8 +22,9 @@ def vm_of(vmID: str | None, params: dict[str, Any]) -> str:
 
 
 class VmDevicesApi:
-    def __init__(self, devices: VmDeviceService) -> None:
+    def __init__(self, devices: VmDeviceService, drives: Drives | None = None) -> None:
         self._devices = devices
+        self._drives = drives
 
     @verb("VM.getDevices")
     def get_devices(self, ctx: CallContext, vmID: str) -> list[dict[str, Any]]:
@@ -29,19 +32,51 @@ class VmDevicesApi:
 
     @verb("VM.addDevice")
     def add_device(self, ctx: CallContext, vmID: str, device: dict[str, Any]) -> dict[str, Any]:
-        return self._devices.add_device(vmID, device)
+        return self._plugging_volume(vmID, device, "params.device",
+                                     lambda prepared: self._devices.add_device(vmID, prepared))
 
     @verb("VM.removeDevice")
     def remove_device(self, ctx: CallContext, vmID: str, alias: str) -> dict[str, Any]:
-        return self._devices.remove_device(vmID, alias)
+        changed = self._devices.remove_device(vmID, alias)
+        if self._drives is not None:
+            self._drives.release(vmID, keep_paths=self._disk_paths(vmID, changed))
+        return changed
 
     @verb("VM.hotplugDisk")
     def hotplug_disk(self, ctx: CallContext, params: dict[str, Any], vmID: str | None = None) -> dict[str, Any]:
-        return self._devices.hotplug_disk(vm_of(vmID, params), params)
+        vm_id = vm_of(vmID, params)
+        return self._plugging_volume(vm_id, params.get("drive"), "params.drive",
+                                     lambda prepared: self._devices.hotplug_disk(vm_id, {**params, "drive": prepared}))
 
     @verb("VM.hotunplugDisk")
     def hotunplug_disk(self, ctx: CallContext, params: dict[str, Any], vmID: str | None = None) -> dict[str, Any]:
-        return self._devices.hotunplug_disk(vm_of(vmID, params), params)
+        vm_id = vm_of(vmID, params)
+        changed = self._devices.hotunplug_disk(vm_id, params)
+        if self._drives is not None:
+            self._drives.release(vm_id, keep_paths=self._disk_paths(vm_id, changed))
+        return changed
+
+    def _plugging_volume(self, vm_id: str, drive: Any, where: str,
+                         plug: Callable[[Any], dict[str, Any]]) -> dict[str, Any]:
+        """plug(drive), with the image of a drive naming a volume prepared first (torn down again
+        when the plug fails)."""
+        if self._drives is None or not isinstance(drive, dict) or not names_volume(drive):
+            return plug(drive)
+        self._devices.devices(vm_id)  # noVM before an image is prepared
+        prepared = self._drives.prepare_drive(vm_id, drive, where)
+        try:
+            return plug(prepared)
+        except BaseException:
+            self._drives.release(vm_id, keep_paths=self._disk_paths(vm_id))
+            raise
+
+    def _disk_paths(self, vm_id: str, definition: dict[str, Any] | None = None) -> set[str]:
+        """The paths of the VM's disks now (of `definition` when given)."""
+        try:
+            devices = definition.get("devices") if definition is not None else self._devices.devices(vm_id)
+        except Exception:  # the VM went away meanwhile: it keeps no disk
+            return set()
+        return {str(d.get("path")) for d in devices or [] if d.get("deviceType", d.get("type")) == "disk"}
 
     @verb("VM.changeCD")
     def change_cd(self, ctx: CallContext, vmID: str, driveSpec: Any) -> dict[str, Any]:

@@ -119,7 +119,8 @@ class Disk(Device):
         if not isinstance(path, str):
             raise InvalidParams(f"{where}.path: expected a string, got {path!r}")
         if device == "disk" and not path:
-            raise MissingParam(f"{where}.path: a disk needs a path")
+            raise MissingParam(f"{where}.path: a disk needs a path, or a volume (domainID, imageID, volumeID)",
+                               data={"field": f"{where}.path"})
         if path and not path.startswith("/"):
             raise InvalidParams(f"{where}.path: {path!r} is not an absolute path")
         fmt = p.get("format", "raw")

@@ -551,6 +551,10 @@ class VolumeService(Protocol):
         """Remove what interrupted creates, copies and deletes left on the domain."""
         ...
 
+    def leftover_images(self, sd: str) -> list[str]:
+        """The images holding what remove_leftovers would remove."""
+        ...
+
     def images_with(self, sp: str, img: str) -> list[str]:
         ...
 

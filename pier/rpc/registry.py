@@ -104,6 +104,14 @@ class CallContext:
     flow_id: str | None = None  # the caller's correlation id (an engine's ovirtCorrelationId), for logs
     prompt_tasks: bool = False  # the wire answers every task verb with its task at once (REST's 202)
     channel: bool = False  # the transport relays a byte channel (pier.rpc.channels) a verb returns
+    locks: TargetLocks | None = None  # the registry's, for a handler that takes a key of its own (`hold`)
+
+    def try_hold(self, key: str, holder: str) -> AbstractContextManager[None]:
+        """Hold `key` (an image, a VM id) as the changing verbs and tasks holding it do, or raise
+        TargetBusy at once when one holds it: for a handler that changes only what nobody is at."""
+        if self.locks is None:
+            raise RuntimeError("the context reached no registry")
+        return self.locks.hold(key, holder, wait=0)
 
     def describe(self) -> str:
         who = f"{self.identity.name} " if self.identity else ""
@@ -233,6 +241,9 @@ class Registry:
         declared = self.schema.resolve(name)
         if declared is None:
             raise MethodNotFound(f"Method not found: {name}", data={"method": name})
+        legacy = self.schema.legacy.get(name)
+        if legacy is not None and legacy[1].sets and isinstance(params, dict):
+            params = {**params, **legacy[1].sets}
         try:
             self._admit(declared, context)
             params = declared.validate(params)
@@ -241,6 +252,8 @@ class Registry:
                 self._refused(self.audit, declared, context, refusal)
             raise
         handler = self._handlers[declared.name]
+        if context.locks is not self.locks:
+            context = replace(context, locks=self.locks)
         target = declared.target_of(params)
         keys = declared.lock_keys(params)
         started = time.perf_counter()

@@ -20,6 +20,7 @@ params and result are kept in the task table and its result is sent in its event
 from __future__ import annotations
 
 import copy
+import json
 import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -154,10 +155,20 @@ def path_shape(path: str) -> str:
 
 @dataclass(frozen=True)
 class LegacyName:
-    """A VDSM XML-RPC name of a verb and the envelope key its payload went under."""
+    """A VDSM XML-RPC name of a verb, the envelope key its payload went under and, when VDSM's
+    positional order differs from the verb's, that order (IGNORED for a param VDSM took that the
+    verb has not, such as copyImage's vmUUID)."""
 
     name: str
     payload: str | None = None
+    params: tuple[str, ...] | None = None
+    sets: Mapping[str, Any] | None = None  # params this name always gives (forcedDetach...: force true)
+
+    IGNORED = "-"
+
+    def positions(self, verb: Verb) -> list[str]:
+        """The params a positional call of this name gives, in order."""
+        return list(self.params) if self.params is not None else list(verb.params)
 
 
 @dataclass
@@ -184,6 +195,7 @@ class Verb:
     waits: bool = False  # a task verb whose RPC answer comes when its task has ended (`waits`)
     result_secrets: frozenset[str] = frozenset()
     _validator: Callable[[Any], dict[str, Any]] | None = field(default=None, repr=False)
+    _option_validators: dict[str, Callable[[Any], Any]] = field(default_factory=dict, repr=False)
 
     @property
     def namespace(self) -> str:
@@ -215,7 +227,30 @@ class Verb:
         try:
             return (self._validator or self.compile())(params)
         except fastjsonschema.JsonSchemaValueException as exc:
+            exc = self._narrowed(exc)
             raise InvalidParams(_describe(exc), data={"field": _field(exc), "verb": self.name}) from None
+
+    def _narrowed(self, exc: fastjsonschema.JsonSchemaValueException) -> fastjsonschema.JsonSchemaValueException:
+        """For a value that failed a discriminated anyOf (one option per value of a `const` property,
+        as VmDevice's per deviceType), the error of the option its discriminator picks: 'path is
+        missing' rather than 'must be a value or a value'."""
+        option = _picked_option(exc)
+        if option is None:
+            return exc
+        key = json.dumps(option, sort_keys=True)
+        validator = self._option_validators.get(key)
+        if validator is None:
+            validator = fastjsonschema.compile({**option, "$defs": self.params_schema.get("$defs", {})})
+            self._option_validators[key] = validator
+        try:
+            validator(copy.deepcopy(exc.value))
+        except fastjsonschema.JsonSchemaValueException as inner:
+            prefix = exc.name or "data"
+            rebased = fastjsonschema.JsonSchemaValueException(
+                prefix + inner.message[len("data"):] if inner.message.startswith("data") else inner.message,
+                inner.value, prefix + (inner.name or "data")[len("data"):], inner.definition, inner.rule)
+            return self._narrowed(rebased)
+        return exc
 
     def compile(self) -> Callable[[Any], dict[str, Any]]:
         """The params validator, compiled on first use: compiling every verb's at start-up took
@@ -234,6 +269,21 @@ class Verb:
         # A null in an optional position means "not given", as XML-RPC clients send it.
         return {name: value for name, value in zip(names, values, strict=False)
                 if value is not None or name in self.required}
+
+
+def _legacy_name(spec: dict[str, Any], params: dict[str, Any], required: list[str]) -> LegacyName:
+    unknown_sets = [name for name in spec.get("sets") or {} if name not in params]
+    if unknown_sets:
+        raise ValueError(f"legacy {spec.get('name')}: sets unknown params {unknown_sets}")
+    order = spec.get("params")
+    if order is None:
+        return LegacyName(**spec)
+    unknown = [name for name in order if name != LegacyName.IGNORED and name not in params]
+    missing = [name for name in required if name not in order]
+    if unknown or missing or len(set(order) - {LegacyName.IGNORED}) != len(order) - order.count(LegacyName.IGNORED):
+        raise ValueError(f"legacy {spec.get('name')}: params must name each of the verb's params at most once "
+                         f"and every required one (unknown {unknown}, missing {missing})")
+    return LegacyName(**{**spec, "params": tuple(order)})
 
 
 def reading_routes(verbs: Mapping[str, Verb]) -> dict[str, Route]:
@@ -289,12 +339,26 @@ def _describe(exc: fastjsonschema.JsonSchemaValueException) -> str:
         return f"{where} is missing required field {', '.join(repr(m) for m in missing)}"
     if exc.rule == "additionalProperties":
         return message.replace("must not contain", "has unknown field(s)").replace(" properties", "")
-    if exc.rule == "anyOf" and all(set(option) == {"required"} for option in exc.rule_definition):
+    if exc.rule == "anyOf" and all(isinstance(option, dict) and "required" in option
+                                   for option in exc.rule_definition):
         needs = ", or ".join(" and ".join(option["required"]) for option in exc.rule_definition)
         return f"{_field(exc)} needs {needs}"
     if exc.rule == "anyOf":
         return f"{_field(exc)} must be {' or '.join(_alternative(option) for option in exc.rule_definition)}"
     return message
+
+
+def _picked_option(exc: fastjsonschema.JsonSchemaValueException) -> dict[str, Any] | None:
+    """The one anyOf option whose `const` property the failing value matches (None: not such an anyOf)."""
+    if exc.rule != "anyOf" or not isinstance(exc.value, dict) or not isinstance(exc.rule_definition, list):
+        return None
+    picked = []
+    for option in exc.rule_definition:
+        consts = {name: spec["const"] for name, spec in ((option or {}).get("properties") or {}).items()
+                  if isinstance(spec, dict) and "const" in spec} if isinstance(option, dict) else {}
+        if consts and all(exc.value.get(name) == value for name, value in consts.items()):
+            picked.append(option)
+    return picked[0] if len(picked) == 1 else None
 
 
 def _alternative(option: Any) -> str:
@@ -557,7 +621,7 @@ class Schema:
             required=required,
             returns=_unmarked(spec.get("returns", {"const": True})),
             errors=list(spec.get("errors", [])),
-            legacy=[LegacyName(**legacy) for legacy in spec.get("legacy", [])],
+            legacy=[_legacy_name(legacy, params, required) for legacy in spec.get("legacy", [])],
             task=task,
             rest=routes,
             rpc_only=rpc_only,

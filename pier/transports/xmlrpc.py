@@ -33,7 +33,7 @@ from defusedxml.xmlrpc import DefusedExpatParser
 from pier.rpc.errors import InvalidParams, InvalidRequest, MethodNotFound, ParseError, PierError, Unexpected
 from pier.rpc.limits import read_body
 from pier.rpc.registry import CallContext, Registry
-from pier.rpc.schema import Schema, Verb, deref
+from pier.rpc.schema import LegacyName, Schema, Verb, deref
 from pier.transports.http import WsgiApp, peer_of
 
 log = logging.getLogger("pier.transports.xmlrpc")
@@ -83,10 +83,16 @@ def parse_request(body: bytes) -> tuple[tuple[Any, ...], str]:
     return params, method
 
 
+ENVELOPE_LEVEL = "*"
+
+
 def envelope(result: Any, payload: str | None) -> dict[str, Any]:
-    """VDSM's success answer: status Done, and the result under `payload` when there is one."""
+    """VDSM's success answer: status Done, and the result under `payload` when there is one (its
+    keys beside status when `payload` is ENVELOPE_LEVEL, as repoStats answered)."""
     answer: dict[str, Any] = {"status": dict(DONE)}
-    if payload is not None:
+    if payload == ENVELOPE_LEVEL and isinstance(result, dict):
+        answer.update({key: value for key, value in result.items() if key != "status"})
+    elif payload is not None:
         answer[payload] = result
     return answer
 
@@ -149,10 +155,18 @@ def xmlrpc_type(schema: dict[str, Any], defs: dict[str, Any]) -> str:
     return _XMLRPC_TYPES.get(kinds[0], "undef") if kinds else "undef"
 
 
-def positional_text(verb: Verb, defs: dict[str, Any]) -> str:
+def positions(schema: Schema, name: str, verb: Verb) -> list[str]:
+    """The params of a positional call of `name`, in order: VDSM's for a legacy name that declares
+    it, else the verb's; LegacyName.IGNORED where VDSM took a param the verb has not."""
+    legacy = schema.legacy.get(name)
+    return legacy[1].positions(verb) if legacy is not None else list(verb.params)
+
+
+def positional_text(names: list[str], verb: Verb, defs: dict[str, Any]) -> str:
     """`vmParams (struct), vmID? (string)`: the positional params, `?` marking optional ones."""
-    return ", ".join(f"{param}{'' if param in verb.required else '?'} ({xmlrpc_type(spec, defs)})"
-                     for param, spec in verb.params.items()) or "none"
+    return ", ".join("(ignored)" if param == LegacyName.IGNORED else
+                     f"{param}{'' if param in verb.required else '?'} ({xmlrpc_type(verb.params[param], defs)})"
+                     for param in names) or "none"
 
 
 # -- the endpoint -----------------------------------------------------------------------------
@@ -197,11 +211,17 @@ class XmlRpc:
         verb = self.registry.schema.resolve(name)
         if verb is None:
             raise MethodNotFound(f'method "{name}" is not supported', data={"method": name})
-        specs = list(verb.params.values())
-        params = [read_numbers(value, specs[index], self.registry.schema.defs) if index < len(specs) else value
-                  for index, value in enumerate(params)]
+        names = positions(self.registry.schema, name, verb)
+        # A null in an optional position means "not given", as XML-RPC clients send it.
+        named = {param: read_numbers(value, verb.params[param], self.registry.schema.defs)
+                 for param, value in zip(names, params, strict=False)
+                 if param != LegacyName.IGNORED and (value is not None or param in verb.required)}
         try:
-            result = self.registry.call(name, params, context)
+            if len(params) > len(names):
+                self.registry.admit(name, context)  # who may not call it is told so first
+                raise InvalidParams(f"{name} takes at most {len(names)} positional params, got {len(params)}",
+                                    data={"field": "params"})
+            result = self.registry.call(name, named, context)
         except PierError as exc:
             return error_envelope(exc)
         payload = payload_key(self.registry.schema, name, verb)
@@ -229,7 +249,8 @@ class XmlRpc:
         names = [entry.name for entry in verb.legacy]
         lines = [verb.summary, "",
                  f"Pier verb: {verb.name} (JSON-RPC)" + (f"; legacy names: {', '.join(names)}" if names else ""),
-                 "Params, by position: " + positional_text(verb, self.registry.schema.defs),
+                 "Params, by position: " + positional_text(positions(self.registry.schema, name, verb), verb,
+                                                           self.registry.schema.defs),
                  "Answer: {'status': {'code', 'message'}" + (f", '{key}': result" if key else "") + "}"]
         if verb.task:
             lines.append("The verb is slow: its result is a task; follow it with getTaskStatus.")
@@ -241,8 +262,9 @@ class XmlRpc:
         if name in self._system:
             return self._system_signature(name)
         verb = self._verb(name)
-        names = list(verb.params)
-        types = [xmlrpc_type(spec, self.registry.schema.defs) for spec in verb.params.values()]
+        names = positions(self.registry.schema, name, verb)
+        types = ["undef" if param == LegacyName.IGNORED else xmlrpc_type(verb.params[param], self.registry.schema.defs)
+                 for param in names]
         fewest = max((names.index(param) + 1 for param in verb.required), default=0)
         return [["struct", *types[:count]] for count in range(fewest, len(names) + 1)]
 

@@ -119,7 +119,8 @@ def test_served_document_is_the_fuzzed_one(target: Target, auth_headers: dict[st
 
 def _beyond_the_schema(case: schemathesis.Case) -> list[Any]:
     """The checks that cannot hold for an input whose validity a JSON Schema cannot express: a
-    VM.create body carrying raw domain XML or a vmId other than the query's vmID (or a device verb's
+    VM.create body carrying raw domain XML, guest NUMA nodes (their memory must add up to memSize,
+    their cpus be the VM's) or a vmId other than the query's vmID (or a device verb's
     params.vmId other than the path's), a Trust.add
     certificate (any text after the PEM header is documented-valid), a VM.hotplugHostdev or
     VM.hotunplugHostdev device's <hostdev> XML: pierd answers those with 400 naming vmParams.xml,
@@ -142,7 +143,7 @@ def _beyond_the_schema(case: schemathesis.Case) -> list[Any]:
     if operation == "VM.create" and isinstance(case.body, dict):
         query_id = (case.query or {}).get("vmID") if isinstance(case.query, dict) else None
         body_id = case.body.get("vmId")
-        if "xml" in case.body or (isinstance(query_id, str) and isinstance(body_id, str)
+        if "xml" in case.body or "guestNumaNodes" in case.body or (isinstance(query_id, str) and isinstance(body_id, str)
                                   and query_id.lower() != body_id.lower()):
             return [st_checks.positive_data_acceptance]
     return []

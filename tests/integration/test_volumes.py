@@ -73,7 +73,10 @@ def make_domain(dc: Path, sd: str, pool: str) -> None:
     domain = dc / "mnt" / "_data" / sd
     (domain / "dom_md").mkdir(parents=True)
     (domain / "images").mkdir()
-    (domain / "dom_md" / "metadata").write_text(f"CLASS=Data\nSDUUID={sd}\nVERSION=5\n")
+    for special in ("ids", "leases", "xleases", "inbox", "outbox"):
+        (domain / "dom_md" / special).write_bytes(b"")
+    (domain / "dom_md" / "metadata").write_text(
+        f"CLASS=Data\nDESCRIPTION=test\nPOOL_UUID={pool}\nROLE=Regular\nSDUUID={sd}\nTYPE=LOCALFS\nVERSION=5\n")
     (dc / pool).mkdir(exist_ok=True)
     (dc / pool / sd).symlink_to(domain)
 
@@ -275,6 +278,35 @@ def test_a_copy_interrupted_by_a_restart_is_reconciled(tmp_path: Path, test_uri:
         again.stop()
 
 
+def test_validate_removes_what_a_crash_left_but_not_what_a_task_is_making(site: Site) -> None:
+    img, vol, kept = new(), new(), new()
+    site.create(img, vol, fmt="RAW", size=GiB)
+    site.create(img, kept, fmt="RAW", size=1 << 20)
+    fill(site.domain_dir(site.sd) / "images" / img / vol, GiB)
+    images = site.domain_dir(site.sd) / "images"
+    crashed_img, crashed = new(), new()  # what a create killed before its metadata was durable leaves
+    (images / crashed_img).mkdir()
+    (images / crashed_img / crashed).write_bytes(b"\0" * 4096)
+    (images / crashed_img / f"{crashed}.pier-pending").touch()
+    (images / f"_remove_me_{new()}").mkdir()  # an image delete killed after its rename
+    dst_img, dst = new(), new()
+    task = site.rpc.call("Volume.copy", **{**copy_params(site, img, vol, dst_img, dst), "dstSdUUID": site.sd})
+    making = images / dst_img
+    deadline = time.monotonic() + 30
+    while not (making / f"{dst}.pier-pending").exists():
+        assert time.monotonic() < deadline, "the copy did not start"
+        time.sleep(0.01)
+    site.rpc.call("StorageDomain.validate", storagedomainID=site.sd)
+    still_copying = site.rpc.call("Task.getInfo", taskID=task["taskID"])["state"] == "running"
+    assert (making / f"{dst}.pier-pending").exists() or not still_copying
+    assert not (images / crashed_img).exists()
+    assert not [name for name in os.listdir(images) if name.startswith("_remove_me_")]
+    assert site.wait(task)["state"] == "succeeded"  # the copy under way was left alone
+    assert sorted(site.rpc.call("Image.getVolumes", storagepoolID=site.pool, storagedomainID=site.sd,
+                                imageID=dst_img)) == [dst]
+    assert sorted(os.listdir(images / img)) == sorted(f"{v}{ext}" for v in (vol, kept) for ext in ("", ".meta", ".lease"))
+
+
 def test_ovfs_are_kept_on_the_master_domain(site: Site) -> None:
     vm = new()
     site.rpc.call("StoragePool.updateVMs", storagepoolID=site.pool, vmList=[{"vm": vm, "ovf": "<ovf/>"}])
@@ -294,7 +326,7 @@ def test_a_vm_disk_named_by_volume_gets_the_chain(site: Site) -> None:
     img, base, top = new(), new(), new()
     site.create(img, base, fmt="RAW", size=1 << 20)
     site.create(img, top, size=1 << 20, parent=base)
-    disk = {"deviceType": "disk", "device": "disk", "iface": "virtio", "path": "/volume", "poolID": site.pool,
+    disk = {"deviceType": "disk", "device": "disk", "iface": "virtio", "poolID": site.pool,
             "domainID": site.sd, "imageID": img, "volumeID": top}
     vm_id = new()
     made = site.rpc.call("VM.create", vmParams={"vmId": vm_id, "vmName": "pier-volumes-chain", "memSize": 64,

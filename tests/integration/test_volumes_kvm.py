@@ -69,8 +69,8 @@ def test_the_life_of_a_disk(kvm_site: Site, system_libvirt: str) -> None:
 
     conn = libvirt.open(system_libvirt)
     vm_id = str(uuid.uuid4())
-    disk = {"deviceType": "disk", "device": "disk", "iface": "virtio", "path": "/volume", "poolID": site.pool,
-            "domainID": site.sd, "imageID": img, "volumeID": top}
+    disk = {"deviceType": "disk", "device": "disk", "iface": "virtio", "poolID": site.pool,
+            "domainID": site.sd, "imageID": img, "volumeID": top}  # no path: Pier gives the chain's
     console = {"deviceType": "console", "device": "console", "specParams": {"consoleType": "serial"}}
     guest = None
     try:
@@ -82,6 +82,21 @@ def test_the_life_of_a_disk(kvm_site: Site, system_libvirt: str) -> None:
         with pytest.raises(JsonRpcError) as caught:  # a running VM's volume is not deleted
             site.rpc.call("Volume.delete", volumeID=top, postZero=False, force=False, **ids)
         assert caught.value.code == 203
+
+        extra_img, extra = str(uuid.uuid4()), str(uuid.uuid4())
+        site.create(extra_img, extra, size=16 * MiB, fmt="RAW")
+        extra_ids = dict(storagepoolID=site.pool, storagedomainID=site.sd, imageID=extra_img)
+        plugged = site.rpc.call("VM.hotplugDisk", vmID=vm_id, params={"drive": {
+            "poolID": site.pool, "domainID": site.sd, "imageID": extra_img, "volumeID": extra}})
+        extra_path = str(site.domain_dir(site.sd) / "images" / extra_img / extra)
+        assert extra_path in [d.get("path") for d in plugged["devices"]]
+        seen = "for i in $(seq 100); do [ -e /sys/block/vdb ] && break; sleep 0.2; done; cat /sys/block/vdb/size"
+        assert guest.shell.run(seen).strip() == str(16 * MiB // 512)  # the guest found the new disk
+        with pytest.raises(JsonRpcError) as caught:
+            site.rpc.call("Image.delete", **extra_ids)
+        assert caught.value.code == 203
+        site.rpc.call("VM.hotunplugDisk", vmID=vm_id, params={"drive": {"path": extra_path}})
+        site.done("Image.delete", **extra_ids)  # no longer the VM's: deleted
     finally:
         if guest is not None:
             guest.close()

@@ -66,6 +66,7 @@ class Stack:
     consoles: FakeConsoles | None = None
     storage: FakeStorage | None = None
     volumes: FakeVolumes = field(default_factory=FakeVolumes)
+    vm_devices: FakeVmDevices | None = None
 
     def call(self, verb: str, **params: object) -> object:
         return self.registry.call(verb, params, CallContext("test", identity=ADMIN))
@@ -98,13 +99,13 @@ def build_stack(schema: Schema, db: Path, vms: dict[str, dict[str, object]] | No
                         secrets=as_secret_service(secrets), domain_xmls=xml_service,
                         guest=as_guest_service(guest),
                         consoles=as_console_service(consoles := FakeConsoles(fake_vms)),
-                        vm_devices=as_vm_device_service(FakeVmDevices(fake_vms)),
+                        vm_devices=as_vm_device_service(vm_devices := FakeVmDevices(fake_vms)),
                         storage=as_storage_service(storage),
                         volumes=as_volume_service(volumes))
     registry = Registry(schema, handlers(services, schema.verbs), tasks, audit=audit)
     tasks.start(registry.reconcilers)
     return Stack(host, fake_vms, events, tasks, registry, JsonRpc(registry), db, credentials, audit, network, ksm,
-                 lldp, hostdevs, secrets, guest, consoles, storage, volumes)
+                 lldp, hostdevs, secrets, guest, consoles, storage, volumes, vm_devices)
 
 
 @pytest.fixture

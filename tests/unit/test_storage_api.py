@@ -11,7 +11,9 @@ import pytest
 
 from pier.facade import make_app
 from pier.rpc.errors import PierError
-from tests.unit.conftest import Stack
+from pier.rpc.registry import CallContext
+from pier.transports.xmlrpc import XmlRpc
+from tests.unit.conftest import ADMIN, Stack
 from tests.unit.test_facade import request
 
 
@@ -88,6 +90,8 @@ def test_repo_stats_and_monitoring(stack: Stack, tmp_path: Path) -> None:
     assert stats[sd]["valid"] and stats[sd]["code"] == 0 and stats[sd]["actual"]
     events, _ = stack.events.read(0, ("|storage|domain_state|",))
     assert [e.name for e in events] == [f"|storage|domain_state|{sd}"]
+    answer = XmlRpc(stack.registry).call("repoStats", [], CallContext("test", identity=ADMIN))
+    assert answer["status"]["code"] == 0 and answer[sd] == stats[sd], answer  # VDSM's: domains beside status
 
 
 def test_rest_lists_domains_and_answers_unknown_ones_with_vdsms_code(stack: Stack, tmp_path: Path) -> None:
@@ -100,3 +104,15 @@ def test_rest_lists_domains_and_answers_unknown_ones_with_vdsms_code(stack: Stac
     missing = request(app, "GET", f"/api/v1/storage-domains/{new_id()}")
     assert missing.status == 404 and missing.json()["code"] == 358
     assert request(app, "GET", "/api/v1/pools").json() == []
+
+
+def test_validate_removes_leftovers_only_from_images_no_call_is_at_work_on(stack: Stack, tmp_path: Path) -> None:
+    connect(stack, tmp_path / "d")
+    sd, busy, idle = new_id(), new_id(), new_id()
+    create(stack, tmp_path / "d", sd)
+    stack.volumes.leftovers[sd] = {busy, idle}
+    with stack.registry.locks.hold(busy, "Volume.copy (a task)"):
+        assert stack.call("StorageDomain.validate", storagedomainID=sd) is True
+    assert stack.volumes.leftover_images(sd) == [busy]
+    stack.call("StorageDomain.validate", storagedomainID=sd)
+    assert stack.volumes.leftover_images(sd) == []

@@ -21,6 +21,7 @@ from pier.host.storage.volumes import (
     Volume,
     Volumes,
     _no_progress,
+    leftover_images,
     remove_files,
     remove_illegal_leftovers,
     zero,
@@ -158,6 +159,10 @@ class VolumeStore(Volumes):
     def remove_leftovers(self, sd: str, img: str | None = None) -> list[str]:
         """What an interrupted create, copy or delete left on domain `sd`, removed."""
         return remove_illegal_leftovers(self.domain(sd), img)
+
+    def leftover_images(self, sd: str) -> list[str]:
+        """The images of domain `sd` holding what `remove_leftovers` would remove."""
+        return leftover_images(self.domain(sd))
 
     # -- changing one volume --------------------------------------------------------------------
 

@@ -394,6 +394,35 @@ def zero(path: Path, progress: Progress, cancelled: threading.Event | None) -> N
         os.fsync(out.fileno())
 
 
+def leftover_images(domain_dir: Path) -> list[str]:
+    """The images in which an interrupted create, copy or delete left something that
+    `remove_illegal_leftovers` removes."""
+    images = layout.images_dir(domain_dir)
+    try:
+        entries = sorted(os.listdir(images))
+    except FileNotFoundError:
+        return []
+    found = {name[len(REMOVE_PREFIX):] for name in entries if name.startswith(REMOVE_PREFIX)}
+    found |= {name for name in entries if layout.is_uuid(name) and _half_volumes(images / name)}
+    return sorted(found)
+
+
+def _half_volumes(directory: Path) -> list[str]:
+    """Volumes of an image directory with a pending marker, or data whose metadata a crash lost."""
+    try:
+        files = os.listdir(directory)
+    except OSError:
+        return []
+    names = set(files)
+    half = []
+    for entry in files:
+        if entry.endswith(PENDING_EXT):
+            half.append(entry[:-len(PENDING_EXT)])
+        elif layout.is_uuid(entry) and entry + layout.META_EXT not in names:
+            half.append(entry)  # data whose metadata a crash lost before it was ever durable
+    return sorted(set(half))
+
+
 def remove_illegal_leftovers(domain_dir: Path, img: str | None = None) -> list[str]:
     """Remove what an interrupted create, copy or delete left in a domain (or one image of it):
     volumes with a pending marker, image directories renamed for removal. Returns what went."""
@@ -405,24 +434,14 @@ def remove_illegal_leftovers(domain_dir: Path, img: str | None = None) -> list[s
         return removed
     for name in entries:
         if name.startswith(REMOVE_PREFIX):
-            shutil.rmtree(images / name, ignore_errors=True)
-            removed.append(name)
+            if img is None or name == REMOVE_PREFIX + img:
+                shutil.rmtree(images / name, ignore_errors=True)
+                removed.append(name)
             continue
         if not layout.is_uuid(name) or (img is not None and name != img):
             continue
         directory = images / name
-        try:
-            files = os.listdir(directory)
-        except OSError:
-            continue
-        names = set(files)
-        for entry in files:
-            if entry.endswith(PENDING_EXT):
-                vol = entry[:-len(PENDING_EXT)]
-            elif layout.is_uuid(entry) and entry + layout.META_EXT not in names:
-                vol = entry  # data whose metadata a crash lost before it was ever durable
-            else:
-                continue
+        for vol in _half_volumes(directory):
             remove_files(Volume(domain_dir, domain_dir.name, name, vol))
             removed.append(f"{name}/{vol}")
         with contextlib.suppress(OSError):
