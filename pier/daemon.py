@@ -25,7 +25,6 @@ from pier.api import Services, handlers
 from pier.config import Settings, load_settings, parse_address
 from pier.facade.app import make_app
 from pier.host.node import Node
-from pier.host.storage.images import PoolImages
 from pier.host.testdriver import make_test_uri, unusable_reason
 from pier.rpc.audit import AuditLog
 from pier.rpc.auth import Authenticator, Credentials
@@ -99,8 +98,6 @@ class Daemon:
         self.credentials = Credentials(db)
         self.audit = AuditLog(db, retention=settings.audit_retention_days * 86400)
         self.tls = self._server_tls(self.credentials)
-        # Node's `emit` is annotated `-> None` while events.publish returns the Event it recorded; the
-        # annotation in pier/host/node.py (restructured under issue 10) should read `-> object`.
         self.node = Node(resolve_libvirt_uri(settings), self.events.publish,
                          stats_interval=settings.stats_interval, slow_stats_interval=settings.slow_stats_interval,
                          last_events=self.events.latest, network_dir=Path(settings.state_dir) / "network",
@@ -116,7 +113,7 @@ class Daemon:
                             hostdevs=self.node.hostdevs, secrets=self.node.secrets, domain_xmls=self.node.domain_xmls,
                             guest=self.node.guest, consoles=self.node.consoles,
                             vm_devices=self.node.vm_devices, storage=self.node.storage,
-                            volumes=PoolImages(Path(settings.data_center)))
+                            volumes=self.node.volumes)
         self.registry = Registry(schema, handlers(services, schema.verbs),
                                  self.tasks, audit=self.audit, limiter=limiter, credentials=self.credentials)
         self.tasks.start(self.registry.reconcilers)

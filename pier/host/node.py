@@ -44,9 +44,11 @@ from pier.host.services import (
     StorageService,
     VmDeviceService,
     VmService,
+    VolumeService,
 )
 from pier.host.stats import StatsSampler
 from pier.host.storage.host import HostWithStorage
+from pier.host.storage.images import PoolImages
 from pier.host.storage.service import Storage
 from pier.host.vms import Vms
 from pier.host.vmstate import VmCache, read_states
@@ -94,6 +96,7 @@ class Node:
         self.network: NetworkService = self._network
         self._storage = Storage(data_center, emit, monitor_interval=storage_monitor_interval)
         self.storage: StorageService = self._storage
+        self.volumes: VolumeService = PoolImages(Path(data_center))
         self.host: HostService = HostWithStorage(HostWithNetwork(HostInfo(self._connection, self._cache),
                                                                  self._network), self._storage)
         self.ksm: KsmService = Ksm(sysfs_root)
