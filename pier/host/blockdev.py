@@ -10,7 +10,8 @@ Listed: whole disks and loop devices of non-zero size (partitions appear inside 
 VDSM lists multipath devices and names each by its multipath WWID; Pier runs no multipath, so a
 device's `GUID` is, in order: its WWN as multipath would name it (`3` + the NAA hex of a SCSI
 `0x...` WWN, otherwise the WWN as the kernel gives it), else `<model>_<serial>` (or the serial
-alone) as udev's ID_SERIAL reads, else the kernel name (`loop3`, `vda`). A GUID two devices would
+alone) as udev's ID_SERIAL reads (characters other than `A-Za-z0-9#+.:=@_-` made `_`, at most 128),
+else the kernel name (`loop3`, `vda`). A GUID two devices would
 share falls back to each one's kernel name. `guidSource` says which rule gave it.
 
 A device is in use (`status: used`, VDSM's meaning: `pvcreate` would refuse or destroy something)
@@ -26,6 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import Callable, Iterable, Sequence
@@ -43,6 +45,9 @@ DEVICE_MAPPER_MISSING = (
 LISTED_TYPES = ("disk", "loop")
 COMMAND_TIMEOUT = 30.0
 LVM_ENV = {"LVM_SUPPRESS_FD_WARNINGS": "1"}
+
+# what a GUID may hold (udev's ID_SERIAL characters); any other character becomes "_"
+_GUID_UNSAFE = re.compile(r"[^A-Za-z0-9#+.:=@_-]")
 
 Runner = Callable[[Sequence[str]], tuple[int, str]]
 
@@ -271,11 +276,11 @@ def _lun(hctl: Any) -> str:
 def _guid(dev: dict[str, Any], kname: str) -> tuple[str, str]:
     wwn = _text(dev.get("wwn"))
     if wwn:
-        return ("3" + wwn[2:] if wwn.lower().startswith("0x") else wwn), "wwn"
+        return _GUID_UNSAFE.sub("_", "3" + wwn[2:] if wwn.lower().startswith("0x") else wwn)[:128], "wwn"
     serial = _text(dev.get("serial"))
     if serial:
         model = _text(dev.get("model"))
-        return (f"{model}_{serial}" if model else serial).replace(" ", "_"), "serial"
+        return _GUID_UNSAFE.sub("_", f"{model}_{serial}" if model else serial)[:128], "serial"
     return kname, "name"
 
 
