@@ -113,7 +113,7 @@ class Daemon:
                             hostdevs=self.node.hostdevs, secrets=self.node.secrets, domain_xmls=self.node.domain_xmls,
                             guest=self.node.guest, consoles=self.node.consoles,
                             vm_devices=self.node.vm_devices, storage=self.node.storage,
-                            volumes=self.node.volumes)
+                            volumes=self.node.volumes, block_devices=self.node.block_devices)
         self.registry = Registry(schema, handlers(services, schema.verbs),
                                  self.tasks, audit=self.audit, limiter=limiter, credentials=self.credentials)
         self.tasks.start(self.registry.reconcilers)

@@ -14,6 +14,7 @@ from typing import Any
 from pier.host.console import png
 from pier.host.network.model import desired
 from pier.host.services import (
+    BlockDeviceService,
     ConsoleService,
     DomainXmlService,
     GuestService,
@@ -63,6 +64,7 @@ from pier.rpc.errors import (
     VMExists,
     VolumeAlreadyExists,
     VolumeDoesNotExist,
+    VolumeGroupDoesNotExist,
     VolumeImageHasChildren,
     VolumeResizeValueError,
     VolumeSizeError,
@@ -989,3 +991,42 @@ class FakeVolumes:
 def as_volume_service(volumes: FakeVolumes) -> VolumeService:
     """The fake, typed as the Protocol it implements (mypy checks it)."""
     return volumes
+
+
+class FakeBlockDevices:
+    """A `pier.host.services.BlockDeviceService` in memory: `listed` devices (BlockDeviceInfo dicts,
+    status as if checked) and LVM volume `groups`."""
+
+    def __init__(self) -> None:
+        self.listed: list[dict[str, Any]] = [
+            {"GUID": "0QEMU_QEMU_HARDDISK_drive-1", "capacity": "1073741824", "devtype": "", "name": "sda",
+             "path": "/dev/sda", "type": "disk", "status": "free", "inUse": False, "usedBy": [], "partitions": []},
+            {"GUID": "loop0", "capacity": "67108864", "devtype": "", "name": "loop0", "path": "/dev/loop0",
+             "type": "loop", "status": "used", "inUse": True, "usedBy": ["partition table (gpt)"],
+             "partitions": [{"name": "loop0p1", "path": "/dev/loop0p1", "capacity": "33554432"}]},
+        ]
+        self.unreadable: set[str] = set()
+        self.groups: list[dict[str, Any]] = []
+
+    def devices(self, guids: Iterable[str] | None = None, check_status: bool = True) -> list[dict[str, Any]]:
+        wanted = set(guids) if guids is not None else None
+        return [{**dev, **({} if check_status else {"status": "unknown"})} for dev in self.listed
+                if wanted is None or dev["GUID"] in wanted]
+
+    def visibility(self, guids: Iterable[str]) -> dict[str, bool]:
+        known = {dev["GUID"] for dev in self.listed}
+        return {guid: guid in known and guid not in self.unreadable for guid in guids}
+
+    def volume_groups(self) -> list[dict[str, Any]]:
+        return [dict(group) for group in self.groups]
+
+    def volume_group(self, vg_uuid: str) -> dict[str, Any]:
+        for group in self.groups:
+            if vg_uuid in (group["vgUUID"], group["name"]):
+                return dict(group)
+        raise VolumeGroupDoesNotExist(f"Volume Group does not exist: {vg_uuid}")
+
+
+def as_block_device_service(devices: FakeBlockDevices) -> BlockDeviceService:
+    """The fake, typed as the Protocol it implements (mypy checks it)."""
+    return devices

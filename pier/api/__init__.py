@@ -11,12 +11,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from pier.api.blockdev import BlockDevicesApi
 from pier.api.drives import Drives
 from pier.api.events import EventsApi
 from pier.api.guest import GuestApi
 from pier.api.host import HostApi
 from pier.api.hostdev import HostDevApi
 from pier.api.hosttune import HostTuneApi
+from pier.api.lease import LeaseApi
 from pier.api.network import NetworkApi
 from pier.api.secrets import SecretsApi
 from pier.api.security import SecurityApi
@@ -27,6 +29,7 @@ from pier.api.vm_console import VmConsoleApi
 from pier.api.vm_devices import VmDevicesApi
 from pier.api.volume import VolumeApi
 from pier.host.services import (
+    BlockDeviceService,
     ConsoleService,
     DomainXmlService,
     GuestService,
@@ -69,6 +72,7 @@ class Services:
     vm_devices: VmDeviceService
     storage: StorageService
     volumes: VolumeService
+    block_devices: BlockDeviceService
 
 
 def handlers(services: Services, served: Iterable[str]) -> list[object]:
@@ -80,4 +84,5 @@ def handlers(services: Services, served: Iterable[str]) -> list[object]:
             EventsApi(s.events, s.credentials), SecurityApi(s.credentials, s.audit), NetworkApi(s.network, s.vms),
             HostTuneApi(s.ksm, s.lldp, s.domain_xmls), HostDevApi(s.hostdevs), SecretsApi(s.secrets),
             GuestApi(s.guest), VmConsoleApi(s.consoles), VmDevicesApi(s.vm_devices, drives),
-            StorageApi(s.storage, s.volumes), VolumeApi(s.volumes, s.vms)]
+            StorageApi(s.storage, s.volumes), VolumeApi(s.volumes, s.vms),
+            BlockDevicesApi(s.block_devices, s.storage), LeaseApi()]

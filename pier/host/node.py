@@ -18,6 +18,7 @@ from typing import Any
 
 import libvirt
 
+from pier.host.blockdev import BlockDevices
 from pier.host.connection import Connection, EventLoop
 from pier.host.console import Consoles
 from pier.host.domain import libvirt_errors
@@ -32,6 +33,7 @@ from pier.host.network.host import HostWithNetwork
 from pier.host.network.service import Network
 from pier.host.secrets import Secrets
 from pier.host.services import (
+    BlockDeviceService,
     ConsoleService,
     DomainXmlService,
     GuestService,
@@ -102,6 +104,7 @@ class Node:
         self.ksm: KsmService = Ksm(sysfs_root)
         self.lldp: LldpService = Lldp(sysfs_root)
         self.hostdevs: HostDeviceService = HostDevices(self._connection, sysfs_root)
+        self.block_devices: BlockDeviceService = BlockDevices(sysfs_root=sysfs_root)
         self.secrets: SecretService = Secrets(self._connection)
         self.domain_xmls: DomainXmlService = DomainXmls(self._connection)
         self.consoles: ConsoleService = Consoles(self._connection)

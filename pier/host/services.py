@@ -598,3 +598,23 @@ class VolumeService(Protocol):
 
     def backed_up_vms_info(self, sp: str, sd: str, vms: list[str]) -> dict[str, str]:
         ...
+
+
+class BlockDeviceService(Protocol):
+    """This host's block devices and LVM volume groups (read only: block domains are not served)."""
+
+    def devices(self, guids: Iterable[str] | None = None, check_status: bool = True) -> list[dict[str, Any]]:
+        """Disks and loop devices (those with a GUID in `guids`) with VDSM's BlockDeviceInfo fields."""
+        ...
+
+    def visibility(self, guids: Iterable[str]) -> dict[str, bool]:
+        """Whether each GUID names a device this host has and can read."""
+        ...
+
+    def volume_groups(self) -> list[dict[str, Any]]:
+        """The LVM volume groups on this host, with VDSM's VolumeGroupInfo fields."""
+        ...
+
+    def volume_group(self, vg_uuid: str) -> dict[str, Any]:
+        """One volume group by UUID (or name); VolumeGroupDoesNotExist when there is none."""
+        ...

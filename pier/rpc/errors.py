@@ -509,6 +509,29 @@ class VolumeSizeError(PierError):
         "Requested size is too small. Must be larger or equal to 1", 422
 
 
+# storage: block devices, LVM, iSCSI (the "blockdev" helper)
+
+
+class BlockDeviceActionError(PierError):
+    code, name, message, http_status = 600, "BlockDeviceActionError", "Error block device action", 500
+
+
+class iSCSIDiscoveryError(PierError):  # noqa: N801 (VDSM's name)
+    code, name, message, http_status = 475, "iSCSIDiscoveryError", "Failed discovery of iSCSI targets", 409
+
+
+class VolumeGroupCreateError(PierError):
+    code, name, message, http_status = 502, "VolumeGroupCreateError", "Cannot create Volume Group", 409
+
+
+class VolumeGroupDoesNotExist(PierError):
+    code, name, message, http_status = 506, "VolumeGroupDoesNotExist", "Volume Group does not exist", 404
+
+
+class VolumeGroupRemoveError(PierError):
+    code, name, message, http_status = 508, "VolumeGroupRemoveError", "Volume Group remove error", 409
+
+
 def all_error_classes() -> list[type[PierError]]:
     """Every concrete error class, for the schema's `errors:` lists and generated docs."""
     found: list[type[PierError]] = []

@@ -17,6 +17,7 @@ from pier.rpc.registry import CallContext, Registry
 from pier.rpc.schema import Schema
 from pier.rpc.tasks import TaskManager
 from tests.fakes import (
+    FakeBlockDevices,
     FakeConsoles,
     FakeDomainXmls,
     FakeGuest,
@@ -30,6 +31,7 @@ from tests.fakes import (
     FakeVmDevices,
     FakeVms,
     FakeVolumes,
+    as_block_device_service,
     as_console_service,
     as_guest_service,
     as_host_extras,
@@ -67,6 +69,7 @@ class Stack:
     storage: FakeStorage | None = None
     volumes: FakeVolumes = field(default_factory=FakeVolumes)
     vm_devices: FakeVmDevices | None = None
+    block_devices: FakeBlockDevices = field(default_factory=FakeBlockDevices)
 
     def call(self, verb: str, **params: object) -> object:
         return self.registry.call(verb, params, CallContext("test", identity=ADMIN))
@@ -101,11 +104,12 @@ def build_stack(schema: Schema, db: Path, vms: dict[str, dict[str, object]] | No
                         consoles=as_console_service(consoles := FakeConsoles(fake_vms)),
                         vm_devices=as_vm_device_service(vm_devices := FakeVmDevices(fake_vms)),
                         storage=as_storage_service(storage),
-                        volumes=as_volume_service(volumes))
+                        volumes=as_volume_service(volumes),
+                        block_devices=as_block_device_service(block_devices := FakeBlockDevices()))
     registry = Registry(schema, handlers(services, schema.verbs), tasks, audit=audit)
     tasks.start(registry.reconcilers)
     return Stack(host, fake_vms, events, tasks, registry, JsonRpc(registry), db, credentials, audit, network, ksm,
-                 lldp, hostdevs, secrets, guest, consoles, storage, volumes, vm_devices)
+                 lldp, hostdevs, secrets, guest, consoles, storage, volumes, vm_devices, block_devices)
 
 
 @pytest.fixture

@@ -299,6 +299,26 @@ VOLUME_ROUTES = {
 }
 ROUTE_TABLE |= VOLUME_ROUTES
 
+# Block devices, LVM, block domains and leases (pier/rpc/schema/blockdev.yml, lease.yml).
+BLOCK_ROUTES = {
+    ("GET", "/api/v1/host/block-devices", "Host.getDeviceList"),
+    ("POST", "/api/v1/host/block-devices/visibility", "Host.getDevicesVisibility"),
+    ("GET", "/api/v1/volume-groups", "Host.getLVMVolumeGroups"),
+    ("GET", "/api/v1/volume-groups/<lvmvolumegroupID>", "LVMVolumeGroup.getInfo"),
+    ("POST", "/api/v1/volume-groups", "LVMVolumeGroup.create"),
+    ("DELETE", "/api/v1/volume-groups/<lvmvolumegroupID>", "LVMVolumeGroup.remove"),
+    ("POST", "/api/v1/storage-domains/<storagedomainID>/extend", "StorageDomain.extend"),
+    ("POST", "/api/v1/storage-domains/<storagedomainID>/resize-pv", "StorageDomain.resizePV"),
+    ("POST", "/api/v1/iscsi/discover", "ISCSIConnection.discoverSendTargets"),
+    ("POST", "/api/v1/leases", "Lease.create"),
+    ("POST", "/api/v1/leases/delete", "Lease.delete"),
+    ("POST", "/api/v1/leases/info", "Lease.info"),
+    ("POST", "/api/v1/leases/status", "Lease.status"),
+    ("POST", "/api/v1/leases/fence", "Lease.fence"),
+    ("POST", "/api/v1/storage-domains/<sd_id>/leases/rebuild", "Lease.rebuild_leases"),
+}
+ROUTE_TABLE |= BLOCK_ROUTES
+
 
 def test_route_table_is_the_schema(app: bottle.Bottle) -> None:
     served = {(route.method, route.rule, route.name.split()[0]) for route in app.routes

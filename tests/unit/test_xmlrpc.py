@@ -62,6 +62,13 @@ STORAGE_LEGACY = {
     "removeVM": None, "getVmsList": "vmlist", "getVmsInfo": "vmlist",
 }
 VDSM_PAYLOAD_KEYS |= STORAGE_LEGACY
+# block devices, LVM and block domains (pier/rpc/schema/blockdev.yml): tests/unit/test_blockdev_api.py
+BLOCK_LEGACY = {
+    "getDeviceList": "devList", "getDevicesVisibility": "visible", "getVGList": "vglist", "getVGInfo": "info",
+    "createVG": "uuid", "removeVG": None, "extendStorageDomain": None, "resizePV": "size",
+}
+STORAGE_LEGACY |= BLOCK_LEGACY
+VDSM_PAYLOAD_KEYS |= BLOCK_LEGACY
 
 
 def _not_found(environ: dict, start_response) -> list[bytes]:

@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from pier.host.blockdev import DEVICE_MAPPER_MISSING
 from pier.host.storage import layout
 from pier.rpc.errors import (
     MountError,
@@ -37,6 +38,14 @@ log = logging.getLogger(__name__)
 NFS, FCP, ISCSI, LOCALFS, CIFS, POSIXFS, GLUSTERFS = 1, 2, 3, 4, 5, 6, 7
 MOUNTED_TYPES = {NFS: "nfs", CIFS: "cifs", POSIXFS: "", GLUSTERFS: "glusterfs"}
 MOUNT_TIMEOUT = 120.0
+
+
+def unserved_type(domain_type: int) -> str:
+    """Why a storage type is not served here (iSCSI and FCP: the missing device-mapper targets)."""
+    if domain_type in (FCP, ISCSI):
+        return (f"Storage type {domain_type} ({'FCP' if domain_type == FCP else 'iSCSI'}) is not served by this host: "
+                f"{DEVICE_MAPPER_MISSING}")
+    return f"Storage type {domain_type} is not served by this host (file domains only)"
 
 Runner = Callable[[Sequence[str], float], tuple[int, str]]
 
@@ -147,7 +156,7 @@ class Connections:
         elif domain_type in MOUNTED_TYPES:
             self._mount(domain_type, remote, params)
         else:
-            raise StorageDomainTypeError(f"Storage type {domain_type} is not served by this host (file domains only)")
+            raise StorageDomainTypeError(unserved_type(domain_type))
 
     def _link_local(self, remote: str) -> None:
         if not os.path.isabs(remote) or os.path.normpath(remote) != remote:
@@ -209,7 +218,7 @@ class Connections:
                 point.unlink()
             return
         if domain_type not in MOUNTED_TYPES:
-            raise StorageDomainTypeError(f"Storage type {domain_type} is not served by this host (file domains only)")
+            raise StorageDomainTypeError(unserved_type(domain_type))
         if mounted_at(point):
             code, out = self._run(["umount", str(point)], MOUNT_TIMEOUT)
             if code != 0:

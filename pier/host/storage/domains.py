@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from pier.host.blockdev import DEVICE_MAPPER_MISSING
 from pier.host.storage import domain_md as md_
 from pier.host.storage import layout, special
 from pier.rpc.errors import (
@@ -47,8 +48,9 @@ def domain_type_name(value: int | str) -> str:
     if name is None and str(value).isdigit():
         name = md_.DOMAIN_TYPES.get(int(value))
     if name not in md_.FILE_DOMAIN_TYPES:
+        block = f" ({name} domains are block domains: {DEVICE_MAPPER_MISSING})" if name in ("ISCSI", "FCP") else ""
         raise StorageDomainTypeError(f"Unsupported Storage Domain type {value!r}: this host serves file domains "
-                                     f"({', '.join(md_.FILE_DOMAIN_TYPES)})")
+                                     f"({', '.join(md_.FILE_DOMAIN_TYPES)}){block}")
     return name
 
 
