@@ -107,7 +107,7 @@ def test_copy_data_refuses_bad_input_and_changes_nothing(site: Site) -> None:
     site.create(raw_img, raw, size=64 * MiB, fmt="RAW", sd=site.sd2)
     tree, raw_meta = site.tree(), meta(site, site.sd2, raw_img, raw)
     source = {"endpoint_type": "div", **div(site.sd, img, src)}
-    cases = [
+    cases: list[tuple[dict[str, Any], int]] = [
         (dict(destination={"endpoint_type": "div", **div(site.sd2, raw_img, raw)}, copy_bitmaps=True), 2009),
         (dict(destination={"endpoint_type": "div", **div(site.sd2, raw_img, new())}), 201),
         (dict(destination={"endpoint_type": "div", **div(site.sd2, raw_img, raw, generation=7)}), 911),
