@@ -25,6 +25,8 @@ from pier.api import Services, handlers
 from pier.config import Settings, load_settings, parse_address
 from pier.facade.app import make_app
 from pier.host.node import Node
+from pier.host.storage.jobs import StorageJobs
+from pier.host.storage.nbd import NbdServers, nbd_run_dir
 from pier.host.testdriver import make_test_uri, unusable_reason
 from pier.rpc.audit import AuditLog
 from pier.rpc.auth import Authenticator, Credentials
@@ -82,6 +84,7 @@ class Daemon:
         self.events: EventLog | None = None
         self.node: Node | None = None
         self.tasks: TaskManager | None = None
+        self.nbd: NbdServers | None = None
         self.registry: Registry | None = None
         self.credentials: Credentials | None = None
         self.audit: AuditLog | None = None
@@ -106,6 +109,7 @@ class Daemon:
                          storage_monitor_interval=settings.storage_monitor_interval)
         self.node.start()
         self.tasks = TaskManager(db, self.events.publish, workers=settings.task_workers)
+        self.nbd = NbdServers(nbd_run_dir(settings.state_dir), Path(settings.data_center))
         limiter = RateLimiter(settings.rate_limit, settings.rate_burst) if settings.rate_limit > 0 else None
         schema = Schema.load()
         services = Services(self.node.host, self.node.vms, self.tasks, self.events, self.credentials, self.audit,
@@ -113,7 +117,8 @@ class Daemon:
                             hostdevs=self.node.hostdevs, secrets=self.node.secrets, domain_xmls=self.node.domain_xmls,
                             guest=self.node.guest, consoles=self.node.consoles,
                             vm_devices=self.node.vm_devices, storage=self.node.storage,
-                            volumes=self.node.volumes, block_devices=self.node.block_devices)
+                            volumes=self.node.volumes, block_devices=self.node.block_devices,
+                            jobs=StorageJobs(Path(settings.data_center)), nbd=self.nbd)
         self.registry = Registry(schema, handlers(services, schema.verbs),
                                  self.tasks, audit=self.audit, limiter=limiter, credentials=self.credentials)
         self.tasks.start(self.registry.reconcilers)
@@ -233,6 +238,8 @@ class Daemon:
             self.listeners.pop(name).stop()
         if self.tasks is not None:
             self.tasks.stop()
+        if self.nbd is not None:
+            self.nbd.stop()
         if self.node is not None:
             self.node.stop()
         for store in (self.events, self.credentials, self.audit):

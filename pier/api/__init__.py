@@ -20,6 +20,7 @@ from pier.api.hostdev import HostDevApi
 from pier.api.hosttune import HostTuneApi
 from pier.api.lease import LeaseApi
 from pier.api.network import NetworkApi
+from pier.api.sdm import SdmApi
 from pier.api.secrets import SecretsApi
 from pier.api.security import SecurityApi
 from pier.api.storage import StorageApi
@@ -37,8 +38,10 @@ from pier.host.services import (
     HostService,
     KsmService,
     LldpService,
+    NbdService,
     NetworkService,
     SecretService,
+    StorageJobService,
     StorageService,
     VmDeviceService,
     VmService,
@@ -73,6 +76,8 @@ class Services:
     storage: StorageService
     volumes: VolumeService
     block_devices: BlockDeviceService
+    jobs: StorageJobService
+    nbd: NbdService
 
 
 def handlers(services: Services, served: Iterable[str]) -> list[object]:
@@ -80,9 +85,10 @@ def handlers(services: Services, served: Iterable[str]) -> list[object]:
     `served` names the verbs the registry will serve (capabilities promise no others)."""
     s = services
     drives = Drives(s.volumes)
+    volume_api = VolumeApi(s.volumes, s.vms)
     return [HostApi(s.host, s.vms, s.tasks, s.about, served), VmApi(s.vms, s.guest, drives), TaskApi(s.tasks),
             EventsApi(s.events, s.credentials), SecurityApi(s.credentials, s.audit), NetworkApi(s.network, s.vms),
             HostTuneApi(s.ksm, s.lldp, s.domain_xmls), HostDevApi(s.hostdevs), SecretsApi(s.secrets),
             GuestApi(s.guest), VmConsoleApi(s.consoles), VmDevicesApi(s.vm_devices, drives),
-            StorageApi(s.storage, s.volumes), VolumeApi(s.volumes, s.vms),
-            BlockDevicesApi(s.block_devices, s.storage), LeaseApi()]
+            StorageApi(s.storage, s.volumes), volume_api,
+            SdmApi(s.jobs, s.nbd, volume_api), BlockDevicesApi(s.block_devices, s.storage), LeaseApi()]

@@ -59,6 +59,10 @@ class VolumeApi:
                 raise VolumeIsBusy(f"volume {os.path.basename(path)} is used by running VM {vm}; stop it first",
                                    data={"volUUID": os.path.basename(path), "vmId": vm})
 
+    def refuse_busy(self, sd: str, img: str, vol: str | None) -> None:
+        """VolumeIsBusy when a running VM uses the volume (or, without `vol`, any of the image's)."""
+        self._refuse_busy(sd, img, vol)
+
     @precheck("Volume.create")
     def create_allowed(self, ctx: CallContext, volumeID: str, storagepoolID: str, storagedomainID: str,
                        imageID: str, size: Any, volFormat: Any, preallocate: Any, diskType: str, desc: str,

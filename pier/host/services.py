@@ -618,3 +618,80 @@ class BlockDeviceService(Protocol):
     def volume_group(self, vg_uuid: str) -> dict[str, Any]:
         """One volume group by UUID (or name); VolumeGroupDoesNotExist when there is none."""
         ...
+
+
+JobStep = Callable[[str, int, str], None]
+JobProgress = Callable[[int, str], None]
+
+
+class StorageJobService(Protocol):
+    """VDSM's SDM jobs on file-domain volumes (pier.host.storage.jobs.StorageJobs). Each `check_*`
+    refuses what its job would refuse, changing nothing; a job saves a step `gen=<N>` before it
+    marks or writes anything, which `reconcile` reads after a restart."""
+
+    def check_copy(self, source: dict[str, Any], destination: dict[str, Any], copy_bitmaps: bool) -> None:
+        ...
+
+    def subchain(self, info: dict[str, Any]) -> Any:
+        ...
+
+    def check_update(self, vol_info: dict[str, Any], vol_attr: dict[str, Any]) -> None:
+        ...
+
+    def qcow2_volume(self, vol_info: dict[str, Any], why: str) -> Any:
+        ...
+
+    def check_bitmap(self, vol_info: dict[str, Any], name: str, *, adding: bool) -> None:
+        ...
+
+    def check_sparsify(self, vol_info: dict[str, Any]) -> Any:
+        ...
+
+    def reconcile(self, vol_info: dict[str, Any], step: str | None) -> bool:
+        ...
+
+    def copy_data(self, source: dict[str, Any], destination: dict[str, Any], copy_bitmaps: bool = False, *,
+                  step: JobStep = ..., progress: JobProgress = ..., cancelled: threading.Event | None = None) -> None:
+        ...
+
+    def merge(self, subchain: dict[str, Any], merge_bitmaps: bool = False, *, step: JobStep = ...,
+              progress: JobProgress = ..., cancelled: threading.Event | None = None) -> None:
+        ...
+
+    def update_volume(self, vol_info: dict[str, Any], vol_attr: dict[str, Any], *, step: JobStep = ...) -> None:
+        ...
+
+    def amend_volume(self, vol_info: dict[str, Any], qcow2_attr: dict[str, Any], *, step: JobStep = ...) -> None:
+        ...
+
+    def sparsify_volume(self, vol_info: dict[str, Any], *, step: JobStep = ..., progress: JobProgress = ...,
+                        cancelled: threading.Event | None = None) -> None:
+        ...
+
+    def add_bitmap(self, vol_info: dict[str, Any], name: str, *, step: JobStep = ...) -> None:
+        ...
+
+    def remove_bitmap(self, vol_info: dict[str, Any], name: str, *, step: JobStep = ...) -> None:
+        ...
+
+    def clear_bitmaps(self, vol_info: dict[str, Any], *, step: JobStep = ...) -> None:
+        ...
+
+
+class NbdService(Protocol):
+    """NBD exports of volumes by qemu-nbd (pier.host.storage.nbd.NbdServers), one owner of them."""
+
+    def check(self, server_id: str, config: dict[str, Any]) -> Any:
+        ...
+
+    def start_server(self, server_id: str, config: dict[str, Any]) -> str:
+        ...
+
+    def stop_server(self, server_id: str) -> None:
+        ...
+
+    def running(self) -> list[str]:
+        ...
+
+    def stop(self) -> None:
+        ...

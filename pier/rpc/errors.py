@@ -532,6 +532,50 @@ class VolumeGroupRemoveError(PierError):
     code, name, message, http_status = 508, "VolumeGroupRemoveError", "Volume Group remove error", 409
 
 
+# storage jobs (SDM.*) and NBD (the "jobs" helper)
+
+
+class JobExists(PierError):
+    code, name, message, http_status = 69, "JobExists", "Job id already exists", 409
+
+
+class GenerationMismatch(PierError):
+    code, name, message, http_status = 911, "GenerationMismatch", \
+        "The provided generation does not match the actual generation", 409
+
+
+class VolumeIsNotInChain(PierError):
+    code, name, message, http_status = 920, "VolumeIsNotInChain", "Volume is not part of the chain", 422
+
+
+class WrongParentVolume(PierError):
+    code, name, message, http_status = 921, "WrongParentVolume", "Wrong parent volume", 422
+
+
+class SharedVolumeNonWritable(PierError):
+    code, name, message, http_status = 219, "SharedVolumeNonWritable", "Shared volume is not writable", 409
+
+
+class InvalidVolumeUpdate(PierError):
+    code, name, message, http_status = 235, "InvalidVolumeUpdate", "Invalid volume attribute update", 409
+
+
+class GeneralStorageError(PierError):
+    """What VDSM's storage jobs report for a failure of their tool (qemu-img, qemu-nbd)."""
+
+    code, name, message, http_status = 100, "GeneralException", "General Exception", 500
+
+
+class DestinationVolumeTooSmall(PierError):
+    code, name, message, http_status = 79, "destVolumeTooSmall", "Destination volume is too small", 422
+
+
+class StorageUnsupportedOperation(PierError):
+    """VDSM's storage UnsupportedOperation (2009), apart from the virt one (75)."""
+
+    code, name, message, http_status = 2009, "UnsupportedStorageOperation", "Operation not supported", 409
+
+
 def all_error_classes() -> list[type[PierError]]:
     """Every concrete error class, for the schema's `errors:` lists and generated docs."""
     found: list[type[PierError]] = []

@@ -375,7 +375,9 @@ class Registry:
         def guard() -> AbstractContextManager[None]:
             return self.locks.hold(keys, f"{declared.name} (a task)")
 
-        return self.tasks.submit(declared.name, target, params, run, guard=guard if keys else None)
+        task_id = params.get(declared.task_id) if declared.task_id else None
+        return self.tasks.submit(declared.name, target, params, run, guard=guard if keys else None,
+                                 task_id=task_id)
 
 
 def _check_signature(declared: Verb, handler: Callable[..., Any]) -> None:

@@ -193,6 +193,7 @@ class Verb:
     locks: tuple[str, ...] = ()
     rpc_only: str | None = None  # why the verb has no REST route (`rest: {none: <why>}`)
     waits: bool = False  # a task verb whose RPC answer comes when its task has ended (`waits`)
+    task_id: str | None = None  # the param whose value is the task's id (VDSM's job_id), when not made up
     result_secrets: frozenset[str] = frozenset()
     _validator: Callable[[Any], dict[str, Any]] | None = field(default=None, repr=False)
     _option_validators: dict[str, Callable[[Any], Any]] = field(default_factory=dict, repr=False)
@@ -572,6 +573,9 @@ class Schema:
         waits = bool(spec.get("waits", False))
         if waits and not task:
             raise ValueError("waits is for a task verb: a plain verb always answers when it is done")
+        task_id = spec.get("task_id")
+        if task_id is not None and (not task or task_id not in (spec.get("params") or {})):
+            raise ValueError(f"task_id {task_id!r} must name a param of a task verb")
         if task and (secrets or result_secrets):
             raise ValueError(f"a task verb cannot have secrets ({sorted({*secrets, *result_secrets})}): "
                              "its params and result are kept in the task table, and its events carry the result")
@@ -627,6 +631,7 @@ class Schema:
             rpc_only=rpc_only,
             preempts=bool(spec.get("preempts", False)),
             waits=waits,
+            task_id=task_id,
             secrets=secrets,
             params_schema=params_schema,
             result_secrets=result_secrets,

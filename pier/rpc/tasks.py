@@ -26,12 +26,15 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
-from pier.rpc.errors import JobNotDone, PierError, TaskCancelled, Unexpected, UnknownTask
+from pier.rpc.errors import JobExists, JobNotDone, PierError, TaskCancelled, Unexpected, UnknownTask
 from pier.rpc.store import open_state
 
 log = logging.getLogger("pier.tasks")
 
 ENDED = ("succeeded", "failed", "cancelled")
+_JOB_TYPES = {"SDM": "storage", "Volume": "storage", "Image": "storage", "StoragePool": "storage",
+              "StorageDomain": "storage"}
+"""VDSM's HostJobType of a verb's namespace (others: the namespace in lower case)."""
 _COLUMNS = "id, verb, target, params, state, progress, message, result, error, created, started, ended, step"
 
 Reconciler = Callable[[dict[str, Any], "str | None"], bool]
@@ -75,7 +78,8 @@ class _Task:
     def vdsm_job(self) -> dict[str, Any]:
         """VDSM's HostJobInfo view."""
         status = {"succeeded": "done", "cancelled": "aborted"}.get(self.state, self.state)
-        job = {"id": self.id, "job_type": self.verb.split(".")[0].lower(), "status": status,
+        namespace = self.verb.split(".")[0]
+        job = {"id": self.id, "job_type": _JOB_TYPES.get(namespace, namespace.lower()), "status": status,
                "description": self.verb + (f" {self.target}" if self.target else ""),
                "progress": self.progress}
         if self.error:
@@ -191,13 +195,17 @@ class TaskManager:
     # -- submitting and running ---------------------------------------------------------------
 
     def submit(self, verb: str, target: str | None, params: dict[str, Any],
-               run: Callable[[TaskHandle], Any], *, guard: Callable[[], ContextManager[Any]] | None = None
-               ) -> dict[str, Any]:
-        """Record a pending task and queue `run(handle)` on a worker; returns the task's info."""
+               run: Callable[[TaskHandle], Any], *, guard: Callable[[], ContextManager[Any]] | None = None,
+               task_id: str | None = None) -> dict[str, Any]:
+        """Record a pending task and queue `run(handle)` on a worker; returns the task's info.
+
+        `task_id` is the caller's id for it (VDSM's job_id); JobExists when a kept task has it."""
         if self._pool is None or self._stopping:
             raise PierError("the agent is stopping; no new tasks are accepted")
-        task = _Task(str(uuid.uuid4()), verb, target, params)
+        task = _Task(task_id or str(uuid.uuid4()), verb, target, params)
         with self._lock:
+            if task.id in self._tasks:
+                raise JobExists(f"Job id already exists: {task.id}", data={"job_id": task.id})
             self._tasks[task.id] = task
             self._save(task)
         self._announce(task)

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 
 from pier.api import Services, handlers
+from pier.host.storage.jobs import StorageJobs
+from pier.host.storage.nbd import NbdServers
 from pier.rpc.audit import AuditLog
 from pier.rpc.auth import Credentials, Identity
 from pier.rpc.events import EventLog
@@ -105,7 +107,9 @@ def build_stack(schema: Schema, db: Path, vms: dict[str, dict[str, object]] | No
                         vm_devices=as_vm_device_service(vm_devices := FakeVmDevices(fake_vms)),
                         storage=as_storage_service(storage),
                         volumes=as_volume_service(volumes),
-                        block_devices=as_block_device_service(block_devices := FakeBlockDevices()))
+                        block_devices=as_block_device_service(block_devices := FakeBlockDevices()),
+                        jobs=StorageJobs(db.parent / "data-center"),
+                        nbd=NbdServers(db.parent / "nbd", db.parent / "data-center"))
     registry = Registry(schema, handlers(services, schema.verbs), tasks, audit=audit)
     tasks.start(registry.reconcilers)
     return Stack(host, fake_vms, events, tasks, registry, JsonRpc(registry), db, credentials, audit, network, ksm,

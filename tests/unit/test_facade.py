@@ -51,6 +51,14 @@ LOCATIONS["POST /api/v1/storage-domains/{storagedomainID}/images/{imageID}/sync"
 LOCATIONS["POST /api/v1/pools/{storagepoolID}/merge/prepare"] = f"/api/v1/tasks/{TASK_ID}"
 LOCATIONS["POST /api/v1/pools/{storagepoolID}/merge/finalize"] = f"/api/v1/tasks/{TASK_ID}"
 LOCATIONS["POST /api/v1/pools/{storagepoolID}/domains/{storagedomainID}/images/{imageID}/volumes/{volumeID}/reduce"] = f"/api/v1/tasks/{TASK_ID}"
+LOCATIONS["POST /api/v1/storage-jobs/copy-data"] = f"/api/v1/tasks/{TASK_ID}"
+LOCATIONS["POST /api/v1/storage-jobs/merge"] = f"/api/v1/tasks/{TASK_ID}"
+LOCATIONS["POST /api/v1/storage-jobs/update-volume"] = f"/api/v1/tasks/{TASK_ID}"
+LOCATIONS["POST /api/v1/storage-jobs/amend-volume"] = f"/api/v1/tasks/{TASK_ID}"
+LOCATIONS["POST /api/v1/storage-jobs/sparsify-volume"] = f"/api/v1/tasks/{TASK_ID}"
+LOCATIONS["POST /api/v1/storage-jobs/add-bitmap"] = f"/api/v1/tasks/{TASK_ID}"
+LOCATIONS["POST /api/v1/storage-jobs/remove-bitmap"] = f"/api/v1/tasks/{TASK_ID}"
+LOCATIONS["POST /api/v1/storage-jobs/clear-bitmaps"] = f"/api/v1/tasks/{TASK_ID}"
 
 
 @dataclass
@@ -298,6 +306,19 @@ VOLUME_ROUTES = {
     ("POST", "/api/v1/pools/<storagepoolID>/domains/<storagedomainID>/vms/info", "StoragePool.getBackedUpVmsInfo"),
 }
 ROUTE_TABLE |= VOLUME_ROUTES
+SDM_ROUTES = {
+    ("POST", "/api/v1/storage-jobs/copy-data", "SDM.copy_data"),
+    ("POST", "/api/v1/storage-jobs/merge", "SDM.merge"),
+    ("POST", "/api/v1/storage-jobs/update-volume", "SDM.update_volume"),
+    ("POST", "/api/v1/storage-jobs/amend-volume", "SDM.amend_volume"),
+    ("POST", "/api/v1/storage-jobs/sparsify-volume", "SDM.sparsify_volume"),
+    ("POST", "/api/v1/storage-jobs/add-bitmap", "SDM.add_bitmap"),
+    ("POST", "/api/v1/storage-jobs/remove-bitmap", "SDM.remove_bitmap"),
+    ("POST", "/api/v1/storage-jobs/clear-bitmaps", "SDM.clear_bitmaps"),
+    ("PUT", "/api/v1/nbd-servers/<server_id>", "NBD.start_server"),
+    ("DELETE", "/api/v1/nbd-servers/<server_id>", "NBD.stop_server"),
+}
+ROUTE_TABLE |= SDM_ROUTES
 
 # Block devices, LVM, block domains and leases (pier/rpc/schema/blockdev.yml, lease.yml).
 BLOCK_ROUTES = {

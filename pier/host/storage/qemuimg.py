@@ -141,3 +141,41 @@ def _kill_when(process: subprocess.Popen[bytes], cancelled: threading.Event) -> 
         if cancelled.wait(0.2):
             process.terminate()
             return
+
+
+def run_with_progress(args: list[str], *, cwd: Path | None = None, progress: Callable[[float], None] | None = None,
+                      cancelled: threading.Event | None = None) -> None:
+    """Run `qemu-img <args>` (a command given `-p`), following its progress; `cancelled` stops it
+    (QemuImgError then), as `convert` does for the storage jobs' convert, commit and friends."""
+    command = [QEMU_IMG, *args]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd)
+    assert process.stdout is not None and process.stderr is not None
+    stop = threading.Thread(target=_kill_when, args=(process, cancelled), daemon=True) if cancelled else None
+    if stop:
+        stop.start()
+    buffer = b""
+    while chunk := process.stdout.read1(4096):  # type: ignore[attr-defined]  # a BufferedReader
+        buffer = (buffer + chunk)[-256:]
+        found = _PROGRESS.findall(buffer)
+        if found and progress:
+            progress(float(found[-1]))
+            buffer = b""
+    stderr = process.stderr.read().decode(errors="replace")
+    returncode = process.wait()
+    if returncode != 0:
+        raise QemuImgError(command, returncode, stderr or "killed")
+
+
+def bitmaps(path: Path) -> list[dict[str, Any]]:
+    """The persistent dirty bitmaps of one qcow2 file (name, granularity, flags); none for raw."""
+    found = info(path).get("format-specific", {}).get("data", {}).get("bitmaps", [])
+    return list(found)
+
+
+def bitmap(path: Path, *operations: str, source: Path | None = None) -> None:
+    """`qemu-img bitmap` on a qcow2: e.g. bitmap(path, "--add", "--enable", name)."""
+    *options, name = operations
+    args = ["bitmap", *options, "-f", "qcow2"]
+    if source is not None:
+        args += ["-b", str(source), "-F", "qcow2"]
+    _run([*args, str(path), name])
