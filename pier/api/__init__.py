@@ -22,6 +22,7 @@ from pier.api.secrets import SecretsApi
 from pier.api.security import SecurityApi
 from pier.api.storage import StorageApi
 from pier.api.task import TaskApi
+from pier.api.transfer import TransferApi
 from pier.api.vm import VmApi
 from pier.api.vm_console import VmConsoleApi
 from pier.api.vm_devices import VmDevicesApi
@@ -37,6 +38,7 @@ from pier.host.services import (
     NetworkService,
     SecretService,
     StorageService,
+    TransferService,
     VmDeviceService,
     VmService,
     VolumeService,
@@ -69,6 +71,7 @@ class Services:
     vm_devices: VmDeviceService
     storage: StorageService
     volumes: VolumeService
+    transfers: TransferService
 
 
 def handlers(services: Services, served: Iterable[str]) -> list[object]:
@@ -80,4 +83,4 @@ def handlers(services: Services, served: Iterable[str]) -> list[object]:
             EventsApi(s.events, s.credentials), SecurityApi(s.credentials, s.audit), NetworkApi(s.network, s.vms),
             HostTuneApi(s.ksm, s.lldp, s.domain_xmls), HostDevApi(s.hostdevs), SecretsApi(s.secrets),
             GuestApi(s.guest), VmConsoleApi(s.consoles), VmDevicesApi(s.vm_devices, drives),
-            StorageApi(s.storage, s.volumes), VolumeApi(s.volumes, s.vms)]
+            StorageApi(s.storage, s.volumes), VolumeApi(s.volumes, s.vms), TransferApi(s.transfers)]

@@ -27,6 +27,7 @@ from tests.fakes import (
     FakeNetwork,
     FakeSecrets,
     FakeStorage,
+    FakeTransfers,
     FakeVmDevices,
     FakeVms,
     FakeVolumes,
@@ -37,6 +38,7 @@ from tests.fakes import (
     as_secret_service,
     as_services,
     as_storage_service,
+    as_transfer_service,
     as_tuning,
     as_vm_device_service,
     as_volume_service,
@@ -67,6 +69,7 @@ class Stack:
     storage: FakeStorage | None = None
     volumes: FakeVolumes = field(default_factory=FakeVolumes)
     vm_devices: FakeVmDevices | None = None
+    transfers: FakeTransfers | None = None
 
     def call(self, verb: str, **params: object) -> object:
         return self.registry.call(verb, params, CallContext("test", identity=ADMIN))
@@ -101,11 +104,12 @@ def build_stack(schema: Schema, db: Path, vms: dict[str, dict[str, object]] | No
                         consoles=as_console_service(consoles := FakeConsoles(fake_vms)),
                         vm_devices=as_vm_device_service(vm_devices := FakeVmDevices(fake_vms)),
                         storage=as_storage_service(storage),
-                        volumes=as_volume_service(volumes))
+                        volumes=as_volume_service(volumes),
+                        transfers=as_transfer_service(transfers := FakeTransfers(volumes)))
     registry = Registry(schema, handlers(services, schema.verbs), tasks, audit=audit)
     tasks.start(registry.reconcilers)
     return Stack(host, fake_vms, events, tasks, registry, JsonRpc(registry), db, credentials, audit, network, ksm,
-                 lldp, hostdevs, secrets, guest, consoles, storage, volumes, vm_devices)
+                 lldp, hostdevs, secrets, guest, consoles, storage, volumes, vm_devices, transfers)
 
 
 @pytest.fixture
