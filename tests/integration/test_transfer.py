@@ -14,6 +14,7 @@ import os
 import socket
 import ssl
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -353,3 +354,77 @@ def test_the_rest_data_route_uploads_in_ranges_resumes_and_downloads(site: Site,
     # each request's own ticket is gone once it ended
     log = (site.dc.parent / "state" / "imageio" / "daemon.log").read_text()
     assert log.count("ADD transfer") == log.count("REMOVE transfer")
+
+
+# -- pier upload / download ------------------------------------------------------------------------
+
+
+class CuttingProxy:
+    """A TCP proxy to pierd that breaks the first connection carrying more than `cut` bytes upstream
+    (a real broken connection, half-way through a request), and relays every other one whole."""
+
+    def __init__(self, upstream: tuple[str, int], cut: int) -> None:
+        self.upstream, self.cut, self.cuts = upstream, cut, 0
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.address = self.server.getsockname()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.upstream)
+            threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
+
+    def _pump(self, source: socket.socket, target: socket.socket, counting: bool) -> None:
+        sent = 0
+        try:
+            while data := source.recv(1 << 20):
+                sent += len(data)
+                if counting and sent > self.cut and self.cuts == 0:
+                    self.cuts += 1
+                    break
+                target.sendall(data)
+        except OSError:
+            pass
+        for sock in (source, target):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
+
+    def close(self) -> None:
+        self.server.close()
+
+
+def test_pier_upload_resumes_after_a_broken_connection_and_download_gets_it_back(
+        site: Site, image: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from pier import cli
+
+    split = urlsplit(site.daemon.http)
+    proxy = CuttingProxy((split.hostname or "", split.port or 0), cut=8 * MiB)
+    try:
+        base = ["--url", f"http://127.0.0.1:{proxy.address[1]}", "--token", site.daemon.token, "--domain", site.sd]
+        capsys.readouterr()
+        assert cli.main(["upload", str(image), *base, "--pool", site.pool, "--chunk", "16M", "--json"]) == 0
+        done = json.loads(capsys.readouterr().out)
+        assert proxy.cuts == 1 and done["retries"] == 1 and done["bytes"] == image.stat().st_size
+        img, vol = done["imageID"], done["volumeID"]
+        info = site.rpc.call("Volume.getInfo", volumeID=vol, storagepoolID=site.pool, storagedomainID=site.sd,
+                             imageID=img)
+        assert (info["format"], info["capacity"]) == ("COW", str(IMAGE_SIZE))
+        path = site.domain_dir(site.sd) / "images" / img / vol
+        assert compare(image, path).returncode == 0
+
+        target = tmp_path / "back.qcow2"
+        assert cli.main(["download", str(target), *base, "--image", img, "--volume", vol, "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["bytes"] == path.stat().st_size
+        assert sha256(target) == sha256(path) and compare(image, target).returncode == 0
+        assert cli.main(["download", str(tmp_path / "none"), *base, "--image", img, "--volume", new()]) != 0
+        assert not (tmp_path / "none").exists()
+    finally:
+        proxy.close()
