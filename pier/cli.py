@@ -138,6 +138,15 @@ class PierClient:
         """The TLS context for https (None: the default one)."""
         return self._tls
 
+    @property
+    def prefix(self) -> str:
+        """What goes before /api/v1 in a request's path (the --url's path)."""
+        return self._prefix
+
+    def open_connection(self, timeout: float) -> http.client.HTTPConnection:
+        """A connection to pierd for a request the caller streams itself (pier upload, download)."""
+        return self._connection(timeout)
+
     def _connection(self, timeout: float) -> http.client.HTTPConnection:
         if self._scheme == "http+unix":
             return _UnixConnection(self._socket_path, timeout)
@@ -419,7 +428,7 @@ def cmd_task(client: PierClient, args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from pier import cli_security, cli_volume
+    from pier import cli_security, cli_transfer, cli_volume
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--url", default=argparse.SUPPRESS, help=f"pierd's address (default {cli_security.URL_HELP})")
@@ -481,6 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     cli_console.add_commands(sub, common)
     cli_volume.add_commands(sub, common)
+    cli_transfer.add_commands(sub, common)
     return parser
 
 

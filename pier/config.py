@@ -64,6 +64,8 @@ class Settings:
     manage_network: bool = False  # opt-in: Host.setupNetworks changes this host's links, addresses and routes
     data_center: str = "/rhev/data-center"  # VDSM's storage root: connections under mnt/, pool links
     storage_monitor_interval: float = 10.0  # seconds between two checks of each watched storage domain
+    imageio_remote: str = "[::]:54322"  # where ovirt-imageio serves image tickets over HTTPS (VDSM's port)
+    max_ticket_timeout: int = 7 * 86400  # the longest timeout an image ticket may ask for, in seconds
 
     def __post_init__(self) -> None:
         if not self.state_dir:
@@ -118,6 +120,11 @@ def argument_parser() -> argparse.ArgumentParser:
                         help="the storage root, VDSM's /rhev/data-center: connections under DIR/mnt, pool links")
     parser.add_argument("--storage-monitor-interval", type=float, metavar="S",
                         help="seconds between two checks of each watched storage domain (default 10)")
+    parser.add_argument("--imageio-remote", metavar="HOST:PORT",
+                        help="where ovirt-imageio, started on the first image ticket, serves images over HTTPS "
+                        "(default [::]:54322, VDSM's; port 0 picks a free one)")
+    parser.add_argument("--max-ticket-timeout", type=int, metavar="S",
+                        help="the longest timeout an image ticket may ask for (default 604800, a week)")
     security = parser.add_argument_group("security", "TCP listeners speak TLS; the unix socket trusts local root")
     security.add_argument("--insecure-loopback", action="store_true", default=None,
                           help="plain HTTP/WS/STOMP without TLS, allowed only on 127.0.0.1 and ::1")
@@ -179,6 +186,10 @@ def load_settings(argv: list[str] | None = None) -> Settings:
     addresses = {"http": settings.http, "ws": settings.ws}
     if settings.stomp_broker:
         addresses["stomp-broker"] = settings.stomp_broker
+    try:
+        parse_address(settings.imageio_remote)
+    except ValueError as exc:
+        parser.error(f"--imageio-remote: {exc}")
     if settings.vdsm_stomp:
         addresses["vdsm-stomp"] = settings.vdsm_stomp
     for flag, address in addresses.items():

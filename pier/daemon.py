@@ -3,7 +3,7 @@
 Order of start: the event log, the libvirt node (its threads), the task manager (reconciling what
 a previous run left), the registry, then the listeners (HTTP, WebSocket, VDSM's STOMP dialect when
 asked for, and the broker link when a broker is configured). Stop runs backwards: listeners first (so no call arrives at a part that is gone),
-then tasks, the node, and the event log. SIGTERM and SIGINT stop it cleanly.
+then tasks, ovirt-imageio (a child started on the first image ticket), the node, and the event log. SIGTERM and SIGINT stop it cleanly.
 """
 
 from __future__ import annotations
@@ -25,8 +25,11 @@ from pier.api import Services, handlers
 from pier.config import Settings, load_settings, parse_address
 from pier.facade.app import make_app
 from pier.host.node import Node
+from pier.host.storage.imageio import Imageio, ImageioTls
 from pier.host.storage.jobs import StorageJobs
 from pier.host.storage.nbd import NbdServers, nbd_run_dir
+from pier.host.storage.transfer import ImageTransfers
+from pier.host.storage.volumes import Volumes
 from pier.host.testdriver import make_test_uri, unusable_reason
 from pier.rpc.audit import AuditLog
 from pier.rpc.auth import Authenticator, Credentials
@@ -88,6 +91,7 @@ class Daemon:
         self.registry: Registry | None = None
         self.credentials: Credentials | None = None
         self.audit: AuditLog | None = None
+        self.transfers: ImageTransfers | None = None
         self.tls: ServerTls | None = None
         self.listeners: dict[str, Any] = {}
         self._facts: dict[str, Any] = {}  # what `about` says that does not change while pierd runs
@@ -112,13 +116,14 @@ class Daemon:
         self.nbd = NbdServers(nbd_run_dir(settings.state_dir), Path(settings.data_center))
         limiter = RateLimiter(settings.rate_limit, settings.rate_burst) if settings.rate_limit > 0 else None
         schema = Schema.load()
+        self.transfers = self._transfers(self.node.volumes)
         services = Services(self.node.host, self.node.vms, self.tasks, self.events, self.credentials, self.audit,
                             self.about, self.node.network, ksm=self.node.ksm, lldp=self.node.lldp,
                             hostdevs=self.node.hostdevs, secrets=self.node.secrets, domain_xmls=self.node.domain_xmls,
                             guest=self.node.guest, consoles=self.node.consoles,
                             vm_devices=self.node.vm_devices, storage=self.node.storage,
                             volumes=self.node.volumes, block_devices=self.node.block_devices,
-                            jobs=StorageJobs(Path(settings.data_center)), nbd=self.nbd)
+                            jobs=StorageJobs(Path(settings.data_center)), nbd=self.nbd, transfers=self.transfers)
         self.registry = Registry(schema, handlers(services, schema.verbs),
                                  self.tasks, audit=self.audit, limiter=limiter, credentials=self.credentials)
         self.tasks.start(self.registry.reconcilers)
@@ -153,6 +158,21 @@ class Daemon:
         credentials.on_trust = tls.trust
         self._warn_expiry(tls.state)
         return tls
+
+    def _transfers(self, volumes: Volumes) -> ImageTransfers:
+        """Image tickets over an ovirt-imageio child (started on the first ticket), with a certificate
+        pierd's CA signs (or pierd's own configured one)."""
+        settings = self.settings
+        state = Path(settings.state_dir)
+        if settings.tls_cert:
+            tls = ImageioTls(settings.tls_cert, settings.tls_key, settings.tls_ca)
+        else:
+            from pier.tlsfiles import second_server  # cryptography: 13 MB, only when certificates are made
+
+            (state / "imageio").mkdir(mode=0o700, exist_ok=True)
+            tls = ImageioTls(*map(str, second_server(state / "imageio" / "tls", state / "tls")))
+        imageio = Imageio(state / "imageio", parse_address(settings.imageio_remote), tls)
+        return ImageTransfers(volumes, imageio, max_timeout=settings.max_ticket_timeout)
 
     def _warn_expiry(self, state: CertificateState) -> None:
         described = state.describe()
@@ -240,6 +260,8 @@ class Daemon:
             self.tasks.stop()
         if self.nbd is not None:
             self.nbd.stop()
+        if self.transfers is not None:
+            self.transfers.stop()
         if self.node is not None:
             self.node.stop()
         for store in (self.events, self.credentials, self.audit):
@@ -254,6 +276,7 @@ class Daemon:
             "libvirtConnected": bool(self.node and self.node.connected),
             "tls": self.tls.state.describe() if self.tls else {"insecureLoopback": True},
             "lastEventSeq": self.events.last_seq if self.events else 0,
+            "imageio": self.transfers.serving() if self.transfers else {},
         }
 
 

@@ -95,6 +95,9 @@ def route_notes(route: Route) -> str:
         notes.append(f"answers {route.status}")
     if route.stream == "websocket":
         notes.append("a binary WebSocket (Upgrade: websocket)")
+    elif route.stream == "data":
+        notes.append("the body is bytes (application/octet-stream), with Range and Content-Range"
+                     if route.method != "GET" else "answers bytes (application/octet-stream); Range gives 206")
     elif route.stream:
         notes.append(f"also server-sent {route.stream} with Accept: text/event-stream")
     if route.content:

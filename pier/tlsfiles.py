@@ -126,6 +126,16 @@ def init_tls(directory: Path, hostname: str | None = None, *, days: int = 825, f
 def renew_server(directory: Path, hostname: str | None = None, *, days: int = 825) -> TlsFiles:
     """A new server certificate and key from the CA in `directory`; send pierd SIGHUP to use it."""
     files = TlsFiles(Path(directory))
+    issue_server(files.directory, files.server, files.server_key, hostname, days=days)
+    return files
+
+
+def issue_server(ca_directory: Path, cert: Path, key: Path, hostname: str | None = None, *,
+                 days: int = 825) -> None:
+    """A server certificate for `hostname` (and localhost) signed by the CA in `ca_directory`,
+    written to `cert` with its key at `key` (0600): for pierd itself, or another server of this
+    host that clients trust by the same CA (ovirt-imageio)."""
+    files = TlsFiles(Path(ca_directory))
     ca_key_file = files.directory / "ca-key.pem"
     ca_key = serialization.load_pem_private_key(ca_key_file.read_bytes(), password=None)
     if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
@@ -136,6 +146,33 @@ def renew_server(directory: Path, hostname: str | None = None, *, days: int = 82
     server_key = ec.generate_private_key(ec.SECP256R1())
     server_cert = _issue(_name(hostname), server_key, ca_cert.subject, ca_key, days, sans=_server_names(hostname),
                          usage=ExtendedKeyUsageOID.SERVER_AUTH)
-    _write_key(files.server_key, server_key)
-    _write_cert(files.server, server_cert)
-    return files
+    _write_key(Path(key), server_key)
+    _write_cert(Path(cert), server_cert)
+
+
+def second_server(directory: Path, pier_tls: Path) -> tuple[Path, Path, Path]:
+    """(certificate, key, CA) for another server of this host (ovirt-imageio) in `directory`:
+    issued by pierd's own CA in `pier_tls` when there is one (again when missing, issued by another
+    CA, or within 30 days of expiry); else, for a pierd on --insecure-loopback that never made a
+    CA, a CA and certificate of the server's own."""
+    own = TlsFiles(Path(directory))
+    pier_ca = TlsFiles(Path(pier_tls))
+    if (pier_ca.directory / "ca-key.pem").exists():
+        if not _issued_by(own.server, pier_ca.ca):
+            private_directory(own.directory, "TLS directory")
+            issue_server(pier_ca.directory, own.server, own.server_key)
+        return own.server, own.server_key, pier_ca.ca
+    if not own.exist():
+        init_tls(own.directory)
+    return own.server, own.server_key, own.ca
+
+
+def _issued_by(cert: Path, ca: Path) -> bool:
+    """True when `cert` exists, was issued by the CA in `ca` and is valid for 30 more days."""
+    try:
+        certificate = x509.load_pem_x509_certificate(cert.read_bytes())
+        authority = x509.load_pem_x509_certificate(ca.read_bytes())
+    except (OSError, ValueError):
+        return False
+    left = certificate.not_valid_after_utc - datetime.datetime.now(datetime.UTC)
+    return certificate.issuer == authority.subject and left > datetime.timedelta(days=30)

@@ -25,12 +25,14 @@ from pier.host.services import (
     NetworkService,
     SecretService,
     StorageService,
+    TransferService,
     VmDeviceService,
     VmService,
     VolumeService,
 )
 from pier.host.storage.service import Storage
 from pier.rpc.channels import ENDED, TAKEN_OVER, Channel, ChannelEnd
+from pier.rpc.dataplane import HttpEndpoint
 from pier.rpc.errors import (
     ChangeDisk,
     FreezeError,
@@ -48,6 +50,7 @@ from pier.rpc.errors import (
     KsmError,
     MissingOvfFileFromVM,
     NoSuchDevice,
+    NoSuchImageTicket,
     NoVM,
     PierError,
     PrepareIllegalVolume,
@@ -1030,3 +1033,50 @@ class FakeBlockDevices:
 def as_block_device_service(devices: FakeBlockDevices) -> BlockDeviceService:
     """The fake, typed as the Protocol it implements (mypy checks it)."""
     return devices
+
+
+class FakeTransfers:
+    """A `pier.host.services.TransferService` in memory: `tickets` by uuid, as imageio would keep them;
+    a url must name a volume of `volumes` as file:///<sd>/<img>/<vol>."""
+
+    def __init__(self, volumes: FakeVolumes, max_timeout: int = 7 * 86400) -> None:
+        self.volumes = volumes
+        self.max_timeout = max_timeout
+        self.tickets: dict[str, dict[str, Any]] = {}
+        self.opened: list[tuple[str, str, str, bool, str | None]] = []
+
+    def add_ticket(self, ticket: dict[str, Any]) -> None:
+        if ticket["timeout"] > self.max_timeout:
+            raise InvalidParameterException("ticket.timeout: beyond this host's limit", data={"field": "ticket.timeout"})
+        path = ticket["url"].removeprefix("file:///").split("/")
+        if not ticket["url"].startswith("file:///") or len(path) != 3:
+            raise InvalidParameterException("ticket.url: not a volume", data={"field": "ticket.url"})
+        self.volumes._vol(*path)
+        self.tickets[ticket["uuid"]] = {**ticket, "active": False, "transferred": 0}
+
+    def get_ticket(self, ticket_id: str) -> dict[str, Any]:
+        if ticket_id not in self.tickets:
+            raise NoSuchImageTicket(f"no such image ticket: {ticket_id}")
+        return dict(self.tickets[ticket_id])
+
+    def extend_ticket(self, ticket_id: str, timeout: int) -> None:
+        if timeout > self.max_timeout:
+            raise InvalidParameterException("timeout: beyond this host's limit", data={"field": "timeout"})
+        self.get_ticket(ticket_id)
+        self.tickets[ticket_id]["timeout"] = timeout
+
+    def remove_ticket(self, ticket_id: str) -> None:
+        self.tickets.pop(ticket_id, None)
+
+    def open_data(self, sd: str, img: str, vol: str, write: bool, checksum: str | None = None) -> HttpEndpoint:
+        self.volumes._vol(sd, img, vol)
+        self.opened.append((sd, img, vol, write, checksum))
+        return HttpEndpoint("/nonexistent.sock", f"/images/{vol}", f"volume {vol}")
+
+    def serving(self) -> dict[str, Any]:
+        return {}
+
+
+def as_transfer_service(transfers: FakeTransfers) -> TransferService:
+    """The fake, typed as the Protocol it implements (mypy checks it)."""
+    return transfers

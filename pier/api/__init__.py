@@ -25,6 +25,7 @@ from pier.api.secrets import SecretsApi
 from pier.api.security import SecurityApi
 from pier.api.storage import StorageApi
 from pier.api.task import TaskApi
+from pier.api.transfer import TransferApi
 from pier.api.vm import VmApi
 from pier.api.vm_console import VmConsoleApi
 from pier.api.vm_devices import VmDevicesApi
@@ -43,6 +44,7 @@ from pier.host.services import (
     SecretService,
     StorageJobService,
     StorageService,
+    TransferService,
     VmDeviceService,
     VmService,
     VolumeService,
@@ -78,6 +80,7 @@ class Services:
     block_devices: BlockDeviceService
     jobs: StorageJobService
     nbd: NbdService
+    transfers: TransferService
 
 
 def handlers(services: Services, served: Iterable[str]) -> list[object]:
@@ -91,4 +94,5 @@ def handlers(services: Services, served: Iterable[str]) -> list[object]:
             HostTuneApi(s.ksm, s.lldp, s.domain_xmls), HostDevApi(s.hostdevs), SecretsApi(s.secrets),
             GuestApi(s.guest), VmConsoleApi(s.consoles), VmDevicesApi(s.vm_devices, drives),
             StorageApi(s.storage, s.volumes), volume_api,
-            SdmApi(s.jobs, s.nbd, volume_api), BlockDevicesApi(s.block_devices, s.storage), LeaseApi()]
+            SdmApi(s.jobs, s.nbd, volume_api), BlockDevicesApi(s.block_devices, s.storage), LeaseApi(),
+            TransferApi(s.transfers)]

@@ -16,6 +16,7 @@ import bottle
 
 from pier.facade import routes
 from pier.facade.channels import ChannelStreams
+from pier.facade.data import DataRelays
 from pier.facade.openapi import openapi_document
 from pier.facade.problems import bottle_error_handler, problem_response, unexpected
 from pier.facade.stream import EventStreams
@@ -62,7 +63,8 @@ def make_app(registry: Registry, events: EventLog, *, info: Callable[[], dict[st
         return bottle.HTTPResponse(body=body, status=200, headers={"Content-Type": routes.JSON})
 
     app.route(OPENAPI_PATH, "GET", serve_openapi, name="openapi")
-    routes.install(app, registry, {"events": streams, "websocket": channels}, max_body=max_body)
+    routes.install(app, registry, {"events": streams, "websocket": channels, routes.DATA_STREAM: DataRelays(registry)},
+                   max_body=max_body)
     app.config["pier.streams"] = streams
     app.config["pier.channels"] = channels
     return app

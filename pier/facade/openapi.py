@@ -12,9 +12,10 @@ from collections import Counter
 from typing import Any
 
 from pier.facade.problems import PROBLEM_JSON, TYPE_BASE
-from pier.facade.routes import BODY_METHODS, JSON, Endpoint, endpoints
+from pier.facade.routes import BODY_METHODS, DATA_STREAM, JSON, Endpoint, endpoints
 from pier.facade.stream import EVENT_STREAM
 from pier.rpc.errors import (
+    DataRefused,
     InvalidParams,
     InvalidRequest,
     ParseError,
@@ -26,6 +27,7 @@ from pier.rpc.errors import (
 from pier.rpc.schema import Schema, ref_name
 
 OPENAPI_VERSION = "3.1.0"
+OCTET_STREAM = "application/octet-stream"
 PROBLEM = "Problem"
 _REF_TO = "#/components/schemas/"
 
@@ -95,7 +97,11 @@ def _operation(endpoint: Endpoint, operation_id: str, shared: bool) -> dict[str,
     }
     in_path = set(route.path_params)
     in_body = set()
-    if route.method in BODY_METHODS:
+    if route.stream == DATA_STREAM:
+        if route.method in BODY_METHODS:
+            operation["requestBody"] = {"required": True, "content": {OCTET_STREAM: {
+                "schema": {"type": "string", "format": "binary"}}}}
+    elif route.method in BODY_METHODS:
         operation["requestBody"] = _request_body(endpoint, in_path)
         in_body = {route.body} if route.body else set(verb.params) - in_path
     parameters = [_parameter(endpoint, name, "path") for name in route.path_params]
@@ -153,6 +159,8 @@ def _responses(endpoint: Endpoint) -> dict[str, Any]:
             "schema": {"type": "string"}}}
     if route.stream == "websocket":
         return _websocket_responses(endpoint)
+    if route.stream == DATA_STREAM:
+        return _data_responses(endpoint)
     if route.content:
         success["content"] = {route.content["type"]: {"schema": {"type": "string", "format": "binary"}}}
     elif route.stream:
@@ -182,6 +190,23 @@ def _websocket_responses(endpoint: Endpoint) -> dict[str, Any]:
     responses["426"] = {"description": "The request did not ask for a WebSocket (Upgrade: websocket).",
                         "content": {PROBLEM_JSON: {"schema": {"$ref": _REF_TO + PROBLEM}}}}
     return responses
+
+
+def _data_responses(endpoint: Endpoint) -> dict[str, Any]:
+    """A route whose body or answer is bytes relayed to the endpoint its verb opens."""
+    route = endpoint.route
+    errors: list[type[PierError]] = [InvalidParams, InvalidRequest, Unavailable, DataRefused]
+    errors += [error_by_name(name) for name in endpoint.verb.errors]
+    if route.method == "GET":
+        bytes_ = {"schema": {"type": "string", "format": "binary"}}
+        responses: dict[str, Any] = {
+            "200": {"description": "The bytes (or, with `checksum`, the checksum as JSON).",
+                    "content": {OCTET_STREAM: bytes_, JSON: {"schema": {"type": "object"}}}},
+            "206": {"description": "The bytes the Range header asked for; Content-Range says which.",
+                    "content": {OCTET_STREAM: bytes_}}}
+    else:
+        responses = {"200": {"description": "The bytes were written where Content-Range said (from 0 without it)."}}
+    return {**responses, **_problems(errors)}
 
 
 def _problems(errors: list[type[PierError]]) -> dict[str, Any]:

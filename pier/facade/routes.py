@@ -34,6 +34,7 @@ API_PREFIX = "/api/v1"
 MAX_BODY = 1 << 20
 JSON = "application/json"
 BODY_METHODS = ("POST", "PUT", "PATCH")
+DATA_STREAM = "data"  # `stream: data`: the body or the answer is bytes relayed to an endpoint (pier.facade.data)
 _PLACEHOLDER = re.compile(r"\{(\w+)\}")
 _BOOLEANS = {"true": True, "1": True, "false": False, "0": False}
 
@@ -160,7 +161,7 @@ def read_params(endpoint: Endpoint, path_args: Mapping[str, str], environ: Mappi
     """The verb's params from the request's path, query string and body (not yet validated)."""
     verb, route = endpoint.verb, endpoint.route
     params: dict[str, Any] = {}
-    if route.method in BODY_METHODS:
+    if route.method in BODY_METHODS and route.stream != DATA_STREAM:  # a data route's body is its bytes
         field = f"params.{route.body}" if route.body else "params"
         body = read_json_body(environ, max_body, field)
         if route.body:

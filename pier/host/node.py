@@ -46,7 +46,6 @@ from pier.host.services import (
     StorageService,
     VmDeviceService,
     VmService,
-    VolumeService,
 )
 from pier.host.stats import StatsSampler
 from pier.host.storage.host import HostWithStorage
@@ -98,7 +97,7 @@ class Node:
         self.network: NetworkService = self._network
         self._storage = Storage(data_center, emit, monitor_interval=storage_monitor_interval)
         self.storage: StorageService = self._storage
-        self.volumes: VolumeService = PoolImages(Path(data_center))
+        self.volumes = PoolImages(Path(data_center))  # a VolumeService, and the Volumes image transfer opens
         self.host: HostService = HostWithStorage(HostWithNetwork(HostInfo(self._connection, self._cache),
                                                                  self._network), self._storage)
         self.ksm: KsmService = Ksm(sysfs_root)

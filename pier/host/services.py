@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 from pier.rpc.channels import Channel
+from pier.rpc.dataplane import HttpEndpoint
 
 
 class HostService(Protocol):
@@ -694,4 +695,30 @@ class NbdService(Protocol):
         ...
 
     def stop(self) -> None:
+        ...
+
+
+class TransferService(Protocol):
+    """Image tickets served by ovirt-imageio (pier.host.storage.transfer.ImageTransfers)."""
+
+    def add_ticket(self, ticket: dict[str, Any]) -> None:
+        """Check a VDSM ImageTicket (its url a volume of a domain here, its timeout within the limit)
+        and hand it to imageio; InvalidParameterException or VolumeDoesNotExist, nothing added."""
+        ...
+
+    def get_ticket(self, ticket_id: str) -> dict[str, Any]:
+        ...
+
+    def extend_ticket(self, ticket_id: str, timeout: int) -> None:
+        ...
+
+    def remove_ticket(self, ticket_id: str) -> None:
+        ...
+
+    def open_data(self, sd: str, img: str, vol: str, write: bool, checksum: str | None = None) -> HttpEndpoint:
+        """A short-lived ticket of its own on one volume, and where imageio's local service serves it."""
+        ...
+
+    def serving(self) -> dict[str, Any]:
+        """Where imageio serves images now: url, port, ca, pid (empty before it runs)."""
         ...

@@ -84,6 +84,13 @@ class NoSuchDevice(PierError):
     code, name, message, http_status = -32005, "noSuchDevice", "No such device on this host", 404
 
 
+class DataRefused(PierError):
+    """The endpoint serving a data route's bytes refused the request (an expired ticket, a range
+    beyond the size): its HTTP status is passed on."""
+
+    code, name, message, http_status = -32010, "dataRefused", "The data endpoint refused the request", 409
+
+
 class TooManyRequests(PierError):
     code, name, message, http_status = -32029, "tooManyRequests", "Too many requests", 429
 
@@ -433,6 +440,20 @@ class CopyImageError(PierError):
 
 class ImageDoesNotExistInSD(PierError):
     code, name, message, http_status = 268, "ImageDoesNotExistInSD", "Image does not exist in domain", 404
+
+
+class ImageTicketsError(PierError):
+    code, name, message, http_status = 481, "ImageTicketsError", "Cannot communicate with image daemon", 503
+
+
+class ImageDaemonError(PierError):
+    code, name, message, http_status = 482, "ImageDaemonError", "Image daemon request failed", 502
+
+
+class NoSuchImageTicket(ImageDaemonError):
+    """What VDSM answered as ImageDaemonError with status 404: the ticket is not there."""
+
+    http_status = 404
 
 
 class ImageIsNotLegalChain(PierError):

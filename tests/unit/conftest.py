@@ -30,6 +30,7 @@ from tests.fakes import (
     FakeNetwork,
     FakeSecrets,
     FakeStorage,
+    FakeTransfers,
     FakeVmDevices,
     FakeVms,
     FakeVolumes,
@@ -41,6 +42,7 @@ from tests.fakes import (
     as_secret_service,
     as_services,
     as_storage_service,
+    as_transfer_service,
     as_tuning,
     as_vm_device_service,
     as_volume_service,
@@ -72,6 +74,7 @@ class Stack:
     volumes: FakeVolumes = field(default_factory=FakeVolumes)
     vm_devices: FakeVmDevices | None = None
     block_devices: FakeBlockDevices = field(default_factory=FakeBlockDevices)
+    transfers: FakeTransfers | None = None
 
     def call(self, verb: str, **params: object) -> object:
         return self.registry.call(verb, params, CallContext("test", identity=ADMIN))
@@ -109,11 +112,12 @@ def build_stack(schema: Schema, db: Path, vms: dict[str, dict[str, object]] | No
                         volumes=as_volume_service(volumes),
                         block_devices=as_block_device_service(block_devices := FakeBlockDevices()),
                         jobs=StorageJobs(db.parent / "data-center"),
-                        nbd=NbdServers(db.parent / "nbd", db.parent / "data-center"))
+                        nbd=NbdServers(db.parent / "nbd", db.parent / "data-center"),
+                        transfers=as_transfer_service(transfers := FakeTransfers(volumes)))
     registry = Registry(schema, handlers(services, schema.verbs), tasks, audit=audit)
     tasks.start(registry.reconcilers)
     return Stack(host, fake_vms, events, tasks, registry, JsonRpc(registry), db, credentials, audit, network, ksm,
-                 lldp, hostdevs, secrets, guest, consoles, storage, volumes, vm_devices, block_devices)
+                 lldp, hostdevs, secrets, guest, consoles, storage, volumes, vm_devices, block_devices, transfers)
 
 
 @pytest.fixture

@@ -30,7 +30,7 @@ TASK_ID = "0a0a0a0a-1111-4222-8333-444455556666"
 VM_PARAMS = {"vmId": VM_ID, "vmName": "a", "memSize": 32}
 ROUTES = endpoints(Schema.load().verbs)
 # Routes that answer JSON from their verb's result (the others: tests/unit/test_vm_console.py).
-JSON_ROUTES = [e for e in ROUTES if e.route.stream != "websocket" and e.route.content is None]
+JSON_ROUTES = [e for e in ROUTES if e.route.stream not in ("websocket", "data") and e.route.content is None]
 # The routes that answer a Location, and where it points for a result with this taskID and vmId.
 LOCATIONS = {"POST /api/v1/vms": f"/api/v1/vms/{VM_ID}",
              "POST /api/v1/vms/{vmID}/shutdown": f"/api/v1/tasks/{TASK_ID}",
@@ -339,6 +339,15 @@ BLOCK_ROUTES = {
     ("POST", "/api/v1/storage-domains/<sd_id>/leases/rebuild", "Lease.rebuild_leases"),
 }
 ROUTE_TABLE |= BLOCK_ROUTES
+TRANSFER_ROUTES = {
+    ("POST", "/api/v1/image-tickets", "Host.add_image_ticket"),
+    ("GET", "/api/v1/image-tickets/<uuid>", "Host.get_image_ticket"),
+    ("PATCH", "/api/v1/image-tickets/<uuid>", "Host.extend_image_ticket"),
+    ("DELETE", "/api/v1/image-tickets/<uuid>", "Host.remove_image_ticket"),
+    ("GET", "/api/v1/storage-domains/<storagedomainID>/images/<imageID>/volumes/<volumeID>/data", "Volume.readData"),
+    ("PUT", "/api/v1/storage-domains/<storagedomainID>/images/<imageID>/volumes/<volumeID>/data", "Volume.writeData"),
+}
+ROUTE_TABLE |= TRANSFER_ROUTES
 
 
 def test_route_table_is_the_schema(app: bottle.Bottle) -> None:

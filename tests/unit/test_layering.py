@@ -12,7 +12,7 @@ PIER = Path(__file__).resolve().parents[2] / "pier"
 # For each package: the Pier modules it may import (by prefix).
 ALLOWED = {
     "rpc": ("pier.rpc",),
-    "host": ("pier.host", "pier.rpc.errors", "pier.rpc.threads", "pier.rpc.channels"),
+    "host": ("pier.host", "pier.rpc.errors", "pier.rpc.threads", "pier.rpc.channels", "pier.rpc.dataplane"),
     "api": ("pier.api", "pier.rpc", "pier.host"),
     "transports": ("pier.transports", "pier.rpc"),
     "facade": ("pier.facade", "pier.rpc"),

@@ -78,6 +78,13 @@ def test_operation_is_true_to_the_verb(document: dict[str, Any], endpoint: Any) 
     parameters = {(p["name"], p["in"]): p for p in op.get("parameters", [])}
     for name in route.path_params:
         assert parameters[(name, "path")]["required"] is True
+    if route.stream == "data":
+        assert op["requestBody"]["content"] == {"application/octet-stream": {
+            "schema": {"type": "string", "format": "binary"}}} if route.method == "PUT" else "requestBody" not in op
+        assert [n for n, where in parameters if where == "query"] == [n for n in verb.params
+                                                                      if n not in route.path_params]
+        assert {"200", "404", "409"} <= set(op["responses"])  # the bytes, an unknown volume, a refused range
+        return
     if route.method in ("GET", "DELETE"):
         assert "requestBody" not in op
         expected_query = [n for n in verb.params if n not in route.path_params]
