@@ -73,6 +73,14 @@ class BlockDevicesApi:
     def resize_pv(self, ctx: CallContext, storagedomainID: str, storagepoolID: str, guid: str) -> int:
         self._refuse_block_only("given a resized PV", storagedomainID)
 
+    @verb("SDM.move_domain_device")
+    def move_domain_device(self, ctx: CallContext, job_id: str, move_params: dict[str, Any]) -> None:
+        self._refuse_block_only("have its data moved off a device", str(move_params["sd_id"]))
+
+    @verb("SDM.reduce_domain")
+    def reduce_domain(self, ctx: CallContext, job_id: str, reduce_params: dict[str, Any]) -> None:
+        self._refuse_block_only("reduced by a device", str(reduce_params["sd_id"]))
+
     @verb("ISCSIConnection.discoverSendTargets")
     def discover_send_targets(self, ctx: CallContext, host: str, port: int, user: str = "", password: str = "",
                               ipv6_enabled: bool = False) -> list[str]:

@@ -90,6 +90,20 @@ def test_extend_and_resize_pv_refuse_a_file_domain_and_name_an_unknown_one(stack
     assert resized.code == 372 and "device-mapper" in resized.message
 
 
+def test_block_domain_jobs_are_refused_and_start_no_job(stack: Stack, tmp_path: Path) -> None:
+    job = "70000000-0000-4000-8000-000000000007"
+    move = {"job_id": job, "move_params": {"sd_id": SD, "src_guid": "loop0"}}
+    reduce = {"job_id": job, "reduce_params": {"sd_id": SD, "guid": "loop0"}}
+    assert _error(stack, "SDM.move_domain_device", **move).code == 358
+    assert _error(stack, "SDM.reduce_domain", **reduce).code == 358
+    connect(stack, tmp_path / "d")
+    create(stack, tmp_path / "d", SD)
+    for verb, params in (("SDM.move_domain_device", move), ("SDM.reduce_domain", reduce)):
+        refused = _error(stack, verb, **params)
+        assert refused.code == 372 and "device-mapper" in refused.message, refused.message
+    assert job not in stack.call("Host.getJobs")  # type: ignore[operator]
+
+
 def test_iscsi_discovery_says_what_is_missing(stack: Stack) -> None:
     found = _error(stack, "ISCSIConnection.discoverSendTargets", host="10.0.0.1", port=3260)
     assert (found.code, found.name) == (475, "iSCSIDiscoveryError") and "device-mapper" in found.message

@@ -322,6 +322,8 @@ ROUTE_TABLE |= SDM_ROUTES
 
 # Block devices, LVM, block domains and leases (pier/rpc/schema/blockdev.yml, lease.yml).
 BLOCK_ROUTES = {
+    ("POST", "/api/v1/storage-jobs/move-domain-device", "SDM.move_domain_device"),
+    ("POST", "/api/v1/storage-jobs/reduce-domain", "SDM.reduce_domain"),
     ("GET", "/api/v1/host/block-devices", "Host.getDeviceList"),
     ("POST", "/api/v1/host/block-devices/visibility", "Host.getDevicesVisibility"),
     ("GET", "/api/v1/volume-groups", "Host.getLVMVolumeGroups"),
