@@ -24,6 +24,7 @@ from prometheus_client import make_wsgi_app
 from pier.api import Services, handlers
 from pier.config import Settings, load_settings, parse_address
 from pier.facade.app import make_app
+from pier.host.backup import backup_run_dir
 from pier.host.node import Node
 from pier.host.storage.imageio import Imageio, ImageioTls
 from pier.host.storage.jobs import StorageJobs
@@ -110,7 +111,8 @@ class Daemon:
                          last_events=self.events.latest, network_dir=Path(settings.state_dir) / "network",
                          manage_network=settings.manage_network, hotunplug_timeout=settings.hotunplug_timeout,
                          data_center=settings.data_center,
-                         storage_monitor_interval=settings.storage_monitor_interval)
+                         storage_monitor_interval=settings.storage_monitor_interval,
+                         backup_dir=backup_run_dir(settings.state_dir))
         self.node.start()
         self.tasks = TaskManager(db, self.events.publish, workers=settings.task_workers)
         self.nbd = NbdServers(nbd_run_dir(settings.state_dir), Path(settings.data_center))
@@ -123,7 +125,8 @@ class Daemon:
                             guest=self.node.guest, consoles=self.node.consoles,
                             vm_devices=self.node.vm_devices, storage=self.node.storage,
                             volumes=self.node.volumes, block_devices=self.node.block_devices,
-                            jobs=StorageJobs(Path(settings.data_center)), nbd=self.nbd, transfers=self.transfers)
+                            jobs=StorageJobs(Path(settings.data_center)), nbd=self.nbd, transfers=self.transfers,
+                            backups=self.node.backups)
         self.registry = Registry(schema, handlers(services, schema.verbs),
                                  self.tasks, audit=self.audit, limiter=limiter, credentials=self.credentials)
         self.tasks.start(self.registry.reconcilers)

@@ -14,6 +14,7 @@ from typing import Any
 from pier.host.console import png
 from pier.host.network.model import desired
 from pier.host.services import (
+    BackupService,
     BlockDeviceService,
     ConsoleService,
     DomainXmlService,
@@ -34,7 +35,9 @@ from pier.host.storage.service import Storage
 from pier.rpc.channels import ENDED, TAKEN_OVER, Channel, ChannelEnd
 from pier.rpc.dataplane import HttpEndpoint
 from pier.rpc.errors import (
+    BackupError,
     ChangeDisk,
+    CheckpointError,
     FreezeError,
     GuestTimeout,
     HostdevDetachError,
@@ -49,6 +52,8 @@ from pier.rpc.errors import (
     InvalidParams,
     KsmError,
     MissingOvfFileFromVM,
+    NoSuchBackupError,
+    NoSuchCheckpointError,
     NoSuchDevice,
     NoSuchImageTicket,
     NoVM,
@@ -1080,3 +1085,75 @@ class FakeTransfers:
 def as_transfer_service(transfers: FakeTransfers) -> TransferService:
     """The fake, typed as the Protocol it implements (mypy checks it)."""
     return transfers
+
+
+class FakeBackups:
+    """A `pier.host.services.BackupService` in memory over `vms`: each running VM's backup id
+    (`running`) and checkpoints (`checkpoints`, oldest first), with the real service's refusals."""
+
+    def __init__(self, vms: FakeVms) -> None:
+        self.vms = vms
+        self.running: dict[str, str] = {}
+        self.checkpoints: dict[str, list[str]] = {}
+
+    def start_backup(self, vm_id: str, config: dict[str, Any]) -> dict[str, Any]:
+        self.vms._running(vm_id)
+        if vm_id in self.running:
+            raise BackupError(f"VM {vm_id} already runs backup {self.running[vm_id]}")
+        known = self.checkpoints.setdefault(vm_id, [])
+        source, target = config.get("from_checkpoint_id"), config.get("to_checkpoint_id")
+        if source and source not in known:
+            raise NoSuchCheckpointError(f"config.from_checkpoint_id: no checkpoint {source}")
+        if target and target in known:
+            raise CheckpointError(f"config.to_checkpoint_id: checkpoint {target} exists")
+        self.running[vm_id] = config["backup_id"]
+        if target:
+            known.append(target)
+        return self.backup_info(vm_id, config["backup_id"], target)
+
+    def stop_backup(self, vm_id: str, backup_id: str) -> None:
+        self.vms._get(vm_id)
+        if self.running.get(vm_id, backup_id) != backup_id:
+            raise NoSuchBackupError(f"VM {vm_id} runs backup {self.running[vm_id]}")
+        self.running.pop(vm_id, None)
+
+    def backup_info(self, vm_id: str, backup_id: str, checkpoint_id: str | None = None) -> dict[str, Any]:
+        self.vms._get(vm_id)
+        if self.running.get(vm_id) != backup_id:
+            raise NoSuchBackupError(f"VM {vm_id} runs no backup {backup_id}")
+        info: dict[str, Any] = {"disks": {"img": f"nbd:unix:/run/pier/backup/{backup_id}.sock:exportname=vda"}}
+        if checkpoint_id in self.checkpoints.get(vm_id, []):
+            info["checkpoint"] = f"<domaincheckpoint><name>{checkpoint_id}</name></domaincheckpoint>"
+        return info
+
+    def list_checkpoints(self, vm_id: str) -> list[str]:
+        self.vms._get(vm_id)
+        return list(self.checkpoints.get(vm_id, []))
+
+    def dump_checkpoint(self, vm_id: str, checkpoint_id: str) -> dict[str, Any]:
+        if checkpoint_id not in self.list_checkpoints(vm_id):
+            raise NoSuchCheckpointError(f"VM {vm_id} has no checkpoint {checkpoint_id}")
+        return {"checkpoint": f"<domaincheckpoint><name>{checkpoint_id}</name></domaincheckpoint>"}
+
+    def delete_checkpoints(self, vm_id: str, checkpoint_ids: list[str]) -> dict[str, Any]:
+        self.vms._get(vm_id)
+        known = self.checkpoints.setdefault(vm_id, [])
+        for checkpoint_id in checkpoint_ids:
+            if checkpoint_id in known:
+                known.remove(checkpoint_id)
+        return {"checkpoint_ids": list(checkpoint_ids)}
+
+    def redefine_checkpoints(self, vm_id: str, checkpoints: list[dict[str, Any]]) -> dict[str, Any]:
+        self.vms._get(vm_id)
+        known = self.checkpoints.setdefault(vm_id, [])
+        done = []
+        for checkpoint in checkpoints:
+            if checkpoint["id"] not in known:
+                known.append(checkpoint["id"])
+            done.append(checkpoint["id"])
+        return {"checkpoint_ids": done}
+
+
+def as_backup_service(backups: FakeBackups) -> BackupService:
+    """The fake, typed as the Protocol it implements (mypy checks it)."""
+    return backups

@@ -27,10 +27,12 @@ from pier.api.storage import StorageApi
 from pier.api.task import TaskApi
 from pier.api.transfer import TransferApi
 from pier.api.vm import VmApi
+from pier.api.vm_backup import VmBackupApi
 from pier.api.vm_console import VmConsoleApi
 from pier.api.vm_devices import VmDevicesApi
 from pier.api.volume import VolumeApi
 from pier.host.services import (
+    BackupService,
     BlockDeviceService,
     ConsoleService,
     DomainXmlService,
@@ -81,6 +83,7 @@ class Services:
     jobs: StorageJobService
     nbd: NbdService
     transfers: TransferService
+    backups: BackupService
 
 
 def handlers(services: Services, served: Iterable[str]) -> list[object]:
@@ -95,4 +98,4 @@ def handlers(services: Services, served: Iterable[str]) -> list[object]:
             GuestApi(s.guest), VmConsoleApi(s.consoles), VmDevicesApi(s.vm_devices, drives),
             StorageApi(s.storage, s.volumes), volume_api,
             SdmApi(s.jobs, s.nbd, volume_api), BlockDevicesApi(s.block_devices, s.storage), LeaseApi(),
-            TransferApi(s.transfers)]
+            TransferApi(s.transfers), VmBackupApi(s.backups)]

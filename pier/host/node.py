@@ -18,6 +18,7 @@ from typing import Any
 
 import libvirt
 
+from pier.host.backup import Backups, backup_run_dir
 from pier.host.blockdev import BlockDevices
 from pier.host.connection import Connection, EventLoop
 from pier.host.console import Consoles
@@ -33,6 +34,7 @@ from pier.host.network.host import HostWithNetwork
 from pier.host.network.service import Network
 from pier.host.secrets import Secrets
 from pier.host.services import (
+    BackupService,
     BlockDeviceService,
     ConsoleService,
     DomainXmlService,
@@ -67,7 +69,7 @@ class Node:
                  network_dir: str | Path | None = None, manage_network: bool = False,
                  sysfs_root: str | Path = "/sys", guest_options: dict[str, Any] | None = None,
                  hotunplug_timeout: float = 30.0, data_center: str | Path = "/rhev/data-center",
-                 storage_monitor_interval: float = 10.0) -> None:
+                 storage_monitor_interval: float = 10.0, backup_dir: str | Path | None = None) -> None:
         """`emit` publishes an event; `last_events(prefix)` gives the params of the newest
         event kept of each name with that prefix (the event log), to correct at start any VM
         status published before the agent last stopped; `network_dir` keeps the network
@@ -76,7 +78,8 @@ class Node:
         `guest_options` tune the guest agent poller (`pier.host.guest.GuestAgents`' keywords);
         `hotunplug_timeout` is how long a guest has to let go of an unplugged device;
         `data_center` is the storage root (VDSM's /rhev/data-center), whose domains the storage
-        monitor checks every `storage_monitor_interval` seconds."""
+        monitor checks every `storage_monitor_interval` seconds; `backup_dir` holds the backups'
+        NBD sockets (pier.host.backup.backup_run_dir by default)."""
         self._cache = VmCache()
         self._last_events = last_events
         self._dispatcher = EventDispatcher(self._cache, emit, self._read_states,
@@ -110,6 +113,9 @@ class Node:
         self._vm_control = VmControl(self._connection, self._cache, self._vms, self._dispatcher.put,
                                      hotunplug_timeout)
         self.vm_devices: VmDeviceService = self._vm_control
+        self._backups = Backups(self._connection, Path(data_center),
+                                Path(backup_dir) if backup_dir else backup_run_dir("/var/lib/pier"))
+        self.backups: BackupService = self._backups
         self._running = False
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -127,6 +133,10 @@ class Node:
         self._sampler.start()
         self._network.start()
         self._storage.start()
+        try:
+            self._backups.reconcile()
+        except Exception:  # the agent serves on; a leftover scratch file waits for the next start
+            log.exception("cannot reconcile the backups found at start")
 
     def stop(self) -> None:
         """Stop the sampler, the connection (reconnect thread, event loop) and the dispatcher,

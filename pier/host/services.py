@@ -722,3 +722,31 @@ class TransferService(Protocol):
     def serving(self) -> dict[str, Any]:
         """Where imageio serves images now: url, port, ca, pid (empty before it runs)."""
         ...
+
+
+class BackupService(Protocol):
+    """Backups and checkpoints of running VMs through libvirt's backup API (pier.host.backup.Backups)."""
+
+    def start_backup(self, vm_id: str, config: dict[str, Any]) -> dict[str, Any]:
+        """Begin a pull-mode backup (VDSM's BackupConfig); BackupInfo (imageID -> NBD URL)."""
+        ...
+
+    def stop_backup(self, vm_id: str, backup_id: str) -> None:
+        """End the backup and remove its scratch files; one no longer running is fine."""
+        ...
+
+    def backup_info(self, vm_id: str, backup_id: str, checkpoint_id: str | None = None) -> dict[str, Any]:
+        """BackupInfo of the running backup; NoSuchBackupError when it does not run."""
+        ...
+
+    def list_checkpoints(self, vm_id: str) -> list[str]:
+        ...
+
+    def dump_checkpoint(self, vm_id: str, checkpoint_id: str) -> dict[str, Any]:
+        ...
+
+    def delete_checkpoints(self, vm_id: str, checkpoint_ids: list[str]) -> dict[str, Any]:
+        ...
+
+    def redefine_checkpoints(self, vm_id: str, checkpoints: list[dict[str, Any]]) -> dict[str, Any]:
+        ...

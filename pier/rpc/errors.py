@@ -597,6 +597,29 @@ class StorageUnsupportedOperation(PierError):
     code, name, message, http_status = 2009, "UnsupportedStorageOperation", "Operation not supported", 409
 
 
+# -- backups and checkpoints (VDSM's codes) ------------------------------------------------------
+
+
+class BackupError(PierError):
+    code, name, message, http_status = 1600, "BackupError", "Backup Error", 409
+
+
+class NoSuchBackupError(PierError):
+    code, name, message, http_status = 1601, "NoSuchBackupError", "No such backup Error", 404
+
+
+class CheckpointError(PierError):
+    code, name, message, http_status = 1610, "CheckpointError", "Checkpoint Error", 409
+
+
+class NoSuchCheckpointError(PierError):
+    code, name, message, http_status = 1611, "NoSuchCheckpointError", "No such checkpoint Error", 404
+
+
+class InconsistentCheckpointError(PierError):
+    code, name, message, http_status = 1612, "InconsistentCheckpointError", "Inconsistent checkpoint Error", 409
+
+
 def all_error_classes() -> list[type[PierError]]:
     """Every concrete error class, for the schema's `errors:` lists and generated docs."""
     found: list[type[PierError]] = []

@@ -19,6 +19,7 @@ from pier.rpc.registry import CallContext, Registry
 from pier.rpc.schema import Schema
 from pier.rpc.tasks import TaskManager
 from tests.fakes import (
+    FakeBackups,
     FakeBlockDevices,
     FakeConsoles,
     FakeDomainXmls,
@@ -34,6 +35,7 @@ from tests.fakes import (
     FakeVmDevices,
     FakeVms,
     FakeVolumes,
+    as_backup_service,
     as_block_device_service,
     as_console_service,
     as_guest_service,
@@ -75,6 +77,7 @@ class Stack:
     vm_devices: FakeVmDevices | None = None
     block_devices: FakeBlockDevices = field(default_factory=FakeBlockDevices)
     transfers: FakeTransfers | None = None
+    backups: FakeBackups | None = None
 
     def call(self, verb: str, **params: object) -> object:
         return self.registry.call(verb, params, CallContext("test", identity=ADMIN))
@@ -113,11 +116,13 @@ def build_stack(schema: Schema, db: Path, vms: dict[str, dict[str, object]] | No
                         block_devices=as_block_device_service(block_devices := FakeBlockDevices()),
                         jobs=StorageJobs(db.parent / "data-center"),
                         nbd=NbdServers(db.parent / "nbd", db.parent / "data-center"),
-                        transfers=as_transfer_service(transfers := FakeTransfers(volumes)))
+                        transfers=as_transfer_service(transfers := FakeTransfers(volumes)),
+                        backups=as_backup_service(backups := FakeBackups(fake_vms)))
     registry = Registry(schema, handlers(services, schema.verbs), tasks, audit=audit)
     tasks.start(registry.reconcilers)
     return Stack(host, fake_vms, events, tasks, registry, JsonRpc(registry), db, credentials, audit, network, ksm,
-                 lldp, hostdevs, secrets, guest, consoles, storage, volumes, vm_devices, block_devices, transfers)
+                 lldp, hostdevs, secrets, guest, consoles, storage, volumes, vm_devices, block_devices, transfers,
+                 backups)
 
 
 @pytest.fixture

@@ -346,6 +346,13 @@ TRANSFER_ROUTES = {
     ("GET", "/api/v1/image-tickets/<uuid>", "Host.get_image_ticket"),
     ("PATCH", "/api/v1/image-tickets/<uuid>", "Host.extend_image_ticket"),
     ("DELETE", "/api/v1/image-tickets/<uuid>", "Host.remove_image_ticket"),
+    ("POST", "/api/v1/vms/<vmID>/backups", "VM.start_backup"),
+    ("DELETE", "/api/v1/vms/<vmID>/backups/<backup_id>", "VM.stop_backup"),
+    ("GET", "/api/v1/vms/<vmID>/backups/<backup_id>", "VM.backup_info"),
+    ("GET", "/api/v1/vms/<vmID>/checkpoints", "VM.list_checkpoints"),
+    ("GET", "/api/v1/vms/<vmID>/checkpoints/<checkpoint_id>", "VM.dump_checkpoint"),
+    ("POST", "/api/v1/vms/<vmID>/checkpoints", "VM.redefine_checkpoints"),
+    ("POST", "/api/v1/vms/<vmID>/checkpoints/delete", "VM.delete_checkpoints"),
     ("GET", "/api/v1/storage-domains/<storagedomainID>/images/<imageID>/volumes/<volumeID>/data", "Volume.readData"),
     ("PUT", "/api/v1/storage-domains/<storagedomainID>/images/<imageID>/volumes/<volumeID>/data", "Volume.writeData"),
 }

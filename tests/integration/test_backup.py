@@ -1,0 +1,210 @@
+"""Backups of a running tiny guest on qemu:///system, read back over NBD by the real qemu-img.
+
+One guest for the module (it runs under TCG): its disk is a qcow2 volume of a directory domain
+under /var/lib/libvirt/images (where QEMU may open files), with a pattern written before it boots.
+A full backup read from the NBD socket equals the disk; a pattern the guest writes after the
+checkpoint is exactly what the incremental backup's dirty bitmap marks; the refusals leave the VM
+as it was; a pierd restart finds a running backup again and removes what ended backups left.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import libvirt
+import pytest
+
+from tests.integration.clients import HttpRpcClient, JsonRpcError
+from tests.integration.conftest import Pierd
+from tests.integration.guest import DISK_DIR, Guest, new_guest, remove_vm, skip_reason, start_default_network
+from tests.integration.test_volumes import Site, make_domain
+
+pytestmark = pytest.mark.kvm
+MiB = 1 << 20
+WRITTEN_AT, WRITTEN_SIZE = 8 * MiB, 64 * 1024  # one bitmap granule (64 KiB), aligned
+
+
+@dataclass
+class Backed:
+    site: Site
+    guest: Guest
+    img: str
+    vol: str
+    state: Path
+
+    @property
+    def rpc(self) -> HttpRpcClient:
+        return self.site.rpc
+
+    @property
+    def volume_path(self) -> Path:
+        return self.site.domain_dir(self.site.sd) / "images" / self.img / self.vol
+
+    def config(self, **extra: object) -> dict[str, object]:
+        disk = {"domainID": self.site.sd, "imageID": self.img, "volumeID": self.vol}
+        return {"backup_id": str(uuid.uuid4()), "disks": [disk], **extra}
+
+    def restart(self) -> None:
+        assert self.site.daemon.stop() == 0
+        self.site.daemon = Pierd(self.state, self.site.daemon.uri, "--data-center", str(self.site.dc))
+        self.site.rpc = HttpRpcClient(self.site.daemon.http)
+
+
+@pytest.fixture(scope="module")
+def backed(tmp_path_factory: pytest.TempPathFactory, system_libvirt: str) -> Iterator[Backed]:
+    reason = skip_reason()
+    if reason is not None:
+        pytest.skip(f"no tiny guest: {reason}")
+    conn = libvirt.open(system_libvirt)
+    start_default_network(conn)
+    dc = DISK_DIR / f"pier-backup-{uuid.uuid4().hex[:8]}"
+    pool, sd, sd2 = str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4())
+    for domain in (sd, sd2):
+        make_domain(dc, domain, pool)
+    state = tmp_path_factory.mktemp("backup") / "state"
+    daemon = Pierd(state, system_libvirt, "--data-center", str(dc))
+    site = Site(daemon, HttpRpcClient(daemon.http), dc, pool, sd, sd2)
+    img, vol, vm_id = str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4())
+    guest = None
+    try:
+        site.create(img, vol, size=64 * MiB)
+        qemu_io(site.domain_dir(sd) / "images" / img / vol, "write -P 0x5a 0 1M")
+        disk = {"deviceType": "disk", "device": "disk", "iface": "virtio", "poolID": pool, "domainID": sd,
+                "imageID": img, "volumeID": vol}
+        console = {"deviceType": "console", "device": "console", "specParams": {"consoleType": "serial"}}
+        guest = new_guest(daemon, conn, vm_id=vm_id, devices=[console, disk], nic=False)
+        yield Backed(site, guest, img, vol, state)
+    finally:
+        if guest is not None:
+            guest.close()
+        remove_vm(site.daemon, conn, vm_id)
+        conn.close()
+        assert site.daemon.stop() == 0
+        shutil.rmtree(dc, ignore_errors=True)
+
+
+def qemu_io(path: Path, command: str) -> str:
+    return subprocess.run(["qemu-io", "-f", "qcow2", "-c", command, str(path)], capture_output=True, text=True,
+                          check=True).stdout
+
+
+def nbd_uri(url: str) -> str:
+    """qemu's NBD URI for VDSM's "nbd:unix:<socket>:exportname=<export>"."""
+    socket, _, export = url.removeprefix("nbd:unix:").partition(":exportname=")
+    return f"nbd+unix:///{export}?socket={socket}"
+
+
+def dirty_extents(url: str) -> list[tuple[int, int]]:
+    """(start, length) of each dirty extent of an incremental export: qemu-img map reads the dirty
+    bitmap context in place of allocation, where a dirty block shows as `"data": false`."""
+    socket, _, export = url.removeprefix("nbd:unix:").partition(":exportname=")
+    opts = f"driver=nbd,server.type=unix,server.path={socket},export={export}," \
+           f"x-dirty-bitmap=qemu:dirty-bitmap:backup-{export}"
+    mapped = json.loads(subprocess.run(["qemu-img", "map", "--output=json", "--image-opts", opts],
+                                       capture_output=True, text=True, check=True).stdout)
+    return [(extent["start"], extent["length"]) for extent in mapped if not extent["data"]]
+
+
+def test_full_backup_reads_the_disk_as_it_was(backed: Backed) -> None:
+    vm_id, first = backed.guest.vm_id, str(uuid.uuid4())
+    config = backed.config(to_checkpoint_id=first)
+    backed.rpc.call("VM.pause", vmID=vm_id)  # the disk holds still while both are read
+    try:
+        info = backed.rpc.call("VM.start_backup", vmID=vm_id, config=config)
+        url = info["disks"][backed.img]
+        assert url == f"nbd:unix:/run/pier/backup/{config['backup_id']}.sock:exportname=vda"
+        assert f"<name>{first}</name>" in info["checkpoint"]
+        assert backed.rpc.call("VM.backup_info", vmID=vm_id, backup_id=config["backup_id"])["disks"] == info["disks"]
+        scratch = backed.site.domain_dir(backed.site.sd) / "backup-scratch" / str(config["backup_id"])
+        assert [p.name for p in scratch.iterdir()] == ["vda.qcow2"]
+        compared = subprocess.run(["qemu-img", "compare", "-U", "-f", "raw", "-F", "qcow2", nbd_uri(url),
+                                   str(backed.volume_path)], capture_output=True, text=True)
+        assert compared.returncode == 0, compared.stdout + compared.stderr
+        read = subprocess.run(["qemu-io", "-r", "-f", "raw", "-c", "read -P 0x5a 0 1M", nbd_uri(url)],
+                              capture_output=True, text=True)  # the pattern written before the boot
+        assert read.returncode == 0 and "failed" not in read.stdout + read.stderr, read.stdout + read.stderr
+    finally:
+        backed.rpc.call("VM.cont", vmID=vm_id)
+    backed.rpc.call("VM.stop_backup", vmID=vm_id, backup_id=config["backup_id"])
+    assert not scratch.exists()
+    assert not Path(url.removeprefix("nbd:unix:").partition(":")[0]).exists()
+    with pytest.raises(JsonRpcError) as caught:
+        backed.rpc.call("VM.backup_info", vmID=vm_id, backup_id=config["backup_id"])
+    assert caught.value.code == 1601
+    assert backed.rpc.call("VM.list_checkpoints", vmID=vm_id) == [first]
+
+
+def test_incremental_backup_marks_what_the_guest_wrote(backed: Backed) -> None:
+    vm_id = backed.guest.vm_id
+    first = backed.rpc.call("VM.list_checkpoints", vmID=vm_id)[-1]
+    pattern = "\\253" * 16  # 0xab, as printf reads it
+    backed.guest.shell.run(f"yes $(printf '{pattern}') | tr -d '\\n' | head -c {WRITTEN_SIZE} | "
+                           f"dd of=/dev/vda bs=4096 seek={WRITTEN_AT // 4096} conv=fsync 2>/dev/null; sync")
+    second = str(uuid.uuid4())
+    config = backed.config(from_checkpoint_id=first, to_checkpoint_id=second)
+    info = backed.rpc.call("VM.start_backup", vmID=vm_id, config=config)
+    url = info["disks"][backed.img]
+    try:
+        assert dirty_extents(url) == [(WRITTEN_AT, WRITTEN_SIZE)]
+        read = subprocess.run(["qemu-io", "-r", "-f", "raw", "-c", f"read -P 0xab {WRITTEN_AT} {WRITTEN_SIZE}",
+                               nbd_uri(url)], capture_output=True, text=True)
+        assert read.returncode == 0 and "failed" not in read.stdout + read.stderr, read.stdout + read.stderr
+        assert backed.rpc.call("VM.list_checkpoints", vmID=vm_id) == [first, second]
+    finally:
+        backed.rpc.call("VM.stop_backup", vmID=vm_id, backup_id=config["backup_id"])
+    dumped = backed.rpc.call("VM.dump_checkpoint", vmID=vm_id, checkpoint_id=second)["checkpoint"]
+    assert f"<name>{second}</name>" in dumped and f"<name>{first}</name>" in dumped  # its parent
+
+
+def test_refusals_leave_the_vm_as_it_was(backed: Backed) -> None:
+    vm_id = backed.guest.vm_id
+    checkpoints = backed.rpc.call("VM.list_checkpoints", vmID=vm_id)
+    with pytest.raises(JsonRpcError) as caught:
+        backed.rpc.call("VM.start_backup", vmID=vm_id, config=backed.config(from_checkpoint_id=str(uuid.uuid4())))
+    assert caught.value.code == 1611 and "from_checkpoint_id" in caught.value.message
+    running = backed.config()
+    backed.rpc.call("VM.start_backup", vmID=vm_id, config=running)
+    try:
+        with pytest.raises(JsonRpcError) as caught:
+            backed.rpc.call("VM.start_backup", vmID=vm_id, config=backed.config(to_checkpoint_id=str(uuid.uuid4())))
+        assert caught.value.code == 1600 and str(running["backup_id"]) in caught.value.message
+        with pytest.raises(JsonRpcError) as caught:  # another backup's id does not stop this one
+            backed.rpc.call("VM.stop_backup", vmID=vm_id, backup_id=str(uuid.uuid4()))
+        assert caught.value.code == 1601
+        assert backed.rpc.call("VM.backup_info", vmID=vm_id, backup_id=running["backup_id"])["disks"]
+    finally:
+        backed.rpc.call("VM.stop_backup", vmID=vm_id, backup_id=running["backup_id"])
+    assert backed.rpc.call("VM.list_checkpoints", vmID=vm_id) == checkpoints
+    scratch_root = backed.site.domain_dir(backed.site.sd) / "backup-scratch"
+    assert list(scratch_root.iterdir()) == []
+
+
+def test_a_restart_finds_the_backup_again(backed: Backed) -> None:
+    vm_id = backed.guest.vm_id
+    config = backed.config()
+    url = backed.rpc.call("VM.start_backup", vmID=vm_id, config=config)["disks"][backed.img]
+    scratch_root = backed.site.domain_dir(backed.site.sd) / "backup-scratch"
+    orphan = scratch_root / str(uuid.uuid4())  # what a backup that ended while pierd was away left
+    orphan.mkdir()
+    (orphan / "vda.qcow2").write_bytes(b"")
+    backed.restart()
+    assert not orphan.exists()
+    assert backed.rpc.call("VM.backup_info", vmID=vm_id, backup_id=config["backup_id"])["disks"] == \
+        {backed.img: url}
+    backed.rpc.call("VM.stop_backup", vmID=vm_id, backup_id=config["backup_id"])
+    assert list(scratch_root.iterdir()) == []
+
+
+def test_a_vm_that_is_not_running_is_not_backed_up(backed: Backed) -> None:
+    backed.guest.dom.destroy()  # powered off, still defined
+    with pytest.raises(JsonRpcError) as caught:
+        backed.rpc.call("VM.start_backup", vmID=backed.guest.vm_id, config=backed.config())
+    assert caught.value.code == 6
+    assert not (backed.site.domain_dir(backed.site.sd) / "backup-scratch").exists() or \
+        list((backed.site.domain_dir(backed.site.sd) / "backup-scratch").iterdir()) == []
