@@ -491,6 +491,9 @@ def build_parser() -> argparse.ArgumentParser:
     cli_console.add_commands(sub, common)
     cli_volume.add_commands(sub, common)
     cli_transfer.add_commands(sub, common)
+    from pier import cli_backup
+
+    cli_backup.add_commands(sub, common)
     return parser
 
 

@@ -201,6 +201,42 @@ def test_a_restart_finds_the_backup_again(backed: Backed) -> None:
     assert list(scratch_root.iterdir()) == []
 
 
+def test_pier_backup_writes_full_then_incremental_qcow2(backed: Backed, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    from pier import cli
+
+    vm_id, first, second = backed.guest.vm_id, str(uuid.uuid4()), str(uuid.uuid4())
+    base = ["--url", backed.site.daemon.http, "--token", backed.site.daemon.token, "--json"]
+    full, incremental = tmp_path / "full.qcow2", tmp_path / "incremental.qcow2"
+    backed.rpc.call("VM.pause", vmID=vm_id)
+    try:
+        capsys.readouterr()
+        assert cli.main(["backup", vm_id, "--to", str(full), "--checkpoint", first, *base]) == 0
+        done = json.loads(capsys.readouterr().out)
+        assert [d["image"] for d in done["disks"]] == [backed.img] and not done["incremental"]
+        compared = subprocess.run(["qemu-img", "compare", "-U", str(full), str(backed.volume_path)],
+                                  capture_output=True, text=True)
+        assert compared.returncode == 0, compared.stdout + compared.stderr
+    finally:
+        backed.rpc.call("VM.cont", vmID=vm_id)
+    backed.guest.shell.run(f"printf pier-backup | dd of=/dev/vda bs=512 seek={WRITTEN_AT // 512 + 1024} "
+                           "conv=fsync 2>/dev/null; sync")
+    backed.rpc.call("VM.pause", vmID=vm_id)
+    try:
+        assert cli.main(["backup", vm_id, "--to", str(incremental), "--from-checkpoint", first,
+                         "--checkpoint", second, "--backing", str(full), *base]) == 0
+        done = json.loads(capsys.readouterr().out)
+        assert done["incremental"] and done["disks"][0]["bytes"] == WRITTEN_SIZE  # one granule
+        compared = subprocess.run(["qemu-img", "compare", "-U", str(incremental), str(backed.volume_path)],
+                                  capture_output=True, text=True)
+        assert compared.returncode == 0, compared.stdout + compared.stderr
+    finally:
+        backed.rpc.call("VM.cont", vmID=vm_id)
+    assert incremental.stat().st_size < full.stat().st_size
+    assert backed.rpc.call("VM.list_checkpoints", vmID=vm_id)[-2:] == [first, second]
+    assert list((backed.site.domain_dir(backed.site.sd) / "backup-scratch").iterdir()) == []
+
+
 def test_a_vm_that_is_not_running_is_not_backed_up(backed: Backed) -> None:
     backed.guest.dom.destroy()  # powered off, still defined
     with pytest.raises(JsonRpcError) as caught:
