@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -94,6 +95,16 @@ def qemu_io(path: Path, command: str) -> str:
                           check=True).stdout
 
 
+def in_guest(guest: Guest, script: str, timeout: float = 30) -> None:
+    """Run a shell script in the guest through its agent (guest-exec) and wait for it to succeed."""
+    pid = guest.agent("guest-exec", {"path": "/bin/sh", "arg": ["-c", script], "capture-output": True})["pid"]
+    deadline = time.monotonic() + timeout
+    while not (status := guest.agent("guest-exec-status", {"pid": pid})).get("exited"):
+        assert time.monotonic() < deadline, f"{script!r} did not end within {timeout} s"
+        time.sleep(0.1)
+    assert status.get("exitcode") == 0, status
+
+
 def nbd_uri(url: str) -> str:
     """qemu's NBD URI for VDSM's "nbd:unix:<socket>:exportname=<export>"."""
     socket, _, export = url.removeprefix("nbd:unix:").partition(":exportname=")
@@ -144,7 +155,7 @@ def test_incremental_backup_marks_what_the_guest_wrote(backed: Backed) -> None:
     vm_id = backed.guest.vm_id
     first = backed.rpc.call("VM.list_checkpoints", vmID=vm_id)[-1]
     pattern = "\\253" * 16  # 0xab, as printf reads it
-    backed.guest.shell.run(f"yes $(printf '{pattern}') | tr -d '\\n' | head -c {WRITTEN_SIZE} | "
+    in_guest(backed.guest, f"yes $(printf '{pattern}') | tr -d '\\n' | head -c {WRITTEN_SIZE} | "
                            f"dd of=/dev/vda bs=4096 seek={WRITTEN_AT // 4096} conv=fsync 2>/dev/null; sync")
     second = str(uuid.uuid4())
     config = backed.config(from_checkpoint_id=first, to_checkpoint_id=second)
@@ -219,7 +230,7 @@ def test_pier_backup_writes_full_then_incremental_qcow2(backed: Backed, tmp_path
         assert compared.returncode == 0, compared.stdout + compared.stderr
     finally:
         backed.rpc.call("VM.cont", vmID=vm_id)
-    backed.guest.shell.run(f"printf pier-backup | dd of=/dev/vda bs=512 seek={WRITTEN_AT // 512 + 1024} "
+    in_guest(backed.guest, f"printf pier-backup | dd of=/dev/vda bs=512 seek={WRITTEN_AT // 512 + 1024} "
                            "conv=fsync 2>/dev/null; sync")
     backed.rpc.call("VM.pause", vmID=vm_id)
     try:

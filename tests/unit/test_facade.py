@@ -352,7 +352,7 @@ TRANSFER_ROUTES = {
     ("GET", "/api/v1/vms/<vmID>/checkpoints", "VM.list_checkpoints"),
     ("GET", "/api/v1/vms/<vmID>/checkpoints/<checkpoint_id>", "VM.dump_checkpoint"),
     ("POST", "/api/v1/vms/<vmID>/checkpoints", "VM.redefine_checkpoints"),
-    ("POST", "/api/v1/vms/<vmID>/checkpoints/delete", "VM.delete_checkpoints"),
+    ("POST", "/api/v1/vms/<vmID>/checkpoint-deletions", "VM.delete_checkpoints"),
     ("GET", "/api/v1/storage-domains/<storagedomainID>/images/<imageID>/volumes/<volumeID>/data", "Volume.readData"),
     ("PUT", "/api/v1/storage-domains/<storagedomainID>/images/<imageID>/volumes/<volumeID>/data", "Volume.writeData"),
 }
