@@ -248,6 +248,32 @@ def test_pier_backup_writes_full_then_incremental_qcow2(backed: Backed, tmp_path
     assert list((backed.site.domain_dir(backed.site.sd) / "backup-scratch").iterdir()) == []
 
 
+def test_checkpoints_are_redefined_after_libvirt_lost_them_and_deleted(backed: Backed) -> None:
+    vm_id = backed.guest.vm_id
+    ids = backed.rpc.call("VM.list_checkpoints", vmID=vm_id)
+    assert len(ids) >= 2
+    xmls = [backed.rpc.call("VM.dump_checkpoint", vmID=vm_id, checkpoint_id=c)["checkpoint"] for c in ids]
+    for checkpoint in reversed(ids):  # libvirt forgets them (as when a VM is defined again); the bitmaps stay
+        backed.guest.dom.checkpointLookupByName(checkpoint).delete(libvirt.VIR_DOMAIN_CHECKPOINT_DELETE_METADATA_ONLY)
+    assert backed.rpc.call("VM.list_checkpoints", vmID=vm_id) == []
+    with pytest.raises(JsonRpcError) as caught:  # an XML naming another checkpoint: nothing is redefined
+        backed.rpc.call("VM.redefine_checkpoints", vmID=vm_id, checkpoints=[{"id": ids[0], "xml": xmls[0]},
+                                                                            {"id": str(uuid.uuid4()), "xml": xmls[1]}])
+    assert caught.value.code == 1610 and backed.rpc.call("VM.list_checkpoints", vmID=vm_id) == []
+    done = backed.rpc.call("VM.redefine_checkpoints", vmID=vm_id,
+                           checkpoints=[{"id": c, "xml": x} for c, x in zip(ids, xmls, strict=True)])
+    assert done == {"checkpoint_ids": ids}
+    assert backed.rpc.call("VM.list_checkpoints", vmID=vm_id) == ids
+    config = backed.config(from_checkpoint_id=ids[-1])  # the redefined checkpoint serves a backup
+    backed.rpc.call("VM.start_backup", vmID=vm_id, config=config)
+    backed.rpc.call("VM.stop_backup", vmID=vm_id, backup_id=config["backup_id"])
+    assert backed.rpc.call("VM.delete_checkpoints", vmID=vm_id, checkpoint_ids=ids) == {"checkpoint_ids": ids}
+    assert backed.rpc.call("VM.list_checkpoints", vmID=vm_id) == []
+    info = json.loads(subprocess.run(["qemu-img", "info", "-U", "--output=json", str(backed.volume_path)],
+                                     capture_output=True, text=True, check=True).stdout)
+    assert info["format-specific"]["data"].get("bitmaps", []) == []  # their bitmaps went with them
+
+
 def test_a_vm_that_is_not_running_is_not_backed_up(backed: Backed) -> None:
     backed.guest.dom.destroy()  # powered off, still defined
     with pytest.raises(JsonRpcError) as caught:
