@@ -204,8 +204,11 @@ def test_a_restart_finds_the_backup_again(backed: Backed) -> None:
     orphan = scratch_root / str(uuid.uuid4())  # what a backup that ended while pierd was away left
     orphan.mkdir()
     (orphan / "vda.qcow2").write_bytes(b"")
+    stale = Path(url.removeprefix("nbd:unix:").partition(":")[0]).with_name(f"{uuid.uuid4()}.sock")
+    stale.write_bytes(b"")  # a socket no server listens on any more
     backed.restart()
-    assert not orphan.exists()
+    assert not orphan.exists() and not stale.exists()
+    assert Path(url.removeprefix("nbd:unix:").partition(":")[0]).exists()
     assert backed.rpc.call("VM.backup_info", vmID=vm_id, backup_id=config["backup_id"])["disks"] == \
         {backed.img: url}
     backed.rpc.call("VM.stop_backup", vmID=vm_id, backup_id=config["backup_id"])
