@@ -98,3 +98,12 @@ def test_remote_keeps_the_query_out_of_what_it_shows() -> None:
         remote({"method": "http", "url": "http://host/a\n"})
     with pytest.raises(InvalidParameterException, match="one line"):
         remote({"method": "http", "url": "http://host/a", "headers": {"X-A": "b\r\nX-B: c"}})
+
+
+def test_the_audit_log_keeps_no_credential_headers(site: Stack) -> None:
+    headers = {"Authorization": "Bearer x", "X-Auth-Token": "t", "Cookie": "c", "Accept": "*/*"}
+    site.call("Image.download", methodArgs={**HTTP, "headers": headers}, **IDS)
+    entry = site.audit.read()["entries"][-1]
+    assert entry["verb"] == "Image.download"
+    assert entry["params"]["methodArgs"]["headers"] == {"Authorization": "***", "X-Auth-Token": "***", "Cookie": "***",
+                                                        "Accept": "*/*"}
