@@ -28,6 +28,7 @@ from pier.host.node import Node
 from pier.host.storage.imageio import Imageio, ImageioTls
 from pier.host.storage.jobs import StorageJobs
 from pier.host.storage.nbd import NbdServers, nbd_run_dir
+from pier.host.storage.sharing import ImageSharing
 from pier.host.storage.transfer import ImageTransfers
 from pier.host.storage.volumes import Volumes
 from pier.host.testdriver import make_test_uri, unusable_reason
@@ -123,7 +124,8 @@ class Daemon:
                             guest=self.node.guest, consoles=self.node.consoles,
                             vm_devices=self.node.vm_devices, storage=self.node.storage,
                             volumes=self.node.volumes, block_devices=self.node.block_devices,
-                            jobs=StorageJobs(Path(settings.data_center)), nbd=self.nbd, transfers=self.transfers)
+                            jobs=StorageJobs(Path(settings.data_center)), nbd=self.nbd, transfers=self.transfers,
+                            sharing=ImageSharing(self.node.volumes))
         self.registry = Registry(schema, handlers(services, schema.verbs),
                                  self.tasks, audit=self.audit, limiter=limiter, credentials=self.credentials)
         self.tasks.start(self.registry.reconcilers)

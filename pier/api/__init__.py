@@ -18,6 +18,7 @@ from pier.api.guest import GuestApi
 from pier.api.host import HostApi
 from pier.api.hostdev import HostDevApi
 from pier.api.hosttune import HostTuneApi
+from pier.api.image_sharing import ImageSharingApi
 from pier.api.lease import LeaseApi
 from pier.api.network import NetworkApi
 from pier.api.sdm import SdmApi
@@ -37,6 +38,7 @@ from pier.host.services import (
     GuestService,
     HostDeviceService,
     HostService,
+    ImageSharingService,
     KsmService,
     LldpService,
     NbdService,
@@ -81,6 +83,7 @@ class Services:
     jobs: StorageJobService
     nbd: NbdService
     transfers: TransferService
+    sharing: ImageSharingService
 
 
 def handlers(services: Services, served: Iterable[str]) -> list[object]:
@@ -95,4 +98,4 @@ def handlers(services: Services, served: Iterable[str]) -> list[object]:
             GuestApi(s.guest), VmConsoleApi(s.consoles), VmDevicesApi(s.vm_devices, drives),
             StorageApi(s.storage, s.volumes), volume_api,
             SdmApi(s.jobs, s.nbd, volume_api), BlockDevicesApi(s.block_devices, s.storage), LeaseApi(),
-            TransferApi(s.transfers)]
+            TransferApi(s.transfers), ImageSharingApi(s.sharing, volume_api)]

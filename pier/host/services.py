@@ -722,3 +722,24 @@ class TransferService(Protocol):
     def serving(self) -> dict[str, Any]:
         """Where imageio serves images now: url, port, ca, pid (empty before it runs)."""
         ...
+
+
+class ImageSharingService(Protocol):
+    """VDSM's Image.upload/download over HTTP (pier.host.storage.sharing.ImageSharing)."""
+
+    def check(self, sp: str, sd: str, img: str, vol: str | None, method_args: dict[str, Any]) -> str:
+        """The volume a transfer moves (the image's leaf when `vol` is None); StoragePoolUnknown,
+        StorageDomainDoesNotExist, ImageDoesNotExistInSD, VolumeDoesNotExist, ImageSharingRefused (a
+        volume with a parent) or InvalidParameterException (methodArgs), nothing touched."""
+        ...
+
+    def upload(self, sd: str, img: str, vol: str | None, method_args: dict[str, Any], *,
+               progress: Progress, cancelled: threading.Event) -> int:
+        """PUT the volume's file to methodArgs.url; the bytes sent; CopyImageError or TaskCancelled."""
+        ...
+
+    def download(self, sd: str, img: str, vol: str | None, method_args: dict[str, Any], *,
+                 progress: Progress, cancelled: threading.Event) -> int:
+        """GET methodArgs.url into the volume's file; the bytes written. The volume is ILLEGAL from
+        the first byte written until all is there and checked, and stays so when it fails."""
+        ...

@@ -438,6 +438,12 @@ class CopyImageError(PierError):
     code, name, message, http_status = 261, "CopyImageError", "low level Image copy failed", 500
 
 
+class ImageSharingRefused(CopyImageError):
+    """VDSM's CopyImageError for an image Image.upload/download cannot share (a chain), refused at the call."""
+
+    http_status = 409
+
+
 class ImageDoesNotExistInSD(PierError):
     code, name, message, http_status = 268, "ImageDoesNotExistInSD", "Image does not exist in domain", 404
 

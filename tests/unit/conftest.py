@@ -25,6 +25,7 @@ from tests.fakes import (
     FakeGuest,
     FakeHost,
     FakeHostDevices,
+    FakeImageSharing,
     FakeKsm,
     FakeLldp,
     FakeNetwork,
@@ -41,6 +42,7 @@ from tests.fakes import (
     as_network_service,
     as_secret_service,
     as_services,
+    as_sharing_service,
     as_storage_service,
     as_transfer_service,
     as_tuning,
@@ -75,6 +77,7 @@ class Stack:
     vm_devices: FakeVmDevices | None = None
     block_devices: FakeBlockDevices = field(default_factory=FakeBlockDevices)
     transfers: FakeTransfers | None = None
+    sharing: FakeImageSharing | None = None
 
     def call(self, verb: str, **params: object) -> object:
         return self.registry.call(verb, params, CallContext("test", identity=ADMIN))
@@ -113,11 +116,12 @@ def build_stack(schema: Schema, db: Path, vms: dict[str, dict[str, object]] | No
                         block_devices=as_block_device_service(block_devices := FakeBlockDevices()),
                         jobs=StorageJobs(db.parent / "data-center"),
                         nbd=NbdServers(db.parent / "nbd", db.parent / "data-center"),
-                        transfers=as_transfer_service(transfers := FakeTransfers(volumes)))
+                        transfers=as_transfer_service(transfers := FakeTransfers(volumes)),
+                        sharing=as_sharing_service(sharing := FakeImageSharing(volumes)))
     registry = Registry(schema, handlers(services, schema.verbs), tasks, audit=audit)
     tasks.start(registry.reconcilers)
     return Stack(host, fake_vms, events, tasks, registry, JsonRpc(registry), db, credentials, audit, network, ksm,
-                 lldp, hostdevs, secrets, guest, consoles, storage, volumes, vm_devices, block_devices, transfers)
+                 lldp, hostdevs, secrets, guest, consoles, storage, volumes, vm_devices, block_devices, transfers, sharing)
 
 
 @pytest.fixture

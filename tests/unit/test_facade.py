@@ -52,6 +52,8 @@ LOCATIONS["POST /api/v1/pools/{storagepoolID}/merge/prepare"] = f"/api/v1/tasks/
 LOCATIONS["POST /api/v1/pools/{storagepoolID}/merge/finalize"] = f"/api/v1/tasks/{TASK_ID}"
 LOCATIONS["POST /api/v1/pools/{storagepoolID}/domains/{storagedomainID}/images/{imageID}/volumes/{volumeID}/reduce"] = f"/api/v1/tasks/{TASK_ID}"
 LOCATIONS["POST /api/v1/storage-jobs/copy-data"] = f"/api/v1/tasks/{TASK_ID}"
+LOCATIONS["POST /api/v1/storage-domains/{storagedomainID}/images/{imageID}/upload-to-url"] = f"/api/v1/tasks/{TASK_ID}"
+LOCATIONS["POST /api/v1/storage-domains/{storagedomainID}/images/{imageID}/download-from-url"] = f"/api/v1/tasks/{TASK_ID}"
 LOCATIONS["POST /api/v1/storage-jobs/merge"] = f"/api/v1/tasks/{TASK_ID}"
 LOCATIONS["POST /api/v1/storage-jobs/update-volume"] = f"/api/v1/tasks/{TASK_ID}"
 LOCATIONS["POST /api/v1/storage-jobs/amend-volume"] = f"/api/v1/tasks/{TASK_ID}"
@@ -296,6 +298,8 @@ VOLUME_ROUTES = {
     ("POST", "/api/v1/storage-domains/<storagedomainID>/images/<imageID>/clone-structure", "Image.cloneStructure"),
     ("POST", "/api/v1/storage-domains/<storagedomainID>/images/<imageID>/sync", "Image.syncData"),
     ("POST", "/api/v1/storage-domains/<storagedomainID>/images/<imageID>/reconcile", "Image.reconcileVolumeChain"),
+    ("POST", "/api/v1/storage-domains/<storagedomainID>/images/<imageID>/upload-to-url", "Image.upload"),
+    ("POST", "/api/v1/storage-domains/<storagedomainID>/images/<imageID>/download-from-url", "Image.download"),
     ("GET", "/api/v1/pools/<storagepoolID>/images/<imageID>/domains", "StoragePool.getDomainsContainingImage"),
     ("POST", "/api/v1/pools/<storagepoolID>/merge/prepare", "StoragePool.prepareMerge"),
     ("POST", "/api/v1/pools/<storagepoolID>/merge/finalize", "StoragePool.finalizeMerge"),

@@ -60,6 +60,7 @@ STORAGE_LEGACY = {
     "deleteVolume": "uuid", "moveImage": "uuid", "cloneImageStructure": "uuid", "syncImageData": "uuid",
     "reconcileVolumeChain": "volumes", "getImageDomainsList": "domainslist", "updateVM": None,
     "removeVM": None, "getVmsList": "vmlist", "getVmsInfo": "vmlist",
+    "uploadImage": "uuid", "downloadImage": "uuid",  # pier/rpc/schema/imagesharing.yml
 }
 VDSM_PAYLOAD_KEYS |= STORAGE_LEGACY
 # block devices, LVM and block domains (pier/rpc/schema/blockdev.yml): tests/unit/test_blockdev_api.py
