@@ -25,6 +25,7 @@ from pier.api import Services, handlers
 from pier.config import Settings, load_settings, parse_address
 from pier.facade.app import make_app
 from pier.host.node import Node
+from pier.host.peer import PeerCredentials
 from pier.host.storage.imageio import Imageio, ImageioTls
 from pier.host.storage.jobs import StorageJobs
 from pier.host.storage.nbd import NbdServers, nbd_run_dir
@@ -111,7 +112,9 @@ class Daemon:
                          last_events=self.events.latest, network_dir=Path(settings.state_dir) / "network",
                          manage_network=settings.manage_network, hotunplug_timeout=settings.hotunplug_timeout,
                          data_center=settings.data_center,
-                         storage_monitor_interval=settings.storage_monitor_interval)
+                         storage_monitor_interval=settings.storage_monitor_interval,
+                         peer_credentials=peer_credentials(settings),
+                         migration_uri=settings.migration_libvirt_uri)
         self.node.start()
         self.tasks = TaskManager(db, self.events.publish, workers=settings.task_workers)
         self.nbd = NbdServers(nbd_run_dir(settings.state_dir), Path(settings.data_center))
@@ -125,7 +128,7 @@ class Daemon:
                             vm_devices=self.node.vm_devices, storage=self.node.storage,
                             volumes=self.node.volumes, block_devices=self.node.block_devices,
                             jobs=StorageJobs(Path(settings.data_center)), nbd=self.nbd, transfers=self.transfers,
-                            sharing=ImageSharing(self.node.volumes))
+                            sharing=ImageSharing(self.node.volumes), migrations=self.node.migrations)
         self.registry = Registry(schema, handlers(services, schema.verbs),
                                  self.tasks, audit=self.audit, limiter=limiter, credentials=self.credentials)
         self.tasks.start(self.registry.reconcilers)
@@ -280,6 +283,16 @@ class Daemon:
             "lastEventSeq": self.events.last_seq if self.events else 0,
             "imageio": self.transfers.serving() if self.transfers else {},
         }
+
+
+def peer_credentials(settings: Settings) -> PeerCredentials:
+    """The client certificate this pierd shows other pierds, and the CA it checks theirs with: as
+    configured, else those `pier init-tls` made in the state directory, if any."""
+    made = Path(settings.state_dir) / "tls"
+    cert = settings.migration_cert or (str(made / "client.pem") if (made / "client.pem").exists() else "")
+    key = settings.migration_key or (str(made / "client-key.pem") if cert and not settings.migration_cert else "")
+    ca = settings.migration_ca or (str(made / "ca.pem") if (made / "ca.pem").exists() else "")
+    return PeerCredentials(cert, key, ca)
 
 
 def stomp_options(settings: Settings, host_id: str) -> StompOptions:

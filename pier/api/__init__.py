@@ -30,6 +30,7 @@ from pier.api.transfer import TransferApi
 from pier.api.vm import VmApi
 from pier.api.vm_console import VmConsoleApi
 from pier.api.vm_devices import VmDevicesApi
+from pier.api.vm_migration import VmMigrationApi
 from pier.api.volume import VolumeApi
 from pier.host.services import (
     BlockDeviceService,
@@ -41,6 +42,7 @@ from pier.host.services import (
     ImageSharingService,
     KsmService,
     LldpService,
+    MigrationService,
     NbdService,
     NetworkService,
     SecretService,
@@ -84,6 +86,7 @@ class Services:
     nbd: NbdService
     transfers: TransferService
     sharing: ImageSharingService
+    migrations: MigrationService | None = None  # None: VM.migrate and its siblings answer that they are not served
 
 
 def handlers(services: Services, served: Iterable[str]) -> list[object]:
@@ -98,4 +101,4 @@ def handlers(services: Services, served: Iterable[str]) -> list[object]:
             GuestApi(s.guest), VmConsoleApi(s.consoles), VmDevicesApi(s.vm_devices, drives),
             StorageApi(s.storage, s.volumes), volume_api,
             SdmApi(s.jobs, s.nbd, volume_api), BlockDevicesApi(s.block_devices, s.storage), LeaseApi(),
-            TransferApi(s.transfers), ImageSharingApi(s.sharing, volume_api)]
+            TransferApi(s.transfers), ImageSharingApi(s.sharing, volume_api), VmMigrationApi(s.migrations, s.vms)]

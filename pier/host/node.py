@@ -29,8 +29,10 @@ from pier.host.hostdev import HostDevices
 from pier.host.hostinfo import HostInfo
 from pier.host.ksm import Ksm
 from pier.host.lldp import Lldp
+from pier.host.migration import DEFAULT_LIBVIRT_URI, Migrations
 from pier.host.network.host import HostWithNetwork
 from pier.host.network.service import Network
+from pier.host.peer import PeerCredentials
 from pier.host.secrets import Secrets
 from pier.host.services import (
     BlockDeviceService,
@@ -41,6 +43,7 @@ from pier.host.services import (
     HostService,
     KsmService,
     LldpService,
+    MigrationService,
     NetworkService,
     SecretService,
     StorageService,
@@ -67,7 +70,8 @@ class Node:
                  network_dir: str | Path | None = None, manage_network: bool = False,
                  sysfs_root: str | Path = "/sys", guest_options: dict[str, Any] | None = None,
                  hotunplug_timeout: float = 30.0, data_center: str | Path = "/rhev/data-center",
-                 storage_monitor_interval: float = 10.0) -> None:
+                 storage_monitor_interval: float = 10.0, peer_credentials: PeerCredentials | None = None,
+                 migration_uri: str = DEFAULT_LIBVIRT_URI) -> None:
         """`emit` publishes an event; `last_events(prefix)` gives the params of the newest
         event kept of each name with that prefix (the event log), to correct at start any VM
         status published before the agent last stopped; `network_dir` keeps the network
@@ -76,7 +80,9 @@ class Node:
         `guest_options` tune the guest agent poller (`pier.host.guest.GuestAgents`' keywords);
         `hotunplug_timeout` is how long a guest has to let go of an unplugged device;
         `data_center` is the storage root (VDSM's /rhev/data-center), whose domains the storage
-        monitor checks every `storage_monitor_interval` seconds."""
+        monitor checks every `storage_monitor_interval` seconds; `peer_credentials` are what this
+        pierd shows other pierds (a migration's destination), `migration_uri` how this host's
+        libvirtd reaches another's ("{host}" is the destination's address)."""
         self._cache = VmCache()
         self._last_events = last_events
         self._dispatcher = EventDispatcher(self._cache, emit, self._read_states,
@@ -98,7 +104,11 @@ class Node:
         self._storage = Storage(data_center, emit, monitor_interval=storage_monitor_interval)
         self.storage: StorageService = self._storage
         self.volumes = PoolImages(Path(data_center))  # a VolumeService, and the Volumes image transfer opens
-        self.host: HostService = HostWithStorage(HostWithNetwork(HostInfo(self._connection, self._cache),
+        self._migrations = Migrations(self._connection, self._cache, self._dispatcher.put, emit,
+                                      lambda: self.host.uuid(), peer_credentials, migration_uri)
+        self.migrations: MigrationService = self._migrations
+        self.host: HostService = HostWithStorage(HostWithNetwork(HostInfo(self._connection, self._cache,
+                                                                          self._migrations.counts),
                                                                  self._network), self._storage)
         self.ksm: KsmService = Ksm(sysfs_root)
         self.lldp: LldpService = Lldp(sysfs_root)

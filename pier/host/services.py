@@ -742,4 +742,36 @@ class ImageSharingService(Protocol):
                  progress: Progress, cancelled: threading.Event) -> int:
         """GET methodArgs.url into the volume's file; the bytes written. The volume is ILLEGAL from
         the first byte written until all is there and checked, and stays so when it fails."""
+
+
+class MigrationService(Protocol):
+    """Live migrations: from this host (the source side) and to it (the destination side)."""
+
+    def counts(self) -> tuple[int, int]:
+        """(incoming, outgoing) migrations now."""
+        ...
+
+    def status(self, vm_id: str) -> dict[str, Any]:
+        """VDSM's MigrationStats of the VM's last migration from this host."""
+        ...
+
+    def check_outgoing(self, vm_id: str, dst: str) -> None:
+        """Refuse what cannot start (an unknown or stopped VM, one migrating, a dst not HOST:PORT)."""
+        ...
+
+    def migrate(self, vm_id: str, definition: dict[str, Any], params: dict[str, Any],
+                progress: Callable[[int, str], None], cancelled: threading.Event) -> dict[str, Any]:
+        """Migrate the VM live to params["dst"] (VDSM's MigrateParams); returns when it has ended."""
+        ...
+
+    def cancel(self, vm_id: str) -> None:
+        """Abort the VM's outgoing migration (it stays here, running), or forget an incoming one."""
+        ...
+
+    def change_params(self, vm_id: str, params: dict[str, Any]) -> None:
+        """Change a running migration: maxBandwidth (MiB/s), downtime (ms), postcopy (switch to it)."""
+        ...
+
+    def expect_incoming(self, vm_id: str, definition: dict[str, Any], incoming_limit: int) -> dict[str, Any]:
+        """Check that this host can take the VM and note that it comes (VM.migrationCreate)."""
         ...

@@ -158,6 +158,29 @@ class MomError(PierError):
     code, name, message, http_status = 54, "momErr", "Failed to set mom policy", 501
 
 
+# -- migration ----------------------------------------------------------------------------------
+
+
+class NoConPeer(PierError):
+    code, name, message, http_status = 10, "noConPeer", "Could not connect to peer VDS", 502
+
+
+class MigrateError(PierError):
+    code, name, message, http_status = 12, "migrateErr", "Fatal error during migration", 409
+
+
+class MigrationInProgress(PierError):
+    code, name, message, http_status = 51, "migInProgress", "Command not supported during migration", 409
+
+
+class MigrationNotInProgress(PierError):
+    code, name, message, http_status = 81, "migNotInProgress", "Migration not in progress", 409
+
+
+class MigrateLimit(PierError):
+    code, name, message, http_status = 82, "migrateLimit", "Incoming migration limit exceeded", 409
+
+
 class KsmError(PierError):
     code, name, message, http_status = 71, "ksmErr", "Failed to update KSM values", 409
 

@@ -39,6 +39,7 @@ LOCATIONS = {"POST /api/v1/vms": f"/api/v1/vms/{VM_ID}",
              "POST /api/v1/storage-domains": f"/api/v1/tasks/{TASK_ID}",
              "DELETE /api/v1/storage-domains/{storagedomainID}": f"/api/v1/tasks/{TASK_ID}"}
 # The task verbs of pier/rpc/schema/volume.yml.
+LOCATIONS["POST /api/v1/vms/{vmID}/migrate"] = f"/api/v1/tasks/{TASK_ID}"
 LOCATIONS["POST /api/v1/storage-domains/{storagedomainID}/images/{imageID}/volumes"] = f"/api/v1/tasks/{TASK_ID}"
 LOCATIONS["POST /api/v1/storage-domains/{storagedomainID}/images/{imageID}/volumes/{volumeID}/copy"] = f"/api/v1/tasks/{TASK_ID}"
 LOCATIONS["DELETE /api/v1/storage-domains/{storagedomainID}/images/{imageID}/volumes/{volumeID}"] = f"/api/v1/tasks/{TASK_ID}"
@@ -354,6 +355,13 @@ TRANSFER_ROUTES = {
     ("PUT", "/api/v1/storage-domains/<storagedomainID>/images/<imageID>/volumes/<volumeID>/data", "Volume.writeData"),
 }
 ROUTE_TABLE |= TRANSFER_ROUTES
+MIGRATION_ROUTES = {
+    ("POST", "/api/v1/vms/<vmID>/migrate", "VM.migrate"),
+    ("POST", "/api/v1/vms/<vmID>/migrate/cancel", "VM.migrateCancel"),
+    ("GET", "/api/v1/vms/<vmID>/migration", "VM.getMigrationStatus"),
+    ("POST", "/api/v1/vms/<vmID>/migration/params", "VM.migrateChangeParams"),
+}
+ROUTE_TABLE |= MIGRATION_ROUTES
 
 
 def test_route_table_is_the_schema(app: bottle.Bottle) -> None:
