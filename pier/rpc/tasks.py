@@ -33,7 +33,7 @@ log = logging.getLogger("pier.tasks")
 
 ENDED = ("succeeded", "failed", "cancelled")
 _JOB_TYPES = {"SDM": "storage", "Volume": "storage", "Image": "storage", "StoragePool": "storage",
-              "StorageDomain": "storage"}
+              "StorageDomain": "storage", "VM": "virt"}
 """VDSM's HostJobType of a verb's namespace (others: the namespace in lower case)."""
 _COLUMNS = "id, verb, target, params, state, progress, message, result, error, created, started, ended, step"
 
