@@ -23,6 +23,7 @@ from typing import Any
 import libvirt
 import pytest
 
+from pier import cli
 from tests.integration.clients import HttpRpcClient, JsonRpcError
 from tests.integration.conftest import Pierd
 from tests.integration.guest import DISK_DIR, Guest, new_guest, remove_vm, skip_reason, start_default_network
@@ -251,3 +252,34 @@ def test_a_merge_interrupted_by_a_restart_is_followed_to_its_end(lab: Lab) -> No
     assert lab.guest.shell.run("echo 3 > /proc/sys/vm/drop_caches; "
                                "dd if=/dev/vda bs=1M skip=16 count=6 2>/dev/null | md5sum").split()[0] == written
     lab.chain_a[:] = [base, leaf]
+
+
+def test_pier_vm_snapshot_then_a_disk_grows_live(lab: Lab, capsys: pytest.CaptureFixture[str]) -> None:
+    daemon = lab.site.daemon
+    old_leaf = lab.chain_b[-1]
+    assert cli.main(["vm", "snapshot", lab.vm_id, "--url", daemon.http, "--token", daemon.token, "--disk", "vdb",
+                     "--pool", lab.site.pool]) == 0
+    out = capsys.readouterr().out
+    assert f"vdb: {old_leaf} -> " in out, out
+    new_leaf = out.split(f"vdb: {old_leaf} -> ")[1].split()[0]
+    assert lab.leaves()["vdb"] == str(lab.path(lab.img_b, new_leaf))
+    assert lab.info(lab.img_b, new_leaf)["parent"] == old_leaf
+    lab.chain_b.append(new_leaf)
+
+    size = lab.site.rpc.call("VM.diskSizeExtend", vmID=lab.vm_id, driveSpecs=lab.drive(lab.img_b, new_leaf),
+                             newSize=str(32 * MiB))
+    assert size == str(32 * MiB)
+    assert lab.info(lab.img_b, new_leaf)["capacity"] == str(32 * MiB)
+    seen = "for i in $(seq 50); do [ $(cat /sys/block/vdb/size) = 65536 ] && break; sleep 0.2; done; " \
+           "cat /sys/block/vdb/size"
+    assert lab.guest.shell.run(seen).strip() == str(32 * MiB // 512)  # the guest sees the bigger disk
+    with pytest.raises(JsonRpcError) as caught:  # disks only grow
+        lab.site.rpc.call("VM.diskSizeExtend", vmID=lab.vm_id, driveSpecs=lab.drive(lab.img_b, new_leaf),
+                          newSize=str(16 * MiB))
+    assert caught.value.code == 58, caught.value
+    refreshed = lab.site.rpc.call("VM.refresh_disk", vmID=lab.vm_id, drive=lab.drive(lab.img_b, new_leaf))
+    assert set(refreshed) == {"apparentsize", "truesize"}
+
+    disk = lab.drive(lab.img_a, lab.chain_a[-1])
+    assert lab.site.rpc.call("VM.getDiskAlignment", vmID=lab.vm_id, disk=disk) == {
+        str(lab.path(lab.img_a, lab.chain_a[-1])): True}  # no partition table: nothing misaligned
