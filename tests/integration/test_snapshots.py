@@ -170,8 +170,9 @@ def test_snapshot_write_and_merge_back_live(lab: Lab) -> None:
     assert qemu_chain(lab.path(lab.img_b, snap_b)) == lab.chain_b
     assert [lab.info(lab.img_a, v)["voltype"] for v in lab.chain_a] == ["INTERNAL", "INTERNAL", "LEAF"]
     devices = lab.site.rpc.call("VM.getDevices", vmID=lab.vm_id)
-    paths = {d.get("name"): d.get("path") for d in devices if d.get("deviceType") == "disk"}
-    assert paths["vda"] == str(lab.path(lab.img_a, snap_a))
+    vda = next(d for d in devices if d.get("name") == "vda")
+    assert vda["path"] == str(lab.path(lab.img_a, snap_a)) and vda["volumeID"] == snap_a
+    assert [entry["volumeID"] for entry in vda["volumeChain"]] == lab.chain_a  # base first, as VDSM lists it
 
     guest_write(lab, SECOND_SECTOR, SECOND)
     assert layer_holds(lab.path(lab.img_a, snap_a), SECOND_SECTOR, SECOND)

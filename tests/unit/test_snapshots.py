@@ -196,3 +196,15 @@ def test_vm_stats_carry_the_vms_block_jobs(world: Any) -> None:
     wrapped = VmsWithJobs(vms, as_snapshot_service(snapshots))
     assert wrapped.stats(VM)["vmJobs"] == {"job": {"id": "job"}}
     assert wrapped.status(VM) == "Up"
+
+
+def test_a_disk_on_volumes_reports_its_volume_chain_base_first() -> None:
+    from pier.host.devices import Disk
+
+    leaf, base = (f"/dc/{SD}/images/{IMG}/{vol}" for vol in (TOP, BASE))
+    element = ET.fromstring(f"""<disk type='file' device='disk'><source file='{leaf}'/><target dev='vda'/>
+      <backingStore type='file'><source file='{base}'/><backingStore/></backingStore></disk>""")
+    vdsm = Disk(element).to_vdsm()
+    assert (vdsm["domainID"], vdsm["imageID"], vdsm["volumeID"]) == (SD, IMG, TOP)
+    assert [entry["volumeID"] for entry in vdsm["volumeChain"]] == [BASE, TOP]
+    assert "volumeChain" not in Disk(ET.fromstring("<disk><source file='/images/a.img'/></disk>")).to_vdsm()
