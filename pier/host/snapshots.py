@@ -149,7 +149,8 @@ class VmSnapshots:
 
     def snapshot(self, vm_id: str, targets: list[SnapshotTarget], quiesce: bool) -> dict[str, Any]:
         """Move each target's drive onto its new file in one transaction; `quiesce`: through the
-        guest agent when one answers. Returns {"quiesce": whether the guest was quiesced}."""
+        guest agent when one answers. Returns {"quiesce": whether the guest was quiesced,
+        "heldSeconds": how long libvirt's snapshot calls took, the most the guest was frozen or held}."""
         dom = Domain.lookup(self._connection, vm_id)
         chains = self.chains(vm_id)
         leaves = {chain[0] for chain in chains.values() if chain}
@@ -159,6 +160,7 @@ class VmSnapshots:
                                     data={"vmId": vm_id, "path": target.base_path})
         xml = snapshot_xml(chains, targets)
         quiesced = False
+        started = time.monotonic()  # the guest can be frozen (quiesce) or held only inside these calls
         if quiesce:
             try:
                 dom.virdomain.snapshotCreateXML(xml, _SNAPSHOT_FLAGS | libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_QUIESCE)
@@ -170,8 +172,9 @@ class VmSnapshots:
         if not quiesced:
             with dom.errors("take a snapshot of", SnapshotError):
                 dom.virdomain.snapshotCreateXML(xml, _SNAPSHOT_FLAGS)
+        held = time.monotonic() - started
         self._changed(dom)
-        return {"quiesce": quiesced}
+        return {"quiesce": quiesced, "heldSeconds": round(held, 6)}
 
     # -- merge --------------------------------------------------------------------------------------
 
