@@ -154,7 +154,9 @@ class VmSnapshotsApi:
         leaf_path, base_path, top_path = self._merge_paths(vmID, drive, baseVolUUID, topVolUUID)
         ctx.task.step("committing", 1, f"committing {topVolUUID} into {baseVolUUID}")
         merged = self._service().commit(vmID, ctx.task.id, str(drive["imageID"]), base_path, top_path, bandwidth,
-                                        ctx.task.progress, ctx.task.cancelled)
+                                        ctx.task.progress, ctx.task.cancelled, lambda: ctx.task.agent_stopping)
+        if merged is None:
+            raise TaskCancelled("pierd stops: libvirt goes on with the block commit; the next start follows it")
         if not merged:
             raise TaskCancelled("the merge was cancelled; the block commit was aborted, the chain is as it was")
         chain = self._after_merge(vmID, drive, baseVolUUID, topVolUUID, leaf_path == top_path)

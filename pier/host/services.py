@@ -620,8 +620,10 @@ class SnapshotService(Protocol):
         ...
 
     def commit(self, vm_id: str, job_id: str, image: str, base_path: str, top_path: str, bandwidth: int,
-               progress: Callable[[int, str], None], cancelled: threading.Event) -> bool:
-        """Commit top into base and follow the job to its end; False when cancelled (nothing merged)."""
+               progress: Callable[[int, str], None], cancelled: threading.Event,
+               leave: Callable[[], bool] = ...) -> bool | None:
+        """Commit top into base and follow the job to its end; False when cancelled (nothing merged),
+        None when cancelled while `leave()` (the agent stops: libvirt goes on, the next start follows)."""
         ...
 
     def where(self, vm_id: str, top_path: str, base_path: str) -> Any:

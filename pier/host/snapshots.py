@@ -186,10 +186,12 @@ class VmSnapshots:
         raise ImageError(f"VM {vm_id} has no disk whose chain holds {path}", data={"vmId": vm_id, "path": path})
 
     def commit(self, vm_id: str, job_id: str, image: str, base_path: str, top_path: str, bandwidth: int,
-               progress: Callable[[int, str], None], cancelled: threading.Event) -> bool:
+               progress: Callable[[int, str], None], cancelled: threading.Event,
+               leave: Callable[[], bool] = lambda: False) -> bool | None:
         """Commit top into base on the VM's disk holding them and follow the job to its end (active
         commit pivots onto base). True when merged, False when cancelled (the job aborted, the
-        chain as it was)."""
+        chain as it was), None when cancelled while `leave()` says to leave the job to libvirt
+        (the agent stops; the next start follows it)."""
         drive, chain = self.drive_of(vm_id, top_path)
         if base_path not in chain or chain.index(base_path) <= chain.index(top_path):
             raise MergeError(f"volume {base_path} is not below {top_path} in drive {drive}'s chain",
@@ -203,7 +205,7 @@ class VmSnapshots:
         try:
             with dom.errors(f"commit {top_path} into {base_path} on", MergeError):
                 dom.virdomain.blockCommit(drive, base_path, top_path, bandwidth, flags)
-            return self._follow(dom, job, progress, cancelled)
+            return self._follow(dom, job, progress, cancelled, leave)
         finally:
             self._forget(job)
 
@@ -232,7 +234,7 @@ class VmSnapshots:
             self._jobs.setdefault(vm_id, {})[job_id] = job
 
         def run() -> None:
-            merged = False
+            merged: bool | None = False
             try:
                 merged = self._follow(dom, job, lambda percent, message: None, self._stopping)
             except PierError as exc:
@@ -254,7 +256,7 @@ class VmSnapshots:
         self._followers.clear()
 
     def _follow(self, dom: Domain, job: BlockJob, progress: Callable[[int, str], None],
-                cancelled: threading.Event) -> bool:
+                cancelled: threading.Event, leave: Callable[[], bool] = lambda: True) -> bool | None:
         pivoting = False
         while True:
             with dom.errors("read the block jobs of", MergeError):
@@ -263,13 +265,13 @@ class VmSnapshots:
                 break
             job.cur, job.end = int(info.get("cur", 0)), int(info.get("end", 0))
             progress(job.cur * 99 // job.end if job.end else 0, f"committing {job.top} into {job.base}")
-            if cancelled.is_set() and cancelled is not self._stopping:
+            if cancelled.is_set() and (cancelled is self._stopping or leave()):
+                return None  # the agent stops: libvirt keeps the job, the next start follows it
+            if cancelled.is_set():
                 with dom.errors("abort the block commit on", MergeError):
                     dom.virdomain.blockJobAbort(job.drive, 0)
                 self._wait_gone(dom, job.drive)
                 return False
-            if cancelled.is_set():
-                return False  # the agent stops: libvirt keeps the job, the next start follows it
             if job.active and job.end and job.cur == job.end and not pivoting:
                 try:
                     dom.virdomain.blockJobAbort(job.drive, libvirt.VIR_DOMAIN_BLOCK_JOB_ABORT_PIVOT)

@@ -111,6 +111,12 @@ class TaskHandle:
         after a restart the verb's reconciler knows what may have been done."""
         self._manager._update(self._task, step=name, progress=max(0, min(100, int(percent))), message=message)
 
+    @property
+    def agent_stopping(self) -> bool:
+        """Whether `cancelled` is set because the agent stops (the task is then reconciled at the
+        next start) rather than by Task.stop: work that goes on without the agent may be left to."""
+        return self._manager._stopping
+
     def check_cancelled(self) -> None:
         """Raise TaskCancelled if someone asked to stop this task."""
         if self._task.cancel.is_set():

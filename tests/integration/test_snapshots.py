@@ -284,3 +284,22 @@ def test_pier_vm_snapshot_then_a_disk_grows_live(lab: Lab, capsys: pytest.Captur
     disk = lab.drive(lab.img_a, lab.chain_a[-1])
     assert lab.site.rpc.call("VM.getDiskAlignment", vmID=lab.vm_id, disk=disk) == {
         str(lab.path(lab.img_a, lab.chain_a[-1])): True}  # no partition table: nothing misaligned
+
+
+def test_a_cancelled_merge_leaves_the_chain_as_it_was(lab: Lab) -> None:
+    base, leaf = lab.chain_a
+    lab.guest.shell.run("dd if=/dev/urandom of=/dev/vda bs=1M seek=32 count=6 conv=fsync 2>/dev/null; sync", 120)
+    task = lab.site.rpc.call("VM.merge", vmID=lab.vm_id, drive=lab.drive(lab.img_a, leaf), baseVolUUID=base,
+                             topVolUUID=leaf, bandwidth=1)  # active, slow: it cannot be done before the stop
+    deadline = time.monotonic() + 30
+    while not lab.site.rpc.call("VM.getStats", vmID=lab.vm_id)[0].get("vmJobs"):
+        assert time.monotonic() < deadline, "the merge never showed in the VM's vmJobs"
+        time.sleep(0.1)
+    lab.site.rpc.call("Task.stop", taskID=task["taskID"])
+    ended = lab.site.wait(task)
+    assert ended["state"] == "cancelled", ended
+    assert lab.leaves()["vda"] == str(lab.path(lab.img_a, leaf))
+    assert qemu_chain(lab.path(lab.img_a, leaf)) == [base, leaf]
+    assert [lab.info(lab.img_a, v)["voltype"] for v in (base, leaf)] == ["INTERNAL", "LEAF"]
+    assert lab.info(lab.img_a, leaf)["legality"] == "LEGAL"
+    assert lab.site.rpc.call("VM.getStats", vmID=lab.vm_id)[0].get("vmJobs", {}) == {}

@@ -93,7 +93,8 @@ class FakeSnapshots:
         return {"quiesce": quiesce}
 
     def commit(self, vm_id: str, job_id: str, image: str, base_path: str, top_path: str, bandwidth: int,
-               progress: Callable[[int, str], None], cancelled: threading.Event) -> bool:
+               progress: Callable[[int, str], None], cancelled: threading.Event,
+               leave: Callable[[], bool] = lambda: False) -> bool | None:
         self.commits.append((base_path, top_path))
         return True
 
