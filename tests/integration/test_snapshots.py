@@ -163,6 +163,7 @@ def test_snapshot_write_and_merge_back_live(lab: Lab) -> None:
 
     done = snapshot(lab, (lab.img_a, lab.chain_a[-1], snap_a), (lab.img_b, lab.chain_b[-1], snap_b))
     assert done["state"] == "succeeded", done
+    assert done["result"]["quiesce"] is True  # the tiny guest's agent answers
     lab.chain_a.append(snap_a)
     lab.chain_b.append(snap_b)
     assert lab.leaves() == {"vda": str(lab.path(lab.img_a, snap_a)), "vdb": str(lab.path(lab.img_b, snap_b))}
