@@ -128,7 +128,8 @@ class Daemon:
                             vm_devices=self.node.vm_devices, storage=self.node.storage,
                             volumes=self.node.volumes, block_devices=self.node.block_devices,
                             jobs=StorageJobs(Path(settings.data_center)), nbd=self.nbd, transfers=self.transfers,
-                            sharing=ImageSharing(self.node.volumes), migrations=self.node.migrations)
+                            sharing=ImageSharing(self.node.volumes), migrations=self.node.migrations,
+                            snapshots=self.node.snapshots)
         self.registry = Registry(schema, handlers(services, schema.verbs),
                                  self.tasks, audit=self.audit, limiter=limiter, credentials=self.credentials)
         self.tasks.start(self.registry.reconcilers)

@@ -972,6 +972,9 @@ class FakeVolumes:
     def finalize_merge(self, sd: str, img: str, base: str, top: str) -> None:
         self._vol(sd, img, top)["legality"] = "ILLEGAL"
 
+    def record_capacity(self, sd: str, img: str, vol: str, size: int) -> None:
+        self._vol(sd, img, vol)["capacity"] = str(size)
+
     def update_vms(self, sp: str, vms: list[dict[str, Any]], sd: str | None = None) -> None:
         self.check_pool(sp)
         for vm in vms:

@@ -46,10 +46,12 @@ from pier.host.services import (
     MigrationService,
     NetworkService,
     SecretService,
+    SnapshotService,
     StorageService,
     VmDeviceService,
     VmService,
 )
+from pier.host.snapshots import VmSnapshots
 from pier.host.stats import StatsSampler
 from pier.host.storage.host import HostWithStorage
 from pier.host.storage.images import PoolImages
@@ -120,6 +122,8 @@ class Node:
         self._vm_control = VmControl(self._connection, self._cache, self._vms, self._dispatcher.put,
                                      hotunplug_timeout)
         self.vm_devices: VmDeviceService = self._vm_control
+        self._snapshots = VmSnapshots(self._connection, self._vm_control.changed)
+        self.snapshots: SnapshotService = self._snapshots
         self._running = False
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -144,6 +148,7 @@ class Node:
         if not self._running:
             return
         self._running = False
+        self._snapshots.stop()
         self._storage.stop()
         self._network.stop()
         self._sampler.stop()

@@ -588,6 +588,10 @@ class VolumeService(Protocol):
     def finalize_merge(self, sd: str, img: str, base: str, top: str) -> None:
         ...
 
+    def record_capacity(self, sd: str, img: str, vol: str, size: int) -> None:
+        """Write a volume's capacity (CAP) into its metadata only: QEMU grew the image itself."""
+        ...
+
     def update_vms(self, sp: str, vms: list[dict[str, Any]], sd: str | None = None) -> None:
         ...
 
@@ -598,6 +602,45 @@ class VolumeService(Protocol):
         ...
 
     def backed_up_vms_info(self, sp: str, sd: str, vms: list[str]) -> dict[str, str]:
+        ...
+
+
+class SnapshotService(Protocol):
+    """Live snapshots, block commits and size changes of a running VM's disks
+    (pier.host.snapshots). Disks are named by the paths of their volumes; errors are snapshotErr,
+    mergeErr, resizeErr, or imageErr for a path no disk of the VM holds."""
+
+    def chains(self, vm_id: str) -> dict[str, list[str]]:
+        """Each disk of the running VM by target name, with its chain of paths (leaf first)."""
+        ...
+
+    def snapshot(self, vm_id: str, targets: list[Any], quiesce: bool) -> dict[str, Any]:
+        """Move each target's (pier.host.snapshots.SnapshotTarget) drive onto its new file, all or none;
+        {"quiesce": whether the guest agent quiesced the guest}."""
+        ...
+
+    def commit(self, vm_id: str, job_id: str, image: str, base_path: str, top_path: str, bandwidth: int,
+               progress: Callable[[int, str], None], cancelled: threading.Event,
+               leave: Callable[[], bool] = ...) -> bool | None:
+        """Commit top into base and follow the job to its end; False when cancelled (nothing merged),
+        None when cancelled while `leave()` (the agent stops: libvirt goes on, the next start follows)."""
+        ...
+
+    def where(self, vm_id: str, top_path: str, base_path: str) -> Any:
+        """How far a merge got (pier.host.snapshots.MergeState), from libvirt's state."""
+        ...
+
+    def follow(self, vm_id: str, job_id: str, image: str, base_path: str, top_path: str,
+               done: Callable[[bool], None]) -> None:
+        """Follow a commit libvirt still runs (after a restart); then done(merged)."""
+        ...
+
+    def vm_jobs(self, vm_id: str) -> dict[str, dict[str, Any]]:
+        """VDSM's vmJobs: the block jobs Pier runs or follows on the VM."""
+        ...
+
+    def resize(self, vm_id: str, path: str, size: int) -> None:
+        """Tell QEMU the disk whose leaf is `path` has `size` bytes now."""
         ...
 
 

@@ -197,6 +197,18 @@ class SecretUnregisterError(PierError):
     code, name, message, http_status = 74, "secretUnregisterErr", "Error unregistering Libvirt secret", 409
 
 
+class SnapshotError(PierError):
+    code, name, message, http_status = 48, "snapshotErr", "Snapshot failed", 409
+
+
+class MergeError(PierError):
+    code, name, message, http_status = 52, "mergeErr", "Merge failed", 409
+
+
+class ResizeError(PierError):
+    code, name, message, http_status = 58, "resizeErr", "Wrong resize disk parameter", 422
+
+
 class FreezeError(PierError):
     code, name, message, http_status = 76, "freezeErr", "Unable to freeze guest filesystems", 409
 
