@@ -428,7 +428,7 @@ def cmd_task(client: PierClient, args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from pier import cli_security, cli_transfer, cli_volume
+    from pier import cli_security, cli_transfer, cli_vm_snapshot, cli_volume
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--url", default=argparse.SUPPRESS, help=f"pierd's address (default {cli_security.URL_HELP})")
@@ -491,6 +491,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_console.add_commands(sub, common)
     cli_volume.add_commands(sub, common)
     cli_transfer.add_commands(sub, common)
+    cli_vm_snapshot.add_commands(sub, common)
     from pier import cli_backup
 
     cli_backup.add_commands(sub, common)

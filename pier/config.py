@@ -66,6 +66,10 @@ class Settings:
     storage_monitor_interval: float = 10.0  # seconds between two checks of each watched storage domain
     imageio_remote: str = "[::]:54322"  # where ovirt-imageio serves image tickets over HTTPS (VDSM's port)
     max_ticket_timeout: int = 7 * 86400  # the longest timeout an image ticket may ask for, in seconds
+    migration_cert: str = ""  # client certificate shown to a migration's destination pierd (default: STATE_DIR/tls)
+    migration_key: str = ""
+    migration_ca: str = ""  # CA that signs other pierds' server certificates (default: STATE_DIR/tls/ca.pem)
+    migration_libvirt_uri: str = "qemu+tls://{host}/system"  # how this libvirtd reaches a destination's
 
     def __post_init__(self) -> None:
         if not self.state_dir:
@@ -140,6 +144,14 @@ def argument_parser() -> argparse.ArgumentParser:
     security.add_argument("--rate-limit", type=float, metavar="CALLS",
                           help="calls a second per caller, beyond which calls are refused (default 0: no limit; "
                           "root on the local socket is never limited)")
+    migration = parser.add_argument_group("migration", "how this pierd reaches a migration's destination")
+    migration.add_argument("--migration-cert", metavar="FILE", help="client certificate shown to the destination's "
+                           "pierd (default: STATE_DIR/tls/client.pem when it exists)")
+    migration.add_argument("--migration-key", metavar="FILE", help="its key")
+    migration.add_argument("--migration-ca", metavar="FILE", help="CA that signs the destination pierd's certificate "
+                           "(default: STATE_DIR/tls/ca.pem when it exists)")
+    migration.add_argument("--migration-libvirt-uri", metavar="URI", help="how this host's libvirtd reaches the "
+                           "destination's, {host} being its address (default qemu+tls://{host}/system)")
     parser.add_argument("--vdsm-stomp", metavar="HOST[:PORT]",
                         help="also serve VDSM's own STOMP dialect here, for unchanged VDSM clients "
                         f"(off by default; the port defaults to VDSM's, {VDSM_PORT})")

@@ -26,9 +26,11 @@ from pier.config import Settings, load_settings, parse_address
 from pier.facade.app import make_app
 from pier.host.backup import backup_run_dir
 from pier.host.node import Node
+from pier.host.peer import PeerCredentials
 from pier.host.storage.imageio import Imageio, ImageioTls
 from pier.host.storage.jobs import StorageJobs
 from pier.host.storage.nbd import NbdServers, nbd_run_dir
+from pier.host.storage.sharing import ImageSharing
 from pier.host.storage.transfer import ImageTransfers
 from pier.host.storage.volumes import Volumes
 from pier.host.testdriver import make_test_uri, unusable_reason
@@ -112,7 +114,8 @@ class Daemon:
                          manage_network=settings.manage_network, hotunplug_timeout=settings.hotunplug_timeout,
                          data_center=settings.data_center,
                          storage_monitor_interval=settings.storage_monitor_interval,
-                         backup_dir=backup_run_dir(settings.state_dir))
+                         peer_credentials=peer_credentials(settings),
+                         migration_uri=settings.migration_libvirt_uri, backup_dir=backup_run_dir(settings.state_dir))
         self.node.start()
         self.tasks = TaskManager(db, self.events.publish, workers=settings.task_workers)
         self.nbd = NbdServers(nbd_run_dir(settings.state_dir), Path(settings.data_center))
@@ -126,7 +129,8 @@ class Daemon:
                             vm_devices=self.node.vm_devices, storage=self.node.storage,
                             volumes=self.node.volumes, block_devices=self.node.block_devices,
                             jobs=StorageJobs(Path(settings.data_center)), nbd=self.nbd, transfers=self.transfers,
-                            backups=self.node.backups)
+                            sharing=ImageSharing(self.node.volumes), migrations=self.node.migrations,
+                            snapshots=self.node.snapshots, backups=self.node.backups)
         self.registry = Registry(schema, handlers(services, schema.verbs),
                                  self.tasks, audit=self.audit, limiter=limiter, credentials=self.credentials)
         self.tasks.start(self.registry.reconcilers)
@@ -281,6 +285,16 @@ class Daemon:
             "lastEventSeq": self.events.last_seq if self.events else 0,
             "imageio": self.transfers.serving() if self.transfers else {},
         }
+
+
+def peer_credentials(settings: Settings) -> PeerCredentials:
+    """The client certificate this pierd shows other pierds, and the CA it checks theirs with: as
+    configured, else those `pier init-tls` made in the state directory, if any."""
+    made = Path(settings.state_dir) / "tls"
+    cert = settings.migration_cert or (str(made / "client.pem") if (made / "client.pem").exists() else "")
+    key = settings.migration_key or (str(made / "client-key.pem") if cert and not settings.migration_cert else "")
+    ca = settings.migration_ca or (str(made / "ca.pem") if (made / "ca.pem").exists() else "")
+    return PeerCredentials(cert, key, ca)
 
 
 def stomp_options(settings: Settings, host_id: str) -> StompOptions:

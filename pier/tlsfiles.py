@@ -94,9 +94,9 @@ def _issue(subject: x509.Name, key: ec.EllipticCurvePrivateKey, issuer: x509.Nam
     return builder.sign(issuer_key, hashes.SHA256())
 
 
-def _server_names(hostname: str) -> list[x509.GeneralName]:
+def _server_names(hostname: str, addresses: tuple[str, ...] = ()) -> list[x509.GeneralName]:
     names: list[x509.GeneralName] = [x509.DNSName(n) for n in sorted({hostname, socket.gethostname(), "localhost"})]
-    return names + [x509.IPAddress(ipaddress.ip_address(a)) for a in ("127.0.0.1", "::1")]
+    return names + [x509.IPAddress(ipaddress.ip_address(a)) for a in dict.fromkeys(("127.0.0.1", "::1", *addresses))]
 
 
 def init_tls(directory: Path, hostname: str | None = None, *, days: int = 825, force: bool = False) -> TlsFiles:
@@ -131,10 +131,11 @@ def renew_server(directory: Path, hostname: str | None = None, *, days: int = 82
 
 
 def issue_server(ca_directory: Path, cert: Path, key: Path, hostname: str | None = None, *,
-                 days: int = 825) -> None:
+                 days: int = 825, addresses: tuple[str, ...] = ()) -> None:
     """A server certificate for `hostname` (and localhost) signed by the CA in `ca_directory`,
     written to `cert` with its key at `key` (0600): for pierd itself, or another server of this
-    host that clients trust by the same CA (ovirt-imageio)."""
+    host that clients trust by the same CA (ovirt-imageio); `addresses` are IP addresses it
+    answers on besides loopback (another host's, which a peer reaches it by)."""
     files = TlsFiles(Path(ca_directory))
     ca_key_file = files.directory / "ca-key.pem"
     ca_key = serialization.load_pem_private_key(ca_key_file.read_bytes(), password=None)
@@ -144,8 +145,8 @@ def issue_server(ca_directory: Path, cert: Path, key: Path, hostname: str | None
     ca_cert = x509.load_pem_x509_certificate(files.ca.read_bytes())
     hostname = hostname or socket.getfqdn()
     server_key = ec.generate_private_key(ec.SECP256R1())
-    server_cert = _issue(_name(hostname), server_key, ca_cert.subject, ca_key, days, sans=_server_names(hostname),
-                         usage=ExtendedKeyUsageOID.SERVER_AUTH)
+    server_cert = _issue(_name(hostname), server_key, ca_cert.subject, ca_key, days,
+                         sans=_server_names(hostname, addresses), usage=ExtendedKeyUsageOID.SERVER_AUTH)
     _write_key(Path(key), server_key)
     _write_cert(Path(cert), server_cert)
 

@@ -21,6 +21,7 @@ from pier.host.services import (
     GuestService,
     HostDeviceService,
     HostService,
+    ImageSharingService,
     KsmService,
     LldpService,
     NetworkService,
@@ -32,6 +33,7 @@ from pier.host.services import (
     VolumeService,
 )
 from pier.host.storage.service import Storage
+from pier.host.storage.sharing import remote
 from pier.rpc.channels import ENDED, TAKEN_OVER, Channel, ChannelEnd
 from pier.rpc.dataplane import HttpEndpoint
 from pier.rpc.errors import (
@@ -48,6 +50,7 @@ from pier.rpc.errors import (
     HotunplugNic,
     ImageDoesNotExistInSD,
     ImageError,
+    ImageSharingRefused,
     InvalidParameterException,
     InvalidParams,
     KsmError,
@@ -974,6 +977,9 @@ class FakeVolumes:
     def finalize_merge(self, sd: str, img: str, base: str, top: str) -> None:
         self._vol(sd, img, top)["legality"] = "ILLEGAL"
 
+    def record_capacity(self, sd: str, img: str, vol: str, size: int) -> None:
+        self._vol(sd, img, vol)["capacity"] = str(size)
+
     def update_vms(self, sp: str, vms: list[dict[str, Any]], sd: str | None = None) -> None:
         self.check_pool(sp)
         for vm in vms:
@@ -1085,6 +1091,41 @@ class FakeTransfers:
 def as_transfer_service(transfers: FakeTransfers) -> TransferService:
     """The fake, typed as the Protocol it implements (mypy checks it)."""
     return transfers
+
+
+class FakeImageSharing:
+    """A `pier.host.services.ImageSharingService` over FakeVolumes: `moved` lists each transfer as
+    (upload|download, sd, img, vol, url); methodArgs are checked as the real one checks them."""
+
+    def __init__(self, volumes: FakeVolumes) -> None:
+        self.volumes = volumes
+        self.moved: list[tuple[str, str, str, str, str]] = []
+
+    def check(self, sp: str, sd: str, img: str, vol: str | None, method_args: dict[str, Any]) -> str:
+        self.volumes.check_pool(sp)
+        self.volumes._image(sd, img)
+        if vol is None:
+            ours = [key[2] for key in self.volumes.volumes if key[:2] == (sd, img)]
+            vol = next(v for v in ours if not self.volumes.children_of(sd, img, v))
+        if self.volumes._vol(sd, img, vol)["parent"] != BLANK:
+            raise ImageSharingRefused(f"volume {vol} has a parent")
+        remote(method_args)
+        return vol
+
+    def upload(self, sd: str, img: str, vol: str | None, method_args: dict[str, Any], *,
+               progress: Callable[[int, str], None], cancelled: threading.Event) -> int:
+        self.moved.append(("upload", sd, img, str(vol), method_args["url"]))
+        return 0
+
+    def download(self, sd: str, img: str, vol: str | None, method_args: dict[str, Any], *,
+                 progress: Callable[[int, str], None], cancelled: threading.Event) -> int:
+        self.moved.append(("download", sd, img, str(vol), method_args["url"]))
+        return 0
+
+
+def as_sharing_service(sharing: FakeImageSharing) -> ImageSharingService:
+    """The fake, typed as the Protocol it implements (mypy checks it)."""
+    return sharing
 
 
 class FakeBackups:

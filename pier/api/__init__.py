@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from pier.api.blockdev import BlockDevicesApi
 from pier.api.drives import Drives
@@ -18,6 +18,7 @@ from pier.api.guest import GuestApi
 from pier.api.host import HostApi
 from pier.api.hostdev import HostDevApi
 from pier.api.hosttune import HostTuneApi
+from pier.api.image_sharing import ImageSharingApi
 from pier.api.lease import LeaseApi
 from pier.api.network import NetworkApi
 from pier.api.sdm import SdmApi
@@ -30,6 +31,8 @@ from pier.api.vm import VmApi
 from pier.api.vm_backup import VmBackupApi
 from pier.api.vm_console import VmConsoleApi
 from pier.api.vm_devices import VmDevicesApi
+from pier.api.vm_migration import VmMigrationApi
+from pier.api.vm_snapshots import VmSnapshotsApi, VmsWithJobs
 from pier.api.volume import VolumeApi
 from pier.host.services import (
     BackupService,
@@ -39,11 +42,14 @@ from pier.host.services import (
     GuestService,
     HostDeviceService,
     HostService,
+    ImageSharingService,
     KsmService,
     LldpService,
+    MigrationService,
     NbdService,
     NetworkService,
     SecretService,
+    SnapshotService,
     StorageJobService,
     StorageService,
     TransferService,
@@ -83,7 +89,10 @@ class Services:
     jobs: StorageJobService
     nbd: NbdService
     transfers: TransferService
+    sharing: ImageSharingService
     backups: BackupService
+    migrations: MigrationService | None = None  # None: VM.migrate and its siblings answer that they are not served
+    snapshots: SnapshotService | None = None
 
 
 def handlers(services: Services, served: Iterable[str]) -> list[object]:
@@ -92,10 +101,12 @@ def handlers(services: Services, served: Iterable[str]) -> list[object]:
     s = services
     drives = Drives(s.volumes)
     volume_api = VolumeApi(s.volumes, s.vms)
-    return [HostApi(s.host, s.vms, s.tasks, s.about, served), VmApi(s.vms, s.guest, drives), TaskApi(s.tasks),
+    vms = cast(VmService, VmsWithJobs(s.vms, s.snapshots))  # stats with each VM's block jobs (vmJobs)
+    return [HostApi(s.host, vms, s.tasks, s.about, served), VmApi(vms, s.guest, drives), TaskApi(s.tasks),
             EventsApi(s.events, s.credentials), SecurityApi(s.credentials, s.audit), NetworkApi(s.network, s.vms),
             HostTuneApi(s.ksm, s.lldp, s.domain_xmls), HostDevApi(s.hostdevs), SecretsApi(s.secrets),
             GuestApi(s.guest), VmConsoleApi(s.consoles), VmDevicesApi(s.vm_devices, drives),
             StorageApi(s.storage, s.volumes), volume_api,
             SdmApi(s.jobs, s.nbd, volume_api), BlockDevicesApi(s.block_devices, s.storage), LeaseApi(),
-            TransferApi(s.transfers), VmBackupApi(s.backups)]
+            TransferApi(s.transfers), ImageSharingApi(s.sharing, volume_api), VmMigrationApi(s.migrations, s.vms),
+            VmSnapshotsApi(s.snapshots, s.volumes, volume_api, drives), VmBackupApi(s.backups)]

@@ -80,6 +80,13 @@ class Drives:
                 self._prepared[vm_id] = kept
         self._teardown([p for p in held if p not in kept])
 
+    def moved(self, vm_id: str, old_path: str, sd: str, img: str, vol: str, new_path: str) -> None:
+        """The VM's disk that used `old_path` now uses volume `vol` at `new_path` (after a snapshot
+        or an active merge): the image stays prepared under its new leaf."""
+        with self._lock:
+            held = self._prepared.get(vm_id, [])
+            self._prepared[vm_id] = [_Prepared(sd, img, vol, new_path) if p.path == old_path else p for p in held]
+
     def _prepare(self, device: dict[str, Any], where: str) -> _Prepared:
         missing = [key for key in ("domainID", "imageID") if not device.get(key)]
         if missing:

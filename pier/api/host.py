@@ -39,7 +39,8 @@ def served_features(served: Iterable[str]) -> dict[str, Any]:
     verbs = set(served)
     levels = list(ENGINE_VERSIONS) if ENGINE_NEEDS <= verbs else []
     return {"supportedENGINEs": levels, "clusterLevels": list(levels),
-            "liveSnapshot": str("VM.snapshot" in verbs).lower(), "liveMerge": str("VM.merge" in verbs).lower()}
+            "liveSnapshot": str("VM.snapshot" in verbs).lower(), "liveMerge": str("VM.merge" in verbs).lower(),
+            "backupEnabled": "VM.start_backup" in verbs}
 
 
 class HostApi:

@@ -18,6 +18,9 @@ from pier.rpc.errors import InvalidParams, MissingParam
 
 _MAC_RE = re.compile(r"^([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}$")
 _TRUE = ("true", "1", "yes", "on")
+_UUID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+_VOLUME_PATH = re.compile(rf"/(?P<domainID>{_UUID})/images/(?P<imageID>{_UUID})/(?P<volumeID>{_UUID})$")
+"""A volume's file in a storage domain's layout: <sdUUID>/images/<imgUUID>/<volUUID>."""
 
 
 def as_bool(value: Any, where: str, default: bool = False) -> bool:
@@ -203,8 +206,32 @@ class Disk(Device):
         serial = self.element.findtext("serial")
         if serial:
             out["serial"] = serial
+        self._add_volume_chain(out)
         self._add_common(out)
         return out
+
+    def chain_paths(self) -> list[str]:
+        """The disk's files, leaf first, down its <backingStore>s (as libvirt reports them)."""
+        paths: list[str] = []
+        node: ET.Element | None = self.element
+        while node is not None:
+            source = node.find("source")
+            path = (source.get("file") or source.get("dev") or "") if source is not None else ""
+            if not path:
+                break
+            paths.append(path)
+            node = node.find("backingStore")
+        return paths
+
+    def _add_volume_chain(self, out: dict[str, Any]) -> None:
+        """VDSM's volume fields of a disk whose files are volumes of a storage domain: its leaf's
+        domainID/imageID/volumeID and its volumeChain, base first."""
+        found = [_VOLUME_PATH.search(path) for path in self.chain_paths()]
+        if not found or not all(found):
+            return
+        chain = [{**match.groupdict(), "path": match.string} for match in found if match]
+        out.update({key: chain[0][key] for key in ("domainID", "imageID", "volumeID")})
+        out["volumeChain"] = chain[::-1]
 
 
 class Interface(Device):

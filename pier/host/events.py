@@ -40,6 +40,7 @@ from pier.host.news import (
 from pier.host.vmstate import (
     DOWN,
     EXIT_ERROR,
+    MIGRATION_SOURCE,
     PAUSED,
     POWERING_DOWN,
     POWERING_UP,
@@ -247,7 +248,9 @@ class EventDispatcher:
         """A verb's announcement (e.g. Powering down); libvirt's own events may have overtaken
         it, so it only applies to a VM that still runs."""
         rec = self._cache.get(news.vm_id)
-        if rec is not None and rec.status in _UP_LIKE and news.vm_id not in self._pending:
+        if rec is None or news.vm_id in self._pending:
+            return
+        if rec.status in _UP_LIKE or (rec.status == MIGRATION_SOURCE and news.status == UP):  # a failed migration
             self._set(rec, news.status, {})
 
     def _connected(self, news: Connected) -> None:
@@ -342,6 +345,8 @@ class EventDispatcher:
             else:
                 self._set(rec, DOWN, details)
         elif event == libvirt.VIR_DOMAIN_EVENT_SUSPENDED:
+            if rec.status == MIGRATION_SOURCE and detail == libvirt.VIR_DOMAIN_EVENT_SUSPENDED_MIGRATED:
+                return  # the migration's last pass: still "Migration Source", as VDSM reports it
             self._set(rec, PAUSED, {"pauseCode": _SUSPEND_CODES.get(detail, "EOTHER")})
         elif event == libvirt.VIR_DOMAIN_EVENT_RESUMED:
             self._set(rec, UP, {})

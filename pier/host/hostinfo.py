@@ -8,6 +8,7 @@ it is there and is left out when it is not.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from pier.host.capabilities import HostFacts
@@ -23,10 +24,11 @@ log = logging.getLogger(__name__)
 class HostInfo:
     """Implements `pier.host.services.HostService` over libvirt, /proc and /sys."""
 
-    def __init__(self, connection: Connection, cache: VmCache) -> None:
+    def __init__(self, connection: Connection, cache: VmCache,
+                 migration_counts: Callable[[], tuple[int, int]] | None = None) -> None:
         self._connection = connection
         self._facts = HostFacts(connection.uri)
-        self._stats = HostStats(cache.counts, lambda: self._connection.connected)
+        self._stats = HostStats(cache.counts, lambda: self._connection.connected, migration_counts)
 
     def uuid(self) -> str:
         return self._facts.host_uuid()

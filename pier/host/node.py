@@ -30,8 +30,10 @@ from pier.host.hostdev import HostDevices
 from pier.host.hostinfo import HostInfo
 from pier.host.ksm import Ksm
 from pier.host.lldp import Lldp
+from pier.host.migration import DEFAULT_LIBVIRT_URI, Migrations
 from pier.host.network.host import HostWithNetwork
 from pier.host.network.service import Network
+from pier.host.peer import PeerCredentials
 from pier.host.secrets import Secrets
 from pier.host.services import (
     BackupService,
@@ -43,12 +45,15 @@ from pier.host.services import (
     HostService,
     KsmService,
     LldpService,
+    MigrationService,
     NetworkService,
     SecretService,
+    SnapshotService,
     StorageService,
     VmDeviceService,
     VmService,
 )
+from pier.host.snapshots import VmSnapshots
 from pier.host.stats import StatsSampler
 from pier.host.storage.host import HostWithStorage
 from pier.host.storage.images import PoolImages
@@ -69,7 +74,8 @@ class Node:
                  network_dir: str | Path | None = None, manage_network: bool = False,
                  sysfs_root: str | Path = "/sys", guest_options: dict[str, Any] | None = None,
                  hotunplug_timeout: float = 30.0, data_center: str | Path = "/rhev/data-center",
-                 storage_monitor_interval: float = 10.0, backup_dir: str | Path | None = None) -> None:
+                 storage_monitor_interval: float = 10.0, peer_credentials: PeerCredentials | None = None,
+                 migration_uri: str = DEFAULT_LIBVIRT_URI, backup_dir: str | Path | None = None) -> None:
         """`emit` publishes an event; `last_events(prefix)` gives the params of the newest
         event kept of each name with that prefix (the event log), to correct at start any VM
         status published before the agent last stopped; `network_dir` keeps the network
@@ -78,8 +84,10 @@ class Node:
         `guest_options` tune the guest agent poller (`pier.host.guest.GuestAgents`' keywords);
         `hotunplug_timeout` is how long a guest has to let go of an unplugged device;
         `data_center` is the storage root (VDSM's /rhev/data-center), whose domains the storage
-        monitor checks every `storage_monitor_interval` seconds; `backup_dir` holds the backups'
-        NBD sockets (pier.host.backup.backup_run_dir by default)."""
+        monitor checks every `storage_monitor_interval` seconds; `peer_credentials` are what this
+        pierd shows other pierds (a migration's destination), `migration_uri` how this host's
+        libvirtd reaches another's ("{host}" is the destination's address); `backup_dir` holds the
+        backups' NBD sockets (pier.host.backup.backup_run_dir by default)."""
         self._cache = VmCache()
         self._last_events = last_events
         self._dispatcher = EventDispatcher(self._cache, emit, self._read_states,
@@ -101,7 +109,11 @@ class Node:
         self._storage = Storage(data_center, emit, monitor_interval=storage_monitor_interval)
         self.storage: StorageService = self._storage
         self.volumes = PoolImages(Path(data_center))  # a VolumeService, and the Volumes image transfer opens
-        self.host: HostService = HostWithStorage(HostWithNetwork(HostInfo(self._connection, self._cache),
+        self._migrations = Migrations(self._connection, self._cache, self._dispatcher.put, emit,
+                                      lambda: self.host.uuid(), peer_credentials, migration_uri)
+        self.migrations: MigrationService = self._migrations
+        self.host: HostService = HostWithStorage(HostWithNetwork(HostInfo(self._connection, self._cache,
+                                                                          self._migrations.counts),
                                                                  self._network), self._storage)
         self.ksm: KsmService = Ksm(sysfs_root)
         self.lldp: LldpService = Lldp(sysfs_root)
@@ -113,6 +125,8 @@ class Node:
         self._vm_control = VmControl(self._connection, self._cache, self._vms, self._dispatcher.put,
                                      hotunplug_timeout)
         self.vm_devices: VmDeviceService = self._vm_control
+        self._snapshots = VmSnapshots(self._connection, self._vm_control.changed)
+        self.snapshots: SnapshotService = self._snapshots
         self._backups = Backups(self._connection, Path(data_center),
                                 Path(backup_dir) if backup_dir else backup_run_dir("/var/lib/pier"))
         self.backups: BackupService = self._backups
@@ -144,6 +158,7 @@ class Node:
         if not self._running:
             return
         self._running = False
+        self._snapshots.stop()
         self._storage.stop()
         self._network.stop()
         self._sampler.stop()

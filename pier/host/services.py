@@ -588,6 +588,10 @@ class VolumeService(Protocol):
     def finalize_merge(self, sd: str, img: str, base: str, top: str) -> None:
         ...
 
+    def record_capacity(self, sd: str, img: str, vol: str, size: int) -> None:
+        """Write a volume's capacity (CAP) into its metadata only: QEMU grew the image itself."""
+        ...
+
     def update_vms(self, sp: str, vms: list[dict[str, Any]], sd: str | None = None) -> None:
         ...
 
@@ -598,6 +602,45 @@ class VolumeService(Protocol):
         ...
 
     def backed_up_vms_info(self, sp: str, sd: str, vms: list[str]) -> dict[str, str]:
+        ...
+
+
+class SnapshotService(Protocol):
+    """Live snapshots, block commits and size changes of a running VM's disks
+    (pier.host.snapshots). Disks are named by the paths of their volumes; errors are snapshotErr,
+    mergeErr, resizeErr, or imageErr for a path no disk of the VM holds."""
+
+    def chains(self, vm_id: str) -> dict[str, list[str]]:
+        """Each disk of the running VM by target name, with its chain of paths (leaf first)."""
+        ...
+
+    def snapshot(self, vm_id: str, targets: list[Any], quiesce: bool) -> dict[str, Any]:
+        """Move each target's (pier.host.snapshots.SnapshotTarget) drive onto its new file, all or none;
+        {"quiesce": whether the guest agent quiesced the guest}."""
+        ...
+
+    def commit(self, vm_id: str, job_id: str, image: str, base_path: str, top_path: str, bandwidth: int,
+               progress: Callable[[int, str], None], cancelled: threading.Event,
+               leave: Callable[[], bool] = ...) -> bool | None:
+        """Commit top into base and follow the job to its end; False when cancelled (nothing merged),
+        None when cancelled while `leave()` (the agent stops: libvirt goes on, the next start follows)."""
+        ...
+
+    def where(self, vm_id: str, top_path: str, base_path: str) -> Any:
+        """How far a merge got (pier.host.snapshots.MergeState), from libvirt's state."""
+        ...
+
+    def follow(self, vm_id: str, job_id: str, image: str, base_path: str, top_path: str,
+               done: Callable[[bool], None]) -> None:
+        """Follow a commit libvirt still runs (after a restart); then done(merged)."""
+        ...
+
+    def vm_jobs(self, vm_id: str) -> dict[str, dict[str, Any]]:
+        """VDSM's vmJobs: the block jobs Pier runs or follows on the VM."""
+        ...
+
+    def resize(self, vm_id: str, path: str, size: int) -> None:
+        """Tell QEMU the disk whose leaf is `path` has `size` bytes now."""
         ...
 
 
@@ -721,6 +764,59 @@ class TransferService(Protocol):
 
     def serving(self) -> dict[str, Any]:
         """Where imageio serves images now: url, port, ca, pid (empty before it runs)."""
+        ...
+
+
+class ImageSharingService(Protocol):
+    """VDSM's Image.upload/download over HTTP (pier.host.storage.sharing.ImageSharing)."""
+
+    def check(self, sp: str, sd: str, img: str, vol: str | None, method_args: dict[str, Any]) -> str:
+        """The volume a transfer moves (the image's leaf when `vol` is None); StoragePoolUnknown,
+        StorageDomainDoesNotExist, ImageDoesNotExistInSD, VolumeDoesNotExist, ImageSharingRefused (a
+        volume with a parent) or InvalidParameterException (methodArgs), nothing touched."""
+        ...
+
+    def upload(self, sd: str, img: str, vol: str | None, method_args: dict[str, Any], *,
+               progress: Progress, cancelled: threading.Event) -> int:
+        """PUT the volume's file to methodArgs.url; the bytes sent; CopyImageError or TaskCancelled."""
+        ...
+
+    def download(self, sd: str, img: str, vol: str | None, method_args: dict[str, Any], *,
+                 progress: Progress, cancelled: threading.Event) -> int:
+        """GET methodArgs.url into the volume's file; the bytes written. The volume is ILLEGAL from
+        the first byte written until all is there and checked, and stays so when it fails."""
+
+
+class MigrationService(Protocol):
+    """Live migrations: from this host (the source side) and to it (the destination side)."""
+
+    def counts(self) -> tuple[int, int]:
+        """(incoming, outgoing) migrations now."""
+        ...
+
+    def status(self, vm_id: str) -> dict[str, Any]:
+        """VDSM's MigrationStats of the VM's last migration from this host."""
+        ...
+
+    def check_outgoing(self, vm_id: str, dst: str) -> None:
+        """Refuse what cannot start (an unknown or stopped VM, one migrating, a dst not HOST:PORT)."""
+        ...
+
+    def migrate(self, vm_id: str, definition: dict[str, Any], params: dict[str, Any],
+                progress: Callable[[int, str], None], cancelled: threading.Event) -> dict[str, Any]:
+        """Migrate the VM live to params["dst"] (VDSM's MigrateParams); returns when it has ended."""
+        ...
+
+    def cancel(self, vm_id: str) -> None:
+        """Abort the VM's outgoing migration (it stays here, running), or forget an incoming one."""
+        ...
+
+    def change_params(self, vm_id: str, params: dict[str, Any]) -> None:
+        """Change a running migration: maxBandwidth (MiB/s), downtime (ms), postcopy (switch to it)."""
+        ...
+
+    def expect_incoming(self, vm_id: str, definition: dict[str, Any], incoming_limit: int) -> dict[str, Any]:
+        """Check that this host can take the VM and note that it comes (VM.migrationCreate)."""
         ...
 
 

@@ -401,10 +401,13 @@ class HostStats:
     MIN_INTERVAL = 0.5
 
     def __init__(self, vm_counts: Callable[[], tuple[int, int, int]],
-                 connected: Callable[[], bool]) -> None:
+                 connected: Callable[[], bool],
+                 migration_counts: Callable[[], tuple[int, int]] | None = None) -> None:
         """`vm_counts` gives (all, running, migrating) VMs from the cache; `connected` whether
-        libvirtd answers now (when not, the counts may be stale)."""
+        libvirtd answers now (when not, the counts may be stale); `migration_counts` the
+        (incoming, outgoing) migrations."""
         self._vm_counts = vm_counts
+        self._migration_counts = migration_counts or (lambda: (0, 0))
         self._connected = connected
         self._started = time.monotonic()
         self._lock = threading.Lock()
@@ -415,6 +418,7 @@ class HostStats:
         cpu = self._cpu_figures()
         mem = meminfo()
         total, active, migrating = self._vm_counts()
+        incoming, outgoing = self._migration_counts()
         avail = mem.get("MemAvailable", mem.get("MemFree", 0))
         mem_total = max(mem.get("MemTotal", 1), 1)
         load = read("/proc/loadavg", "0 0 0").split()
@@ -435,8 +439,8 @@ class HostStats:
             "vmActive": active,
             "vmMigrating": migrating,
             "libvirtConnected": self._connected(),
-            "incomingVmMigrations": 0,
-            "outgoingVmMigrations": 0,
+            "incomingVmMigrations": incoming,
+            "outgoingVmMigrations": outgoing,
             "numaNodeMemFree": _numa_free(),
             "ksmState": read("/sys/kernel/mm/ksm/run", "0") == "1",
             "ksmPages": int(read("/sys/kernel/mm/ksm/pages_to_scan", "0") or 0),

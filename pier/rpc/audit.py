@@ -19,7 +19,7 @@ from typing import Any
 from pier.rpc.store import inserted_rowid, open_state
 
 REDACTED = "***"
-_SECRET_NAMES = re.compile(r"pass(word|code|phrase)?|secret|token|private.?key", re.IGNORECASE)
+_SECRET_NAMES = re.compile(r"pass(word|code|phrase)?|secret|token|private.?key|authorization|cookie", re.IGNORECASE)
 
 
 MAX_DEPTH = 32

@@ -158,6 +158,29 @@ class MomError(PierError):
     code, name, message, http_status = 54, "momErr", "Failed to set mom policy", 501
 
 
+# -- migration ----------------------------------------------------------------------------------
+
+
+class NoConPeer(PierError):
+    code, name, message, http_status = 10, "noConPeer", "Could not connect to peer VDS", 502
+
+
+class MigrateError(PierError):
+    code, name, message, http_status = 12, "migrateErr", "Fatal error during migration", 409
+
+
+class MigrationInProgress(PierError):
+    code, name, message, http_status = 51, "migInProgress", "Command not supported during migration", 409
+
+
+class MigrationNotInProgress(PierError):
+    code, name, message, http_status = 81, "migNotInProgress", "Migration not in progress", 409
+
+
+class MigrateLimit(PierError):
+    code, name, message, http_status = 82, "migrateLimit", "Incoming migration limit exceeded", 409
+
+
 class KsmError(PierError):
     code, name, message, http_status = 71, "ksmErr", "Failed to update KSM values", 409
 
@@ -172,6 +195,18 @@ class SecretRegisterError(PierError):
 
 class SecretUnregisterError(PierError):
     code, name, message, http_status = 74, "secretUnregisterErr", "Error unregistering Libvirt secret", 409
+
+
+class SnapshotError(PierError):
+    code, name, message, http_status = 48, "snapshotErr", "Snapshot failed", 409
+
+
+class MergeError(PierError):
+    code, name, message, http_status = 52, "mergeErr", "Merge failed", 409
+
+
+class ResizeError(PierError):
+    code, name, message, http_status = 58, "resizeErr", "Wrong resize disk parameter", 422
 
 
 class FreezeError(PierError):
@@ -436,6 +471,12 @@ class UnsupportedDomainVersion(PierError):
 
 class CopyImageError(PierError):
     code, name, message, http_status = 261, "CopyImageError", "low level Image copy failed", 500
+
+
+class ImageSharingRefused(CopyImageError):
+    """VDSM's CopyImageError for an image Image.upload/download cannot share (a chain), refused at the call."""
+
+    http_status = 409
 
 
 class ImageDoesNotExistInSD(PierError):

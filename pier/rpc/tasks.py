@@ -33,7 +33,7 @@ log = logging.getLogger("pier.tasks")
 
 ENDED = ("succeeded", "failed", "cancelled")
 _JOB_TYPES = {"SDM": "storage", "Volume": "storage", "Image": "storage", "StoragePool": "storage",
-              "StorageDomain": "storage"}
+              "StorageDomain": "storage", "VM": "virt"}
 """VDSM's HostJobType of a verb's namespace (others: the namespace in lower case)."""
 _COLUMNS = "id, verb, target, params, state, progress, message, result, error, created, started, ended, step"
 
@@ -110,6 +110,12 @@ class TaskHandle:
         """Save that the task reaches step `name` (with its progress) before doing it, so that
         after a restart the verb's reconciler knows what may have been done."""
         self._manager._update(self._task, step=name, progress=max(0, min(100, int(percent))), message=message)
+
+    @property
+    def agent_stopping(self) -> bool:
+        """Whether `cancelled` is set because the agent stops (the task is then reconciled at the
+        next start) rather than by Task.stop: work that goes on without the agent may be left to."""
+        return self._manager._stopping
 
     def check_cancelled(self) -> None:
         """Raise TaskCancelled if someone asked to stop this task."""

@@ -26,6 +26,7 @@ from tests.fakes import (
     FakeGuest,
     FakeHost,
     FakeHostDevices,
+    FakeImageSharing,
     FakeKsm,
     FakeLldp,
     FakeNetwork,
@@ -43,6 +44,7 @@ from tests.fakes import (
     as_network_service,
     as_secret_service,
     as_services,
+    as_sharing_service,
     as_storage_service,
     as_transfer_service,
     as_tuning,
@@ -77,6 +79,7 @@ class Stack:
     vm_devices: FakeVmDevices | None = None
     block_devices: FakeBlockDevices = field(default_factory=FakeBlockDevices)
     transfers: FakeTransfers | None = None
+    sharing: FakeImageSharing | None = None
     backups: FakeBackups | None = None
 
     def call(self, verb: str, **params: object) -> object:
@@ -117,11 +120,12 @@ def build_stack(schema: Schema, db: Path, vms: dict[str, dict[str, object]] | No
                         jobs=StorageJobs(db.parent / "data-center"),
                         nbd=NbdServers(db.parent / "nbd", db.parent / "data-center"),
                         transfers=as_transfer_service(transfers := FakeTransfers(volumes)),
+                        sharing=as_sharing_service(sharing := FakeImageSharing(volumes)),
                         backups=as_backup_service(backups := FakeBackups(fake_vms)))
     registry = Registry(schema, handlers(services, schema.verbs), tasks, audit=audit)
     tasks.start(registry.reconcilers)
     return Stack(host, fake_vms, events, tasks, registry, JsonRpc(registry), db, credentials, audit, network, ksm,
-                 lldp, hostdevs, secrets, guest, consoles, storage, volumes, vm_devices, block_devices, transfers,
+                 lldp, hostdevs, secrets, guest, consoles, storage, volumes, vm_devices, block_devices, transfers, sharing,
                  backups)
 
 

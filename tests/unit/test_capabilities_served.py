@@ -6,13 +6,15 @@ from pier.api.host import ENGINE_NEEDS, ENGINE_VERSIONS, served_features
 from tests.unit.conftest import Stack
 
 
-def test_no_cluster_level_or_live_snapshot_is_promised_while_their_verbs_are_missing(stack: Stack) -> None:
+def test_cluster_levels_are_promised_now_that_every_engine_verb_is_served_and_live_snapshot_follows_its_verbs(stack: Stack) -> None:
     caps = stack.call("Host.getCapabilities")
     assert isinstance(caps, dict)
     missing = ENGINE_NEEDS - set(stack.registry.verbs)
-    assert missing  # Pier does not serve an engine's whole set yet; this test changes when it does
-    assert caps["clusterLevels"] == [] and caps["supportedENGINEs"] == []
-    assert caps["liveSnapshot"] == "false" and caps["liveMerge"] == "false"
+    assert not missing  # every verb an engine needs is served now (migration and snapshots came last)
+    assert caps["clusterLevels"] == ENGINE_VERSIONS == caps["supportedENGINEs"]
+    served = set(stack.registry.verbs)  # live snapshot and merge are promised exactly when served
+    assert caps["liveSnapshot"] == str("VM.snapshot" in served).lower() == "true"
+    assert caps["liveMerge"] == str("VM.merge" in served).lower() == "true"
     assert caps["uuid"] == stack.host.uuid()  # the host's own facts are kept
 
 

@@ -39,6 +39,7 @@ LOCATIONS = {"POST /api/v1/vms": f"/api/v1/vms/{VM_ID}",
              "POST /api/v1/storage-domains": f"/api/v1/tasks/{TASK_ID}",
              "DELETE /api/v1/storage-domains/{storagedomainID}": f"/api/v1/tasks/{TASK_ID}"}
 # The task verbs of pier/rpc/schema/volume.yml.
+LOCATIONS["POST /api/v1/vms/{vmID}/migrate"] = f"/api/v1/tasks/{TASK_ID}"
 LOCATIONS["POST /api/v1/storage-domains/{storagedomainID}/images/{imageID}/volumes"] = f"/api/v1/tasks/{TASK_ID}"
 LOCATIONS["POST /api/v1/storage-domains/{storagedomainID}/images/{imageID}/volumes/{volumeID}/copy"] = f"/api/v1/tasks/{TASK_ID}"
 LOCATIONS["DELETE /api/v1/storage-domains/{storagedomainID}/images/{imageID}/volumes/{volumeID}"] = f"/api/v1/tasks/{TASK_ID}"
@@ -51,7 +52,11 @@ LOCATIONS["POST /api/v1/storage-domains/{storagedomainID}/images/{imageID}/sync"
 LOCATIONS["POST /api/v1/pools/{storagepoolID}/merge/prepare"] = f"/api/v1/tasks/{TASK_ID}"
 LOCATIONS["POST /api/v1/pools/{storagepoolID}/merge/finalize"] = f"/api/v1/tasks/{TASK_ID}"
 LOCATIONS["POST /api/v1/pools/{storagepoolID}/domains/{storagedomainID}/images/{imageID}/volumes/{volumeID}/reduce"] = f"/api/v1/tasks/{TASK_ID}"
+LOCATIONS["POST /api/v1/vms/{vmID}/snapshots"] = f"/api/v1/tasks/{TASK_ID}"  # pier/rpc/schema/vmsnapshot.yml
+LOCATIONS["POST /api/v1/vms/{vmID}/merges"] = f"/api/v1/tasks/{TASK_ID}"
 LOCATIONS["POST /api/v1/storage-jobs/copy-data"] = f"/api/v1/tasks/{TASK_ID}"
+LOCATIONS["POST /api/v1/storage-domains/{storagedomainID}/images/{imageID}/upload-to-url"] = f"/api/v1/tasks/{TASK_ID}"
+LOCATIONS["POST /api/v1/storage-domains/{storagedomainID}/images/{imageID}/download-from-url"] = f"/api/v1/tasks/{TASK_ID}"
 LOCATIONS["POST /api/v1/storage-jobs/merge"] = f"/api/v1/tasks/{TASK_ID}"
 LOCATIONS["POST /api/v1/storage-jobs/update-volume"] = f"/api/v1/tasks/{TASK_ID}"
 LOCATIONS["POST /api/v1/storage-jobs/amend-volume"] = f"/api/v1/tasks/{TASK_ID}"
@@ -205,6 +210,11 @@ ROUTE_TABLE = {
     ("DELETE", "/api/v1/host/secrets", "Host.unregisterSecrets"),
     ("POST", "/api/v1/vms/<vmID>/freeze", "VM.freeze"),
     ("POST", "/api/v1/vms/<vmID>/thaw", "VM.thaw"),
+    ("POST", "/api/v1/vms/<vmID>/snapshots", "VM.snapshot"),
+    ("POST", "/api/v1/vms/<vmID>/merges", "VM.merge"),
+    ("POST", "/api/v1/vms/<vmID>/disk-size", "VM.diskSizeExtend"),
+    ("POST", "/api/v1/vms/<vmID>/disk-refresh", "VM.refresh_disk"),
+    ("POST", "/api/v1/vms/<vmID>/disk-alignment", "VM.getDiskAlignment"),
     ("POST", "/api/v1/vms/<vmID>/desktop/lock", "VM.desktopLock"),
     ("POST", "/api/v1/vms/<vmID>/desktop/login", "VM.desktopLogin"),
     ("POST", "/api/v1/vms/<vmID>/desktop/logoff", "VM.desktopLogoff"),
@@ -296,6 +306,8 @@ VOLUME_ROUTES = {
     ("POST", "/api/v1/storage-domains/<storagedomainID>/images/<imageID>/clone-structure", "Image.cloneStructure"),
     ("POST", "/api/v1/storage-domains/<storagedomainID>/images/<imageID>/sync", "Image.syncData"),
     ("POST", "/api/v1/storage-domains/<storagedomainID>/images/<imageID>/reconcile", "Image.reconcileVolumeChain"),
+    ("POST", "/api/v1/storage-domains/<storagedomainID>/images/<imageID>/upload-to-url", "Image.upload"),
+    ("POST", "/api/v1/storage-domains/<storagedomainID>/images/<imageID>/download-from-url", "Image.download"),
     ("GET", "/api/v1/pools/<storagepoolID>/images/<imageID>/domains", "StoragePool.getDomainsContainingImage"),
     ("POST", "/api/v1/pools/<storagepoolID>/merge/prepare", "StoragePool.prepareMerge"),
     ("POST", "/api/v1/pools/<storagepoolID>/merge/finalize", "StoragePool.finalizeMerge"),
@@ -357,6 +369,13 @@ TRANSFER_ROUTES = {
     ("PUT", "/api/v1/storage-domains/<storagedomainID>/images/<imageID>/volumes/<volumeID>/data", "Volume.writeData"),
 }
 ROUTE_TABLE |= TRANSFER_ROUTES
+MIGRATION_ROUTES = {
+    ("POST", "/api/v1/vms/<vmID>/migrate", "VM.migrate"),
+    ("POST", "/api/v1/vms/<vmID>/migrate/cancel", "VM.migrateCancel"),
+    ("GET", "/api/v1/vms/<vmID>/migration", "VM.getMigrationStatus"),
+    ("POST", "/api/v1/vms/<vmID>/migration/params", "VM.migrateChangeParams"),
+}
+ROUTE_TABLE |= MIGRATION_ROUTES
 
 
 def test_route_table_is_the_schema(app: bottle.Bottle) -> None:

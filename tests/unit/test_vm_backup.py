@@ -57,3 +57,8 @@ def test_the_cli_backs_up_the_disks_that_are_volumes() -> None:
                {"type": "disk", "device": "cdrom", "path": f"/x/{sd}/images/{img}/{vol}"}]
     assert volume_disks(devices) == [{"domainID": sd, "imageID": img, "volumeID": vol}]
     assert volume_disks(devices, [str(uuid.uuid4())]) == []
+
+
+def test_capabilities_say_backups_are_served(stack: Stack) -> None:
+    caps = stack.call("Host.getCapabilities")
+    assert isinstance(caps, dict) and caps["backupEnabled"] is True

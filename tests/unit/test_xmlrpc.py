@@ -34,7 +34,8 @@ VDSM_PAYLOAD_KEYS = {
     "setKsmTune": None, "setLogLevel": None, "setMOMPolicy": None,
     "setMOMPolicyParameters": None, "hostdevListByCaps": "deviceList", "hostdevChangeNumvfs": None,
     "hostdevReattach": None, "registerSecrets": None, "unregisterSecrets": None, "setVmTicket": None,
-    "freeze": None, "thaw": None, "desktopLock": None, "desktopLogin": None, "desktopLogoff": None,
+    "freeze": None, "thaw": None, "snapshot": None, "merge": None, "diskSizeExtend": "size",
+    "getDiskAlignment": "alignment", "desktopLock": None, "desktopLogin": None, "desktopLogoff": None,
     "sendHcCmdToDesktop": None,
     "hotplugDisk": "vmList", "hotunplugDisk": "vmList", "changeCD": "vmList", "changeFloppy": "vmList",
     "hotplugNic": "vmList", "hotunplugNic": "vmList", "vmUpdateDevice": "vmList", "hotplugMemory": "vmList",
@@ -60,6 +61,7 @@ STORAGE_LEGACY = {
     "deleteVolume": "uuid", "moveImage": "uuid", "cloneImageStructure": "uuid", "syncImageData": "uuid",
     "reconcileVolumeChain": "volumes", "getImageDomainsList": "domainslist", "updateVM": None,
     "removeVM": None, "getVmsList": "vmlist", "getVmsInfo": "vmlist",
+    "uploadImage": "uuid", "downloadImage": "uuid",  # pier/rpc/schema/imagesharing.yml
 }
 VDSM_PAYLOAD_KEYS |= STORAGE_LEGACY
 # block devices, LVM and block domains (pier/rpc/schema/blockdev.yml): tests/unit/test_blockdev_api.py
@@ -138,6 +140,9 @@ def test_every_legacy_name_answers_the_envelope_with_its_payload_key(vdsm, schem
             "hostID": 1, "domainType": 4, "connectionParams": [], "name": "x", "masterSdUUID": UNKNOWN_VM,
             "masterVersion": 1, "domainList": [UNKNOWN_VM], "typeArgs": "/not/connected", "domainClass": 1,
             "description": "d", "scsiKey": ""}
+    drive = {"domainID": UNKNOWN_VM, "imageID": UNKNOWN_VM, "volumeID": UNKNOWN_VM}
+    args.update({"snapDrives": [{**drive, "baseVolumeID": UNKNOWN_VM}], "drive": drive, "driveSpecs": drive,
+                 "disk": drive, "baseVolUUID": UNKNOWN_VM, "topVolUUID": UNKNOWN_VM, "newSize": "1024"})
     stack.guest.agents.add(VM_ID)
     stack.guest.exec_allowed.add(VM_ID)
     # VDSM's XML-RPC took one struct with the vmId inside for these
@@ -155,7 +160,9 @@ def test_every_legacy_name_answers_the_envelope_with_its_payload_key(vdsm, schem
     failing = {"setMOMPolicy": 54, "setMOMPolicyParameters": 54,  # Pier runs no MOM
                "desktopLogin": 75, "desktopLogoff": 75, "sendHcCmdToDesktop": 75,  # qemu-ga cannot
                # the fake's VM has no CD-ROM or floppy drive, no maxMemSize, no device ua-none
-               "changeCD": 41, "changeFloppy": 41, "hotplugMemory": 70, "vmUpdateDevice": 56}
+               "changeCD": 41, "changeFloppy": 41, "hotplugMemory": 70, "vmUpdateDevice": 56,
+               # the fakes serve no snapshots (unavail); the fake volumes have no such domain
+               "snapshot": 40, "merge": 40, "diskSizeExtend": 358, "getDiskAlignment": 358}
     # storage verbs on a domain or pool this host does not have: VDSM's codes (358, 309, 304, 360)
     failing.update({name: 358 for name in ("createStoragePool", "getStorageDomainInfo", "getStorageDomainStats",
                                           "getImagesList", "validateStorageDomain", "setStorageDomainDescription",

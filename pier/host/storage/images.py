@@ -177,6 +177,11 @@ class VolumeStore(Volumes):
     def extend_size(self, sd: str, img: str, vol: str, new_size: str) -> None:
         self.extend(self.volume(sd, img, vol), new_size)
 
+    def record_capacity(self, sd: str, img: str, vol: str, size: int) -> None:
+        """A running VM's QEMU grew the volume (VM.diskSizeExtend): its metadata says so too."""
+        volume = self.volume(sd, img, vol)
+        volume.write(volume.meta().with_(capacity=size))
+
     def delete_volume(self, sd: str, img: str, vol: str, post_zero: bool = False, progress: Progress = _no_progress,
                       cancelled: threading.Event | None = None) -> None:
         self.delete(self.volume(sd, img, vol), post_zero=post_zero, progress=progress, cancelled=cancelled)

@@ -108,8 +108,7 @@ def convert(source: Path, source_format: str, target: Path, target_format: str, 
     With `backing`, the target gets that backing file (relative to its directory) and holds only
     what differs from it. `progress(percent)` follows qemu-img's `-p` output; `cancelled` stops
     qemu-img (QemuImgError then)."""
-    args = [QEMU_IMG, "convert", "-p", "-t", "none", "-T", "none", "-f", fmt(source_format),
-            "-O", fmt(target_format)]
+    args = ["convert", "-p", "-t", "none", "-T", "none", "-f", fmt(source_format), "-O", fmt(target_format)]
     options = ["compat=1.1"] if target_format == "COW" else []
     if preallocation:
         options.append(f"preallocation={preallocation}")
@@ -117,23 +116,7 @@ def convert(source: Path, source_format: str, target: Path, target_format: str, 
         args += ["-o", ",".join(options)]
     if backing:
         args += ["-B", backing, "-F", fmt(backing_format or "COW")]
-    args += [str(source), target.name]
-    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=target.parent)
-    assert process.stdout is not None and process.stderr is not None
-    stop = threading.Thread(target=_kill_when, args=(process, cancelled), daemon=True) if cancelled else None
-    if stop:
-        stop.start()
-    buffer = b""
-    while chunk := process.stdout.read1(4096):  # type: ignore[attr-defined]  # a BufferedReader
-        buffer = (buffer + chunk)[-256:]
-        found = _PROGRESS.findall(buffer)
-        if found and progress:
-            progress(float(found[-1]))
-            buffer = b""
-    stderr = process.stderr.read().decode(errors="replace")
-    returncode = process.wait()
-    if returncode != 0:
-        raise QemuImgError(args, returncode, stderr or "killed")
+    run_with_progress([*args, str(source), target.name], cwd=target.parent, progress=progress, cancelled=cancelled)
 
 
 def _kill_when(process: subprocess.Popen[bytes], cancelled: threading.Event) -> None:

@@ -1,0 +1,84 @@
+"""`pier vm snapshot VM`: a live snapshot of a VM's volume disks in one step, as an engine takes
+it: for each disk a new qcow2 volume over its leaf (Volume.create), then VM.snapshot onto them all
+(all or none). The verbs are the ones `pier call` reaches too."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import uuid
+from typing import Any
+
+from pier import cli
+from pier import cli_format as fmt
+
+BLANK_UUID = "00000000-0000-0000-0000-000000000000"
+_UUID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+_VOLUME_PATH = re.compile(rf"/(?P<sd>{_UUID})/images/(?P<img>{_UUID})/(?P<vol>{_UUID})$")
+
+
+def volume_disks(devices: list[dict[str, Any]], names: list[str] | None) -> list[dict[str, str]]:
+    """The VM's disks that are volumes of a storage domain (name, domain, image, leaf volume),
+    only those named in `names` when given."""
+    found = []
+    for device in devices:
+        if device.get("deviceType") != "disk" or device.get("device", "disk") != "disk":
+            continue
+        match = _VOLUME_PATH.search(str(device.get("path") or ""))
+        if match and (not names or device.get("name") in names):
+            found.append({"name": str(device.get("name")), "sd": match["sd"], "img": match["img"],
+                          "vol": match["vol"]})
+    return found
+
+
+def cmd_vm_snapshot(client: cli.PierClient, args: argparse.Namespace) -> int:
+    from pier.cli_console import vm_id_of
+
+    args.vm = vm_id_of(client, args.vm)
+    devices = client.call("VM.getDevices", {"vmID": args.vm})
+    disks = volume_disks(devices, args.disk)
+    if not disks:
+        cli._err(f"VM {args.vm} has no disk that is a storage volume" + (f" named {', '.join(args.disk)}"
+                                                                        if args.disk else ""))
+        return cli.EXIT_FAILED
+    snap_drives = []
+    for disk in disks:
+        ids = {"storagepoolID": args.pool, "storagedomainID": disk["sd"], "imageID": disk["img"]}
+        info = client.call("Volume.getInfo", {**ids, "volumeID": disk["vol"]})
+        new = str(uuid.uuid4())
+        task = client.call("Volume.create", {
+            **ids, "volumeID": new, "size": info["capacity"], "volFormat": "COW", "preallocate": "SPARSE",
+            "diskType": info.get("disktype") or "DATA", "desc": args.description, "srcImgUUID": disk["img"],
+            "srcVolUUID": disk["vol"]})
+        if cli.wait_for_task(client, task["taskID"], args.timeout, args.json) != cli.EXIT_OK:
+            cli._err(f"could not make the snapshot volume of {disk['name']}: task {task['taskID']}")
+            return cli.EXIT_FAILED
+        snap_drives.append({"domainID": disk["sd"], "imageID": disk["img"], "baseVolumeID": disk["vol"],
+                            "volumeID": new, "name": disk["name"]})
+    ended = client.call("VM.snapshot", {"vmID": args.vm, "snapDrives": snap_drives, "frozen": False})
+    if args.json:
+        cli._out(fmt.compact_json({"task": ended, "snapDrives": snap_drives}))
+    else:
+        for drive in snap_drives:
+            cli._out(f"{drive['name']}: {drive['baseVolumeID']} -> {drive['volumeID']}")
+        result = ended.get("result") if isinstance(ended, dict) else None
+        quiesced = isinstance(result, dict) and result.get("quiesce")
+        cli._out("quiesced through the guest agent" if quiesced else "not quiesced (no guest agent answered)")
+    return cli.EXIT_OK if not isinstance(ended, dict) or ended.get("state", "succeeded") == "succeeded" \
+        else cli.EXIT_FAILED
+
+
+def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
+    """`vm snapshot` beside the other `vm` actions on the `pier` parser's subcommands."""
+    vm = sub.choices.get("vm") or sub.add_parser("vm", parents=[common], help="act on one VM")
+    vm_sub = next((action for action in vm._actions if isinstance(action, argparse._SubParsersAction)), None)
+    if vm_sub is None:
+        vm_sub = vm.add_subparsers(dest="vm_command", metavar="ACTION", required=True)
+    snapshot = vm_sub.add_parser("snapshot", parents=[common],
+                                 help="a live snapshot of the VM's volume disks onto new volumes (all or none)")
+    snapshot.add_argument("vm", help="the VM's id or name")
+    snapshot.add_argument("--disk", action="append", metavar="NAME", help="only this disk (vda); repeatable")
+    snapshot.add_argument("--pool", default=BLANK_UUID, metavar="SP_UUID", help="the pool (default: none)")
+    snapshot.add_argument("--description", default="snapshot")
+    snapshot.add_argument("--timeout", type=float, metavar="S", help="give up waiting for a volume after S seconds")
+    snapshot.set_defaults(run=cmd_vm_snapshot)
