@@ -181,6 +181,20 @@ def storage_table(domains: list[dict[str, Any]]) -> str:
     return out + ("\n\n" + "\n".join(problems) if problems else "")
 
 
+def volumes_table(volumes: list[dict[str, Any]]) -> str:
+    """Volumes from Volume.getInfo, by image, parents before their layers."""
+    if not volumes:
+        return "no volumes"
+    blank = "00000000-0000-0000-0000-000000000000"
+    rows = [[v["uuid"], v.get("image", "-"), v.get("format", "-"), v.get("type", "-"), v.get("voltype", "-"),
+             v.get("legality", "-"), _size(v.get("capacity")), _size(v.get("truesize")),
+             "-" if v.get("parent") in (None, "", blank) else v["parent"], v.get("description", "") or "-"]
+            for v in sorted(volumes, key=lambda v: (str(v.get("image")), v.get("parent") not in (None, "", blank),
+                                                    str(v.get("ctime")), str(v["uuid"])))]
+    return table(["VOLUME", "IMAGE", "FORMAT", "TYPE", "ROLE", "LEGALITY", "SIZE", "ON DISK", "PARENT",
+                  "DESCRIPTION"], rows)
+
+
 def tasks_table(tasks: dict[str, dict[str, Any]]) -> str:
     if not tasks:
         return "no tasks"

@@ -26,11 +26,11 @@ def parse_size(text: str) -> int:
 def cmd_volume(client: cli.PierClient, args: argparse.Namespace) -> int:
     ids = {"storagepoolID": args.pool, "storagedomainID": args.domain}
     if args.volume_command == "list":
-        listed = client.call(cli.CONVENIENCE_VERBS["volume.list"], {**ids, "imageID": args.image or BLANK_UUID})
         if args.json:
+            listed = client.call(cli.CONVENIENCE_VERBS["volume.list"], {**ids, "imageID": args.image or BLANK_UUID})
             cli._out(fmt.compact_json(listed))
         else:
-            cli._out("\n".join(listed) if listed else "(no volumes)")
+            cli._out(fmt.volumes_table(_volume_infos(client, ids, args.image)))
         return cli.EXIT_OK
     image = args.image or str(uuid.uuid4())
     volume = args.id or str(uuid.uuid4())
@@ -48,6 +48,17 @@ def cmd_volume(client: cli.PierClient, args: argparse.Namespace) -> int:
             cli._out(fmt.compact_json({"imageID": image, "volumeID": volume, "taskID": task["taskID"]}))
         return cli.EXIT_OK
     return cli.wait_for_task(client, task["taskID"], args.timeout, args.json)
+
+
+def _volume_infos(client: cli.PierClient, ids: dict[str, Any], image: str | None) -> list[dict[str, Any]]:
+    """Volume.getInfo of every volume of `image` (every image of the domain when None)."""
+    images = [image] if image else client.call(cli.CONVENIENCE_VERBS["domain.images"],
+                                              {"storagedomainID": ids["storagedomainID"]})
+    infos = []
+    for img in images:
+        for vol in client.call(cli.CONVENIENCE_VERBS["image.volumes"], {**ids, "imageID": img}):
+            infos.append(client.call(cli.CONVENIENCE_VERBS["volume.info"], {**ids, "imageID": img, "volumeID": vol}))
+    return infos
 
 
 def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:

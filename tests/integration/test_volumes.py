@@ -358,6 +358,10 @@ def test_pier_volume_create_makes_a_volume_and_waits_for_it(site: Site, capsys: 
     capsys.readouterr()
     assert cli.main(["volume", "list", *base, "--domain", site.sd, "--pool", site.pool, "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == [vol]
+    assert cli.main(["volume", "list", *base, "--domain", site.sd, "--pool", site.pool]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert listed[0].split()[:6] == ["VOLUME", "IMAGE", "FORMAT", "TYPE", "ROLE", "LEGALITY"]
+    assert listed[1].split()[:8] == [vol, img, "COW", "SPARSE", "LEAF", "LEGAL", "3.0", "GiB"], listed
     assert cli.main(["volume", "create", *base, "--domain", new(), "--size", "1G"]) != 0
 
 
