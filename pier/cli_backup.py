@@ -80,7 +80,7 @@ def copy_dirty(url: str, target: Path, backing: Path | None) -> int:
 
 
 def cmd_backup(client: cli.PierClient, args: argparse.Namespace) -> int:
-    definition = client.call("VM.getInfo", {"vmID": args.vm})
+    definition = client.call(cli.CONVENIENCE_VERBS["vm.info"], {"vmID": args.vm})
     disks = volume_disks(definition.get("devices") or [], args.disk)
     if not disks:
         cli._err(f"pier: VM {args.vm} has no disk on a volume{' of the images asked' if args.disk else ''}")
@@ -95,7 +95,7 @@ def cmd_backup(client: cli.PierClient, args: argparse.Namespace) -> int:
     if args.checkpoint:
         config["to_checkpoint_id"] = args.checkpoint
     started = time.monotonic()
-    info = client.call("VM.start_backup", {"vmID": args.vm, "config": config})
+    info = client.call(cli.CONVENIENCE_VERBS["backup.start"], {"vmID": args.vm, "config": config})
     written: list[dict[str, Any]] = []
     try:
         for img, url in sorted(info["disks"].items()):
@@ -106,7 +106,7 @@ def cmd_backup(client: cli.PierClient, args: argparse.Namespace) -> int:
         cli._err(f"pier: {' '.join(exc.cmd[:2])} failed: {(exc.stderr or '').strip()}")
         return cli.EXIT_FAILED
     finally:
-        client.call("VM.stop_backup", {"vmID": args.vm, "backup_id": backup_id})
+        client.call(cli.CONVENIENCE_VERBS["backup.stop"], {"vmID": args.vm, "backup_id": backup_id})
     seconds = time.monotonic() - started
     summary = {"backup_id": backup_id, "incremental": bool(args.from_checkpoint), "checkpoint": args.checkpoint,
                "disks": written, "seconds": round(seconds, 3)}

@@ -144,7 +144,7 @@ def cmd_upload(client: cli.PierClient, args: argparse.Namespace) -> int:
             progress.show(offset)
     progress.show(size, final=True)
     if args.volume is None:
-        client.call("Volume.verify_untrusted", {"storagepoolID": args.pool, "storagedomainID": args.domain,
+        client.call(cli.CONVENIENCE_VERBS["volume.verify"], {"storagepoolID": args.pool, "storagedomainID": args.domain,
                                                 "imageID": image, "volumeID": volume})
     seconds = time.monotonic() - started
     summary = {"imageID": image, "volumeID": volume, "bytes": size, "seconds": round(seconds, 3), "retries": retried}

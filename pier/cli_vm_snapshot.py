@@ -35,7 +35,7 @@ def cmd_vm_snapshot(client: cli.PierClient, args: argparse.Namespace) -> int:
     from pier.cli_console import vm_id_of
 
     args.vm = vm_id_of(client, args.vm)
-    devices = client.call("VM.getDevices", {"vmID": args.vm})
+    devices = client.call(cli.CONVENIENCE_VERBS["vm.devices"], {"vmID": args.vm})
     disks = volume_disks(devices, args.disk)
     if not disks:
         cli._err(f"VM {args.vm} has no disk that is a storage volume" + (f" named {', '.join(args.disk)}"
@@ -44,9 +44,9 @@ def cmd_vm_snapshot(client: cli.PierClient, args: argparse.Namespace) -> int:
     snap_drives = []
     for disk in disks:
         ids = {"storagepoolID": args.pool, "storagedomainID": disk["sd"], "imageID": disk["img"]}
-        info = client.call("Volume.getInfo", {**ids, "volumeID": disk["vol"]})
+        info = client.call(cli.CONVENIENCE_VERBS["volume.info"], {**ids, "volumeID": disk["vol"]})
         new = str(uuid.uuid4())
-        task = client.call("Volume.create", {
+        task = client.call(cli.CONVENIENCE_VERBS["volume.create"], {
             **ids, "volumeID": new, "size": info["capacity"], "volFormat": "COW", "preallocate": "SPARSE",
             "diskType": info.get("disktype") or "DATA", "desc": args.description, "srcImgUUID": disk["img"],
             "srcVolUUID": disk["vol"]})
@@ -55,7 +55,7 @@ def cmd_vm_snapshot(client: cli.PierClient, args: argparse.Namespace) -> int:
             return cli.EXIT_FAILED
         snap_drives.append({"domainID": disk["sd"], "imageID": disk["img"], "baseVolumeID": disk["vol"],
                             "volumeID": new, "name": disk["name"]})
-    ended = client.call("VM.snapshot", {"vmID": args.vm, "snapDrives": snap_drives, "frozen": False})
+    ended = client.call(cli.CONVENIENCE_VERBS["vm.snapshot"], {"vmID": args.vm, "snapDrives": snap_drives, "frozen": False})
     if args.json:
         cli._out(fmt.compact_json({"task": ended, "snapDrives": snap_drives}))
     else:

@@ -26,6 +26,7 @@ from typing import Any
 import libvirt
 
 from pier.host.connection import Connection
+from pier.host.devices import Disk
 from pier.host.domain import Domain
 from pier.host.vmstate import error_text
 from pier.rpc.errors import ImageError, MergeError, PierError, ResizeError, SnapshotError
@@ -85,16 +86,7 @@ def disk_chains(xml_text: str) -> Iterator[tuple[str, list[str]]]:
         target = disk.find("target")
         if target is None or not target.get("dev"):
             continue
-        chain: list[str] = []
-        node: ET.Element | None = disk
-        while node is not None:
-            source = node.find("source")
-            path = (source.get("file") or source.get("dev") or "") if source is not None else ""
-            if not path:
-                break
-            chain.append(path)
-            node = node.find("backingStore")
-        yield str(target.get("dev")), chain
+        yield str(target.get("dev")), Disk(disk).chain_paths()
 
 
 def snapshot_xml(chains: dict[str, list[str]], targets: list[SnapshotTarget]) -> str:

@@ -156,6 +156,8 @@ REFUSED: list[tuple[str, dict[str, Any], int, int, str]] = [  # verb, params, VD
     ("StorageDomain.extend", {"storagedomainID": SD, "storagepoolID": SP, "devlist": ["loop0"]}, 358, 404, SD),
     ("StorageDomain.resizePV", {"storagedomainID": SD, "storagepoolID": SP, "guid": "loop0"}, 358, 404, SD),
     ("ISCSIConnection.discoverSendTargets", {"host": "192.0.2.1", "port": 3260}, 475, 409, NO_DM),
+    ("SDM.move_domain_device", {"job_id": SP, "move_params": {"sd_id": SD, "src_guid": "loop0"}}, 358, 404, SD),
+    ("SDM.reduce_domain", {"job_id": SP, "reduce_params": {"sd_id": SD, "guid": "loop0"}}, 358, 404, SD),
 ]
 
 

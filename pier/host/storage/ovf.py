@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from pier.host.storage import layout
-from pier.host.storage import volume_md as md
+from pier.host.storage.domain_md import fsync_dir
 from pier.rpc.errors import MissingOvfFileFromVM, StoragePoolUnknown, StorageUpdateVmError
 
 VMS = "vms"
@@ -50,7 +50,7 @@ def _write(path: Path, data: bytes) -> None:
         out.flush()
         os.fsync(out.fileno())
     os.rename(temporary, path)
-    md.sync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def remove(domain: Path, vm: str) -> None:

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from pier.host.storage.domain_md import fsync_dir
 from pier.rpc.errors import VolumeMetadataReadError, VolumeMetadataWriteError
 
 BLANK_UUID = "00000000-0000-0000-0000-000000000000"
@@ -136,18 +137,9 @@ def write(path: Path, meta: VolumeMetadata, *, durable: bool = True) -> None:
             os.close(fd)
         os.rename(temporary, path)
         if durable:
-            sync_dir(path.parent)
+            fsync_dir(path.parent)
     except OSError as exc:
         raise VolumeMetadataWriteError(f"cannot write {path}: {exc.strerror}", data={"path": str(path)}) from None
-
-
-def sync_dir(directory: Path) -> None:
-    """fsync a directory, so a rename or unlink in it survives a crash."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def now() -> int:

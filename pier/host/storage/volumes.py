@@ -20,6 +20,7 @@ from pathlib import Path
 
 from pier.host.storage import layout, qemuimg
 from pier.host.storage import volume_md as md
+from pier.host.storage.domain_md import fsync_dir
 from pier.host.storage.qemuimg import QemuImgError
 from pier.host.storage.volume_md import BLANK_UUID, VolumeMetadata
 from pier.rpc.errors import (
@@ -376,7 +377,7 @@ def remove_files(volume: Volume) -> None:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
     with contextlib.suppress(OSError):
-        md.sync_dir(volume.image_dir)
+        fsync_dir(volume.image_dir)
 
 
 def zero(path: Path, progress: Progress, cancelled: threading.Event | None) -> None:
