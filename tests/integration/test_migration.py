@@ -135,7 +135,7 @@ def test_a_running_guest_moves_to_the_other_host_and_keeps_counting(lab: Lab, gu
         try:
             after = counters(shell, at_least=3)
             assert after and min(after) > last_on_a - 5 and after[-1] > after[0], (last_on_a, after)
-            assert shell.run("echo still-here").strip() == "still-here"
+            assert "still-here" in shell.run("echo still-here").split()
         finally:
             shell.close()
     finally:
@@ -176,7 +176,7 @@ def test_a_slow_migration_cancelled_half_way_leaves_the_guest_running_on_the_sou
     ended = wait_task(lab.a, task["taskID"], 60)
     assert ended["state"] in ("cancelled", "failed"), ended
     assert guest.dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING
-    assert guest.shell.run("echo alive").strip() == "alive"
+    assert "alive" in guest.shell.run("echo alive").split()  # the counter may print between
     assert rpc(lab.a, "VM.getInfo", vmID=guest.vm_id)["status"] == "Up"
     assert rpc(lab.a, "VM.getMigrationStatus", vmID=guest.vm_id)["state"] == "cancelled"
     b_conn = lab.b.connect()
@@ -259,7 +259,7 @@ def test_the_cli_follows_a_migration_ctrl_c_cancels_it_and_a_second_run_moves_th
     assert f"cancelling the migration of VM {guest.vm_id} to {lab.dst}" in err
     assert f"migration cancelled; VM {guest.vm_id} stays on this host: Up" in err, err
     assert guest.dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING
-    assert guest.shell.run("echo alive").strip() == "alive"
+    assert "alive" in guest.shell.run("echo alive").split()  # the counter may print between
     assert rpc(lab.a, "VM.getMigrationStatus", vmID=guest.vm_id)["state"] == "cancelled"
     assert rpc(lab.b_pierd, "Host.getStats", b_context)["incomingVmMigrations"] == 0
     assert guest.vm_id not in rpc(lab.b_pierd, "Host.getVMList", b_context, fullStatus=False)  # no Down leftover
@@ -332,4 +332,4 @@ def test_bad_destinations_are_refused_clearly_and_the_guest_stays_up(lab: Lab, g
     assert rpc(lab.a, "VM.getInfo", vmID=guest.vm_id)["status"] == "Up"
     assert "Migration Source" not in statuses(lab.a, guest.vm_id)
     assert rpc(lab.a, "VM.getMigrationStatus", vmID=guest.vm_id)["state"] == "failed"
-    assert guest.shell.run("echo alive").strip() == "alive"
+    assert "alive" in guest.shell.run("echo alive").split()  # the counter may print between

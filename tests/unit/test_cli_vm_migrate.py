@@ -3,6 +3,8 @@ one is in tests/integration/test_migration.py): what it calls, prints and exits 
 
 from __future__ import annotations
 
+import io
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -121,3 +123,18 @@ def test_a_refused_start_exits_1_with_pierds_error(monkeypatch, capsys) -> None:
 
     assert run(ScriptedPierd(VM_migrate=refused), monkeypatch, "--follow") == cli.EXIT_FAILED
     assert "is this host itself" in capsys.readouterr().err
+
+
+def test_on_a_terminal_the_progress_is_a_bar_on_stderr(monkeypatch, capsys) -> None:
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    client = ScriptedPierd(VM_migrate={"taskID": TASK}, VM_getMigrationStatus=RUNNING,
+                           Task_getInfo=tasks("running", "running", "succeeded"))
+    assert run(client, monkeypatch, "--follow") == 0
+    drawn = terminal.getvalue()
+    assert f"\r[{'#' * 12:<30}]  40% running, 150 of 256 MiB left" in drawn and drawn.endswith("\n")
+    assert "% running" not in capsys.readouterr().out
