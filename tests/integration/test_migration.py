@@ -251,9 +251,11 @@ def test_the_cli_follows_a_migration_ctrl_c_cancels_it_and_a_second_run_moves_th
     try:
         assert slow.wait_out("% running"), slow.out  # a progress line from VM.getMigrationStatus
         assert rpc(lab.a, "VM.getMigrationStatus", vmID=guest.vm_id)["state"] == "running"
+        interrupted = time.monotonic()
         slow.process.send_signal(signal.SIGINT)
     finally:
         code, out, err = slow.finish()
+    print(f"Ctrl-C to the CLI's exit, the cancel confirmed: {time.monotonic() - interrupted:.1f} s")
     assert code == 130, (out, err)
     assert f"migrating VM {guest.vm_id} to {lab.dst}" in out
     assert f"cancelling the migration of VM {guest.vm_id} to {lab.dst}" in err
@@ -295,7 +297,9 @@ def test_bad_destinations_are_refused_clearly_and_the_guest_stays_up(lab: Lab, g
 
     # a closed port on B, through the CLI: exit 1, the error names the destination
     closed = f"{lab.b.address}:1"
+    started = time.monotonic()
     code, out, err = PierCli(lab, "vm", "migrate", guest.vm_id, "--to", closed, "--follow").finish()
+    print(f"pier vm migrate to a closed port exited {code} after {time.monotonic() - started:.1f} s")
     assert code == 1, (out, err)
     assert f"Could not connect to peer VDS at {closed}" in err and f"VM {guest.vm_id} on this host: Up" in err
 
