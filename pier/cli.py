@@ -49,6 +49,7 @@ CONVENIENCE_VERBS = {
     "vm.info": "VM.getInfo",
     "vm.devices": "VM.getDevices",
     "vm.snapshot": "VM.snapshot",
+    "vm.hibernate": "VM.hibernate",
     "backup.start": "VM.start_backup",
     "backup.stop": "VM.stop_backup",
     "task.stop": "Task.stop",

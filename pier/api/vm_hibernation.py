@@ -21,7 +21,15 @@ from pier.api.drives import Drives, names_volume
 from pier.api.volume import VolumeApi
 from pier.host.hibernation import file_disks, read_conf, repoint_disks, write_conf
 from pier.host.services import MemoryStateService, VmService, VolumeService
-from pier.rpc.errors import InvalidParams, NoVM, Recovering, Unavailable, VMDown, VolumeDoesNotExist
+from pier.rpc.errors import (
+    ImageDoesNotExistInSD,
+    InvalidParams,
+    NoVM,
+    Recovering,
+    Unavailable,
+    VMDown,
+    VolumeDoesNotExist,
+)
 from pier.rpc.registry import CallContext, precheck, reconciler, verb
 
 BLANK_UUID = "00000000-0000-0000-0000-000000000000"
@@ -69,10 +77,10 @@ class MemoryVolumes:
         self._volumes.check_pool(name.pool)
         try:
             self._volumes.volume_path(name.sd, name.img, name.vol)
-        except VolumeDoesNotExist:
-            raise VolumeDoesNotExist(f"{name.field}: volume {name.vol} does not exist in image {name.img} of "
-                                     f"domain {name.sd}; make it first with Volume.create",
-                                     data={"field": name.field, "volUUID": name.vol}) from None
+        except (VolumeDoesNotExist, ImageDoesNotExistInSD) as exc:
+            raise type(exc)(f"{name.field}: volume {name.vol} does not exist in image {name.img} of "
+                            f"domain {name.sd}; make it first with Volume.create",
+                            data={"field": name.field, "volUUID": name.vol}) from None
         if raw:
             fmt = self._volumes.info(BLANK_UUID, name.sd, name.img, name.vol)["format"]
             if fmt != "RAW":

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ from typing import Any
 import libvirt
 import pytest
 
+from pier import cli
 from tests.integration.clients import HttpRpcClient, JsonRpcError, http_request
 from tests.integration.conftest import Pierd
 from tests.integration.guest import DISK_DIR, Guest, new_guest, remove_vm, skip_reason, start_default_network
@@ -152,6 +154,23 @@ def test_a_missing_memory_volume_or_an_unknown_vm_is_refused_and_the_vm_runs_on(
     assert lab.path(dump_img, dump_vol).stat().st_blocks == blocks  # nothing written
 
 
+def test_a_save_that_fails_leaves_the_vm_running_as_it_was(lab: Lab) -> None:
+    mark(lab, "before-a-failed-save")
+    ids = lab.memory_volumes()
+    state = lab.path(ids[0], ids[1])
+    subprocess.run(["chattr", "+i", str(state)], check=True)  # not even root (libvirtd) may write it now
+    seen = len(lab.statuses())
+    try:
+        ended = hibernate(lab, lab.handle(ids))
+    finally:
+        subprocess.run(["chattr", "-i", str(state)], check=True)
+    assert ended["state"] == "failed" and ended["error"]["code"] == 12, ended  # migrateErr, as VDSM's save
+    assert lab.site.rpc.call("VM.getStats", vmID=lab.vm_id)[0]["status"] == "Up"
+    assert marker(lab) == "before-a-failed-save\nvar=before-a-failed-save"
+    statuses = [e["status"] for e in lab.statuses()[seen:]]
+    assert "Down" not in statuses and statuses[-1:] in ([], ["Up"]), statuses
+
+
 def test_hibernate_then_restore_brings_the_guest_back_where_it_was(lab: Lab) -> None:
     mark(lab, "before-hibernation")
     ids = lab.memory_volumes()
@@ -208,3 +227,25 @@ def test_a_memory_snapshot_restores_onto_a_new_layer(lab: Lab) -> None:
     assert marker(lab) == "at-the-snapshot\nvar=at-the-snapshot"
     disk = [d for d in lab.site.rpc.call("VM.getInfo", vmID=lab.vm_id)["devices"] if d.get("device") == "disk"]
     assert disk[0]["path"] == str(lab.path(lab.img, preview)), disk
+
+
+def test_pier_vm_hibernate_then_a_restore_by_vdsm_42s_volume_specs(lab: Lab, capsys: pytest.CaptureFixture[str]) -> None:
+    daemon = lab.site.daemon
+    mark(lab, "before-the-cli")
+    assert cli.main(["vm", "hibernate", lab.vm_id, "--url", daemon.http, "--token", daemon.token,
+                     "--pool", lab.site.pool]) == 0
+    out = capsys.readouterr().out
+    handle = out.split("hibernationVolHandle: ")[1].split()[0]
+    sd, pool, dump_img, dump_vol, conf_img, conf_vol = handle.split(",")
+    assert (sd, pool) == (lab.site.sd, lab.site.pool)
+    assert lab.site.rpc.call("VM.getStats", vmID=lab.vm_id)[0]["status"] == "Down"
+    assert lab.path(dump_img, dump_vol).stat().st_blocks * 512 > MiB
+
+    lab.site.rpc.call("VM.destroy", vmID=lab.vm_id)
+    spec = {"domainID": sd, "poolID": pool, "device": "disk"}
+    made = lab.site.rpc.call("VM.create", vmParams={  # no devices: the disks are where they were saved
+        "vmId": lab.vm_id, "memoryDumpVolume": {**spec, "imageID": dump_img, "volumeID": dump_vol},
+        "memoryConfVolume": {**spec, "imageID": conf_img, "volumeID": conf_vol}})
+    assert made["status"] == "Up", made
+    lab.reattach()
+    assert marker(lab) == "before-the-cli\nvar=before-the-cli"
