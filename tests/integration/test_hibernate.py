@@ -23,6 +23,7 @@ import libvirt
 import pytest
 
 from pier import cli
+from pier.host.hibernation import file_disks
 from tests.integration.clients import HttpRpcClient, JsonRpcError, http_request
 from tests.integration.conftest import Pierd
 from tests.integration.guest import DISK_DIR, Guest, new_guest, remove_vm, skip_reason, start_default_network
@@ -176,7 +177,8 @@ def test_hibernate_then_restore_brings_the_guest_back_where_it_was(lab: Lab) -> 
     ids = lab.memory_volumes()
     seen = len(lab.statuses())
     ended = hibernate(lab, lab.handle(ids))
-    assert ended["state"] == "succeeded", ended
+    assert ended["state"] == "succeeded" and ended["progress"] == 100, ended
+    assert ended["result"]["stateBytes"] > MiB, ended
     events = lab.wait_status("Down", seen)
     assert [e["status"] for e in events] == ["Saving State", "Down"], events
     assert events[-1]["exitReason"] == 5 and events[-1]["exitMessage"] == "SaveState succeeded", events
@@ -206,8 +208,13 @@ def test_a_memory_snapshot_restores_onto_a_new_layer(lab: Lab) -> None:
     top = str(uuid.uuid4())
     lab.site.create(lab.img, top, size=16 * MiB, parent=base)
     ids = lab.memory_volumes()
-    result = lab.site.rpc.call("VM.snapshot", vmID=lab.vm_id, snapMemory=lab.handle(ids), snapDrives=[
-        {"domainID": lab.site.sd, "imageID": lab.img, "baseVolumeID": base, "volumeID": top}])
+    drives = [{"domainID": lab.site.sd, "imageID": lab.img, "baseVolumeID": base, "volumeID": top}]
+    missing = (ids[0], str(uuid.uuid4()), ids[2], ids[3])
+    error = refused(lambda: lab.site.rpc.call("VM.snapshot", vmID=lab.vm_id, snapMemory=lab.handle(missing),
+                                              snapDrives=drives))
+    assert error.code == 201 and "snapMemory" in error.message, error
+    assert file_disks(lab.guest.dom.XMLDesc(0))["vda"] == str(lab.path(lab.img, base))  # the disk did not move
+    result = lab.site.rpc.call("VM.snapshot", vmID=lab.vm_id, snapMemory=lab.handle(ids), snapDrives=drives)
     assert result["state"] == "succeeded", result
     lab.chain.append(top)
     assert lab.path(ids[0], ids[1]).stat().st_blocks * 512 > MiB
