@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +18,7 @@ from pier.api.drives import Drives
 from pier.api.vm_hibernation import MemoryRestore, MemoryVolumes, memory_volumes
 from pier.api.volume import VolumeApi
 from pier.host.events import EventDispatcher
-from pier.host.hibernation import file_disks, read_conf, repoint_disks, write_conf
+from pier.host.hibernation import MemoryStates, file_disks, read_conf, repoint_disks, write_conf
 from pier.host.news import Lifecycle, StatusNews
 from pier.host.services import MemoryStateService, VolumeService
 from pier.host.vmstate import DOWN, RESTORING_STATE, SAVING_STATE, UP, VmCache, VmRecord
@@ -168,3 +169,34 @@ def test_restore_takes_each_of_vdsms_forms_and_refuses_what_is_missing(restore: 
     assert unnamed.value.data["disk"] == "vda"
     with pytest.raises(Unavailable):
         MemoryRestore(None, api._volumes).create(VM, {"restoreState": str(state)}, None)
+
+
+class SavingDomain:
+    """A libvirt domain whose save job reports `stats` and records an abort."""
+
+    def __init__(self, stats: dict[str, int]) -> None:
+        self.stats = stats
+        self.aborted = threading.Event()
+
+    def jobStats(self, flags: int) -> dict[str, int]:  # noqa: N802 (libvirt's name)
+        return self.stats
+
+    def abortJob(self) -> None:  # noqa: N802 (libvirt's name)
+        self.aborted.set()
+
+
+def test_the_save_reports_libvirts_progress_and_a_cancel_aborts_its_job() -> None:
+    domain = SavingDomain({"memory_total": 1000, "memory_processed": 500})
+    dom = cast(Any, type("Dom", (), {"virdomain": domain, "vm_id": VM})())
+    states = MemoryStates(cast(Any, None), cast(Any, None), lambda news: None, poll_seconds=0.01)
+    seen: list[tuple[int, str]] = []
+    cancelled, done = threading.Event(), threading.Event()
+    watcher = threading.Thread(target=states._watch, args=(dom, lambda p, m: seen.append((p, m)), cancelled, done))
+    watcher.start()
+    while not seen:
+        time.sleep(0.01)
+    assert seen[0] == (51, "saved 500 of 1000 bytes of memory")
+    cancelled.set()
+    assert domain.aborted.wait(5)
+    watcher.join(5)
+    assert not watcher.is_alive()
