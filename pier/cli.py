@@ -52,6 +52,7 @@ CONVENIENCE_VERBS = {
     "vm.migrate": "VM.migrate",
     "vm.migrationStatus": "VM.getMigrationStatus",
     "vm.migrateCancel": "VM.migrateCancel",
+    "vm.hibernate": "VM.hibernate",
     "backup.start": "VM.start_backup",
     "backup.stop": "VM.stop_backup",
     "task.stop": "Task.stop",

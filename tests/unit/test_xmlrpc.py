@@ -34,7 +34,7 @@ VDSM_PAYLOAD_KEYS = {
     "setKsmTune": None, "setLogLevel": None, "setMOMPolicy": None,
     "setMOMPolicyParameters": None, "hostdevListByCaps": "deviceList", "hostdevChangeNumvfs": None,
     "hostdevReattach": None, "registerSecrets": None, "unregisterSecrets": None, "setVmTicket": None,
-    "freeze": None, "thaw": None, "snapshot": None, "merge": None, "diskSizeExtend": "size",
+    "freeze": None, "thaw": None, "snapshot": None, "hibernate": None, "merge": None, "diskSizeExtend": "size",
     "getDiskAlignment": "alignment", "desktopLock": None, "desktopLogin": None, "desktopLogoff": None,
     "sendHcCmdToDesktop": None,
     "hotplugDisk": "vmList", "hotunplugDisk": "vmList", "changeCD": "vmList", "changeFloppy": "vmList",
@@ -144,7 +144,8 @@ def test_every_legacy_name_answers_the_envelope_with_its_payload_key(vdsm, schem
             "description": "d", "scsiKey": ""}
     drive = {"domainID": UNKNOWN_VM, "imageID": UNKNOWN_VM, "volumeID": UNKNOWN_VM}
     args.update({"snapDrives": [{**drive, "baseVolumeID": UNKNOWN_VM}], "drive": drive, "driveSpecs": drive,
-                 "disk": drive, "baseVolUUID": UNKNOWN_VM, "topVolUUID": UNKNOWN_VM, "newSize": "1024"})
+                 "disk": drive, "baseVolUUID": UNKNOWN_VM, "topVolUUID": UNKNOWN_VM, "newSize": "1024",
+                 "hibernationVolHandle": ",".join([UNKNOWN_VM] * 4 + [VM_ID] * 2)})
     stack.guest.agents.add(VM_ID)
     stack.guest.exec_allowed.add(VM_ID)
     # VDSM's XML-RPC took one struct with the vmId inside for these
@@ -167,7 +168,7 @@ def test_every_legacy_name_answers_the_envelope_with_its_payload_key(vdsm, schem
                # the fake's VM has no CD-ROM or floppy drive, no maxMemSize, no device ua-none
                "changeCD": 41, "changeFloppy": 41, "hotplugMemory": 70, "vmUpdateDevice": 56,
                # the fakes serve no snapshots (unavail); the fake volumes have no such domain
-               "snapshot": 40, "merge": 40, "diskSizeExtend": 358, "getDiskAlignment": 358}
+               "snapshot": 40, "merge": 40, "diskSizeExtend": 358, "getDiskAlignment": 358, "hibernate": 40}
     # storage verbs on a domain or pool this host does not have: VDSM's codes (358, 309, 304, 360)
     failing.update({name: 358 for name in ("createStoragePool", "getStorageDomainInfo", "getStorageDomainStats",
                                           "getImagesList", "validateStorageDomain", "setStorageDomainDescription",
