@@ -619,6 +619,14 @@ class SnapshotService(Protocol):
         {"quiesce": whether the guest agent quiesced the guest}."""
         ...
 
+    def snapshot_ended(self, vm_id: str, timeout: float) -> bool:
+        """Wait up to `timeout` s for a snapshot libvirt still takes of the VM (after a restart) to end."""
+        ...
+
+    def after_snapshot(self, vm_id: str, done: Callable[[], Any]) -> None:
+        """Call done() (in a thread) once the snapshot libvirt takes of the VM has ended."""
+        ...
+
     def commit(self, vm_id: str, job_id: str, image: str, base_path: str, top_path: str, bandwidth: int,
                progress: Callable[[int, str], None], cancelled: threading.Event,
                leave: Callable[[], bool] = ...) -> bool | None:
