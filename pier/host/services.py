@@ -827,6 +827,11 @@ class MigrationService(Protocol):
         """Check that this host can take the VM and note that it comes (VM.migrationCreate)."""
         ...
 
+    def adopt(self, vm_id: str, dst: str, postcopy_allowed: bool) -> dict[str, Any] | None:
+        """After a restart: follow again the outgoing migration libvirt still runs for the VM; its
+        MigrationStats, or None when libvirt runs none."""
+        ...
+
 
 class BackupService(Protocol):
     """Backups and checkpoints of running VMs through libvirt's backup API (pier.host.backup.Backups)."""
