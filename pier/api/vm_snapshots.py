@@ -6,11 +6,14 @@ turn them into paths with the volume service, refuse what cannot work before any
 in the chain), and after a change leave the volumes' metadata as VDSM does: after a snapshot the
 old leaf is INTERNAL and the new one LEAF (Volume.create made them so), after a merge the chain
 the disk now has (top ILLEGAL and out of it). A merge interrupted by a restart is reconciled from
-libvirt's block job: finished, followed to its end, or reported where it stands.
+libvirt's block job: finished, followed to its end, or reported where it stands; a snapshot from
+libvirt's snapshot job and the drives' chains: taken, followed to its end, or undone (its new
+volumes deleted).
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any, NamedTuple
 
@@ -34,7 +37,10 @@ from pier.rpc.errors import (
 )
 from pier.rpc.registry import CallContext, precheck, reconciler, verb
 
+log = logging.getLogger(__name__)
 BLANK_UUID = "00000000-0000-0000-0000-000000000000"
+SNAPSHOT_SETTLE_SECONDS = 5.0
+"""How long a restart waits for a snapshot libvirt still takes before following it in a thread."""
 
 
 class _Snap(NamedTuple):
@@ -142,11 +148,44 @@ class VmSnapshotsApi:
 
     @reconciler("VM.snapshot")
     def snapshot_done(self, params: dict[str, Any], step: str | None) -> bool:
-        """A snapshot is one libvirt transaction: it took effect when every drive stands on its new volume."""
-        chains = self._service().chains(params["vmID"])
+        """After a restart. A snapshot is one libvirt transaction, which libvirt finishes without
+        the pierd that asked for it: waited for while it runs (then followed), it took effect when
+        every drive stands on its new volume; one that did not has its new volumes, in no chain of
+        the VM, deleted (their parents are leaves again): no volume of it is left over."""
+        vm_id = params["vmID"]
+        service = self._service()
+        if not service.snapshot_ended(vm_id, SNAPSHOT_SETTLE_SECONDS):
+            service.after_snapshot(vm_id, lambda: self._settle_snapshot(params))
+            raise SnapshotError("pierd restarted during this snapshot; libvirt is still taking it (the guest agent "
+                                "may be freezing the guest) and pierd follows it: if it takes, the drives stand on "
+                                "the new volumes, if not these are deleted (see VM.getDevices)",
+                                data={"vmId": vm_id, "following": True})
+        if self._settle_snapshot(params):
+            return True
+        raise SnapshotError("pierd restarted during this snapshot and libvirt did not take it: the drives are on "
+                            "their old leaves and the snapshot's new volumes were deleted; take it again",
+                            data={"vmId": vm_id, "following": False})
+
+    def _settle_snapshot(self, params: dict[str, Any]) -> bool:
+        """Whether the snapshot took; when it did not, its new volumes that no chain holds are deleted."""
+        vm_id = params["vmID"]
+        chains = self._service().chains(vm_id)
         leaves = {chain[0] for chain in chains.values() if chain}
-        return all(self._volumes.volume_path(d["domainID"], d["imageID"], d["volumeID"]) in leaves
-                   for d in params["snapDrives"])
+        used = {path for chain in chains.values() for path in chain}
+        drives = [(str(d["domainID"]), str(d["imageID"]), str(d["baseVolumeID"]), str(d["volumeID"]))
+                  for d in params["snapDrives"]]
+        if all(self._volumes.legality(sd, img, vol) is not None and self._volumes.volume_path(sd, img, vol) in leaves
+               for sd, img, _, vol in drives):
+            return True
+        for sd, img, base, vol in drives:
+            if self._volumes.legality(sd, img, vol) is None or self._volumes.volume_path(sd, img, vol) in used:
+                continue
+            if self._volumes.info(BLANK_UUID, sd, img, vol)["parent"] != base:
+                continue  # not a layer made for this snapshot
+            self._volume_api.refuse_busy(sd, img, vol)
+            log.info("VM %s: snapshot interrupted by a restart did not take; deleting its volume %s", vm_id, vol)
+            self._volumes.delete_volume(sd, img, vol)
+        return False
 
     # -- merge --------------------------------------------------------------------------------------
 

@@ -335,6 +335,60 @@ class Migrations:
             raise MigrateError(f"cannot change the migration of VM {vm_id}: {error_text(exc)}",
                                data={"vmId": vm_id, "libvirtCode": exc.get_error_code()}) from None
 
+    # -- after a restart -------------------------------------------------------------------------
+
+    def adopt(self, vm_id: str, dst: str, postcopy_allowed: bool) -> dict[str, Any] | None:
+        """After a restart: an outgoing migration of the VM that libvirt still runs (begun by a
+        pierd that died; libvirt drives it peer to peer) is followed again in a thread, as
+        `migrate` follows one: status, events, counters, `cancel` and `change_params` serve it.
+        Its MigrationStats, or None when libvirt migrates no such VM from here."""
+        try:
+            dom = Domain.lookup(self._connection, vm_id)
+            stats = dom.virdomain.jobStats(0)
+        except (PierError, libvirt.libvirtError):
+            return None
+        if stats.get("type", libvirt.VIR_DOMAIN_JOB_NONE) == libvirt.VIR_DOMAIN_JOB_NONE or \
+                stats.get("operation") != libvirt.VIR_DOMAIN_JOB_OPERATION_MIGRATION_OUT:
+            return None
+        job = _Outgoing(vm_id, dst, postcopy_allowed, dom.virdomain, state="running")
+        with self._lock:
+            self._outgoing[vm_id] = job
+        self._sample(job)
+        self._notify(StatusNews(vm_id, MIGRATION_SOURCE))
+        log.info("VM %s: its migration to %s goes on in libvirt (found after a restart); following it", vm_id, dst)
+        threading.Thread(target=self._follow_adopted, args=(job,), name=f"migration-follow-{vm_id[:8]}",
+                         daemon=True).start()
+        return job.view()
+
+    def _follow_adopted(self, job: _Outgoing) -> None:
+        assert job.dom is not None
+        while True:
+            time.sleep(POLL_INTERVAL)
+            try:
+                ongoing = job.dom.jobStats(0).get("type", libvirt.VIR_DOMAIN_JOB_NONE) != libvirt.VIR_DOMAIN_JOB_NONE
+            except libvirt.libvirtError:  # the VM left this host
+                ongoing = False
+            if not ongoing:
+                break
+            self._sample(job)
+        try:
+            here = Domain.lookup(self._connection, job.vm_id).is_active()
+        except PierError:
+            here = False
+        if not here:
+            job.state, job.progress, job.message = "succeeded", 100, "Migration done"
+        else:
+            job.state = "cancelled" if job.abort.is_set() else "failed"
+            job.message = "Migration canceled" if job.abort.is_set() else "Migration failed"
+            self._notify(StatusNews(job.vm_id, UP))
+            try:
+                PeerClient(job.dst, self._credentials).call("VM.migrateCancel", vmID=job.vm_id)
+            except PierError as exc:
+                log.info("VM %s: the destination %s did not forget the VM after a failed migration: %s",
+                         job.vm_id, job.dst, exc)
+        log.info("VM %s: the migration to %s followed after a restart ended: %s", job.vm_id, job.dst, job.state)
+        self._publish(job)
+
     # -- destination side ------------------------------------------------------------------------
 
     def expect_incoming(self, vm_id: str, definition: dict[str, Any], incoming_limit: int) -> dict[str, Any]:

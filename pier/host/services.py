@@ -620,6 +620,14 @@ class SnapshotService(Protocol):
         {"quiesce": whether the guest agent quiesced the guest}."""
         ...
 
+    def snapshot_ended(self, vm_id: str, timeout: float) -> bool:
+        """Wait up to `timeout` s for a snapshot libvirt still takes of the VM (after a restart) to end."""
+        ...
+
+    def after_snapshot(self, vm_id: str, done: Callable[[], Any]) -> None:
+        """Call done() (in a thread) once the snapshot libvirt takes of the VM has ended."""
+        ...
+
     def commit(self, vm_id: str, job_id: str, image: str, base_path: str, top_path: str, bandwidth: int,
                progress: Callable[[int, str], None], cancelled: threading.Event,
                leave: Callable[[], bool] = ...) -> bool | None:
@@ -842,6 +850,11 @@ class MigrationService(Protocol):
 
     def expect_incoming(self, vm_id: str, definition: dict[str, Any], incoming_limit: int) -> dict[str, Any]:
         """Check that this host can take the VM and note that it comes (VM.migrationCreate)."""
+        ...
+
+    def adopt(self, vm_id: str, dst: str, postcopy_allowed: bool) -> dict[str, Any] | None:
+        """After a restart: follow again the outgoing migration libvirt still runs for the VM; its
+        MigrationStats, or None when libvirt runs none."""
         ...
 
 

@@ -177,6 +177,45 @@ class VmSnapshots:
         self._changed(dom)
         return {"quiesce": quiesced, "heldSeconds": round(held, 6)}
 
+    def snapshot_ended(self, vm_id: str, timeout: float) -> bool:
+        """Whether libvirt's jobs on the VM (after a restart: a snapshot begun for a pierd that died)
+        have ended, waiting up to `timeout` s. libvirt runs one job at a time on a domain and its
+        snapshot job lets no query in, even while the guest agent freezes the guest (its job
+        statistics say nothing of it), so a query that is answered comes after the snapshot."""
+        answered = threading.Event()
+        threading.Thread(target=self._query, args=(vm_id, answered), name=f"snapshot-wait-{vm_id[:8]}",
+                         daemon=True).start()
+        return answered.wait(timeout)
+
+    def after_snapshot(self, vm_id: str, done: Callable[[], Any]) -> None:
+        """Call done() in a thread of this object once libvirt's jobs on the VM have ended."""
+        def run() -> None:
+            answered = threading.Event()
+            self._query(vm_id, answered)
+            if not answered.is_set():
+                return  # the agent stops
+            try:
+                done()
+            except PierError as exc:
+                log.warning("VM %s: settling a snapshot after a restart failed: %s", vm_id, exc)
+
+        thread = threading.Thread(target=run, name=f"snapshot-follow-{vm_id[:8]}", daemon=True)
+        self._followers.append(thread)
+        thread.start()
+
+    def _query(self, vm_id: str, answered: threading.Event) -> None:
+        """Set `answered` once a query of the VM gets through libvirt's job lock (or the VM is gone)."""
+        while not self._stopping.is_set():
+            try:
+                Domain.lookup(self._connection, vm_id).virdomain.memoryStats()
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() == libvirt.VIR_ERR_OPERATION_TIMEOUT:
+                    continue  # libvirt's own wait for the job lock (30 s) ran out: the job still runs
+            except PierError:
+                pass
+            answered.set()
+            return
+
     # -- merge --------------------------------------------------------------------------------------
 
     def drive_of(self, vm_id: str, path: str) -> tuple[str, list[str]]:
