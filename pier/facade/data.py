@@ -31,7 +31,8 @@ from pier.rpc.schema import Verb
 
 log = logging.getLogger("pier.facade")
 
-CHUNK = 4 << 20
+CHUNK = 1 << 20
+SOCKET_BUFFER = 4 << 20  # the unix socket to the endpoint: fewer wake-ups per MiB sent (the kernel caps it at wmem_max)
 TIMEOUT = 60.0  # seconds without progress on the endpoint's socket before the relay gives up
 _REQUEST_HEADERS = ("Range", "Content-Range")
 _ANSWER_HEADERS = ("Content-Type", "Content-Length", "Content-Range", "Accept-Ranges", "Content-Disposition")
@@ -44,6 +45,7 @@ class _UnixConnection(http.client.HTTPConnection):
 
     def connect(self) -> None:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
         sock.settimeout(self.timeout)
         try:
             sock.connect(self.unix_path)
