@@ -1,11 +1,16 @@
 """Image transfer through pierd beside qemu-img alone, on a directory domain of a throwaway data center.
 
-  upload of 1 GiB (raw, random data)       through an image ticket (HTTPS to ovirt-imageio, as an
-                                            engine's client does), and through pierd's REST data
-                                            route (64 MiB PUTs with Content-Range, as `pier upload`)
-  download of the same 1 GiB               both ways again
+  upload of 1 GiB (raw, random data)       through an image ticket with ovirt_imageio.client.upload
+                                            (the engine SDK's path: qemu-nbd reading the file, several
+                                            HTTPS connections), and through pierd's REST data route
+                                            with `pier upload`'s own code (256 MiB PUTs with Content-Range)
+  download of the same 1 GiB               ovirt_imageio.client.download (qemu-nbd writing with
+                                            cache=none), and `pier download`'s own code (the file is
+                                            fsynced before it is renamed into place)
       each beside `qemu-img convert -t none -T none` of the same file to another local file
       (target: >= 0.7x the floor's throughput)
+  the same through one plain HTTPS (ticket) or HTTP (REST) stream of http.client, writing a download
+      through the page cache and fsyncing it: what a hand-written client gets (no target)
   add_image_ticket to the first byte       Host.add_image_ticket over JSON-RPC, then a new HTTPS
                                             connection reading byte 0; the first ticket (which
                                             starts ovirt-imageio) and warm ones
@@ -18,8 +23,10 @@ Run: .venv/bin/python bench/transfer.py [--rounds N]
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import http.client
+import io
 import os
 import shutil
 import ssl
@@ -32,11 +39,14 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from common import PierdProcess
+from ovirt_imageio import client as imageio_client
 from storage_volumes import BLANK, GiB, Rpc, make_domain
+
+from pier import cli, cli_transfer
 
 MiB = 1 << 20
 BLOCK = 4 * MiB
-CHUNK = 64 * MiB
+CHUNK = cli_transfer.CHUNK  # as `pier upload` sends
 
 
 def floor_copy(source: Path, target: Path) -> float:
@@ -108,11 +118,23 @@ def timed(action: object) -> float:
     return time.perf_counter() - started
 
 
-def line(name: str, seconds: list[float], floor: list[float], size: int = GiB) -> None:
+def line(name: str, seconds: list[float], floor: list[float], size: int = GiB, target: bool = True) -> None:
     subject, base = statistics.median(seconds), statistics.median(floor)
     rate, floor_rate = size / subject / MiB, size / base / MiB
-    print(f"{name:<40} {rate:7.0f} MiB/s ({subject:6.2f} s)   floor qemu-img convert {floor_rate:7.0f} MiB/s "
-          f"({base:6.2f} s)   ratio {rate / floor_rate:4.2f}x   (target >= 0.7x)", flush=True)
+    print(f"{name:<52} {rate:7.0f} MiB/s ({subject:6.2f} s)   floor qemu-img convert {floor_rate:7.0f} MiB/s "
+          f"({base:6.2f} s)   ratio {rate / floor_rate:4.2f}x" + ("   (target >= 0.7x)" if target else ""), flush=True)
+
+
+FIGURES = (  # (key, label, held to the target)
+    ("sdk up", "upload 1 GiB via ticket (ovirt_imageio.client)", True),
+    ("sdk down", "download 1 GiB via ticket (ovirt_imageio.client)", True),
+    ("cli up", "upload 1 GiB via REST data route (pier upload)", True),
+    ("cli down", "download 1 GiB via REST data route (pier download)", True),
+    ("ticket up", "upload 1 GiB via ticket, one http.client stream", False),
+    ("ticket down", "download 1 GiB via ticket, one http.client stream", False),
+    ("rest up", "upload 1 GiB via REST, one http.client stream", False),
+    ("rest down", "download 1 GiB via REST, one http.client stream", False),
+)
 
 
 def bench_throughput(site: Site, scratch: Path, rounds: int) -> None:
@@ -121,23 +143,68 @@ def bench_throughput(site: Site, scratch: Path, rounds: int) -> None:
         for _ in range(GiB // MiB):
             out.write(os.urandom(MiB))
         os.fsync(out.fileno())
-    digest = hashlib.sha256(source.read_bytes()).hexdigest()
+    digest = sha256(source)
     floors: list[float] = []
-    figures: dict[str, list[float]] = {k: [] for k in ("ticket up", "ticket down", "rest up", "rest down")}
+    figures: dict[str, list[float]] = {key: [] for key, _, _ in FIGURES}
     for _ in range(rounds):
         floors.append(floor_copy(source, scratch / "floor.raw"))
-        one_round(site, source, scratch, figures)
-        assert hashlib.sha256((scratch / "down.raw").read_bytes()).hexdigest() == digest
-        for image_dir in list((site.domain / "images").iterdir()):
-            shutil.rmtree(image_dir)
-    line("upload 1 GiB via ticket (HTTPS, imageio)", figures["ticket up"], floors)
-    line("download 1 GiB via ticket (HTTPS, imageio)", figures["ticket down"], floors)
-    line("upload 1 GiB via REST data route (HTTP)", figures["rest up"], floors)
-    line("download 1 GiB via REST data route (HTTP)", figures["rest down"], floors)
+        users_round(site, source, scratch, figures, digest)
+        plain_round(site, source, scratch, figures, digest)
+    for key, label, target in FIGURES:
+        line(label, figures[key], floors, target=target)
 
 
-def one_round(site: Site, source: Path, scratch: Path, figures: dict[str, list[float]]) -> None:
-    """Up and down through a ticket, then up and down through the REST data route."""
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        while piece := stream.read(BLOCK):
+            digest.update(piece)
+    return digest.hexdigest()
+
+
+def arrived(target: Path, digest: str) -> None:
+    assert sha256(target) == digest, f"{target} is not what was uploaded"
+    target.unlink()
+
+
+def users_round(site: Site, source: Path, scratch: Path, figures: dict[str, list[float]], digest: str) -> None:
+    """Up and down through a ticket with the engine SDK's client, then through REST with pier's CLI."""
+    _, _, path = site.volume(GiB)
+    host, port, _ = site.imageio()
+    ca = site.rpc.call("Host.getAgentInfo")["imageio"]["ca"]
+    writer = site.ticket(path, ["write"], GiB)
+    figures["sdk up"].append(timed(lambda: imageio_client.upload(str(source), f"https://{host}:{port}/images/{writer}",
+                                                                 ca)))
+    reader = site.ticket(path, ["read"], GiB)
+    target = scratch / "down.raw"
+    figures["sdk down"].append(timed(lambda: imageio_client.download(f"https://{host}:{port}/images/{reader}",
+                                                                     str(target), ca, fmt="raw")))
+    arrived(target, digest)
+
+    img, vol, _ = site.volume(GiB)
+    client = cli.PierClient(site.daemon.http, 600.0, token=site.daemon.token)
+    where = {"domain": site.sd, "retries": 0, "json": True, "image": img, "volume": vol}
+    upload = argparse.Namespace(file=str(source), pool=BLANK, description="", chunk=cli_transfer.CHUNK, **where)
+    download = argparse.Namespace(file=str(target), **where)
+    with contextlib.redirect_stdout(io.StringIO()):
+        figures["cli up"].append(timed(lambda: cli_transfer.cmd_upload(client, upload) == cli.EXIT_OK or _failed()))
+        figures["cli down"].append(timed(lambda: cli_transfer.cmd_download(client, download) == cli.EXIT_OK
+                                         or _failed()))
+    arrived(target, digest)
+    remove_images(site)
+
+
+def _failed() -> None:
+    raise RuntimeError("pier upload/download failed (its error is above)")
+
+
+def remove_images(site: Site) -> None:
+    for image_dir in list((site.domain / "images").iterdir()):
+        shutil.rmtree(image_dir)
+
+
+def plain_round(site: Site, source: Path, scratch: Path, figures: dict[str, list[float]], digest: str) -> None:
+    """Up and down through a ticket, then through the REST data route, with one http.client stream."""
     _, _, path = site.volume(GiB)
     writer = site.ticket(path, ["write"], GiB)
     host, port, context = site.imageio()
@@ -146,8 +213,7 @@ def one_round(site: Site, source: Path, scratch: Path, figures: dict[str, list[f
     reader = site.ticket(path, ["read"], GiB)
     figures["ticket down"].append(timed(lambda: get_file(connection, f"/images/{reader}", scratch / "down.raw", {})))
     connection.close()
-    digest = hashlib.sha256((scratch / "down.raw").read_bytes()).hexdigest()
-    assert digest == hashlib.sha256(source.read_bytes()).hexdigest()
+    arrived(scratch / "down.raw", digest)
 
     img, vol, _ = site.volume(GiB)
     data = f"/api/v1/storage-domains/{site.sd}/images/{img}/volumes/{vol}/data"
@@ -162,6 +228,8 @@ def one_round(site: Site, source: Path, scratch: Path, figures: dict[str, list[f
     figures["rest up"].append(timed(rest_upload))
     figures["rest down"].append(timed(lambda: get_file(plain, data, scratch / "down.raw", auth)))
     plain.close()
+    arrived(scratch / "down.raw", digest)
+    remove_images(site)
 
 
 def first_byte(site: Site, path: Path) -> float:

@@ -5,7 +5,8 @@ whose connection breaks is sent again from its start (up to --retries times), so
 connection costs at most one chunk. Without --volume it first makes a volume of the file's format
 and virtual size (read with qemu-img, or raw of the file's size where qemu-img is missing), and
 afterwards asks pierd to check that the volume holds the format its metadata says
-(Volume.verify_untrusted). A download writes FILE.part and resumes it with Range after a break.
+(Volume.verify_untrusted). A download writes FILE.part and resumes it with Range after a break; once
+all of it is there it is fsynced and renamed to FILE.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from pier import cli
 from pier import cli_format as fmt
 from pier.cli_volume import BLANK_UUID, parse_size
 
-CHUNK = 64 << 20
+CHUNK = 256 << 20  # each PUT costs pierd a ticket, a task and a format check (~30 ms on 2 busy cores)
 BLOCK = 4 << 20
 
 
@@ -177,6 +178,8 @@ def cmd_download(client: cli.PierClient, args: argparse.Namespace) -> int:
                         out.write(piece)
                         done += len(piece)
                         progress.show(done)
+                    if done >= total:
+                        os.fsync(out.fileno())  # on disk before it is renamed into place
                 if done < total:
                     raise OSError(f"the answer ended at byte {done} of {total}")
             finally:
@@ -211,7 +214,7 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     upload.add_argument("--volume", metavar="VOL_UUID", help="an existing volume to write into (default: a new "
                         "volume of the file's format and virtual size)")
     upload.add_argument("--description", default="", help="the new volume's description (default: the file name)")
-    upload.add_argument("--chunk", type=parse_size, default=CHUNK, help="bytes per request (default 64M): what a "
+    upload.add_argument("--chunk", type=parse_size, default=CHUNK, help="bytes per request (default 256M): what a "
                         "broken connection costs")
     upload.set_defaults(run=cmd_upload)
     download = sub.add_parser("download", parents=[common, where],

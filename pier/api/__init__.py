@@ -113,6 +113,7 @@ def handlers(services: Services, served: Iterable[str]) -> list[object]:
             GuestApi(s.guest), VmConsoleApi(s.consoles), VmDevicesApi(s.vm_devices, drives),
             StorageApi(s.storage, s.volumes), volume_api,
             SdmApi(s.jobs, s.nbd, volume_api), BlockDevicesApi(s.block_devices, s.storage), LeaseApi(),
-            TransferApi(s.transfers), ImageSharingApi(s.sharing, volume_api), VmMigrationApi(s.migrations, s.vms),
+            TransferApi(s.transfers, s.tasks), ImageSharingApi(s.sharing, volume_api),
+            VmMigrationApi(s.migrations, s.vms),
             VmSnapshotsApi(s.snapshots, s.volumes, volume_api, drives, memory_volumes), VmBackupApi(s.backups),
             VmHibernationApi(s.memory, vms, memory_volumes)]

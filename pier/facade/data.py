@@ -6,8 +6,10 @@ unknown volume, a missing role) is a problem+json answer before any byte moves. 
 `HttpEndpoint` (pier/rpc/dataplane.py): a unix socket and a path. The request goes there with the
 same method and the headers that say which bytes (Range, Content-Range, Content-Length); the
 answer comes back as it is (200, 206 with Content-Range, or the endpoint's refusal, as
-problem+json), streamed both ways in CHUNK pieces. The endpoint is released once the exchange has
-ended, whether it succeeded, failed or the client went away.
+problem+json), streamed both ways in CHUNK pieces, each reported to the endpoint's `progress` (which
+may stop the relay by raising). The endpoint is released once the exchange has ended, whether it
+succeeded, failed or the client went away, and then told how it ended (`done`); after a PUT, a
+PierError `done` raises is the answer instead of the endpoint's.
 """
 
 from __future__ import annotations
@@ -23,13 +25,14 @@ import bottle
 
 from pier.facade.problems import problem_response
 from pier.rpc.dataplane import HttpEndpoint
-from pier.rpc.errors import DataRefused, InvalidRequest, Unavailable
+from pier.rpc.errors import DataRefused, InvalidRequest, PierError, Unavailable
 from pier.rpc.registry import CallContext, Registry
 from pier.rpc.schema import Verb
 
 log = logging.getLogger("pier.facade")
 
-CHUNK = 4 << 20
+CHUNK = 1 << 20
+SOCKET_BUFFER = 4 << 20  # the unix socket to the endpoint: fewer wake-ups per MiB sent (the kernel caps it at wmem_max)
 TIMEOUT = 60.0  # seconds without progress on the endpoint's socket before the relay gives up
 _REQUEST_HEADERS = ("Range", "Content-Range")
 _ANSWER_HEADERS = ("Content-Type", "Content-Length", "Content-Range", "Accept-Ranges", "Content-Disposition")
@@ -42,6 +45,7 @@ class _UnixConnection(http.client.HTTPConnection):
 
     def connect(self) -> None:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
         sock.settimeout(self.timeout)
         try:
             sock.connect(self.unix_path)
@@ -69,26 +73,28 @@ class DataRelays:
         try:
             response = self._send(connection, method, endpoint, environ, length)
         except BaseException as exc:
-            connection.close()
-            endpoint.release()
-            if isinstance(exc, OSError):
-                raise Unavailable(f"the data of {endpoint.name} could not be relayed: {exc}") from None
+            failure: Exception = exc if isinstance(exc, PierError) else Unavailable(
+                f"the data of {endpoint.name} could not be relayed: {exc}")
+            _end(connection, endpoint, 0, failure)
+            if isinstance(exc, (OSError, PierError)):
+                raise failure from None
             raise
         headers = {name: value for name in _ANSWER_HEADERS if (value := response.getheader(name)) is not None}
         headers.update(endpoint.headers)
         if response.status >= 400:
             text = response.read(64 << 10).decode("utf-8", "replace").strip()
-            connection.close()
-            endpoint.release()
             error = DataRefused(f"{endpoint.name}: {text or response.reason}", data={"status": response.status})
-            return problem_response(error, status=response.status, headers={
-                k: v for k, v in headers.items() if k in ("Content-Range",) or k.startswith("X-Pier")})
+            _end(connection, endpoint, 0, error)
+            return _problem(error, response.status, headers)
         if method != "GET":
             response.read()
-            connection.close()
-            endpoint.release()
+            try:
+                _end(connection, endpoint, length, None)
+            except PierError as refused:
+                return _problem(refused, refused.http_status, headers)
             return bottle.HTTPResponse(body=b"", status=response.status, headers=headers)
-        return bottle.HTTPResponse(body=_relay(response, connection, endpoint), status=response.status,
+        total = int(response.getheader("Content-Length") or 0)
+        return bottle.HTTPResponse(body=_relay(response, connection, endpoint, total), status=response.status,
                                    headers=headers)
 
     @staticmethod
@@ -112,7 +118,20 @@ class DataRelays:
                     raise ConnectionAbortedError(f"the client sent {length - left} of {length} bytes and stopped")
                 connection.send(chunk)
                 left -= len(chunk)
+                endpoint.progress(length - left, length)
         return connection.getresponse()
+
+
+def _problem(error: PierError, status: int, headers: dict[str, str]) -> bottle.HTTPResponse:
+    return problem_response(error, status=status, headers={
+        k: v for k, v in headers.items() if k in ("Content-Range",) or k.startswith("X-Pier")})
+
+
+def _end(connection: _UnixConnection, endpoint: HttpEndpoint, moved: int, failure: Exception | None) -> None:
+    """Close the endpoint's connection, release it, and say how the exchange ended (`done` may raise)."""
+    connection.close()
+    endpoint.release()
+    endpoint.done(moved, failure)
 
 
 def _length(environ: Mapping[str, Any]) -> int:
@@ -123,10 +142,25 @@ def _length(environ: Mapping[str, Any]) -> int:
     return int(text)
 
 
-def _relay(response: http.client.HTTPResponse, connection: _UnixConnection, endpoint: HttpEndpoint) -> Iterator[bytes]:
+def _relay(response: http.client.HTTPResponse, connection: _UnixConnection, endpoint: HttpEndpoint,
+           total: int) -> Iterator[bytes]:
+    moved = 0
+    failure: Exception | None = None
     try:
         while chunk := response.read(CHUNK):
+            moved += len(chunk)
             yield chunk
+            endpoint.progress(moved, total)
+        if moved < total:
+            failure = Unavailable(f"{endpoint.name}: the endpoint's answer ended at byte {moved} of {total}")
+    except GeneratorExit:
+        failure = ConnectionAbortedError(f"the client stopped reading at byte {moved} of {total}")
+        raise
+    except Exception as exc:
+        failure = exc
+        raise
     finally:
-        connection.close()
-        endpoint.release()
+        try:
+            _end(connection, endpoint, moved, failure)
+        except Exception:
+            log.exception("ending the relay of %s", endpoint.name)

@@ -376,7 +376,8 @@ class Registry:
             return self.locks.hold(keys, f"{declared.name} (a task)")
 
         task_id = params.get(declared.task_id) if declared.task_id else None
-        return self.tasks.submit(declared.name, target, params, run, guard=guard if keys else None,
+        kept = redact(params, declared.secrets, guess=False) if declared.secrets else params
+        return self.tasks.submit(declared.name, target, kept, run, guard=guard if keys else None,
                                  task_id=task_id)
 
 

@@ -13,8 +13,9 @@ way to follow those references.
 `secret: true` on a param, or on a property anywhere in a verb's params or returns (directly or
 in a `$defs` type they refer to), marks a secret: the verb's `secrets` (params) and
 `result_secrets` (result) name them, and whatever stores or logs a call redacts them. The mark is
-Pier's own and is removed from the schemas everything else reads. A task verb may have none: its
-params and result are kept in the task table and its result is sent in its events.
+Pier's own and is removed from the schemas everything else reads. A task verb's secret params are
+redacted in the task table (its handler gets them, its reconciler does not); it may have no secret
+result, which is kept in the task table and sent in its events.
 """
 
 from __future__ import annotations
@@ -604,9 +605,9 @@ class Schema:
         task_id = spec.get("task_id")
         if task_id is not None and (not task or task_id not in (spec.get("params") or {})):
             raise ValueError(f"task_id {task_id!r} must name a param of a task verb")
-        if task and (secrets or result_secrets):
-            raise ValueError(f"a task verb cannot have secrets ({sorted({*secrets, *result_secrets})}): "
-                             "its params and result are kept in the task table, and its events carry the result")
+        if task and result_secrets:
+            raise ValueError(f"a task verb cannot have secret results ({sorted(result_secrets)}): "
+                             "its result is kept in the task table, and its events carry it")
         for error in spec.get("errors", []):
             try:
                 error_by_name(error)

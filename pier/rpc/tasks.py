@@ -122,6 +122,18 @@ class TaskHandle:
         if self._task.cancel.is_set():
             raise TaskCancelled()
 
+    def end(self, error: PierError | None = None, result: Any = None) -> None:
+        """End a task made by `TaskManager.begin`: succeeded, or cancelled (TaskCancelled) or failed
+        with `error`. Idempotent: a task that has ended stays as it ended."""
+        if self._task.state in ENDED or self._manager._stopping:
+            return  # when the agent stops, the record stays running, to be reconciled at the next start
+        if isinstance(error, TaskCancelled):
+            self._manager._finish(self._task, "cancelled", message=error.message)
+        elif error is not None:
+            self._manager._finish(self._task, "failed", error=error.to_dict(), message=error.message)
+        else:
+            self._manager._finish(self._task, "succeeded", result=True if result is None else result, progress=100)
+
 
 class TaskManager:
     """Runs task verbs on a worker pool and keeps their records in sqlite."""
@@ -218,6 +230,23 @@ class TaskManager:
         self._pool.submit(self._run, task, run, guard)
         self._expire()
         return task.info()
+
+    def begin(self, verb: str, target: str | None, params: dict[str, Any], *,
+              task_id: str | None = None) -> TaskHandle:
+        """Record a running task whose work the caller does in its own thread (a transfer the REST
+        facade relays) and ends with `TaskHandle.end`; JobExists when a kept task has `task_id`."""
+        if self._stopping:
+            raise PierError("the agent is stopping; no new tasks are accepted")
+        now = time.time()
+        task = _Task(task_id or str(uuid.uuid4()), verb, target, params, state="running", created=now, started=now)
+        with self._lock:
+            if task.id in self._tasks:
+                raise JobExists(f"Job id already exists: {task.id}", data={"job_id": task.id})
+            self._tasks[task.id] = task
+            self._save(task)
+        self._announce(task)
+        self._expire()
+        return TaskHandle(self, task)
 
     def _run(self, task: _Task, run: Callable[[TaskHandle], Any],
              guard: Callable[[], ContextManager[Any]] | None) -> None:

@@ -299,3 +299,25 @@ def test_what_cannot_be_shared_is_refused_at_the_call(site: Site, peer: Peer) ->
         assert "methodArgs.method" in error.message
     assert site.rpc.call("Host.getAllTasks") == tasks
     assert peer.headers_seen == []
+
+
+def test_the_headers_of_method_args_reach_the_peer_and_are_stored_nowhere(site: Site, peer: Peer) -> None:
+    img, vol, img2, vol2 = new(), new(), new(), new()
+    site.create(img, vol, size=MiB, fmt="RAW")
+    fill(volume_file(site, img, vol), MiB)
+    secret = "s3cret-" + new()
+    site.done("Image.upload", methodArgs=http_args(f"{peer.url}/store/tokened", Authorization=f"Bearer {secret}"),
+              **ids(site, img))
+    assert peer.headers_seen[-1]["Authorization"] == f"Bearer {secret}"
+    site.create(img2, vol2, size=MiB, fmt="RAW")
+    site.done("Image.download", methodArgs=http_args(f"{peer.url}/files/tokened", **{"X-Auth-Token": secret}),
+              volumeID=vol2, **ids(site, img2))
+    assert peer.headers_seen[-1]["X-Auth-Token"] == secret
+    assert sha256(volume_file(site, img2, vol2)) == sha256(volume_file(site, img, vol))
+    kept = [path for path in site.daemon.state_dir.rglob("*") if path.is_file()]
+    assert kept, "pierd's state directory is empty"
+    holding = [str(path) for path in kept if secret.encode() in path.read_bytes()]
+    assert holding == [], "the secret header is stored in " + ", ".join(holding)
+    assert not any(secret in line for line in site.daemon.log)
+    audit = site.rpc.call("Host.getAuditLog", limit=1000, newest=True)
+    assert secret not in str(audit)

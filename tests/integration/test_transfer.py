@@ -356,6 +356,109 @@ def test_the_rest_data_route_uploads_in_ranges_resumes_and_downloads(site: Site,
     assert log.count("ADD transfer") == log.count("REMOVE transfer")
 
 
+class SlowPut:
+    """A PUT to the data route sent by hand over a socket, so a test can stop half-way through its body."""
+
+    def __init__(self, site: Site, path: str, length: int, query: str = "") -> None:
+        split = urlsplit(site.daemon.http)
+        self.sock = socket.create_connection((split.hostname, split.port), timeout=60)
+        self.sock.sendall((f"PUT /api/v1{path}{query} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+                           f"{site.daemon.token}\r\nContent-Length: {length}\r\n\r\n").encode())
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def answer(self) -> tuple[int, dict[str, str], bytes]:
+        response = http.client.HTTPResponse(self.sock)
+        response.begin()
+        try:
+            return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+        finally:
+            self.sock.close()
+
+
+def wait_for_task(site: Site, task_id: str, until: Any, timeout: float = 60) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            info: dict[str, Any] = site.rpc.call("Task.getInfo", taskID=task_id)
+        except JsonRpcError:
+            info = {}
+        if until(info) or time.monotonic() > deadline:
+            return info
+        time.sleep(0.05)
+
+
+def test_a_rest_transfer_is_a_task_another_client_watches_and_stops(site: Site) -> None:
+    img, vol, path = new_volume(site, fmt="RAW", size=16 * MiB)
+    data_path = f"/storage-domains/{site.sd}/images/{img}/volumes/{vol}/data"
+    data = os.urandom(16 * MiB)
+    task_id = str(uuid.uuid4())
+    upload = SlowPut(site, data_path, len(data), f"?taskID={task_id}")
+    upload.send(data[:8 * MiB])
+    running = wait_for_task(site, task_id, lambda info: "bytes written" in info.get("message", ""))
+    assert (running["state"], running["verb"], running["target"]) == ("running", "Volume.writeData", vol), running
+    moved, _, rest_of_message = running["message"].partition(" of ")
+    assert 0 < int(moved) <= 8 * MiB and rest_of_message == f"{16 * MiB} bytes written", running
+    assert task_id in site.rpc.call("Host.getAllTasks")
+    upload.send(data[8 * MiB:])
+    status, headers, body = upload.answer()
+    assert (status, headers["x-pier-task"]) == (200, task_id), body
+    ended = wait_for_task(site, task_id, lambda info: info.get("state") != "running")
+    assert (ended["state"], ended["progress"], ended["result"]) == ("succeeded", 100, {"bytes": 16 * MiB}), ended
+    assert path.read_bytes() == data
+
+    status, headers, body = rest(site, "GET", data_path, headers={"Range": "bytes=0-1048575"})
+    assert status == 206 and body == data[:MiB]
+    read = wait_for_task(site, headers["x-pier-task"], lambda info: info.get("state") != "running")
+    assert (read["verb"], read["state"], read["result"]) == ("Volume.readData", "succeeded", {"bytes": MiB}), read
+
+    status, _, body = rest(site, "PUT", data_path + f"?taskID={task_id}", data[:MiB])
+    assert status == 409 and json.loads(body)["name"] == "JobExists"
+
+    stopped_id = str(uuid.uuid4())
+    upload = SlowPut(site, data_path, len(data), f"?taskID={stopped_id}")
+    upload.send(data[:8 * MiB])
+    wait_for_task(site, stopped_id, lambda info: "bytes written" in info.get("message", ""))
+    site.rpc.call("Task.stop", taskID=stopped_id)
+    try:
+        upload.send(data[8 * MiB:])
+        status, headers, body = upload.answer()
+        assert status == 409 and json.loads(body)["name"] == "TaskAborted", body
+    except OSError:  # pierd may close the connection before the rest of the body is sent
+        pass
+    stopped = wait_for_task(site, stopped_id, lambda info: info.get("state") != "running")
+    assert stopped["state"] == "cancelled", stopped
+
+
+def test_an_upload_of_the_wrong_format_is_refused_and_leaves_the_volume_illegal(site: Site, tmp_path: Path) -> None:
+    qcow2, backed = tmp_path / "small.qcow2", tmp_path / "backed.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(qcow2), str(4 * MiB)], check=True)
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(qcow2), "-F", "qcow2", str(backed)],
+                   check=True)
+    for fmt, body, said in (("RAW", qcow2.read_bytes(), "qcow2 header"),
+                            ("COW", os.urandom(MiB), "do not start with a qcow2 header"),
+                            ("COW", backed.read_bytes(), "backing file")):
+        img, vol, _ = new_volume(site, fmt=fmt, size=4 * MiB)
+        data_path = f"/storage-domains/{site.sd}/images/{img}/volumes/{vol}/data"
+        status, headers, answer = rest(site, "PUT", data_path, body)
+        problem = json.loads(answer)
+        assert (status, headers["content-type"], problem["name"]) == (
+            422, "application/problem+json", "ImageVerificationError"), answer
+        assert said in problem["detail"] and "ILLEGAL" in problem["detail"], problem
+        info = site.rpc.call("Volume.getInfo", storagepoolID=site.pool, storagedomainID=site.sd, imageID=img,
+                             volumeID=vol)
+        assert info["legality"] == "ILLEGAL", (fmt, said)
+        task = site.rpc.call("Task.getInfo", taskID=headers["x-pier-task"])
+        assert task["state"] == "failed" and task["error"]["code"] == 484, task
+    img, vol, _ = new_volume(site, fmt="COW", size=4 * MiB)
+    status, _, answer = rest(site, "PUT", f"/storage-domains/{site.sd}/images/{img}/volumes/{vol}/data",
+                             qcow2.read_bytes())
+    assert status == 200, answer
+    info = site.rpc.call("Volume.getInfo", storagepoolID=site.pool, storagedomainID=site.sd, imageID=img, volumeID=vol)
+    assert info["legality"] == "LEGAL"
+
+
 # -- pier upload / download ------------------------------------------------------------------------
 
 

@@ -34,7 +34,7 @@ def test_the_schema_marks_the_token_of_token_create_secret(schema: Schema) -> No
     assert '"secret"' not in json.dumps(openapi_document(schema))
 
 
-def test_secret_marks_are_found_through_refs_and_refused_on_tasks() -> None:
+def test_secret_marks_are_found_through_refs_and_secret_results_refused_on_tasks() -> None:
     document = {"$defs": {"Ticket": {"type": "object", "properties": {"ticket": {"type": "string", "secret": True},
                                                                       "secret": {"type": "string"}}}},
                 "verbs": {"Console.open": {"params": {"password": {"type": "string", "secret": True}},
@@ -42,8 +42,15 @@ def test_secret_marks_are_found_through_refs_and_refused_on_tasks() -> None:
     verb = Schema(document).verbs["Console.open"]
     assert verb.secrets == ["password"] and verb.result_secrets == {"ticket"}
     document["verbs"]["Console.open"]["task"] = True
-    with pytest.raises(ValueError, match="a task verb cannot have secrets"):
+    with pytest.raises(ValueError, match="a task verb cannot have secret results"):
         Schema(document)
+    document["verbs"]["Console.open"]["returns"] = {"type": "object"}
+    assert Schema(document).verbs["Console.open"].secrets == ["password"]  # a secret param: redacted in its task
+
+
+def test_image_sharing_keeps_its_headers_secret(schema: Schema) -> None:
+    for name in ("Image.upload", "Image.download"):
+        assert schema.verbs[name].secrets == ["headers"]
 
 
 def test_a_redelivered_token_create_gets_its_answer_without_the_secret(stack: Stack, tmp_path: Path) -> None:

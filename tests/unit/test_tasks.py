@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pier.rpc.errors import JobNotDone, TargetBusy, UnknownTask
+from pier.rpc.errors import JobExists, JobNotDone, TargetBusy, TaskCancelled, Unavailable, UnknownTask
 from pier.rpc.events import EventLog
 from pier.rpc.tasks import TaskManager
 from tests.unit.conftest import VM_ID, Stack, build_stack
@@ -295,3 +295,26 @@ def test_a_state_database_from_before_step_markers_is_kept(tmp_path: Path) -> No
         assert tasks.get("t1")["state"] == "succeeded"
     finally:
         tasks.stop()
+
+
+def test_a_task_the_caller_runs_is_running_until_it_ends_it(manager) -> None:
+    tasks, _ = manager
+    done = tasks.begin("Volume.writeData", "vol-1", {"volumeID": "vol-1"}, task_id="t-1")
+    assert tasks.get("t-1")["state"] == "running" and tasks.get("t-1")["started"] is not None
+    done.progress(40, "40 of 100 bytes written")
+    assert (tasks.get("t-1")["progress"], tasks.get("t-1")["message"]) == (40, "40 of 100 bytes written")
+    with pytest.raises(JobExists):
+        tasks.begin("Volume.writeData", "vol-1", {}, task_id="t-1")
+    done.end(result={"bytes": 100})
+    done.end(Unavailable("too late"))  # an ended task stays as it ended
+    assert tasks.wait("t-1", 1)["state"] == "succeeded" and tasks.get("t-1")["result"] == {"bytes": 100}
+
+    stopped = tasks.begin("Volume.readData", "vol-1", {})
+    tasks.stop_task(stopped.id)
+    with pytest.raises(TaskCancelled):
+        stopped.check_cancelled()
+    stopped.end(TaskCancelled())
+    assert tasks.get(stopped.id)["state"] == "cancelled"
+    failed = tasks.begin("Volume.readData", "vol-1", {})
+    failed.end(Unavailable("the connection broke"))
+    assert tasks.get(failed.id)["error"]["message"] == "the connection broke"

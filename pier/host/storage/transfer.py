@@ -7,7 +7,12 @@ it goes to imageio's control socket unchanged but for the resolved path. imageio
 what a ticket allows: its ops (read, write), its expiry, and ranges beyond its size.
 
 pierd's REST data route uses the same machinery: `open_data` adds a short-lived ticket of its own
-for one volume and returns where imageio's local (unix-socket) service serves it.
+for one volume and returns where imageio's local (unix-socket) service serves it. After each upload
+to the data route the volume's first bytes are checked against its declared format (`check_header`):
+a RAW volume must not start with another image format's header (qcow2 bytes in a RAW volume would
+be read as qcow2 by whatever probes it), a COW volume must start with a qcow2 header without a
+backing file or an external data file. A volume that fails is marked ILLEGAL, as VDSM marks a
+volume whose copy failed, and the upload is answered ImageVerificationError.
 
 imageio is started on the first ticket rather than with pierd: most pierds never transfer an image,
 and until one does no HTTPS port is open to the network and no 25 MB process runs (measured here:
@@ -19,8 +24,10 @@ from __future__ import annotations
 
 import logging
 import os
+import struct
 import urllib.parse
 import uuid
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +35,13 @@ from pier.host.storage import layout
 from pier.host.storage.imageio import Imageio
 from pier.host.storage.volumes import Volume, Volumes
 from pier.rpc.dataplane import HttpEndpoint
-from pier.rpc.errors import InvalidParameterException, NoSuchImageTicket, PierError, VolumeDoesNotExist
+from pier.rpc.errors import (
+    ImageVerificationError,
+    InvalidParameterException,
+    NoSuchImageTicket,
+    PierError,
+    VolumeDoesNotExist,
+)
 
 log = logging.getLogger("pier.transfer")
 
@@ -132,8 +145,13 @@ class ImageTransfers:
             except PierError as exc:
                 log.warning("could not remove data ticket %s of volume %s: %s", ticket_id, vol, exc.message)
 
-        return HttpEndpoint(self._imageio.local_socket, path, f"volume {vol} for {'writing' if write else 'reading'}",
-                            release, {"X-Pier-Ticket": ticket_id, "X-Pier-Size": str(size)})
+        def written(moved: int, failure: Exception | None) -> None:
+            if moved and failure is None:
+                check_header(volume)
+
+        endpoint = HttpEndpoint(self._imageio.local_socket, path, f"volume {vol} for {'writing' if write else 'reading'}",
+                                release, {"X-Pier-Ticket": ticket_id, "X-Pier-Size": str(size)})
+        return replace(endpoint, done=written) if write else endpoint
 
     # -- the process ------------------------------------------------------------------------
 
@@ -155,3 +173,45 @@ def upload_limit(volume: Volume) -> int:
     if meta.format == "RAW":
         return meta.capacity
     return meta.capacity + meta.capacity // 64 + (16 << 20)
+
+
+_FOREIGN_HEADERS = ((b"QFI\xfb", "qcow2"), (b"QED\x00", "qed"), (b"KDMV", "vmdk"), (b"vhdxfile", "vhdx"),
+                    (b"LUKS\xba\xbe", "luks"), (b"conectix", "vpc"), (b"# Disk DescriptorFile", "vmdk"))
+_QCOW2_HEADER = 104  # bytes of a qcow2 version 3 header, the fields read here included
+_QCOW2_EXTERNAL_DATA = 1 << 2  # incompatible feature bit: the data lives in another file
+
+
+def check_header(volume: Volume) -> None:
+    """Whether the first bytes of `volume` are its declared format's; ImageVerificationError after
+    marking it ILLEGAL when not."""
+    meta = volume.meta()
+    with open(volume.path, "rb") as stream:
+        head = stream.read(4096)
+    if meta.format == "RAW":
+        found = next((name for magic, name in _FOREIGN_HEADERS if head.startswith(magic)), None)
+        problem = None if found is None else (f"its bytes start with a {found} header: upload a raw image into a "
+                                              "RAW volume, or a qcow2 image into a COW one")
+    else:
+        problem = _qcow2_problem(head)
+    if problem is None:
+        return
+    volume.write(meta.with_(legality="ILLEGAL"))
+    log.warning("upload into volume %s (%s) refused and the volume marked ILLEGAL: %s", volume.vol, meta.format,
+                problem)
+    raise ImageVerificationError(f"volume {volume.vol} is {meta.format} but {problem}; the volume is marked "
+                                 "ILLEGAL: upload the whole image again from byte 0, or delete it",
+                                 data={"volumeID": volume.vol, "format": meta.format, "legality": "ILLEGAL"})
+
+
+def _qcow2_problem(head: bytes) -> str | None:
+    if not head.startswith(b"QFI\xfb") or len(head) < _QCOW2_HEADER:
+        shown = "all zeros" if not head.strip(b"\0") else f"{head[:8]!r}"
+        return f"its bytes do not start with a qcow2 header (they start {shown})"
+    version, backing_offset = struct.unpack(">IQ", head[4:16])
+    if version not in (2, 3):
+        return f"its qcow2 header has version {version}, not 2 or 3"
+    if backing_offset:
+        return "its qcow2 header names a backing file (an uploaded image must stand alone)"
+    if version == 3 and struct.unpack(">Q", head[72:80])[0] & _QCOW2_EXTERNAL_DATA:
+        return "its qcow2 header names an external data file"
+    return None
