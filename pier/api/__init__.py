@@ -32,6 +32,7 @@ from pier.api.vm_backup import VmBackupApi
 from pier.api.vm_console import VmConsoleApi
 from pier.api.vm_devices import VmDevicesApi
 from pier.api.vm_migration import VmMigrationApi
+from pier.api.vm_replicate import VmReplicateApi, VmsWithCopies
 from pier.api.vm_snapshots import VmSnapshotsApi, VmsWithJobs
 from pier.api.volume import VolumeApi
 from pier.host.services import (
@@ -48,6 +49,7 @@ from pier.host.services import (
     MigrationService,
     NbdService,
     NetworkService,
+    ReplicationService,
     SecretService,
     SnapshotService,
     StorageJobService,
@@ -93,6 +95,7 @@ class Services:
     backups: BackupService
     migrations: MigrationService | None = None  # None: VM.migrate and its siblings answer that they are not served
     snapshots: SnapshotService | None = None
+    replications: ReplicationService | None = None  # None: live storage moves answer that they are not served
 
 
 def handlers(services: Services, served: Iterable[str]) -> list[object]:
@@ -101,7 +104,8 @@ def handlers(services: Services, served: Iterable[str]) -> list[object]:
     s = services
     drives = Drives(s.volumes)
     volume_api = VolumeApi(s.volumes, s.vms)
-    vms = cast(VmService, VmsWithJobs(s.vms, s.snapshots))  # stats with each VM's block jobs (vmJobs)
+    # stats with each VM's block jobs (vmJobs): merges and snapshots' commits, and drive copies
+    vms = cast(VmService, VmsWithCopies(cast(VmService, VmsWithJobs(s.vms, s.snapshots)), s.replications))
     return [HostApi(s.host, vms, s.tasks, s.about, served), VmApi(vms, s.guest, drives), TaskApi(s.tasks),
             EventsApi(s.events, s.credentials), SecurityApi(s.credentials, s.audit), NetworkApi(s.network, s.vms),
             HostTuneApi(s.ksm, s.lldp, s.domain_xmls), HostDevApi(s.hostdevs), SecretsApi(s.secrets),
@@ -109,4 +113,5 @@ def handlers(services: Services, served: Iterable[str]) -> list[object]:
             StorageApi(s.storage, s.volumes), volume_api,
             SdmApi(s.jobs, s.nbd, volume_api), BlockDevicesApi(s.block_devices, s.storage), LeaseApi(),
             TransferApi(s.transfers), ImageSharingApi(s.sharing, volume_api), VmMigrationApi(s.migrations, s.vms),
-            VmSnapshotsApi(s.snapshots, s.volumes, volume_api, drives), VmBackupApi(s.backups)]
+            VmSnapshotsApi(s.snapshots, s.volumes, volume_api, drives), VmBackupApi(s.backups),
+            VmReplicateApi(s.replications, s.volumes, volume_api, drives)]

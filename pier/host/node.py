@@ -34,6 +34,7 @@ from pier.host.migration import DEFAULT_LIBVIRT_URI, Migrations
 from pier.host.network.host import HostWithNetwork
 from pier.host.network.service import Network
 from pier.host.peer import PeerCredentials
+from pier.host.replicate import DiskReplications
 from pier.host.secrets import Secrets
 from pier.host.services import (
     BackupService,
@@ -47,6 +48,7 @@ from pier.host.services import (
     LldpService,
     MigrationService,
     NetworkService,
+    ReplicationService,
     SecretService,
     SnapshotService,
     StorageService,
@@ -127,6 +129,7 @@ class Node:
         self.vm_devices: VmDeviceService = self._vm_control
         self._snapshots = VmSnapshots(self._connection, self._vm_control.changed)
         self.snapshots: SnapshotService = self._snapshots
+        self.replications: ReplicationService = DiskReplications(self._connection, self._vm_control.changed)
         self._backups = Backups(self._connection, Path(data_center),
                                 Path(backup_dir) if backup_dir else backup_run_dir("/var/lib/pier"))
         self.backups: BackupService = self._backups

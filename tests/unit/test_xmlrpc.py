@@ -53,6 +53,7 @@ VDSM_PAYLOAD_KEYS = {
     "deactivateStorageDomain": None, "getFileStats": "fileStats",
     "repoStats": "*", "getStoragePoolInfo": "*",  # the result's keys beside status
     "migrateStatus": "migrationStats", "migrateCancel": None, "migrateChangeParams": None,
+    "diskReplicateStart": None, "diskReplicateFinish": None,
 }
 # The legacy names of pier/rpc/schema/volume.yml (VDSM's storage verbs).
 STORAGE_LEGACY = {
@@ -143,7 +144,8 @@ def test_every_legacy_name_answers_the_envelope_with_its_payload_key(vdsm, schem
             "description": "d", "scsiKey": ""}
     drive = {"domainID": UNKNOWN_VM, "imageID": UNKNOWN_VM, "volumeID": UNKNOWN_VM}
     args.update({"snapDrives": [{**drive, "baseVolumeID": UNKNOWN_VM}], "drive": drive, "driveSpecs": drive,
-                 "disk": drive, "baseVolUUID": UNKNOWN_VM, "topVolUUID": UNKNOWN_VM, "newSize": "1024"})
+                 "disk": drive, "baseVolUUID": UNKNOWN_VM, "topVolUUID": UNKNOWN_VM, "newSize": "1024",
+                 "srcDisk": drive, "dstDisk": drive})
     stack.guest.agents.add(VM_ID)
     stack.guest.exec_allowed.add(VM_ID)
     # VDSM's XML-RPC took one struct with the vmId inside for these
@@ -164,7 +166,8 @@ def test_every_legacy_name_answers_the_envelope_with_its_payload_key(vdsm, schem
                # the fake's VM has no CD-ROM or floppy drive, no maxMemSize, no device ua-none
                "changeCD": 41, "changeFloppy": 41, "hotplugMemory": 70, "vmUpdateDevice": 56,
                # the fakes serve no snapshots (unavail); the fake volumes have no such domain
-               "snapshot": 40, "merge": 40, "diskSizeExtend": 358, "getDiskAlignment": 358}
+               "snapshot": 40, "merge": 40, "diskSizeExtend": 358, "getDiskAlignment": 358,
+               "diskReplicateStart": 40, "diskReplicateFinish": 40}  # nor live storage moves
     # storage verbs on a domain or pool this host does not have: VDSM's codes (358, 309, 304, 360)
     failing.update({name: 358 for name in ("createStoragePool", "getStorageDomainInfo", "getStorageDomainStats",
                                           "getImagesList", "validateStorageDomain", "setStorageDomainDescription",
