@@ -49,6 +49,11 @@ CONVENIENCE_VERBS = {
     "vm.info": "VM.getInfo",
     "vm.devices": "VM.getDevices",
     "vm.snapshot": "VM.snapshot",
+    "vm.stats": "VM.getStats",
+    "vm.replicate.start": "VM.diskReplicateStart",
+    "vm.replicate.finish": "VM.diskReplicateFinish",
+    "image.clone": "Image.cloneStructure",
+    "image.sync": "Image.syncData",
     "backup.start": "VM.start_backup",
     "backup.stop": "VM.stop_backup",
     "task.stop": "Task.stop",
@@ -501,6 +506,9 @@ def build_parser() -> argparse.ArgumentParser:
     cli_volume.add_commands(sub, common)
     cli_transfer.add_commands(sub, common)
     cli_vm_snapshot.add_commands(sub, common)
+    from pier import cli_vm_move
+
+    cli_vm_move.add_commands(sub, common)
     from pier import cli_backup
 
     cli_backup.add_commands(sub, common)
