@@ -108,7 +108,12 @@ class VmReplicateApi:
     @verb("VM.diskReplicateStart")
     def start(self, ctx: CallContext, vmID: str, srcDisk: dict[str, Any], dstDisk: dict[str, Any],
               needExtend: bool = True) -> bool:
-        _, source = self._drive_leaf(vmID, srcDisk)
+        drive, source = self._drive_leaf(vmID, srcDisk)
+        copying = self._service().replicas(vmID).get(drive)
+        if copying is not None:  # refused before preparing: the copy running holds the destination prepared
+            raise ReplicaError(f"drive {drive} of VM {vmID} is already being copied to {copying.dest}; finish "
+                               "that copy first (VM.diskReplicateFinish)",
+                               data={"vmId": vmID, "drive": drive, "destination": copying.dest})
         dest, fmt = self._destination(_Volume.of(srcDisk), dstDisk)
         dst = _Volume.of(dstDisk)
         self._volumes.prepare(*dst)

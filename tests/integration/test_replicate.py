@@ -25,7 +25,7 @@ import libvirt
 import pytest
 
 from pier import cli
-from tests.integration.clients import HttpRpcClient, JsonRpcError
+from tests.integration.clients import HttpRpcClient, JsonRpcError, http_request
 from tests.integration.conftest import Pierd
 from tests.integration.guest import DISK_DIR, Guest, new_guest, remove_vm, skip_reason, start_default_network
 from tests.integration.test_volumes import Site, make_domain, qemu_chain
@@ -155,17 +155,19 @@ def test_bad_moves_are_refused_and_a_cancelled_copy_stays_on_the_source(lab: Lab
     site.done("Image.cloneStructure", imageID=lab.img, storagepoolID=site.pool, storagedomainID=site.sd,
               dstSdUUID=site.sd2)
     dest = str(lab.path(site.sd2, lab.top))
-    assert site.rpc.call("VM.diskReplicateStart", vmID=lab.vm_id, srcDisk=lab.disk(site.sd),
-                         dstDisk=lab.disk(site.sd2)) is True
+    status, _, body = http_request("POST", f"{site.daemon.http}/api/v1/vms/{lab.vm_id}/disks/replicate",
+                                   {"srcDisk": lab.disk(site.sd), "dstDisk": lab.disk(site.sd2)})
+    assert status == 200 and json.loads(body) is True, body
     assert lab.vda() == (source, True)
     again = refused(lab, "VM.diskReplicateStart", srcDisk=lab.disk(site.sd), dstDisk=lab.disk(site.sd2))
     assert again.code == 55 and "already" in again.message, again  # replicaErr
     (job,) = lab.jobs().values()
     assert job["blockJobType"] == "copy" and job["drive"] == "vda" and job["destination"] == dest, job
 
-    ended = site.rpc.call("VM.diskReplicateFinish", vmID=lab.vm_id, srcDisk=lab.disk(site.sd),
-                          dstDisk=lab.disk(site.sd))  # dstDisk == srcDisk: VDSM's engine cancels so
-    assert ended == {"drive": "vda", "pivoted": False, "path": source, "domainID": site.sd}
+    status, _, body = http_request("POST", f"{site.daemon.http}/api/v1/vms/{lab.vm_id}/disks/replicate/finish",
+                                   {"srcDisk": lab.disk(site.sd), "dstDisk": lab.disk(site.sd)})
+    assert status == 200, body  # dstDisk == srcDisk: VDSM's engine cancels so
+    assert json.loads(body) == {"drive": "vda", "pivoted": False, "path": source, "domainID": site.sd}
     assert lab.vda() == (source, False) and lab.jobs() == {}
     guest_write(lab, AFTER_SECTOR, AFTER)  # the guest still writes to domain 1
     assert guest_read(lab, AFTER_SECTOR, len(AFTER)) == AFTER
