@@ -8,7 +8,8 @@ already copied; then prepares the destination and has libvirt copy onto it. Fini
 dstDisk names the copy's volume (the drive then stands on the destination domain, whose image stays
 prepared under the VM, and the source image is torn down) and otherwise stops the copy, the drive
 staying on the source and the destination image torn down. Nothing of a copy is kept here: what
-libvirt runs is the truth, so both verbs work the same after a restart of pierd.
+libvirt runs is the truth, so both verbs work the same after a restart of pierd, and a Finish asked
+again after its pivot (pierd stopped before it answered) answers the pivot again.
 """
 
 from __future__ import annotations
@@ -126,7 +127,13 @@ class VmReplicateApi:
 
     @verb("VM.diskReplicateFinish")
     def finish(self, ctx: CallContext, vmID: str, srcDisk: dict[str, Any], dstDisk: dict[str, Any]) -> dict[str, Any]:
-        drive, source = self._drive_leaf(vmID, srcDisk)
+        try:
+            drive, source = self._drive_leaf(vmID, srcDisk)
+        except ImageError:
+            done = self._pivoted_already(vmID, srcDisk, dstDisk)
+            if done is None:
+                raise
+            return done
         replica = self._service().replicas(vmID).get(drive)
         if replica is None:
             raise ReplicationNotInProgress(f"drive {drive} of VM {vmID} is not being copied; start with "
@@ -145,6 +152,21 @@ class VmReplicateApi:
             self._teardown(copy)
         now = replica.dest if pivot else source
         return {"drive": drive, "pivoted": pivot, "path": now, "domainID": dst.sd if pivot else src.sd}
+
+    def _pivoted_already(self, vm_id: str, src_disk: dict[str, Any], dst_disk: dict[str, Any]) -> dict[str, Any] | None:
+        """A Finish asked again after its pivot (pierd stopped in between, the engine retries): the
+        drive stands on dstDisk and copies nothing; the source image torn down, the answer given again."""
+        src, dst = _Volume.of(src_disk), _Volume.of(dst_disk)
+        if src == dst:
+            return None
+        try:
+            drive, path = self._drive_leaf(vm_id, dst_disk)
+        except ImageError:
+            return None
+        if drive in self._service().replicas(vm_id):
+            return None
+        self._teardown(src)
+        return {"drive": drive, "pivoted": True, "path": path, "domainID": dst.sd}
 
     def _teardown(self, volume: _Volume) -> None:
         try:

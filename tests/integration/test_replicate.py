@@ -204,6 +204,8 @@ def test_a_disk_moves_live_to_another_domain_across_a_pierd_restart(lab: Lab) ->
     ended = site.rpc.call("VM.diskReplicateFinish", vmID=lab.vm_id, srcDisk=lab.disk(site.sd),
                           dstDisk=lab.disk(site.sd2))
     assert ended == {"drive": "vda", "pivoted": True, "path": str(dest), "domainID": site.sd2}
+    assert site.rpc.call("VM.diskReplicateFinish", vmID=lab.vm_id, srcDisk=lab.disk(site.sd),
+                         dstDisk=lab.disk(site.sd2)) == ended  # asked again (a retry): the same answer
     assert lab.vda() == (str(dest), False) and lab.jobs() == {}
     vda = next(d for d in site.rpc.call("VM.getDevices", vmID=lab.vm_id) if d.get("name") == "vda")
     assert (vda["domainID"], vda["volumeID"]) == (site.sd2, lab.top), vda

@@ -213,3 +213,16 @@ def test_without_libvirt_the_verbs_answer_unavailable() -> None:
     api = VmReplicateApi(None, service, VolumeApi(service, FakeVms()), Drives(service))
     with pytest.raises(Unavailable):
         api.start(ctx(), VM, disk(SD), disk(SD2))
+
+
+def test_a_finish_asked_again_after_its_pivot_answers_it_again(world: Any) -> None:
+    api, copies, volumes, _ = world
+    api.start(ctx(), VM, disk(SD), disk(SD2))
+    copies.copies["vda"] = replace(copies.copies["vda"], ready=True)
+    first = api.finish(ctx(), VM, disk(SD), disk(SD2))
+    assert api.finish(ctx(), VM, disk(SD), disk(SD2)) == first
+    assert copies.ended == [("vda", True)]
+    with pytest.raises(ImageError):  # cancelling a copy that has pivoted: the source is no drive's leaf
+        api.finish(ctx(), VM, disk(SD), disk(SD))
+    with pytest.raises(ReplicationNotInProgress):
+        api.finish(ctx(), VM, disk(SD2), disk(SD))
