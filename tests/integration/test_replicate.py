@@ -197,6 +197,8 @@ def test_a_disk_moves_live_to_another_domain_across_a_pierd_restart(lab: Lab) ->
         assert time.monotonic() < deadline, f"the copy never became ready: {jobs}"
         time.sleep(0.2)
     assert jobs[0]["cur"] == jobs[0]["end"] != "0" and jobs[0]["destination"] == str(dest), jobs
+    vda = next(d for d in site.rpc.call("VM.getDevices", vmID=lab.vm_id) if d.get("name") == "vda")
+    assert vda["diskReplicate"]["domainID"] == site.sd2 and vda["domainID"] == site.sd, vda
     wrong = refused(lab, "VM.diskReplicateFinish", srcDisk=lab.disk(site.sd, lab.base), dstDisk=lab.disk(site.sd2))
     assert wrong.code == 13, wrong  # the base is not the drive's leaf: imageErr, still copying
     assert lab.vda() == (str(source), True)
@@ -208,7 +210,7 @@ def test_a_disk_moves_live_to_another_domain_across_a_pierd_restart(lab: Lab) ->
                          dstDisk=lab.disk(site.sd2)) == ended  # asked again (a retry): the same answer
     assert lab.vda() == (str(dest), False) and lab.jobs() == {}
     vda = next(d for d in site.rpc.call("VM.getDevices", vmID=lab.vm_id) if d.get("name") == "vda")
-    assert (vda["domainID"], vda["volumeID"]) == (site.sd2, lab.top), vda
+    assert (vda["domainID"], vda["volumeID"]) == (site.sd2, lab.top) and "diskReplicate" not in vda, vda
     assert [entry["path"] for entry in vda["volumeChain"]] == [str(lab.path(site.sd2, v)) for v in (lab.base, lab.top)]
     for sector, text in ((BASE_SECTOR, IN_BASE), (BEFORE_SECTOR, BEFORE), (DURING_SECTOR, DURING)):
         assert guest_read(lab, sector, len(text)) == text

@@ -13,6 +13,7 @@ import pytest
 from pier.api.drives import Drives
 from pier.api.vm_replicate import VmReplicateApi, VmsWithCopies
 from pier.api.volume import VolumeApi
+from pier.host.devices import Disk
 from pier.host.replicate import Replica, mirror_xml, replicas_in
 from pier.host.services import ReplicationService
 from pier.rpc.errors import (
@@ -49,6 +50,16 @@ def test_copies_are_read_from_the_live_xml_and_a_commit_is_not_one() -> None:
     disk = ET.fromstring(mirror_xml("/b/top", "qcow2"))
     assert (disk.get("type"), disk.findtext("source"), disk.find("source[@file='/b/top']") is not None,
             disk.find("driver[@type='qcow2']") is not None) == ("file", "", True, True)
+
+
+def test_a_copied_disk_names_its_replica_among_its_devices() -> None:
+    dest = f"/dc/{SD2}/images/{IMG}/{TOP}"
+    xml = LIVE_XML.replace("/b/top", dest)
+    disks = [Disk(el).to_vdsm() for el in ET.fromstring(xml).iterfind("devices/disk")]
+    assert disks[0]["diskReplicate"] == {"path": dest, "format": "qcow2", "domainID": SD2, "imageID": IMG,
+                                         "volumeID": TOP}
+    assert disks[1]["diskReplicate"] == {"path": "/d/top", "format": "raw"}
+    assert "diskReplicate" not in disks[2]  # an active commit's mirror is no copy
 
 
 def test_a_copy_keeps_its_job_id_across_restarts() -> None:
