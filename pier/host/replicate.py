@@ -171,12 +171,13 @@ class DiskReplications:
         with dom.errors(f"{'pivot' if pivot else 'stop'} the copy of drive {drive} on", ReplicaError):
             dom.virdomain.blockJobAbort(drive, flags)
         self._changed(dom)
-        leaf = (self.chains(vm_id).get(drive) or [""])[0]
+        now = self._xml(dom)
+        leaf = (dict(disk_chains(now)).get(drive) or [""])[0]
         wanted = replica.dest if pivot else replica.source
         if leaf != wanted:
             raise ReplicaError(f"drive {drive} of VM {vm_id} is on {leaf} after the copy ended, not on {wanted}",
                                data={"vmId": vm_id, "drive": drive, "path": leaf})
-        if not replicas_in(self._xml(dom)):
+        if not replicas_in(now):
             self._forget(dom.vm_id)
         return replica
 
