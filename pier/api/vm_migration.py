@@ -33,13 +33,22 @@ class VmMigrationApi:
     @reconciler("VM.migrate")
     def migrate_done(self, params: dict[str, Any], step: str | None) -> bool:
         """After a restart: libvirt drove the migration peer to peer, so it went on without pierd.
-        It succeeded when the VM is no longer here; else it failed (or is still running, which
-        Host.getStats and libvirt's job show) and the VM is here as before."""
+        It succeeded when the VM is no longer here; when libvirt still migrates it, pierd follows
+        it again (VM.getMigrationStatus, VM.migrateCancel serve it) and says so; else it failed
+        and the VM is here as before."""
         vm_id = params["vmID"]
         try:
             status = self._vms.status(vm_id)
         except NoVM:
             return True
+        wanted = params["params"]
+        dst = str(wanted["dst"])
+        postcopy = bool(wanted.get("postcopy")) or "postcopy" in str(wanted.get("convergenceSchedule", ""))
+        following = self._migrations.adopt(vm_id, dst, postcopy) if self._migrations is not None else None
+        if following is not None:
+            raise Recovering(f"the agent restarted during the migration of VM {vm_id}; libvirt goes on with it to "
+                             f"{dst} ({following['progress']} %) and pierd follows it: see VM.getMigrationStatus, "
+                             "VM.migrateCancel stops it", data={"vmId": vm_id, "dst": dst, "following": True})
         raise Recovering(f"the agent restarted during the migration of VM {vm_id}; the VM is here, {status}",
                          data={"vmId": vm_id, "status": status})
 

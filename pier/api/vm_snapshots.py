@@ -6,16 +6,22 @@ turn them into paths with the volume service, refuse what cannot work before any
 in the chain), and after a change leave the volumes' metadata as VDSM does: after a snapshot the
 old leaf is INTERNAL and the new one LEAF (Volume.create made them so), after a merge the chain
 the disk now has (top ILLEGAL and out of it). A merge interrupted by a restart is reconciled from
-libvirt's block job: finished, followed to its end, or reported where it stands.
+libvirt's block job: finished, followed to its end, or reported where it stands; a snapshot from
+libvirt's snapshot job and the drives' chains: taken, followed to its end, or undone (its new
+volumes deleted).
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from typing import Any, NamedTuple
 
 from pier.api.drives import Drives
+from pier.api.vm_hibernation import MemoryVolumes, VolumeName, memory_volumes
 from pier.api.volume import VolumeApi
 from pier.host.alignment import partitions_aligned
+from pier.host.hibernation import write_conf
 from pier.host.services import SnapshotService, VmService, VolumeService
 from pier.host.snapshots import SnapshotTarget
 from pier.rpc.errors import (
@@ -31,7 +37,10 @@ from pier.rpc.errors import (
 )
 from pier.rpc.registry import CallContext, precheck, reconciler, verb
 
+log = logging.getLogger(__name__)
 BLANK_UUID = "00000000-0000-0000-0000-000000000000"
+SNAPSHOT_SETTLE_SECONDS = 5.0
+"""How long a restart waits for a snapshot libvirt still takes before following it in a thread."""
 
 
 class _Snap(NamedTuple):
@@ -43,11 +52,12 @@ class _Snap(NamedTuple):
 
 class VmSnapshotsApi:
     def __init__(self, snapshots: SnapshotService | None, volumes: VolumeService, volume_api: VolumeApi,
-                 drives: Drives) -> None:
+                 drives: Drives, memory_volumes: MemoryVolumes | None = None) -> None:
         self._snapshots = snapshots
         self._volumes = volumes
         self._volume_api = volume_api
         self._drives = drives
+        self._memory_volumes = memory_volumes
 
     def _service(self) -> SnapshotService:
         if self._snapshots is None:
@@ -94,28 +104,88 @@ class VmSnapshotsApi:
     def snapshot_allowed(self, ctx: CallContext, vmID: str, snapDrives: list[dict[str, Any]],
                          snapMemory: str | None = None, frozen: bool = False, **ignored: Any) -> None:
         if snapMemory:
-            raise UnsupportedOperation("snapMemory: memory snapshots are not done yet; take a disk-only snapshot",
-                                       data={"field": "snapMemory"})
+            volumes, dump, conf = self._memory(snapMemory)
+            volumes.check(dump, raw=True)
+            volumes.check(conf)
         self._snap_targets(vmID, snapDrives)
+
+    def _memory(self, snap_memory: str) -> tuple[MemoryVolumes, VolumeName, VolumeName]:
+        if self._memory_volumes is None:
+            raise UnsupportedOperation("snapMemory: memory snapshots are not served by this agent",
+                                       data={"field": "snapMemory"})
+        return (self._memory_volumes, *memory_volumes(snap_memory, "snapMemory"))
 
     @verb("VM.snapshot")
     def snapshot(self, ctx: CallContext, vmID: str, snapDrives: list[dict[str, Any]], snapMemory: str | None = None,
                  frozen: bool = False, **ignored: Any) -> dict[str, Any]:
         self.snapshot_allowed(ctx, vmID, snapDrives, snapMemory, frozen)
         snaps = self._snap_targets(vmID, snapDrives)
-        ctx.task.step("snapshotting", 10, f"snapshot of {len(snaps)} drive(s)")
-        result = self._service().snapshot(vmID, [s.target for s in snaps], quiesce=not frozen)
+        ctx.task.step("snapshotting", 10, f"snapshot of {len(snaps)} drive(s)" + (" and memory" if snapMemory else ""))
+        targets = [s.target for s in snaps]
+        if snapMemory:
+            result = self._memory_snapshot(vmID, targets, snapMemory)
+        else:
+            result = self._service().snapshot(vmID, targets, quiesce=not frozen)
         for snap in snaps:
             self._drives.moved(vmID, snap.target.base_path, snap.sd, snap.img, snap.vol, snap.target.path)
         return result
 
+    def _memory_snapshot(self, vm_id: str, targets: list[SnapshotTarget], snap_memory: str) -> dict[str, Any]:
+        """The disks and the memory in one libvirt snapshot: the memory-config volume written first
+        (as VDSM does), the memory volume prepared for the snapshot and torn down after it."""
+        volumes, dump, conf = self._memory(snap_memory)
+        conf_path = volumes.prepare(conf)
+        try:
+            write_conf(conf_path, {"vmId": vm_id, "restoreFromSnapshot": True, "savedAt": time.time()})
+        finally:
+            volumes.teardown(conf)
+        dump_path = volumes.prepare(dump)
+        try:
+            result = self._service().snapshot(vm_id, targets, quiesce=False, memory_path=dump_path)
+        finally:
+            volumes.teardown(dump)
+        return {**result, "memory": True}
+
     @reconciler("VM.snapshot")
     def snapshot_done(self, params: dict[str, Any], step: str | None) -> bool:
-        """A snapshot is one libvirt transaction: it took effect when every drive stands on its new volume."""
-        chains = self._service().chains(params["vmID"])
+        """After a restart. A snapshot is one libvirt transaction, which libvirt finishes without
+        the pierd that asked for it: waited for while it runs (then followed), it took effect when
+        every drive stands on its new volume; one that did not has its new volumes, in no chain of
+        the VM, deleted (their parents are leaves again): no volume of it is left over."""
+        vm_id = params["vmID"]
+        service = self._service()
+        if not service.snapshot_ended(vm_id, SNAPSHOT_SETTLE_SECONDS):
+            service.after_snapshot(vm_id, lambda: self._settle_snapshot(params))
+            raise SnapshotError("pierd restarted during this snapshot; libvirt is still taking it (the guest agent "
+                                "may be freezing the guest) and pierd follows it: if it takes, the drives stand on "
+                                "the new volumes, if not these are deleted (see VM.getDevices)",
+                                data={"vmId": vm_id, "following": True})
+        if self._settle_snapshot(params):
+            return True
+        raise SnapshotError("pierd restarted during this snapshot and libvirt did not take it: the drives are on "
+                            "their old leaves and the snapshot's new volumes were deleted; take it again",
+                            data={"vmId": vm_id, "following": False})
+
+    def _settle_snapshot(self, params: dict[str, Any]) -> bool:
+        """Whether the snapshot took; when it did not, its new volumes that no chain holds are deleted."""
+        vm_id = params["vmID"]
+        chains = self._service().chains(vm_id)
         leaves = {chain[0] for chain in chains.values() if chain}
-        return all(self._volumes.volume_path(d["domainID"], d["imageID"], d["volumeID"]) in leaves
-                   for d in params["snapDrives"])
+        used = {path for chain in chains.values() for path in chain}
+        drives = [(str(d["domainID"]), str(d["imageID"]), str(d["baseVolumeID"]), str(d["volumeID"]))
+                  for d in params["snapDrives"]]
+        if all(self._volumes.legality(sd, img, vol) is not None and self._volumes.volume_path(sd, img, vol) in leaves
+               for sd, img, _, vol in drives):
+            return True
+        for sd, img, base, vol in drives:
+            if self._volumes.legality(sd, img, vol) is None or self._volumes.volume_path(sd, img, vol) in used:
+                continue
+            if self._volumes.info(BLANK_UUID, sd, img, vol)["parent"] != base:
+                continue  # not a layer made for this snapshot
+            self._volume_api.refuse_busy(sd, img, vol)
+            log.info("VM %s: snapshot interrupted by a restart did not take; deleting its volume %s", vm_id, vol)
+            self._volumes.delete_volume(sd, img, vol)
+        return False
 
     # -- merge --------------------------------------------------------------------------------------
 

@@ -5,7 +5,9 @@ A backup is libvirt's: `virDomainBackupBegin` with `<domainbackup mode='pull'>` 
 each chosen disk over NBD on the unix socket `<run dir>/<backup id>.sock` (export `vda`, and for
 an incremental backup the dirty bitmap `backup-vda` beside it), while writes of the guest go on
 and the old data is kept in a scratch file libvirt creates in `<domain>/backup-scratch/<backup
-id>/` on the disk's own storage domain and removes when the job ends. Pier keeps no state of its
+id>/` on the disk's own storage domain and removes when the job ends; or, when the caller names
+one (VDSM's scratch_disk: a qcow2 volume the engine made and prepared), in that volume, which
+libvirt reuses and leaves in place (Pier then makes its own scratch files of the other disks). Pier keeps no state of its
 own: the backup id is the socket's name, so the running backup (and its NBD URLs) is read back
 from the domain's backup XML at any time, after a pierd restart too; `reconcile` then removes
 scratch directories and sockets of backups that no longer run.
@@ -21,6 +23,7 @@ import logging
 import os
 import shutil
 import socket
+import subprocess
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -33,7 +36,7 @@ from pier.host.connection import Connection
 from pier.host.domain import Domain
 from pier.host.domxml import parse_xml
 from pier.host.storage import layout
-from pier.host.storage.volumes import Volumes
+from pier.host.storage.volumes import Volume, Volumes
 from pier.host.vmstate import error_text
 from pier.rpc.errors import (
     BackupError,
@@ -99,14 +102,19 @@ class Backups(CheckpointVerbs):
         socket_path = self._socket(dom, backup_id)
         backup_xml = _backup_xml(socket_path, disks, source)
         checkpoint_xml = checkpoint_xml_for(config, disks) if target else None
+        reuse = any(disk.scratch_given for disk in disks)  # libvirt then makes no scratch file: Pier makes its own
         try:
             for disk in disks:
-                disk.scratch.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+                if not disk.scratch_given:
+                    disk.scratch.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+                    if reuse:
+                        _make_scratch(dom, disk)
             frozen = self._freeze(dom, bool(config.get("require_consistency")))
             try:
                 log.info("VM %s: starting backup %s of %s%s", dom.vm_id, backup_id, ", ".join(d.name for d in disks),
                          f" from checkpoint {source}" if source else "")
-                self._begin(dom, backup_xml, checkpoint_xml)
+                self._begin(dom, backup_xml, checkpoint_xml,
+                            libvirt.VIR_DOMAIN_BACKUP_BEGIN_REUSE_EXTERNAL if reuse else 0)
             finally:
                 if frozen:
                     self._thaw(dom)
@@ -234,12 +242,52 @@ class Backups(CheckpointVerbs):
             if name is None:
                 raise BackupError(f"{where}: VM {dom.vm_id} has no disk on volume {vol} (image {img})",
                                   data={"field": where, "vmId": dom.vm_id})
-            scratch = volume.domain / SCRATCH_DIR / backup_id / f"{name}.qcow2"
-            disks.append(BackupDisk(name, img, scratch, wanted.get("backup_mode"), bool(wanted.get("checkpoint",
-                                                                                                    True))))
+            mode, checkpoint = wanted.get("backup_mode"), bool(wanted.get("checkpoint", True))
+            if wanted.get("scratch_disk"):
+                scratch, kind = self._given_scratch(f"{where}.scratch_disk", wanted["scratch_disk"], by_path)
+                if any(d.scratch == scratch for d in disks):
+                    raise BackupError(f"{where}.scratch_disk: scratch volume {scratch} is named twice",
+                                      data={"field": f"{where}.scratch_disk"})
+                disks.append(BackupDisk(name, img, scratch, mode, checkpoint, scratch_given=True, scratch_type=kind))
+            else:
+                disks.append(BackupDisk(name, img, volume.domain / SCRATCH_DIR / backup_id / f"{name}.qcow2", mode,
+                                        checkpoint))
         if not disks:
             raise BackupError("config.disks: a backup needs at least one disk", data={"field": "config.disks"})
         return disks
+
+    def _given_scratch(self, where: str, given: dict[str, Any], vm_disks: dict[str, str]) -> tuple[Path, str]:
+        """The path and type of a caller's scratch volume (VDSM's scratch_disk), named by its ids
+        (domainID, imageID, volumeID) or by the path it was prepared at; it must be a volume of
+        this data center's domains (where QEMU may write) and none of the VM's disks."""
+        kind = str(given.get("type") or "file")
+        if kind not in ("file", "block"):
+            raise BackupError(f"{where}.type: {kind!r} is neither file nor block", data={"field": f"{where}.type"})
+        ids = [given.get(key) for key in ("domainID", "imageID", "volumeID")]
+        if all(ids):
+            sd, img, vol = (str(part).lower() for part in ids)
+            volume = self._volumes.volume(sd, img, vol)
+        elif given.get("path"):
+            volume = self._volume_at(where, Path(str(given["path"])))
+        else:
+            raise BackupError(f"{where}: a scratch disk is named by domainID, imageID and volumeID, or by its path",
+                              data={"field": where})
+        if os.path.realpath(volume.path) in vm_disks:
+            raise BackupError(f"{where}: {volume.path} is a disk of the VM, not a scratch volume",
+                              data={"field": where})
+        if volume.meta().format != "COW":
+            raise BackupError(f"{where}: scratch volume {volume.path} is {volume.meta().format}; a scratch volume "
+                              "is COW (qcow2)", data={"field": where})
+        return volume.path, kind
+
+    def _volume_at(self, where: str, path: Path) -> Volume:
+        """The volume of this data center's domains at `path` (BackupError for any other path)."""
+        real = Path(os.path.realpath(path))
+        for sd, domain_dir in layout.iter_domains(self._volumes.data_center):
+            if real.parent.parent == Path(os.path.realpath(domain_dir / "images")):
+                return self._volumes.volume(sd, real.parent.name, real.name)
+        raise BackupError(f"{where}.path: {path} is no volume of this host's storage domains",
+                          data={"field": f"{where}.path"})
 
     def _disk_paths(self, dom: Domain) -> dict[str, str]:
         """Target name -> source file of each file disk of the running VM."""
@@ -293,9 +341,9 @@ class Backups(CheckpointVerbs):
                 raise
 
     @staticmethod
-    def _begin(dom: Domain, backup_xml: str, checkpoint_xml: str | None) -> None:
+    def _begin(dom: Domain, backup_xml: str, checkpoint_xml: str | None, flags: int) -> None:
         try:
-            dom.virdomain.backupBegin(backup_xml, checkpoint_xml, 0)
+            dom.virdomain.backupBegin(backup_xml, checkpoint_xml, flags)
         except libvirt.libvirtError as exc:
             if exc.get_error_code() == libvirt.VIR_ERR_CHECKPOINT_INCONSISTENT:
                 raise InconsistentCheckpointError(f"checkpoint cannot be used: {error_text(exc)}",
@@ -346,13 +394,25 @@ def _backup_xml(socket_path: str, disks: list[BackupDisk], source: str | None) -
     ET.SubElement(root, "server", transport="unix", socket=socket_path)
     listed = ET.SubElement(root, "disks")
     for disk in disks:
-        element = ET.SubElement(listed, "disk", name=disk.name, backup="yes", type="file")
+        element = ET.SubElement(listed, "disk", name=disk.name, backup="yes", type=disk.scratch_type)
         if disk.backup_mode:
             element.set("backupmode", disk.backup_mode)
             if disk.backup_mode == "incremental" and source:
                 element.set("incremental", source)
-        ET.SubElement(element, "scratch", file=str(disk.scratch))
+        ET.SubElement(element, "scratch", {"dev" if disk.scratch_type == "block" else "file": str(disk.scratch)})
     return ET.tostring(root, encoding="unicode")
+
+
+def _make_scratch(dom: Domain, disk: BackupDisk) -> None:
+    """Pier's own scratch file for a disk, made here (as a qcow2 of the disk's size) when libvirt
+    reuses the scratch files of a backup rather than making them."""
+    with dom.errors(f"read the size of disk {disk.name} of", BackupError):
+        capacity = dom.virdomain.blockInfo(disk.name)[0]
+    made = subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk.scratch), str(capacity)],
+                          capture_output=True, text=True)
+    if made.returncode != 0:
+        raise BackupError(f"cannot make the scratch file {disk.scratch}: {made.stderr.strip()}",
+                          data={"vmId": dom.vm_id})
 
 
 def _qemu_gid(domain: ET.Element) -> int | None:

@@ -28,13 +28,16 @@ log = logging.getLogger("pier.backup")
 
 
 class BackupDisk(NamedTuple):
-    """One disk of a backup: the VM's disk (target name) on a volume, and its scratch file."""
+    """One disk of a backup: the VM's disk (target name) on a volume, and its scratch file: Pier's
+    own, or a scratch volume the caller made and names (then it is reused and left in place)."""
 
     name: str
     img: str
     scratch: Path
     backup_mode: str | None
     checkpoint: bool
+    scratch_given: bool = False  # the caller's scratch volume (VDSM's scratch_disk), not Pier's own file
+    scratch_type: str = "file"  # "block" for a caller's scratch on a block device
 
 
 class CheckpointVerbs:

@@ -196,6 +196,55 @@ def test_refusals_leave_the_vm_as_it_was(backed: Backed) -> None:
     assert list(scratch_root.iterdir()) == []
 
 
+def scratch_extents(path: Path) -> list[dict[str, object]]:
+    """The extents a qcow2 file holds data for itself (not through a backing file)."""
+    mapped = json.loads(subprocess.run(["qemu-img", "map", "-U", "--output=json", str(path)], capture_output=True,
+                                       text=True, check=True).stdout)
+    return [extent for extent in mapped if extent["data"] and extent.get("depth", 0) == 0]
+
+
+def test_a_scratch_volume_the_engine_made_keeps_what_the_guest_overwrote(backed: Backed) -> None:
+    vm_id, sd = backed.guest.vm_id, backed.site.sd
+    patterns = ["\\132", "\\063", "\\132"]  # 0x5a (written before the boot), 0x33, 0x5a again
+    for index, how in enumerate(("ids", "path")):
+        scratch_img, scratch_vol = str(uuid.uuid4()), str(uuid.uuid4())
+        backed.site.create(scratch_img, scratch_vol, size=64 * MiB)  # qcow2 of the disk's size, as the engine's
+        scratch = backed.site.domain_dir(sd) / "images" / scratch_img / scratch_vol
+        named = {"domainID": sd, "imageID": scratch_img, "volumeID": scratch_vol} if how == "ids" else \
+            {"path": str(scratch)}
+        config = backed.config()
+        config["disks"][0]["scratch_disk"] = {**named, "type": "file"}
+        url = backed.rpc.call("VM.start_backup", vmID=vm_id, config=config)["disks"][backed.img]
+        try:
+            running = backed.guest.dom.backupGetXMLDesc(0)
+            assert f"<scratch file='{scratch}'" in running, running
+            assert not (backed.site.domain_dir(sd) / "backup-scratch" / str(config["backup_id"])).exists()
+            assert scratch_extents(scratch) == []
+            old, new = patterns[index], patterns[index + 1]
+            in_guest(backed.guest, f"yes $(printf '{new * 16}') | tr -d '\\n' | head -c {WRITTEN_SIZE} | "
+                                   "dd of=/dev/vda bs=4096 conv=fsync 2>/dev/null; sync")
+            byte = f"0x{int(old.strip(chr(92)), 8):02x}"
+            read = subprocess.run(["qemu-io", "-r", "-f", "raw", "-c", f"read -P {byte} 0 {WRITTEN_SIZE}",
+                                   nbd_uri(url)], capture_output=True, text=True)  # the disk as the backup began
+            assert read.returncode == 0 and "failed" not in read.stdout + read.stderr, read.stdout + read.stderr
+        finally:
+            backed.rpc.call("VM.stop_backup", vmID=vm_id, backup_id=config["backup_id"])
+        assert scratch.exists()  # the engine's volume: it deletes it
+        deadline = time.monotonic() + 30  # QEMU flushes and closes the scratch node a moment after the job
+        while not scratch_extents(scratch) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert scratch_extents(scratch), f"the guest's overwritten data did not go to {how}-named {scratch}"
+        assert backed.site.rpc.call("Volume.getInfo", storagepoolID=backed.site.pool, storagedomainID=sd,
+                                    imageID=scratch_img, volumeID=scratch_vol)["legality"] == "LEGAL"
+        backed.site.done("Volume.delete", storagepoolID=backed.site.pool, storagedomainID=sd, imageID=scratch_img,
+                         volumeID=scratch_vol, postZero=False, force=False)
+    with pytest.raises(JsonRpcError) as caught:  # a path that is no volume of the host's domains
+        config = backed.config()
+        config["disks"][0]["scratch_disk"] = {"path": "/etc/hostname", "type": "file"}
+        backed.rpc.call("VM.start_backup", vmID=vm_id, config=config)
+    assert caught.value.code == 1600 and "scratch_disk.path" in caught.value.message, caught.value
+
+
 def test_a_restart_finds_the_backup_again(backed: Backed) -> None:
     vm_id = backed.guest.vm_id
     config = backed.config()

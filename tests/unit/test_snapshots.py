@@ -79,18 +79,28 @@ class FakeSnapshots:
     def __init__(self, chains: dict[str, list[str]]) -> None:
         self.chains_now = chains
         self.taken: list[list[SnapshotTarget]] = []
+        self.memory: list[str | None] = []
         self.commits: list[tuple[str, str]] = []
+        self.libvirt_busy = False  # a snapshot job of a pierd that died still runs in libvirt
+        self.after: list[Callable[[], Any]] = []
 
     def chains(self, vm_id: str) -> dict[str, list[str]]:
         return {name: list(chain) for name, chain in self.chains_now.items()}
 
-    def snapshot(self, vm_id: str, targets: list[Any], quiesce: bool) -> dict[str, Any]:
+    def snapshot(self, vm_id: str, targets: list[Any], quiesce: bool, memory_path: str | None = None) -> dict[str, Any]:
         self.taken.append(targets)
+        self.memory.append(memory_path)
         for target in targets:
             for chain in self.chains_now.values():
                 if chain and chain[0] == target.base_path:
                     chain.insert(0, target.path)
         return {"quiesce": quiesce}
+
+    def snapshot_ended(self, vm_id: str, timeout: float) -> bool:
+        return not self.libvirt_busy
+
+    def after_snapshot(self, vm_id: str, done: Callable[[], Any]) -> None:
+        self.after.append(done)
 
     def commit(self, vm_id: str, job_id: str, image: str, base_path: str, top_path: str, bandwidth: int,
                progress: Callable[[int, str], None], cancelled: threading.Event,
@@ -157,6 +167,29 @@ def test_a_snapshot_onto_a_volume_made_over_the_leaf_is_taken(world: Any) -> Non
     assert api.snapshot_done({"vmID": VM, "snapDrives": [snap()]}, "snapshotting") is True
     assert [t.path for t in snapshots.taken[0]] == [f"/fake/{SD}/images/{IMG}/{NEW}"]
     assert volumes.volumes[(SD, IMG, TOP)]["voltype"] == "INTERNAL"
+
+
+def test_a_snapshot_a_restart_interrupted_is_taken_undone_or_followed(world: Any) -> None:
+    api, snapshots, volumes, _ = world
+    volumes.create(SD, IMG, NEW, "1048576", "COW", "SPARSE", "DATA", "", IMG, TOP)
+    params = {"vmID": VM, "snapDrives": [snap()]}
+    snapshots.libvirt_busy = True
+    with pytest.raises(SnapshotError, match="libvirt is still taking it"):
+        api.snapshot_done(params, "snapshotting")
+    assert (SD, IMG, NEW) in volumes.volumes and len(snapshots.after) == 1  # nothing deleted under libvirt's job
+    snapshots.libvirt_busy = False
+    snapshots.after[0]()  # libvirt's job ended without moving the drive: the new volume goes
+    assert (SD, IMG, NEW) not in volumes.volumes
+
+    volumes.create(SD, IMG, NEW, "1048576", "COW", "SPARSE", "DATA", "", IMG, TOP)
+    with pytest.raises(SnapshotError, match="did not take it"):
+        api.snapshot_done(params, "snapshotting")
+    assert (SD, IMG, NEW) not in volumes.volumes
+
+    volumes.create(SD, IMG, NEW, "1048576", "COW", "SPARSE", "DATA", "", IMG, TOP)
+    api.snapshot(ctx(), VM, [snap()])
+    assert api.snapshot_done(params, "snapshotting") is True  # taken: the volume stays
+    assert (SD, IMG, NEW) in volumes.volumes
 
 
 def test_snapshots_that_cannot_work_are_refused_naming_the_field(world: Any) -> None:

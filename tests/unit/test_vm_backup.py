@@ -4,10 +4,14 @@ checked by the schema, VDSM's error codes for the refusals."""
 from __future__ import annotations
 
 import uuid
+import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import pytest
 
 from pier.cli_backup import volume_disks
+from pier.host.backup import _backup_xml
+from pier.host.checkpoints import BackupDisk
 from pier.rpc.errors import PierError
 from tests.unit.conftest import Stack
 
@@ -46,8 +50,21 @@ def test_bad_configs_are_refused_by_the_schema(stack: Stack) -> None:
     assert code_of(stack, "VM.start_backup", vmID=VM_ID, config={"backup_id": str(uuid.uuid4()), "disks": []}) \
         == -32602
     assert code_of(stack, "VM.redefine_checkpoints", vmID=VM_ID, checkpoints=[{"id": str(uuid.uuid4())}]) == -32602
+    scratch_on_nvme = config()
+    scratch_on_nvme["disks"][0]["scratch_disk"] = {"path": "/dev/nvme0n1", "type": "nvme"}  # type: ignore[index]
+    assert code_of(stack, "VM.start_backup", vmID=VM_ID, config=scratch_on_nvme) == -32602
     stack.vms.records[VM_ID]["status"] = "Down"
     assert code_of(stack, "VM.start_backup", vmID=VM_ID, config=config()) == 6
+
+
+def test_a_scratch_disk_goes_into_libvirts_backup_xml_as_its_type_says() -> None:
+    given = BackupDisk("vda", "img-a", Path("/dev/vg/scratch"), None, True, scratch_given=True, scratch_type="block")
+    own = BackupDisk("vdb", "img-b", Path("/sd/backup-scratch/b/vdb.qcow2"), None, True)
+    disks = {d.get("name"): d for d in ET.fromstring(_backup_xml("/run/b.sock", [given, own], None))
+             .iterfind("disks/disk")}
+    assert disks["vda"].get("type") == "block" and disks["vda"].find("scratch").attrib == {"dev": "/dev/vg/scratch"}  # type: ignore[union-attr]
+    assert disks["vdb"].get("type") == "file" and \
+        disks["vdb"].find("scratch").attrib == {"file": "/sd/backup-scratch/b/vdb.qcow2"}  # type: ignore[union-attr]
 
 
 def test_the_cli_backs_up_the_disks_that_are_volumes() -> None:
