@@ -53,6 +53,11 @@ CONVENIENCE_VERBS = {
     "vm.migrationStatus": "VM.getMigrationStatus",
     "vm.migrateCancel": "VM.migrateCancel",
     "vm.hibernate": "VM.hibernate",
+    "vm.stats": "VM.getStats",
+    "vm.replicate.start": "VM.diskReplicateStart",
+    "vm.replicate.finish": "VM.diskReplicateFinish",
+    "image.clone": "Image.cloneStructure",
+    "image.sync": "Image.syncData",
     "backup.start": "VM.start_backup",
     "backup.stop": "VM.stop_backup",
     "task.stop": "Task.stop",
@@ -505,6 +510,9 @@ def build_parser() -> argparse.ArgumentParser:
     cli_volume.add_commands(sub, common)
     cli_transfer.add_commands(sub, common)
     cli_vm_snapshot.add_commands(sub, common)
+    from pier import cli_vm_move
+
+    cli_vm_move.add_commands(sub, common)
     from pier import cli_backup
 
     cli_backup.add_commands(sub, common)

@@ -33,6 +33,7 @@ from pier.api.vm_console import VmConsoleApi
 from pier.api.vm_devices import VmDevicesApi
 from pier.api.vm_hibernation import MemoryRestore, MemoryVolumes, VmHibernationApi
 from pier.api.vm_migration import VmMigrationApi
+from pier.api.vm_replicate import VmReplicateApi, VmsWithCopies
 from pier.api.vm_snapshots import VmSnapshotsApi, VmsWithJobs
 from pier.api.volume import VolumeApi
 from pier.host.services import (
@@ -50,6 +51,7 @@ from pier.host.services import (
     MigrationService,
     NbdService,
     NetworkService,
+    ReplicationService,
     SecretService,
     SnapshotService,
     StorageJobService,
@@ -95,6 +97,7 @@ class Services:
     backups: BackupService
     migrations: MigrationService | None = None  # None: VM.migrate and its siblings answer that they are not served
     snapshots: SnapshotService | None = None
+    replications: ReplicationService | None = None  # None: live storage moves answer that they are not served
     memory: MemoryStateService | None = None  # None: VM.hibernate and restores answer that they are not served
 
 
@@ -104,7 +107,8 @@ def handlers(services: Services, served: Iterable[str]) -> list[object]:
     s = services
     drives = Drives(s.volumes)
     volume_api = VolumeApi(s.volumes, s.vms)
-    vms = cast(VmService, VmsWithJobs(s.vms, s.snapshots))  # stats with each VM's block jobs (vmJobs)
+    # stats with each VM's block jobs (vmJobs): merges and snapshots' commits, and drive copies
+    vms = cast(VmService, VmsWithCopies(cast(VmService, VmsWithJobs(s.vms, s.snapshots)), s.replications))
     memory_volumes = MemoryVolumes(s.volumes, volume_api)
     return [HostApi(s.host, vms, s.tasks, s.about, served),
             VmApi(vms, s.guest, drives, MemoryRestore(s.memory, memory_volumes)), TaskApi(s.tasks),
@@ -116,4 +120,4 @@ def handlers(services: Services, served: Iterable[str]) -> list[object]:
             TransferApi(s.transfers, s.tasks), ImageSharingApi(s.sharing, volume_api),
             VmMigrationApi(s.migrations, s.vms),
             VmSnapshotsApi(s.snapshots, s.volumes, volume_api, drives, memory_volumes), VmBackupApi(s.backups),
-            VmHibernationApi(s.memory, vms, memory_volumes)]
+            VmHibernationApi(s.memory, vms, memory_volumes), VmReplicateApi(s.replications, s.volumes, volume_api, drives)]

@@ -207,6 +207,7 @@ class Disk(Device):
         if serial:
             out["serial"] = serial
         self._add_volume_chain(out)
+        self._add_replica(out)
         self._add_common(out)
         return out
 
@@ -222,6 +223,21 @@ class Disk(Device):
             paths.append(path)
             node = node.find("backingStore")
         return paths
+
+    def _add_replica(self, out: dict[str, Any]) -> None:
+        """VDSM's diskReplicate of a disk libvirt copies (VM.diskReplicateStart): where to (how far
+        the copy got, and whether it can pivot, are in the VM's vmJobs)."""
+        mirror = self.element.find("mirror")
+        source = mirror.find("source") if mirror is not None else None
+        if mirror is None or source is None or mirror.get("job", "copy") != "copy":
+            return
+        path = source.get("file") or source.get("dev") or ""
+        fmt = mirror.find("format")
+        replica: dict[str, Any] = {"path": path, "format": "raw" if fmt is None else fmt.get("type", "raw")}
+        match = _VOLUME_PATH.search(path)
+        if match:
+            replica.update(match.groupdict())
+        out["diskReplicate"] = replica
 
     def _add_volume_chain(self, out: dict[str, Any]) -> None:
         """VDSM's volume fields of a disk whose files are volumes of a storage domain: its leaf's

@@ -35,6 +35,7 @@ from pier.host.migration import DEFAULT_LIBVIRT_URI, Migrations
 from pier.host.network.host import HostWithNetwork
 from pier.host.network.service import Network
 from pier.host.peer import PeerCredentials
+from pier.host.replicate import DiskReplications
 from pier.host.secrets import Secrets
 from pier.host.services import (
     BackupService,
@@ -49,6 +50,7 @@ from pier.host.services import (
     MemoryStateService,
     MigrationService,
     NetworkService,
+    ReplicationService,
     SecretService,
     SnapshotService,
     StorageService,
@@ -130,6 +132,7 @@ class Node:
         self._snapshots = VmSnapshots(self._connection, self._vm_control.changed)
         self.snapshots: SnapshotService = self._snapshots
         self.memory: MemoryStateService = MemoryStates(self._connection, self._vms, self._dispatcher.put)
+        self.replications: ReplicationService = DiskReplications(self._connection, self._vm_control.changed)
         self._backups = Backups(self._connection, Path(data_center),
                                 Path(backup_dir) if backup_dir else backup_run_dir("/var/lib/pier"))
         self.backups: BackupService = self._backups

@@ -653,6 +653,33 @@ class SnapshotService(Protocol):
         ...
 
 
+class ReplicationService(Protocol):
+    """Live storage moves: block copies of a running VM's drive onto a volume of another domain
+    (pier.host.replicate). Drives are named by their leaf's path; a copy in progress is libvirt's
+    (found again after a restart). Errors: replicaErr, ReplicationNotInProgress, unavail (not
+    ready to pivot), imageErr for a path no drive of the VM has as its leaf."""
+
+    def chains(self, vm_id: str) -> dict[str, list[str]]:
+        """Each disk of the running VM by target name, with its chain of paths (leaf first)."""
+        ...
+
+    def replicas(self, vm_id: str) -> dict[str, Any]:
+        """The VM's drives being copied (pier.host.replicate.Replica), by target name."""
+        ...
+
+    def start(self, vm_id: str, source: str, dest: str, fmt: str) -> Any:
+        """Copy the drive whose leaf is `source` onto the existing file `dest`; the Replica."""
+        ...
+
+    def finish(self, vm_id: str, source: str, pivot: bool) -> Any:
+        """Pivot onto the copy (when ready), or stop it; the Replica as it was."""
+        ...
+
+    def vm_jobs(self, vm_id: str) -> dict[str, dict[str, Any]]:
+        """VDSM's vmJobs entries of the VM's copies."""
+        ...
+
+
 class MemoryStateService(Protocol):
     """A running VM's memory state in a file (pier.host.hibernation): VM.hibernate saves it, VM.create
     with restoreState brings the VM back from it (or from a memory snapshot's)."""

@@ -209,6 +209,14 @@ class ResizeError(PierError):
     code, name, message, http_status = 58, "resizeErr", "Wrong resize disk parameter", 422
 
 
+class ReplicaError(PierError):
+    code, name, message, http_status = 55, "replicaErr", "Drive replication error", 409
+
+
+class ReplicationNotInProgress(PierError):
+    code, name, message, http_status = 88, "ReplicationNotInProgress", "Replication not in progress.", 409
+
+
 class FreezeError(PierError):
     code, name, message, http_status = 76, "freezeErr", "Unable to freeze guest filesystems", 409
 

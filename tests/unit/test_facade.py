@@ -215,6 +215,8 @@ ROUTE_TABLE = {
     ("POST", "/api/v1/vms/<vmID>/merges", "VM.merge"),
     ("POST", "/api/v1/vms/<vmID>/hibernate", "VM.hibernate"),
     ("POST", "/api/v1/vms/<vmID>/disk-size", "VM.diskSizeExtend"),
+    ("POST", "/api/v1/vms/<vmID>/disks/replicate", "VM.diskReplicateStart"),
+    ("POST", "/api/v1/vms/<vmID>/disks/replicate/finish", "VM.diskReplicateFinish"),
     ("POST", "/api/v1/vms/<vmID>/disk-refresh", "VM.refresh_disk"),
     ("POST", "/api/v1/vms/<vmID>/disk-alignment", "VM.getDiskAlignment"),
     ("POST", "/api/v1/vms/<vmID>/desktop/lock", "VM.desktopLock"),

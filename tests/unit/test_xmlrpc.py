@@ -54,6 +54,7 @@ VDSM_PAYLOAD_KEYS = {
     "repoStats": "*", "getStoragePoolInfo": "*",  # the result's keys beside status
     "migrateStatus": "migrationStats", "migrateCancel": None, "migrateChangeParams": None,
     "migrate": "*", "migrationCreate": "*",
+    "diskReplicateStart": None, "diskReplicateFinish": None,
 }
 # The legacy names of pier/rpc/schema/volume.yml (VDSM's storage verbs).
 STORAGE_LEGACY = {
@@ -145,6 +146,7 @@ def test_every_legacy_name_answers_the_envelope_with_its_payload_key(vdsm, schem
     drive = {"domainID": UNKNOWN_VM, "imageID": UNKNOWN_VM, "volumeID": UNKNOWN_VM}
     args.update({"snapDrives": [{**drive, "baseVolumeID": UNKNOWN_VM}], "drive": drive, "driveSpecs": drive,
                  "disk": drive, "baseVolUUID": UNKNOWN_VM, "topVolUUID": UNKNOWN_VM, "newSize": "1024",
+                 "srcDisk": drive, "dstDisk": drive,
                  "hibernationVolHandle": ",".join([UNKNOWN_VM] * 4 + [VM_ID] * 2)})
     stack.guest.agents.add(VM_ID)
     stack.guest.exec_allowed.add(VM_ID)
@@ -168,7 +170,8 @@ def test_every_legacy_name_answers_the_envelope_with_its_payload_key(vdsm, schem
                # the fake's VM has no CD-ROM or floppy drive, no maxMemSize, no device ua-none
                "changeCD": 41, "changeFloppy": 41, "hotplugMemory": 70, "vmUpdateDevice": 56,
                # the fakes serve no snapshots (unavail); the fake volumes have no such domain
-               "snapshot": 40, "merge": 40, "diskSizeExtend": 358, "getDiskAlignment": 358, "hibernate": 40}
+               "snapshot": 40, "merge": 40, "diskSizeExtend": 358, "getDiskAlignment": 358, "hibernate": 40,
+               "diskReplicateStart": 40, "diskReplicateFinish": 40}  # nor live storage moves
     # storage verbs on a domain or pool this host does not have: VDSM's codes (358, 309, 304, 360)
     failing.update({name: 358 for name in ("createStoragePool", "getStorageDomainInfo", "getStorageDomainStats",
                                           "getImagesList", "validateStorageDomain", "setStorageDomainDescription",
