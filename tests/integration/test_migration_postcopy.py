@@ -85,7 +85,7 @@ def test_a_slow_migration_switched_to_postcopy_runs_the_guest_on_the_other_host_
         time.sleep(0.3)
     # Post-copy runs unlimited unless told: a limit of its own (which Pier does not set) keeps it
     # going for some seconds, long enough to see the guest run on B while its memory comes from A.
-    guest.dom.migrateSetMaxSpeed(8, libvirt.VIR_DOMAIN_MIGRATE_MAX_SPEED_POSTCOPY)
+    guest.dom.migrateSetMaxSpeed(4, libvirt.VIR_DOMAIN_MIGRATE_MAX_SPEED_POSTCOPY)  # MiB/s
 
     assert rpc(lab.a, "VM.migrateChangeParams", vmID=guest.vm_id, params={"postcopy": True}) is True
     assert rpc(lab.a, "VM.getMigrationStatus", vmID=guest.vm_id)["state"] == "postcopy"
