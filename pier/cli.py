@@ -49,6 +49,10 @@ CONVENIENCE_VERBS = {
     "vm.info": "VM.getInfo",
     "vm.devices": "VM.getDevices",
     "vm.snapshot": "VM.snapshot",
+    "vm.migrate": "VM.migrate",
+    "vm.migrationStatus": "VM.getMigrationStatus",
+    "vm.migrateCancel": "VM.migrateCancel",
+    "vm.hibernate": "VM.hibernate",
     "backup.start": "VM.start_backup",
     "backup.stop": "VM.stop_backup",
     "task.stop": "Task.stop",
@@ -504,6 +508,9 @@ def build_parser() -> argparse.ArgumentParser:
     from pier import cli_backup
 
     cli_backup.add_commands(sub, common)
+    from pier import cli_vm_migrate
+
+    cli_vm_migrate.add_commands(sub, common)
     return parser
 
 

@@ -130,7 +130,7 @@ class Daemon:
                             volumes=self.node.volumes, block_devices=self.node.block_devices,
                             jobs=StorageJobs(Path(settings.data_center)), nbd=self.nbd, transfers=self.transfers,
                             sharing=ImageSharing(self.node.volumes), migrations=self.node.migrations,
-                            snapshots=self.node.snapshots, backups=self.node.backups)
+                            snapshots=self.node.snapshots, backups=self.node.backups, memory=self.node.memory)
         self.registry = Registry(schema, handlers(services, schema.verbs),
                                  self.tasks, audit=self.audit, limiter=limiter, credentials=self.credentials)
         self.tasks.start(self.registry.reconcilers)

@@ -44,6 +44,8 @@ def render_migration_markdown(schema: Schema) -> str:
             notes.append("also " + ", ".join(f"`{other.name}`" for other in verb.legacy if other.name != name))
         if legacy.sets:
             notes.append("gives " + ", ".join(f"{param}={value!r}" for param, value in legacy.sets.items()))
+        if legacy.taken_from:
+            notes.append("takes " + ", ".join(f"{param} from {path}" for param, path in legacy.taken_from.items()))
         legacy_rows.append([f"`{name}`", f"`{verb.name}`", _rest(verb), _key(legacy.payload),
                             positional_text(legacy.positions(verb), verb, schema.defs), "; ".join(notes)])
     new_rows = [[f"`{verb.name}`", _rest(verb), _key(payload_key(schema, verb.name, verb)), verb.summary]

@@ -31,6 +31,7 @@ from pier.api.vm import VmApi
 from pier.api.vm_backup import VmBackupApi
 from pier.api.vm_console import VmConsoleApi
 from pier.api.vm_devices import VmDevicesApi
+from pier.api.vm_hibernation import MemoryRestore, MemoryVolumes, VmHibernationApi
 from pier.api.vm_migration import VmMigrationApi
 from pier.api.vm_snapshots import VmSnapshotsApi, VmsWithJobs
 from pier.api.volume import VolumeApi
@@ -45,6 +46,7 @@ from pier.host.services import (
     ImageSharingService,
     KsmService,
     LldpService,
+    MemoryStateService,
     MigrationService,
     NbdService,
     NetworkService,
@@ -93,6 +95,7 @@ class Services:
     backups: BackupService
     migrations: MigrationService | None = None  # None: VM.migrate and its siblings answer that they are not served
     snapshots: SnapshotService | None = None
+    memory: MemoryStateService | None = None  # None: VM.hibernate and restores answer that they are not served
 
 
 def handlers(services: Services, served: Iterable[str]) -> list[object]:
@@ -102,11 +105,14 @@ def handlers(services: Services, served: Iterable[str]) -> list[object]:
     drives = Drives(s.volumes)
     volume_api = VolumeApi(s.volumes, s.vms)
     vms = cast(VmService, VmsWithJobs(s.vms, s.snapshots))  # stats with each VM's block jobs (vmJobs)
-    return [HostApi(s.host, vms, s.tasks, s.about, served), VmApi(vms, s.guest, drives), TaskApi(s.tasks),
+    memory_volumes = MemoryVolumes(s.volumes, volume_api)
+    return [HostApi(s.host, vms, s.tasks, s.about, served),
+            VmApi(vms, s.guest, drives, MemoryRestore(s.memory, memory_volumes)), TaskApi(s.tasks),
             EventsApi(s.events, s.credentials), SecurityApi(s.credentials, s.audit), NetworkApi(s.network, s.vms),
             HostTuneApi(s.ksm, s.lldp, s.domain_xmls), HostDevApi(s.hostdevs), SecretsApi(s.secrets),
             GuestApi(s.guest), VmConsoleApi(s.consoles), VmDevicesApi(s.vm_devices, drives),
             StorageApi(s.storage, s.volumes), volume_api,
             SdmApi(s.jobs, s.nbd, volume_api), BlockDevicesApi(s.block_devices, s.storage), LeaseApi(),
             TransferApi(s.transfers), ImageSharingApi(s.sharing, volume_api), VmMigrationApi(s.migrations, s.vms),
-            VmSnapshotsApi(s.snapshots, s.volumes, volume_api, drives), VmBackupApi(s.backups)]
+            VmSnapshotsApi(s.snapshots, s.volumes, volume_api, drives, memory_volumes), VmBackupApi(s.backups),
+            VmHibernationApi(s.memory, vms, memory_volumes)]

@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 from pier.api.drives import Drives
+from pier.api.vm_hibernation import MemoryRestore
 from pier.host.services import GuestService, VmService
 from pier.rpc.errors import GuestTimeout, InvalidParams, LibvirtUnavailable, NoVM, Recovering, TaskCancelled
 from pier.rpc.registry import CallContext, reconciler, verb
@@ -17,16 +18,20 @@ POWERING_OFF = "poweroff"
 
 
 class VmApi:
-    def __init__(self, vms: VmService, guest: GuestService | None = None, drives: Drives | None = None) -> None:
+    def __init__(self, vms: VmService, guest: GuestService | None = None, drives: Drives | None = None,
+                 restore: MemoryRestore | None = None) -> None:
         self._vms = vms
         self._guest = guest
         self._drives = drives
+        self._restore = restore
 
     @verb("VM.create")
     def create(self, ctx: CallContext, vmParams: dict[str, Any], vmID: str | None = None) -> dict[str, Any]:
         given = vmParams.get("vmId")
         if vmID and given and vmID.lower() != given.lower():
             raise InvalidParams(f"vmID {vmID} differs from vmParams.vmId {given}", data={"field": "params.vmID"})
+        if self._restore is not None and self._restore.wanted(vmParams):
+            return self._restore.create(vmID or given, vmParams, self._drives)
         if self._drives is None:
             return self._vms.create(vmID or given, vmParams)
         params = self._drives.prepare(vmParams)

@@ -11,11 +11,14 @@ libvirt's block job: finished, followed to its end, or reported where it stands.
 
 from __future__ import annotations
 
+import time
 from typing import Any, NamedTuple
 
 from pier.api.drives import Drives
+from pier.api.vm_hibernation import MemoryVolumes, VolumeName, memory_volumes
 from pier.api.volume import VolumeApi
 from pier.host.alignment import partitions_aligned
+from pier.host.hibernation import write_conf
 from pier.host.services import SnapshotService, VmService, VolumeService
 from pier.host.snapshots import SnapshotTarget
 from pier.rpc.errors import (
@@ -43,11 +46,12 @@ class _Snap(NamedTuple):
 
 class VmSnapshotsApi:
     def __init__(self, snapshots: SnapshotService | None, volumes: VolumeService, volume_api: VolumeApi,
-                 drives: Drives) -> None:
+                 drives: Drives, memory_volumes: MemoryVolumes | None = None) -> None:
         self._snapshots = snapshots
         self._volumes = volumes
         self._volume_api = volume_api
         self._drives = drives
+        self._memory_volumes = memory_volumes
 
     def _service(self) -> SnapshotService:
         if self._snapshots is None:
@@ -94,20 +98,47 @@ class VmSnapshotsApi:
     def snapshot_allowed(self, ctx: CallContext, vmID: str, snapDrives: list[dict[str, Any]],
                          snapMemory: str | None = None, frozen: bool = False, **ignored: Any) -> None:
         if snapMemory:
-            raise UnsupportedOperation("snapMemory: memory snapshots are not done yet; take a disk-only snapshot",
-                                       data={"field": "snapMemory"})
+            volumes, dump, conf = self._memory(snapMemory)
+            volumes.check(dump, raw=True)
+            volumes.check(conf)
         self._snap_targets(vmID, snapDrives)
+
+    def _memory(self, snap_memory: str) -> tuple[MemoryVolumes, VolumeName, VolumeName]:
+        if self._memory_volumes is None:
+            raise UnsupportedOperation("snapMemory: memory snapshots are not served by this agent",
+                                       data={"field": "snapMemory"})
+        return (self._memory_volumes, *memory_volumes(snap_memory, "snapMemory"))
 
     @verb("VM.snapshot")
     def snapshot(self, ctx: CallContext, vmID: str, snapDrives: list[dict[str, Any]], snapMemory: str | None = None,
                  frozen: bool = False, **ignored: Any) -> dict[str, Any]:
         self.snapshot_allowed(ctx, vmID, snapDrives, snapMemory, frozen)
         snaps = self._snap_targets(vmID, snapDrives)
-        ctx.task.step("snapshotting", 10, f"snapshot of {len(snaps)} drive(s)")
-        result = self._service().snapshot(vmID, [s.target for s in snaps], quiesce=not frozen)
+        ctx.task.step("snapshotting", 10, f"snapshot of {len(snaps)} drive(s)" + (" and memory" if snapMemory else ""))
+        targets = [s.target for s in snaps]
+        if snapMemory:
+            result = self._memory_snapshot(vmID, targets, snapMemory)
+        else:
+            result = self._service().snapshot(vmID, targets, quiesce=not frozen)
         for snap in snaps:
             self._drives.moved(vmID, snap.target.base_path, snap.sd, snap.img, snap.vol, snap.target.path)
         return result
+
+    def _memory_snapshot(self, vm_id: str, targets: list[SnapshotTarget], snap_memory: str) -> dict[str, Any]:
+        """The disks and the memory in one libvirt snapshot: the memory-config volume written first
+        (as VDSM does), the memory volume prepared for the snapshot and torn down after it."""
+        volumes, dump, conf = self._memory(snap_memory)
+        conf_path = volumes.prepare(conf)
+        try:
+            write_conf(conf_path, {"vmId": vm_id, "restoreFromSnapshot": True, "savedAt": time.time()})
+        finally:
+            volumes.teardown(conf)
+        dump_path = volumes.prepare(dump)
+        try:
+            result = self._service().snapshot(vm_id, targets, quiesce=False, memory_path=dump_path)
+        finally:
+            volumes.teardown(dump)
+        return {**result, "memory": True}
 
     @reconciler("VM.snapshot")
     def snapshot_done(self, params: dict[str, Any], step: str | None) -> bool:

@@ -45,6 +45,7 @@ from pier.host.vmstate import (
     POWERING_DOWN,
     POWERING_UP,
     REBOOT_IN_PROGRESS,
+    SAVING_STATE,
     UP,
     WAIT_FOR_LAUNCH,
     VmCache,
@@ -85,6 +86,7 @@ _SUSPEND_CODES = {
 }
 # Statuses that are a finer "Up": a verb's announcement (Powering down) applies to a VM in one of them.
 _UP_LIKE = {UP, POWERING_DOWN, POWERING_UP, REBOOT_IN_PROGRESS, WAIT_FOR_LAUNCH}
+_LEAVING = {MIGRATION_SOURCE, SAVING_STATE}  # a VM on its way out, back to Up when that fails
 
 
 def event_time() -> int:
@@ -250,7 +252,7 @@ class EventDispatcher:
         rec = self._cache.get(news.vm_id)
         if rec is None or news.vm_id in self._pending:
             return
-        if rec.status in _UP_LIKE or (rec.status == MIGRATION_SOURCE and news.status == UP):  # a failed migration
+        if rec.status in _UP_LIKE or (rec.status in _LEAVING and news.status == UP):  # a failed migration or save
             self._set(rec, news.status, {})
 
     def _connected(self, news: Connected) -> None:
@@ -316,7 +318,7 @@ class EventDispatcher:
         if event == libvirt.VIR_DOMAIN_EVENT_DEFINED:
             if rec.announce_launch and rec.emitted is None:
                 rec.announce_launch = False
-                self._set(rec, WAIT_FOR_LAUNCH, {}, update=False)
+                self._set(rec, rec.launch_status, {}, update=False)
             return
 
         if event == libvirt.VIR_DOMAIN_EVENT_STARTED:
@@ -347,6 +349,8 @@ class EventDispatcher:
         elif event == libvirt.VIR_DOMAIN_EVENT_SUSPENDED:
             if rec.status == MIGRATION_SOURCE and detail == libvirt.VIR_DOMAIN_EVENT_SUSPENDED_MIGRATED:
                 return  # the migration's last pass: still "Migration Source", as VDSM reports it
+            if rec.status == SAVING_STATE:
+                return  # libvirt pauses the guest to save it: still "Saving State", as VDSM reports it
             self._set(rec, PAUSED, {"pauseCode": _SUSPEND_CODES.get(detail, "EOTHER")})
         elif event == libvirt.VIR_DOMAIN_EVENT_RESUMED:
             self._set(rec, UP, {})

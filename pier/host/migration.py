@@ -1,10 +1,12 @@
 """Live migration between two hosts (`pier.host.services.MigrationService`).
 
-**Source side** (`migrate`): the VM must run and have no migration going. The destination's pierd
-(VDSM's `dst`, "host:port" of its HTTPS listener) is asked, over Pier's own JSON-RPC with this
-pierd's client certificate (`pier.host.peer`), who it is (a migration to the host itself is
-refused) and to expect the VM (`VM.migrationCreate`: it refuses a VM it already has, one over its
-incoming limit, or one with a disk path or network it lacks). Then libvirt migrates it
+**Source side** (`migrate`): the VM must run and have no migration going, and the destination
+(VDSM's `dst`, "host:port" of its HTTPS listener) must not be an address of this host: these are
+refused at once, before a task starts (`check_outgoing`). The destination's pierd is asked, over
+Pier's own JSON-RPC with this pierd's client certificate (`pier.host.peer`, whose connect timeout
+bounds how long an unreachable one takes to fail), who it is (this host reached by another
+address is refused too) and to expect the VM (`VM.migrationCreate`: it refuses a VM it already
+has, one over its incoming limit, or one with a disk path or an active network it lacks). Then libvirt migrates it
 **peer to peer** (VIR_MIGRATE_PEER2PEER): this host's libvirtd connects to the destination's
 (`libvirt_uri`, by default `qemu+tls://{host}/system`) and drives the whole migration itself, as
 VDSM does; a pierd that dies meanwhile does not strand it, and `abortJob` cancels it from either
@@ -41,7 +43,7 @@ from pier.host.connection import Connection
 from pier.host.domain import Domain
 from pier.host.events import event_time, status_event
 from pier.host.news import News, StatusNews
-from pier.host.peer import PeerClient, PeerCredentials
+from pier.host.peer import PeerClient, PeerCredentials, is_this_host
 from pier.host.vmstate import DOWN, MIGRATION_SOURCE, UP, VmCache, error_text
 from pier.rpc.errors import (
     ImageError,
@@ -138,8 +140,11 @@ class Migrations:
 
     def check_outgoing(self, vm_id: str, dst: str) -> None:
         """Refuse at once what cannot start: an unknown or stopped VM, one already migrating, a bad dst."""
-        PeerClient(dst, self._credentials)  # NoConPeer for an address that is not HOST:PORT
+        peer = PeerClient(dst, self._credentials)  # NoConPeer for an address that is not HOST:PORT
         rec = self._cache.require(vm_id)
+        if is_this_host(peer.host):
+            raise MigrateError(f"cannot migrate VM {vm_id} to {dst}: {peer.host} is this host itself; "
+                               "name another host's pierd", data={"vmId": vm_id, "dst": dst})
         if rec.status == DOWN:
             raise VMDown(f"Virtual machine {vm_id} is down")
         with self._lock:
@@ -287,14 +292,18 @@ class Migrations:
             log.warning("VM %s: cannot %s it: %s", job.vm_id, action, error_text(exc))
 
     def cancel(self, vm_id: str) -> None:
-        """Abort the VM's outgoing migration (it keeps running here), or forget an incoming one."""
+        """Abort the VM's outgoing migration (it keeps running here), or forget an incoming one
+        (and the Down VM its failed start left here)."""
         with self._lock:
             job = self._outgoing.get(vm_id)
-            if job is None or not job.running:
-                if self._incoming.pop(vm_id, None) is not None:
-                    return
+            incoming = (job is None or not job.running) and self._incoming.pop(vm_id, None) is not None
+            if (job is None or not job.running) and not incoming:
                 raise MigrationNotInProgress(f"no migration of VM {vm_id} runs on this host",
                                              data={"vmId": vm_id})
+        if incoming:
+            self._forget_leftover(vm_id)
+            return
+        assert job is not None
         job.abort.set()
         if job.dom is not None:
             try:
@@ -331,6 +340,7 @@ class Migrations:
 
     def expect_incoming(self, vm_id: str, definition: dict[str, Any], incoming_limit: int) -> dict[str, Any]:
         """Check that this host can take the VM and note that it comes (VM.migrationCreate)."""
+        self._forget_leftover(vm_id)
         rec = self._cache.get(vm_id)
         if rec is not None:
             raise VMExists(f"Virtual machine {vm_id} already exists on this host", data={"vmId": vm_id})
@@ -352,6 +362,23 @@ class Migrations:
         self._emit(name, event)
         return {"migrationPort": 0, "params": {"vmId": vm_id, "status": MIGRATION_DESTINATION}}
 
+    def _forget_leftover(self, vm_id: str) -> None:
+        """Forget the VM if this host only remembers it Down, with no domain in libvirt: what an
+        incoming migration that failed leaves (libvirt destroyed the paused guest it had started)."""
+        rec = self._cache.get(vm_id)
+        if rec is None or rec.status != DOWN:
+            return
+        conn = self._connection.get()
+        try:
+            conn.lookupByUUIDString(vm_id)
+            return
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                self._connection.check(exc, conn)
+                return
+        log.info("VM %s: forgetting the Down VM a failed incoming migration left", vm_id)
+        self._cache.remove(vm_id, keep_tombstone=False)  # a tombstone would take the arriving VM's events
+
     @staticmethod
     def _check_devices(conn: libvirt.virConnect, vm_id: str, definition: dict[str, Any]) -> None:
         devices = definition.get("devices") if isinstance(definition, dict) else None
@@ -366,11 +393,12 @@ class Migrations:
             network = device.get("network")
             if device.get("deviceType") == "interface" and isinstance(network, str) and network:
                 try:
-                    conn.networkLookupByName(network)
+                    active = bool(conn.networkLookupByName(network).isActive())
                 except libvirt.libvirtError:
-                    raise InvalidParams(f"VM {vm_id}: this host has no network {network!r} for NIC "
-                                        f"{device.get('macAddr', '')}", data={"vmId": vm_id, "network": network}
-                                        ) from None
+                    active = False
+                if not active:
+                    raise InvalidParams(f"VM {vm_id}: this host has no active network {network!r} for NIC "
+                                        f"{device.get('macAddr', '')}", data={"vmId": vm_id, "network": network})
 
     def _prune_incoming(self) -> None:
         """Drop incoming notes whose VM now runs here, or that timed out (under the lock)."""

@@ -26,6 +26,7 @@ from pier.host.domain import libvirt_errors
 from pier.host.dumpxmls import DomainXmls
 from pier.host.events import STATUS_EVENT_PREFIX, EventDispatcher, published_statuses
 from pier.host.guest import GuestAgents
+from pier.host.hibernation import MemoryStates
 from pier.host.hostdev import HostDevices
 from pier.host.hostinfo import HostInfo
 from pier.host.ksm import Ksm
@@ -45,6 +46,7 @@ from pier.host.services import (
     HostService,
     KsmService,
     LldpService,
+    MemoryStateService,
     MigrationService,
     NetworkService,
     SecretService,
@@ -127,6 +129,7 @@ class Node:
         self.vm_devices: VmDeviceService = self._vm_control
         self._snapshots = VmSnapshots(self._connection, self._vm_control.changed)
         self.snapshots: SnapshotService = self._snapshots
+        self.memory: MemoryStateService = MemoryStates(self._connection, self._vms, self._dispatcher.put)
         self._backups = Backups(self._connection, Path(data_center),
                                 Path(backup_dir) if backup_dir else backup_run_dir("/var/lib/pier"))
         self.backups: BackupService = self._backups

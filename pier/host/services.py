@@ -614,8 +614,9 @@ class SnapshotService(Protocol):
         """Each disk of the running VM by target name, with its chain of paths (leaf first)."""
         ...
 
-    def snapshot(self, vm_id: str, targets: list[Any], quiesce: bool) -> dict[str, Any]:
-        """Move each target's (pier.host.snapshots.SnapshotTarget) drive onto its new file, all or none;
+    def snapshot(self, vm_id: str, targets: list[Any], quiesce: bool, memory_path: str | None = None) -> dict[str, Any]:
+        """Move each target's (pier.host.snapshots.SnapshotTarget) drive onto its new file, all or none,
+        and save the guest's memory into `memory_path` in the same step when given;
         {"quiesce": whether the guest agent quiesced the guest}."""
         ...
 
@@ -641,6 +642,30 @@ class SnapshotService(Protocol):
 
     def resize(self, vm_id: str, path: str, size: int) -> None:
         """Tell QEMU the disk whose leaf is `path` has `size` bytes now."""
+        ...
+
+
+class MemoryStateService(Protocol):
+    """A running VM's memory state in a file (pier.host.hibernation): VM.hibernate saves it, VM.create
+    with restoreState brings the VM back from it (or from a memory snapshot's)."""
+
+    def domain_xml(self, vm_id: str) -> str:
+        """The running VM's domain XML as a restore needs it; down when it does not run."""
+        ...
+
+    def save(self, vm_id: str, path: str, progress: Callable[[int, str], None],
+             cancelled: threading.Event, down_timeout: float = ...) -> dict[str, Any]:
+        """Save the running VM's state into `path` and stop it (Saving State, then Down with
+        "SaveState succeeded"); on failure or cancel it runs on as it was."""
+        ...
+
+    def saved_xml(self, path: str) -> str:
+        """The domain XML a saved state (or memory snapshot) in `path` was taken with."""
+        ...
+
+    def restore(self, vm_id: str, xml: str, path: str) -> dict[str, Any]:
+        """Define the VM from `xml` and bring it back from the state in `path` (Restoring state,
+        then Up); its VmDefinition. Nothing stays defined on failure."""
         ...
 
 

@@ -1,10 +1,12 @@
 """Live snapshots and block commits of a running VM's disks (`pier.host.services.SnapshotService`).
 
-A snapshot is external and disk-only, onto files the caller made beforehand (a qcow2 layer over
-each drive's current leaf, as VDSM's engine makes them with Volume.create): one
-`snapshotCreateXML` with REUSE_EXT|DISK_ONLY|NO_METADATA, so QEMU switches every drive in one
-transaction: all of them or none. The guest's filesystems are quiesced through its agent when
-asked and an agent answers; without one the snapshot is taken unquiesced, and says so.
+A snapshot is external, onto files the caller made beforehand (a qcow2 layer over each drive's
+current leaf, as VDSM's engine makes them with Volume.create): one `snapshotCreateXML` with
+REUSE_EXT|DISK_ONLY|NO_METADATA, so QEMU switches every drive in one transaction: all of them or
+none. A memory snapshot saves the guest's memory too, into a file the caller prepared
+(<memory snapshot='external'>, without DISK_ONLY), in the same call. The guest's filesystems are
+quiesced through its agent when asked and an agent answers; without one the snapshot is taken
+unquiesced, and says so.
 
 A merge is libvirt's block commit of a subchain (base..top) of one disk, relative so the chain's
 backing names stay VDSM's; when top is the active layer, the job is pivoted once QEMU has mirrored
@@ -89,10 +91,13 @@ def disk_chains(xml_text: str) -> Iterator[tuple[str, list[str]]]:
         yield str(target.get("dev")), Disk(disk).chain_paths()
 
 
-def snapshot_xml(chains: dict[str, list[str]], targets: list[SnapshotTarget]) -> str:
-    """The <domainsnapshot> moving each target's drive onto its file; every other disk stays as it is."""
+def snapshot_xml(chains: dict[str, list[str]], targets: list[SnapshotTarget], memory_path: str | None = None) -> str:
+    """The <domainsnapshot> moving each target's drive onto its file; every other disk stays as it
+    is; with `memory_path`, the guest's memory saved into that file too (an external memory snapshot)."""
     by_leaf = {t.base_path: t for t in targets}
     root = ET.Element("domainsnapshot")
+    if memory_path is not None:
+        ET.SubElement(root, "memory", snapshot="external", file=memory_path)
     disks = ET.SubElement(root, "disks")
     for name, chain in chains.items():
         target = by_leaf.get(chain[0]) if chain else None
@@ -139,9 +144,12 @@ class VmSnapshots:
 
     # -- snapshot -----------------------------------------------------------------------------------
 
-    def snapshot(self, vm_id: str, targets: list[SnapshotTarget], quiesce: bool) -> dict[str, Any]:
+    def snapshot(self, vm_id: str, targets: list[SnapshotTarget], quiesce: bool,
+                 memory_path: str | None = None) -> dict[str, Any]:
         """Move each target's drive onto its new file in one transaction; `quiesce`: through the
-        guest agent when one answers. Returns {"quiesce": whether the guest was quiesced,
+        guest agent when one answers. With `memory_path`, the guest's memory is saved there in the
+        same transaction (libvirt pauses the guest meanwhile, so it is not quiesced: it is
+        consistent with its memory). Returns {"quiesce": whether the guest was quiesced,
         "heldSeconds": how long libvirt's snapshot calls took, the most the guest was frozen or held}."""
         dom = Domain.lookup(self._connection, vm_id)
         chains = self.chains(vm_id)
@@ -150,12 +158,13 @@ class VmSnapshots:
             if target.base_path not in leaves:
                 raise SnapshotError(f"VM {vm_id} has no drive whose leaf is {target.base_path}",
                                     data={"vmId": vm_id, "path": target.base_path})
-        xml = snapshot_xml(chains, targets)
+        xml = snapshot_xml(chains, targets, memory_path)
+        flags = _SNAPSHOT_FLAGS if memory_path is None else _SNAPSHOT_FLAGS & ~libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_DISK_ONLY
         quiesced = False
         started = time.monotonic()  # the guest can be frozen (quiesce) or held only inside these calls
-        if quiesce:
+        if quiesce and memory_path is None:
             try:
-                dom.virdomain.snapshotCreateXML(xml, _SNAPSHOT_FLAGS | libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_QUIESCE)
+                dom.virdomain.snapshotCreateXML(xml, flags | libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_QUIESCE)
                 quiesced = True
             except libvirt.libvirtError as exc:
                 self._connection.check(exc)
@@ -163,7 +172,7 @@ class VmSnapshots:
                          error_text(exc))
         if not quiesced:
             with dom.errors("take a snapshot of", SnapshotError):
-                dom.virdomain.snapshotCreateXML(xml, _SNAPSHOT_FLAGS)
+                dom.virdomain.snapshotCreateXML(xml, flags)
         held = time.monotonic() - started
         self._changed(dom)
         return {"quiesce": quiesced, "heldSeconds": round(held, 6)}

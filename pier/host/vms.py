@@ -33,6 +33,7 @@ from pier.host.vmstate import (
     POWERING_DOWN,
     POWERING_UP,
     REBOOT_IN_PROGRESS,
+    RESTORING_STATE,
     UP,
     WAIT_FOR_LAUNCH,
     VmCache,
@@ -179,6 +180,18 @@ class Vms:
             dom_xml = domain_from_raw(vm_id, params["xml"])
         else:
             dom_xml = build_domain(vm_id, params, domain_type=self._domain_type(conn, params))
+        return self._launch(conn, vm_id, dom_xml, launch_paused)
+
+    def restore(self, vm_id: str, xml: str, state_path: str) -> dict[str, Any]:
+        """Define the VM from `xml` (the domain a saved state was taken from, its disks where they
+        are now) and bring it back running from the state saved in `state_path` (libvirt's save
+        image: VM.hibernate's, or a memory snapshot's); nothing stays defined on failure."""
+        vm_id = normalize_uuid(vm_id)
+        dom_xml = domain_from_raw(vm_id, xml)
+        return self._launch(self._connection.get(), vm_id, dom_xml, False, state_path)
+
+    def _launch(self, conn: libvirt.virConnect, vm_id: str, dom_xml: DomainXml, launch_paused: bool,
+                state_path: str | None = None) -> dict[str, Any]:
         with self._lock:
             if vm_id in self._busy:
                 raise VMExists(f"Virtual machine {vm_id} is being created")
@@ -189,11 +202,12 @@ class Vms:
                 if not os.path.exists(path):
                     raise ImageError(f"Drive image file {path} could not be found",
                                      data={"path": path})
-            rec = self._cache.add(VmRecord(vm_id, dom_xml.name, status=WAIT_FOR_LAUNCH,
-                                           creating=True, launch_paused=launch_paused,
-                                           announce_launch=True))
+            rec = self._cache.add(VmRecord(vm_id, dom_xml.name, status=WAIT_FOR_LAUNCH if state_path is None
+                                           else RESTORING_STATE, creating=True, launch_paused=launch_paused,
+                                           announce_launch=True, launch_status=WAIT_FOR_LAUNCH
+                                           if state_path is None else RESTORING_STATE))
             try:
-                self._define_and_start(conn, rec, dom_xml.to_string(), launch_paused)
+                self._define_and_start(conn, rec, dom_xml.to_string(), launch_paused, state_path)
             except BaseException:
                 self._cache.remove(vm_id)
                 raise
@@ -218,11 +232,16 @@ class Vms:
             raise VMExists(f"Virtual machine {dom.UUIDString()} ({dom.name()}) already exists")
 
     def _define_and_start(self, conn: libvirt.virConnect, rec: VmRecord, xml: str,
-                          launch_paused: bool) -> None:
+                          launch_paused: bool, state_path: str | None = None) -> None:
         with libvirt_errors(self._connection, conn, action=f"define VM {rec.vm_id}",
                             error=CreateError):
             dom = conn.defineXML(xml)
         try:
+            if state_path is not None:
+                with libvirt_errors(self._connection, conn, action=f"restore VM {rec.vm_id} from {state_path}",
+                                    error=CreateError):
+                    conn.restoreFlags(state_path, xml, libvirt.VIR_DOMAIN_SAVE_RUNNING)
+                return
             with libvirt_errors(self._connection, conn, action=f"start VM {rec.vm_id}",
                                 error=CreateError):
                 self._start(dom, launch_paused)

@@ -28,8 +28,9 @@ REBOOT_IN_PROGRESS = "RebootInProgress"
 WAIT_FOR_LAUNCH = "WaitForLaunch"
 MIGRATION_SOURCE = "Migration Source"
 SAVING_STATE = "Saving State"
+RESTORING_STATE = "Restoring state"
 RUNNING_STATUSES = frozenset({UP, PAUSED, POWERING_DOWN, POWERING_UP, REBOOT_IN_PROGRESS,
-                              MIGRATION_SOURCE, SAVING_STATE})
+                              MIGRATION_SOURCE, SAVING_STATE, RESTORING_STATE})
 
 # VDSM's exit codes and exit reasons (the reason travels as an integer, as VDSM sends it).
 EXIT_NORMAL, EXIT_ERROR = 0, 1
@@ -148,7 +149,8 @@ class VmRecord:
     creating: bool = False
     destroying: bool = False
     launch_paused: bool = False
-    announce_launch: bool = False  # Pier defined it: report WaitForLaunch on libvirt's DEFINED
+    announce_launch: bool = False  # Pier defined it: report launch_status on libvirt's DEFINED
+    launch_status: str = WAIT_FOR_LAUNCH  # Restoring state when it comes back from a saved state
     final: dict[str, Any] | None = None  # Down details to report when it is undefined
 
 

@@ -242,10 +242,10 @@ class Registry:
         if declared is None:
             raise MethodNotFound(f"Method not found: {name}", data={"method": name})
         legacy = self.schema.legacy.get(name)
-        if legacy is not None and legacy[1].sets and isinstance(params, dict):
-            params = {**params, **legacy[1].sets}
         try:
             self._admit(declared, context)
+            if legacy is not None and isinstance(params, dict):
+                params = legacy[1].complete(params, declared)
             params = declared.validate(params)
         except PierError as refusal:
             if not declared.readonly and self.audit is not None:

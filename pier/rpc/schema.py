@@ -163,12 +163,31 @@ class LegacyName:
     payload: str | None = None
     params: tuple[str, ...] | None = None
     sets: Mapping[str, Any] | None = None  # params this name always gives (forcedDetach...: force true)
+    # params this name takes from inside a struct param (`from: {vmID: params.vmId}`, YAML's `from`)
+    taken_from: Mapping[str, str] | None = None
 
     IGNORED = "-"
 
     def positions(self, verb: Verb) -> list[str]:
         """The params a positional call of this name gives, in order."""
         return list(self.params) if self.params is not None else list(verb.params)
+
+    def complete(self, params: dict[str, Any], verb: Verb) -> dict[str, Any]:
+        """`params` of a call of this name as the verb takes them: with the params the name always
+        gives (`sets`), and each param it takes from inside a struct (`from`) when not given itself.
+        Raises InvalidParams naming the struct's field when a required one is not there either."""
+        completed = {**params, **(self.sets or {})}
+        for param, path in (self.taken_from or {}).items():
+            if param in completed:
+                continue
+            struct, key = path.split(".", 1)
+            inside = completed.get(struct)
+            if isinstance(inside, dict) and inside.get(key) is not None:
+                completed[param] = inside[key]
+            elif param in verb.required:
+                raise InvalidParams(f"{self.name}: {path} is missing (the {param} of {verb.name})",
+                                    data={"field": path, "verb": verb.name})
+        return completed
 
 
 @dataclass
@@ -273,14 +292,23 @@ class Verb:
 
 
 def _legacy_name(spec: dict[str, Any], params: dict[str, Any], required: list[str]) -> LegacyName:
+    spec = dict(spec)
+    taken = spec.pop("from", None)
     unknown_sets = [name for name in spec.get("sets") or {} if name not in params]
     if unknown_sets:
         raise ValueError(f"legacy {spec.get('name')}: sets unknown params {unknown_sets}")
+    if taken is not None:
+        bad = [f"{name}: {path}" for name, path in taken.items() if name not in params or not isinstance(path, str)
+               or "." not in path or path.split(".", 1)[0] not in params or path.split(".", 1)[0] == name]
+        if bad or not isinstance(taken, dict) or not taken:
+            raise ValueError(f"legacy {spec.get('name')}: `from` maps a verb param to <struct param>.<key> "
+                             f"of another param: {bad or taken}")
+        spec["taken_from"] = dict(taken)
     order = spec.get("params")
     if order is None:
         return LegacyName(**spec)
     unknown = [name for name in order if name != LegacyName.IGNORED and name not in params]
-    missing = [name for name in required if name not in order]
+    missing = [name for name in required if name not in order and name not in (taken or {})]
     if unknown or missing or len(set(order) - {LegacyName.IGNORED}) != len(order) - order.count(LegacyName.IGNORED):
         raise ValueError(f"legacy {spec.get('name')}: params must name each of the verb's params at most once "
                          f"and every required one (unknown {unknown}, missing {missing})")

@@ -265,7 +265,7 @@ class XmlRpc:
         names = positions(self.registry.schema, name, verb)
         types = ["undef" if param == LegacyName.IGNORED else xmlrpc_type(verb.params[param], self.registry.schema.defs)
                  for param in names]
-        fewest = max((names.index(param) + 1 for param in verb.required), default=0)
+        fewest = max((names.index(param) + 1 for param in verb.required if param in names), default=0)
         return [["struct", *types[:count]] for count in range(fewest, len(names) + 1)]
 
     def _system_signature(self, name: str) -> list[list[str]]:

@@ -209,8 +209,6 @@ def test_freeze_and_thaw(guest_with_filesystem: Guest) -> None:
     guest.shell.run("touch /mnt/data/written-after-thaw")
 
 
-@pytest.mark.xfail(strict=False, reason="since 20:10 on 2026-12-04 libvirt sent no agent lifecycle event here "
-                   "when qemu-ga restarted in the guest (it did before, and in CI at d028078); under study")
 def test_the_agent_going_down_and_up_are_events(booted_guest: Guest) -> None:
     guest = booted_guest
     wait_for(lambda: agent_events(guest))

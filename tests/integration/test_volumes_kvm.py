@@ -82,6 +82,16 @@ def test_the_life_of_a_disk(kvm_site: Site, system_libvirt: str) -> None:
         with pytest.raises(JsonRpcError) as caught:  # a running VM's volume is not deleted
             site.rpc.call("Volume.delete", volumeID=top, postZero=False, force=False, **ids)
         assert caught.value.code == 203
+        top_info = {"sd_id": site.sd, "img_id": img, "vol_id": top}
+        subchain = {"sd_id": site.sd, "img_id": img, "base_id": base, "top_id": top, "base_generation": 0}
+        for verb, params in (("SDM.amend_volume", {"vol_info": top_info, "qcow2_attr": {"compat": "1.1"}}),
+                             ("SDM.sparsify_volume", {"vol_info": top_info}),
+                             ("SDM.add_bitmap", {"vol_info": top_info, "bitmap": "b1"}),
+                             ("SDM.merge", {"subchain_info": subchain})):
+            with pytest.raises(JsonRpcError) as caught:  # jobs that need the volume idle
+                site.rpc.call(verb, job_id=str(uuid.uuid4()), **params)
+            assert caught.value.code == 203 and vm_id in caught.value.message, (verb, caught.value.message)
+        assert qemu_chain(images / top) == [base, top]
 
         extra_img, extra = str(uuid.uuid4()), str(uuid.uuid4())
         site.create(extra_img, extra, size=16 * MiB, fmt="RAW")

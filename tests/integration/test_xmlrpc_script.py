@@ -42,3 +42,24 @@ def test_the_vdsm_script_runs_unchanged_on_qemu_system(tmp_path: Path, system_li
     finally:
         assert daemon.stop() == 0
     assert "destroyed" in out, out
+
+
+def test_vdsm_migrate_and_migrate_status_over_xml_rpc(pierd: Pierd) -> None:
+    """VDSM's XML-RPC `migrate` took one struct holding the vmId; Pier takes the VM from it."""
+    url = pierd.http.replace("http://", f"http://vdsm:{pierd.make_token('operator')}@") + "/RPC2"
+    vm_id = "6f1e3e4c-1111-4222-8333-77778888aaaa"
+    with xmlrpc.client.ServerProxy(url, allow_none=True) as proxy:
+        created = proxy.create({"vmId": vm_id, "vmName": "pier-xmlrpc-migrate", "memSize": 64})
+        assert created["status"]["code"] == 0, created
+        try:
+            stats = proxy.migrateStatus(vm_id)
+            assert stats["status"]["code"] == 0 and stats["migrationStats"]["state"] == "none", stats
+            itself = pierd.http.removeprefix("http://")
+            refused = proxy.migrate({"vmId": vm_id, "dst": itself, "method": "online"})
+            assert refused["status"]["code"] == 12 and "is this host itself" in refused["status"]["message"], refused
+            assert vm_id in refused["status"]["message"]  # the VM came from the struct
+            missing = proxy.migrate({"dst": "192.0.2.7:54321"})
+            assert missing["status"]["code"] == -32602 and "params.vmId" in missing["status"]["message"], missing
+            assert proxy.getVmStats(vm_id)["statsList"][0]["status"] == "Up"
+        finally:
+            proxy.destroy(vm_id)

@@ -54,6 +54,7 @@ LOCATIONS["POST /api/v1/pools/{storagepoolID}/merge/finalize"] = f"/api/v1/tasks
 LOCATIONS["POST /api/v1/pools/{storagepoolID}/domains/{storagedomainID}/images/{imageID}/volumes/{volumeID}/reduce"] = f"/api/v1/tasks/{TASK_ID}"
 LOCATIONS["POST /api/v1/vms/{vmID}/snapshots"] = f"/api/v1/tasks/{TASK_ID}"  # pier/rpc/schema/vmsnapshot.yml
 LOCATIONS["POST /api/v1/vms/{vmID}/merges"] = f"/api/v1/tasks/{TASK_ID}"
+LOCATIONS["POST /api/v1/vms/{vmID}/hibernate"] = f"/api/v1/tasks/{TASK_ID}"  # pier/rpc/schema/vmhibernate.yml
 LOCATIONS["POST /api/v1/storage-jobs/copy-data"] = f"/api/v1/tasks/{TASK_ID}"
 LOCATIONS["POST /api/v1/storage-domains/{storagedomainID}/images/{imageID}/upload-to-url"] = f"/api/v1/tasks/{TASK_ID}"
 LOCATIONS["POST /api/v1/storage-domains/{storagedomainID}/images/{imageID}/download-from-url"] = f"/api/v1/tasks/{TASK_ID}"
@@ -212,6 +213,7 @@ ROUTE_TABLE = {
     ("POST", "/api/v1/vms/<vmID>/thaw", "VM.thaw"),
     ("POST", "/api/v1/vms/<vmID>/snapshots", "VM.snapshot"),
     ("POST", "/api/v1/vms/<vmID>/merges", "VM.merge"),
+    ("POST", "/api/v1/vms/<vmID>/hibernate", "VM.hibernate"),
     ("POST", "/api/v1/vms/<vmID>/disk-size", "VM.diskSizeExtend"),
     ("POST", "/api/v1/vms/<vmID>/disk-refresh", "VM.refresh_disk"),
     ("POST", "/api/v1/vms/<vmID>/disk-alignment", "VM.getDiskAlignment"),

@@ -79,13 +79,15 @@ class FakeSnapshots:
     def __init__(self, chains: dict[str, list[str]]) -> None:
         self.chains_now = chains
         self.taken: list[list[SnapshotTarget]] = []
+        self.memory: list[str | None] = []
         self.commits: list[tuple[str, str]] = []
 
     def chains(self, vm_id: str) -> dict[str, list[str]]:
         return {name: list(chain) for name, chain in self.chains_now.items()}
 
-    def snapshot(self, vm_id: str, targets: list[Any], quiesce: bool) -> dict[str, Any]:
+    def snapshot(self, vm_id: str, targets: list[Any], quiesce: bool, memory_path: str | None = None) -> dict[str, Any]:
         self.taken.append(targets)
+        self.memory.append(memory_path)
         for target in targets:
             for chain in self.chains_now.values():
                 if chain and chain[0] == target.base_path:

@@ -12,8 +12,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from pier.rpc.registry import CallContext
-from pier.rpc.schema import Schema
+from pier.rpc.registry import CallContext, Registry, verb
+from pier.rpc.schema import Schema, SchemaError
 from pier.transports.http import HttpListener
 from pier.transports.xmlrpc import XmlRpc, to_wire, xmlrpc_app
 from tests.fakes import FixedAuthenticator
@@ -34,7 +34,7 @@ VDSM_PAYLOAD_KEYS = {
     "setKsmTune": None, "setLogLevel": None, "setMOMPolicy": None,
     "setMOMPolicyParameters": None, "hostdevListByCaps": "deviceList", "hostdevChangeNumvfs": None,
     "hostdevReattach": None, "registerSecrets": None, "unregisterSecrets": None, "setVmTicket": None,
-    "freeze": None, "thaw": None, "snapshot": None, "merge": None, "diskSizeExtend": "size",
+    "freeze": None, "thaw": None, "snapshot": None, "hibernate": None, "merge": None, "diskSizeExtend": "size",
     "getDiskAlignment": "alignment", "desktopLock": None, "desktopLogin": None, "desktopLogoff": None,
     "sendHcCmdToDesktop": None,
     "hotplugDisk": "vmList", "hotunplugDisk": "vmList", "changeCD": "vmList", "changeFloppy": "vmList",
@@ -53,6 +53,7 @@ VDSM_PAYLOAD_KEYS = {
     "deactivateStorageDomain": None, "getFileStats": "fileStats",
     "repoStats": "*", "getStoragePoolInfo": "*",  # the result's keys beside status
     "migrateStatus": "migrationStats", "migrateCancel": None, "migrateChangeParams": None,
+    "migrate": "*", "migrationCreate": "*",
 }
 # The legacy names of pier/rpc/schema/volume.yml (VDSM's storage verbs).
 STORAGE_LEGACY = {
@@ -143,11 +144,14 @@ def test_every_legacy_name_answers_the_envelope_with_its_payload_key(vdsm, schem
             "description": "d", "scsiKey": ""}
     drive = {"domainID": UNKNOWN_VM, "imageID": UNKNOWN_VM, "volumeID": UNKNOWN_VM}
     args.update({"snapDrives": [{**drive, "baseVolumeID": UNKNOWN_VM}], "drive": drive, "driveSpecs": drive,
-                 "disk": drive, "baseVolUUID": UNKNOWN_VM, "topVolUUID": UNKNOWN_VM, "newSize": "1024"})
+                 "disk": drive, "baseVolUUID": UNKNOWN_VM, "topVolUUID": UNKNOWN_VM, "newSize": "1024",
+                 "hibernationVolHandle": ",".join([UNKNOWN_VM] * 4 + [VM_ID] * 2)})
     stack.guest.agents.add(VM_ID)
     stack.guest.exec_allowed.add(VM_ID)
     # VDSM's XML-RPC took one struct with the vmId inside for these
     own = {"migrateChangeParams": {"params": {"maxBandwidth": 64}},
+           "migrate": {"params": {"vmId": VM_ID, "dst": "192.0.2.7:54321"}},
+           "migrationCreate": {"params": {"vmId": VM_ID, "vmName": "db", "memSize": 64}},
            "hotplugDisk": {"params": {"vmId": VM_ID, "drive": {"path": "/images/a.img"}}},
            "hotunplugDisk": {"params": {"vmId": VM_ID, "drive": {"path": "/images/a.img"}}},
            "hotplugNic": {"params": {"vmId": VM_ID, "nic": {"network": "default", "macAddr": "52:54:00:12:34:56"}}},
@@ -164,7 +168,7 @@ def test_every_legacy_name_answers_the_envelope_with_its_payload_key(vdsm, schem
                # the fake's VM has no CD-ROM or floppy drive, no maxMemSize, no device ua-none
                "changeCD": 41, "changeFloppy": 41, "hotplugMemory": 70, "vmUpdateDevice": 56,
                # the fakes serve no snapshots (unavail); the fake volumes have no such domain
-               "snapshot": 40, "merge": 40, "diskSizeExtend": 358, "getDiskAlignment": 358}
+               "snapshot": 40, "merge": 40, "diskSizeExtend": 358, "getDiskAlignment": 358, "hibernate": 40}
     # storage verbs on a domain or pool this host does not have: VDSM's codes (358, 309, 304, 360)
     failing.update({name: 358 for name in ("createStoragePool", "getStorageDomainInfo", "getStorageDomainStats",
                                           "getImagesList", "validateStorageDomain", "setStorageDomainDescription",
@@ -175,7 +179,8 @@ def test_every_legacy_name_answers_the_envelope_with_its_payload_key(vdsm, schem
                                           "deactivateStorageDomain", "getStoragePoolInfo")})
     failing.update({"connectStoragePool": 304, "createStorageDomain": 360})
     # the unit stack serves no live migration (Services.migrations is None): unsupportedOperationErr
-    failing.update({name: 75 for name in ("migrateStatus", "migrateCancel", "migrateChangeParams")})
+    failing.update({name: 75 for name in ("migrateStatus", "migrateCancel", "migrateChangeParams", "migrate",
+                                         "migrationCreate")})
     changing = ["pause", "cont", "reset", "stopTask", "clearTask", "shutdown", "destroy"]
     names = sorted(set(schema.legacy) - set(changing) - {"create"} - set(STORAGE_LEGACY)) + changing
     assert set(names) | {"create"} | set(STORAGE_LEGACY) == set(schema.legacy)  # storage: test_volume_api.py
@@ -183,7 +188,7 @@ def test_every_legacy_name_answers_the_envelope_with_its_payload_key(vdsm, schem
         verb, legacy = schema.legacy[name]
         given = {**args, **(own[name] if isinstance(own.get(name), dict) else {})}
         order = legacy.positions(verb)  # VDSM's positional order; None where it is optional or ignored
-        last = max((order.index(param) for param in verb.required), default=-1)
+        last = max((order.index(param) for param in verb.required if param in order), default=-1)
         res = getattr(vdsm, name)(*[given[param] if param in verb.required else None for param in order[:last + 1]])
         if name in failing:
             assert res["status"]["code"] == failing[name] and set(res) == {"status"}, (name, res)
@@ -247,6 +252,64 @@ def test_the_verbs_own_names_answer_too(vdsm, stack: Stack) -> None:
 def test_legacy_names_are_callable_over_json_rpc_with_a_bare_result(stack: Stack) -> None:
     reply = json.loads(stack.jsonrpc.handle('{"jsonrpc": "2.0", "method": "getVdsStats", "id": 1}', CallContext("t", identity=ADMIN)))
     assert "cpuIdle" in reply["result"]
+
+
+class _Mover:
+    """Handlers of a verb declared like VM.migrate: a VM id and a struct of params."""
+
+    @verb("VM.move")
+    def move(self, context: CallContext, vmID: str, params: dict, limit: int = 2) -> dict:
+        return {"vmID": vmID, "dst": params["dst"], "limit": limit}
+
+
+def _mover_schema(**legacy: object) -> Schema:
+    return Schema({"verbs": {"VM.move": {
+        "role": "operator", "target": "vmID", "returns": {"type": "object"},
+        "params": {"vmID": {"type": "string", "pattern": "^vm-"}, "params": {"type": "object"},
+                   "limit": {"type": "integer", "default": 2}},
+        "legacy": [{"name": "move", "payload": "*", "params": ["params", "limit"], **legacy}]}}})
+
+
+def test_a_legacy_name_takes_a_param_from_inside_a_struct_as_vdsm_sent_it() -> None:
+    endpoint = XmlRpc(Registry(_mover_schema(**{"from": {"vmID": "params.vmId"}}), [_Mover()]))
+    context = CallContext("test", identity=ADMIN)
+    moved = endpoint.call("move", [{"vmId": "vm-1", "dst": "h:1"}, 5], context)
+    assert moved == {"status": DONE, "vmID": "vm-1", "dst": "h:1", "limit": 5}
+    assert endpoint.method_signature("move") == [["struct", "struct"], ["struct", "struct", "int"]]
+    assert "params (struct), limit? (int)" in endpoint.method_help("move")
+    missing = endpoint.call("move", [{"dst": "h:1"}], context)
+    assert missing["status"]["code"] == -32602 and "params.vmId is missing" in missing["status"]["message"]
+    bad = endpoint.call("move", [{"vmId": "nope", "dst": "h:1"}], context)  # still validated as the verb's vmID
+    assert bad["status"]["code"] == -32602 and "vmID" in bad["status"]["message"]
+    # the verb's own name takes no struct's field: its params are its own
+    own = endpoint.call("VM.move", [None, {"vmId": "vm-1", "dst": "h:1"}], context)
+    assert own["status"]["code"] == -32602
+    # over JSON-RPC, a vmID given by name wins over the struct's
+    registry = endpoint.registry
+    assert registry.call("move", {"vmID": "vm-2", "params": {"vmId": "vm-1", "dst": "h"}}, context)["vmID"] == "vm-2"
+
+
+@pytest.mark.parametrize("taken", [{"vmID": "params"}, {"vmID": "nothing.vmId"}, {"vmID": "vmID.x"},
+                                   {"other": "params.vmId"}, {}])
+def test_a_from_that_names_no_struct_field_fails_the_schema_load(taken: dict) -> None:
+    with pytest.raises((SchemaError, ValueError), match="from"):
+        _mover_schema(**{"from": taken})
+
+
+def test_without_from_a_legacy_order_must_give_every_required_param() -> None:
+    with pytest.raises((SchemaError, ValueError), match="missing"):
+        _mover_schema()
+
+
+def test_vdsm_migrate_takes_the_vm_from_its_one_struct(vdsm) -> None:
+    with_vm(vdsm)
+    missing = vdsm.migrate({"dst": "192.0.2.7:54321"})
+    assert missing["status"]["code"] == -32602 and "params.vmId" in missing["status"]["message"]
+    # the unit stack serves no live migration: past the params, it says so
+    served = vdsm.migrate({"vmId": VM_ID, "dst": "192.0.2.7:54321", "method": "online"})
+    assert served["status"]["code"] == 75, served
+    created = vdsm.migrationCreate({"vmId": VM_ID, "vmName": "db"}, 3)
+    assert created["status"]["code"] == 75, created
 
 
 # -- values ---------------------------------------------------------------------------------
