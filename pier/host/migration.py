@@ -331,6 +331,7 @@ class Migrations:
                                                "allowed (VM.migrate params.postcopy)", data={"vmId": vm_id})
                 dom.migrateStartPostCopy(0)
                 job.state = "postcopy"
+                self._publish(job)
         except libvirt.libvirtError as exc:
             raise MigrateError(f"cannot change the migration of VM {vm_id}: {error_text(exc)}",
                                data={"vmId": vm_id, "libvirtCode": exc.get_error_code()}) from None
