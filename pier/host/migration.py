@@ -420,7 +420,10 @@ class Migrations:
         """Forget the VM if this host only remembers it Down, with no domain in libvirt: what an
         incoming migration that failed leaves (libvirt destroyed the paused guest it had started)."""
         rec = self._cache.get(vm_id)
-        if rec is None or rec.status != DOWN:
+        if rec is None:
+            self._cache.remove(vm_id, keep_tombstone=False)  # an earlier stay's tombstone is no news of this one
+            return
+        if rec.status != DOWN:
             return
         conn = self._connection.get()
         try:
@@ -458,8 +461,14 @@ class Migrations:
         """Drop incoming notes whose VM now runs here, or that timed out (under the lock)."""
         now = time.monotonic()
         for vm_id, deadline in list(self._incoming.items()):
-            if now > deadline or self._arrived(vm_id):
+            if now > deadline or self._arrived(vm_id) or self._left(vm_id):
                 del self._incoming[vm_id]
+
+    def _left(self, vm_id: str) -> bool:
+        """Whether the incoming VM came and is gone again: Down here (its migration failed, or it
+        ran and was shut down), or already destroyed (its tombstone), before anyone counted it."""
+        rec = self._cache.find(vm_id)
+        return rec is not None and (rec.status == DOWN or self._cache.get(vm_id) is None)
 
     def _arrived(self, vm_id: str) -> bool:
         """Whether the incoming VM runs here now (not still paused, taking its memory in)."""
