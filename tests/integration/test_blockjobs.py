@@ -96,6 +96,17 @@ def block_job_event(lab: Lab, after: int, status: str, timeout: float = 120) -> 
     raise AssertionError(f"no block job event {status!r} in {timeout} s; seen {seen}")
 
 
+def devices_changed(lab: Lab, after: int, timeout: float = 60) -> None:
+    """Wait for a VM_status event with the definition's hash (VDSM's "the devices changed") after `after`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        batch = lab.site.rpc.call("Events.poll", after=after, types=[f"|virt|VM_status|{lab.vm_id}"], wait=5)
+        if any("hash" in event["params"][lab.vm_id] for event in batch["events"]):
+            return
+        after = batch["last"]
+    raise AssertionError(f"no VM_status event with a hash in {timeout} s")
+
+
 def vda_device(lab: Lab) -> dict[str, Any]:
     found: dict[str, Any] = next(d for d in lab.site.rpc.call("VM.getDevices", vmID=lab.vm_id)
                                  if d.get("name") == "vda")
@@ -164,6 +175,7 @@ def test_a_pivot_done_with_raw_libvirt_shows_in_the_devices(lab: Lab) -> None:
     assert [e["path"] for e in vda["volumeChain"]] == [str(lab.path(site.sd2, v)) for v in (lab.base, lab.top)]
     done = block_job_event(lab, after, "completed")
     assert done == {"drive": "vda", "jobType": "copy", "status": "completed"}, done
+    devices_changed(lab, after)
     assert guest_read(lab, MARK_SECTOR, len(MARK)) == MARK  # what the guest wrote came along
     site.done("Image.delete", imageID=lab.img, storagepoolID=site.pool, storagedomainID=site.sd)
     assert not Path(lab.path(site.sd, lab.top)).exists()
