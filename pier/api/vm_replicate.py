@@ -19,6 +19,7 @@ destination image is torn down, so a new Start can prepare it again.
 
 from __future__ import annotations
 
+import threading
 from pathlib import PurePath
 from typing import Any, NamedTuple
 
@@ -67,6 +68,8 @@ class VmReplicateApi:
         self._volumes = volumes
         self._volume_api = volume_api
         self._drives = drives
+        self._lock = threading.Lock()
+        self._ended: dict[tuple[str, str], CopyEnded] = {}  # (vm, drive): the last copy that ended without Finish
         if replications is not None:
             replications.on_copy_ended(self._copy_ended)
 
@@ -126,6 +129,8 @@ class VmReplicateApi:
         dest, fmt = self._destination(_Volume.of(srcDisk), dstDisk)
         dst = _Volume.of(dstDisk)
         self._volumes.prepare(*dst)
+        with self._lock:
+            self._ended.pop((vmID, drive), None)
         try:
             self._service().start(vmID, source, dest, fmt)
         except BaseException:
@@ -144,8 +149,12 @@ class VmReplicateApi:
             return done
         replica = self._service().replicas(vmID).get(drive)
         if replica is None:
-            raise ReplicationNotInProgress(f"drive {drive} of VM {vmID} is not being copied; start with "
-                                           "VM.diskReplicateStart", data={"vmId": vmID, "drive": drive})
+            with self._lock:
+                ended = self._ended.get((vmID, drive))
+            why = f" (its copy to {ended.replica.dest} ended without Finish: {ended.status})" if ended else ""
+            raise ReplicationNotInProgress(f"drive {drive} of VM {vmID} is not being copied{why}; start with "
+                                           "VM.diskReplicateStart", data={"vmId": vmID, "drive": drive,
+                                                                          **({"ended": ended.status} if ended else {})})
         src, dst = _Volume.of(srcDisk), _Volume.of(dstDisk)
         try:
             pivot = dst != src and self._volumes.volume_path(*dst) == replica.dest
@@ -178,6 +187,8 @@ class VmReplicateApi:
 
     def _copy_ended(self, ended: CopyEnded) -> None:
         """A copy ended without Finish (thread: libvirt-events): tidy up as Finish does."""
+        with self._lock:
+            self._ended[(ended.vm_id, ended.replica.drive)] = ended
         copy, source = _Volume.at(ended.replica.dest), _Volume.at(ended.replica.source)
         if ended.pivoted:
             if copy is not None:

@@ -257,8 +257,9 @@ def test_a_copy_libvirt_failed_has_its_destination_torn_down_and_can_start_again
     assert volumes.prepared == {(SD2, IMG, TOP)}
     copies.libvirt_ends("vda", "failed")
     assert volumes.prepared == set() and copies.chains_now["vda"][0] == f"/fake/{SD}/images/{IMG}/{TOP}"
-    with pytest.raises(ReplicationNotInProgress):
+    with pytest.raises(ReplicationNotInProgress) as caught:
         api.finish(ctx(), VM, disk(SD), disk(SD2))
+    assert "ended without Finish: failed" in caught.value.message and caught.value.data["ended"] == "failed"
     assert api.start(ctx(), VM, disk(SD), disk(SD2)) is True
     assert volumes.prepared == {(SD2, IMG, TOP)}
 
