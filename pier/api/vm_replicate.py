@@ -10,15 +10,22 @@ prepared under the VM, and the source image is torn down) and otherwise stops th
 staying on the source and the destination image torn down. Nothing of a copy is kept here: what
 libvirt runs is the truth, so both verbs work the same after a restart of pierd, and a Finish asked
 again after its pivot (pierd stopped before it answered) answers the pivot again.
+
+A copy that ends without Finish (libvirt failed it, e.g. its destination's filesystem is full, or
+someone pivoted or aborted it with virsh) is cleaned up as Finish would have: after a pivot the
+drive's image stays prepared under its new leaf and the source image is torn down; otherwise the
+destination image is torn down, so a new Start can prepare it again.
 """
 
 from __future__ import annotations
 
+import threading
 from pathlib import PurePath
 from typing import Any, NamedTuple
 
 from pier.api.drives import Drives
 from pier.api.volume import VolumeApi
+from pier.host.replicate import CopyEnded
 from pier.host.services import ReplicationService, VmService, VolumeService
 from pier.rpc.errors import (
     ImageDoesNotExistInSD,
@@ -61,6 +68,10 @@ class VmReplicateApi:
         self._volumes = volumes
         self._volume_api = volume_api
         self._drives = drives
+        self._lock = threading.Lock()
+        self._ended: dict[tuple[str, str], CopyEnded] = {}  # (vm, drive): the last copy that ended without Finish
+        if replications is not None:
+            replications.on_copy_ended(self._copy_ended)
 
     def _service(self) -> ReplicationService:
         if self._replications is None:
@@ -118,6 +129,8 @@ class VmReplicateApi:
         dest, fmt = self._destination(_Volume.of(srcDisk), dstDisk)
         dst = _Volume.of(dstDisk)
         self._volumes.prepare(*dst)
+        with self._lock:
+            self._ended.pop((vmID, drive), None)
         try:
             self._service().start(vmID, source, dest, fmt)
         except BaseException:
@@ -136,8 +149,12 @@ class VmReplicateApi:
             return done
         replica = self._service().replicas(vmID).get(drive)
         if replica is None:
-            raise ReplicationNotInProgress(f"drive {drive} of VM {vmID} is not being copied; start with "
-                                           "VM.diskReplicateStart", data={"vmId": vmID, "drive": drive})
+            with self._lock:
+                ended = self._ended.get((vmID, drive))
+            why = f" (its copy to {ended.replica.dest} ended without Finish: {ended.status})" if ended else ""
+            raise ReplicationNotInProgress(f"drive {drive} of VM {vmID} is not being copied{why}; start with "
+                                           "VM.diskReplicateStart", data={"vmId": vmID, "drive": drive,
+                                                                          **({"ended": ended.status} if ended else {})})
         src, dst = _Volume.of(srcDisk), _Volume.of(dstDisk)
         try:
             pivot = dst != src and self._volumes.volume_path(*dst) == replica.dest
@@ -167,6 +184,19 @@ class VmReplicateApi:
             return None
         self._teardown(src)
         return {"drive": drive, "pivoted": True, "path": path, "domainID": dst.sd}
+
+    def _copy_ended(self, ended: CopyEnded) -> None:
+        """A copy ended without Finish (thread: libvirt-events): tidy up as Finish does."""
+        with self._lock:
+            self._ended[(ended.vm_id, ended.replica.drive)] = ended
+        copy, source = _Volume.at(ended.replica.dest), _Volume.at(ended.replica.source)
+        if ended.pivoted:
+            if copy is not None:
+                self._drives.moved(ended.vm_id, ended.replica.source, copy.sd, copy.img, copy.vol, ended.replica.dest)
+            if source is not None:
+                self._teardown(source)
+        elif copy is not None:
+            self._teardown(copy)
 
     def _teardown(self, volume: _Volume) -> None:
         try:

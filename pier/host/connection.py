@@ -17,7 +17,7 @@ from typing import Any
 
 import libvirt
 
-from pier.host.news import AgentLifecycle, Connected, DeviceRemoved, Disconnected, Lifecycle, News, Reboot
+from pier.host.news import AgentLifecycle, BlockJob, Connected, DeviceRemoved, Disconnected, Lifecycle, News, Reboot
 from pier.rpc.errors import LibvirtUnavailable, PierError
 from pier.rpc.threads import OwnedThread
 
@@ -28,7 +28,7 @@ BACKOFF_CAP = 5.0
 KEEPALIVE = (1, 2)  # interval s, missed count: a hung libvirtd is noticed in ~3 s
 
 EventSink = Callable[[News], None]
-"""Receives Lifecycle, Reboot, DeviceRemoved, AgentLifecycle, Connected and Disconnected news."""
+"""Receives Lifecycle, Reboot, DeviceRemoved, AgentLifecycle, BlockJob, Connected and Disconnected news."""
 
 
 def silence_libvirt() -> None:
@@ -233,6 +233,8 @@ class Connection:
                 None, libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED, self._on_device_removed, None))
             ids.append(conn.domainEventRegisterAny(
                 None, libvirt.VIR_DOMAIN_EVENT_ID_AGENT_LIFECYCLE, self._on_agent_lifecycle, None))
+            ids.append(conn.domainEventRegisterAny(
+                None, libvirt.VIR_DOMAIN_EVENT_ID_BLOCK_JOB_2, self._on_block_job, None))
             if self._on_connect is not None:
                 self._on_connect(conn)
         except Exception:
@@ -316,3 +318,8 @@ class Connection:
         """Thread: libvirt-event-loop."""
         connected = state == libvirt.VIR_CONNECT_DOMAIN_EVENT_AGENT_LIFECYCLE_STATE_CONNECTED
         self._on_event(AgentLifecycle(dom.UUIDString(), dom.name(), connected, reason))
+
+    def _on_block_job(self, conn: Any, dom: libvirt.virDomain, drive: str, job_type: int, status: int,
+                      opaque: Any) -> None:
+        """Thread: libvirt-event-loop. BLOCK_JOB_2 names the drive by its target (vda), not its path."""
+        self._on_event(BlockJob(dom.UUIDString(), dom.name(), drive, job_type, status))

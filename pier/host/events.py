@@ -10,6 +10,11 @@ resyncs: it compares the cache with libvirt's states and reports what changed me
 agent's start the cache is empty; what was last published for each VM (kept in the event log)
 stands in for it, so a VM whose last event says "Powering down" while it runs is reported Up, and
 one published as running that is gone is reported Down.
+
+libvirt's block job events (copies, commits) have no VDSM event (VDSM's engine polls vmJobs): each
+is published as Pier's own `|pier|VM_block_job|<vmId>` with {vmId: {"drive", "jobType", "status"},
+"notify_time"}, after `on_block_job` has brought the VM's cached devices in line with libvirt (a
+VM_status with the definition's new hash follows when they changed) and cleaned up after a copy.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import libvirt
 from pier.host.news import (
     AgentLifecycle,
     Barrier,
+    BlockJob,
     Connected,
     DeviceRemoved,
     DevicesChanged,
@@ -63,6 +69,20 @@ Emit = Callable[[str, dict[str, Any]], object]
 REBOOT_GRACE = 0.5
 STATUS_EVENT_PREFIX = "|virt|VM_status|"
 AGENT_EVENT_PREFIX = "|virt|VM_guest_agent|"
+BLOCK_JOB_EVENT_PREFIX = "|pier|VM_block_job|"
+BLOCK_JOB_TYPES = {
+    libvirt.VIR_DOMAIN_BLOCK_JOB_TYPE_PULL: "pull",
+    libvirt.VIR_DOMAIN_BLOCK_JOB_TYPE_COPY: "copy",
+    libvirt.VIR_DOMAIN_BLOCK_JOB_TYPE_COMMIT: "commit",
+    libvirt.VIR_DOMAIN_BLOCK_JOB_TYPE_ACTIVE_COMMIT: "active_commit",
+    libvirt.VIR_DOMAIN_BLOCK_JOB_TYPE_BACKUP: "backup",
+}
+BLOCK_JOB_STATUSES = {
+    libvirt.VIR_DOMAIN_BLOCK_JOB_COMPLETED: "completed",
+    libvirt.VIR_DOMAIN_BLOCK_JOB_FAILED: "failed",
+    libvirt.VIR_DOMAIN_BLOCK_JOB_CANCELED: "canceled",
+    libvirt.VIR_DOMAIN_BLOCK_JOB_READY: "ready",
+}
 _AGENT_REASONS = {
     libvirt.VIR_CONNECT_DOMAIN_EVENT_AGENT_LIFECYCLE_REASON_DOMAIN_STARTED: "domain started",
     libvirt.VIR_CONNECT_DOMAIN_EVENT_AGENT_LIFECYCLE_REASON_CHANNEL: "channel",
@@ -127,18 +147,21 @@ class EventDispatcher:
                  published: Callable[[], dict[str, str]],
                  reboot_grace: float = REBOOT_GRACE,
                  on_agent: Callable[[str, bool], None] | None = None,
-                 on_device_removed: Callable[[str, str], None] | None = None) -> None:
+                 on_device_removed: Callable[[str, str], None] | None = None,
+                 on_block_job: Callable[[BlockJob], None] | None = None) -> None:
         """`read_states` gives libvirt's {vmId: (name, state, reason)}; `on_vms_changed` is told
         when VMs come or go; `published` gives the last status published of each VM (the event
         log), for the first resync; `reboot_grace` is how long a stop waits for a start;
         `on_agent(vmId, connected)` is told when a VM's guest agent connects or disconnects;
-        `on_device_removed(vm_id, alias)` is told (on this thread) when a guest let go of a device."""
+        `on_device_removed(vm_id, alias)` is told (on this thread) when a guest let go of a device;
+        `on_block_job(news)` (on this thread) when a block job became ready or ended, before its event."""
         self._cache = cache
         self._emit = emit
         self._read_states = read_states
         self._published = published
         self._on_vms_changed = on_vms_changed
         self._on_device_removed = on_device_removed
+        self._on_block_job = on_block_job
         self._grace = reboot_grace
         self._on_agent = on_agent
         self._queue: queue.SimpleQueue[News] = queue.SimpleQueue()
@@ -149,6 +172,7 @@ class EventDispatcher:
             Lifecycle: self._lifecycle,
             Reboot: self._reboot,
             DeviceRemoved: self._device_removed,
+            BlockJob: self._block_job,
             AgentLifecycle: self._agent_lifecycle,
             DevicesChanged: self._devices_changed,
             StatusNews: self._status_news,
@@ -222,6 +246,21 @@ class EventDispatcher:
                 self._on_device_removed(news.vm_id, news.alias)
             except Exception:
                 log.exception("VM %s: handling the removal of device %s failed", news.vm_id, news.alias)
+
+    def _block_job(self, news: BlockJob) -> None:
+        """Refresh the VM (the hook reads its XML again: a pivot or an abort done by anyone shows),
+        then publish `|pier|VM_block_job|<vmId>`."""
+        rec = self._cache.find(news.vm_id)
+        if rec is not None:
+            self._cache.invalidate(rec)
+        if self._on_block_job is not None:
+            try:
+                self._on_block_job(news)
+            except Exception:
+                log.exception("VM %s: handling the block job event of drive %s failed", news.vm_id, news.drive)
+        body = {"drive": news.drive, "jobType": BLOCK_JOB_TYPES.get(news.job_type, "unknown"),
+                "status": BLOCK_JOB_STATUSES.get(news.status, "unknown")}
+        self._emit(f"{BLOCK_JOB_EVENT_PREFIX}{news.vm_id}", {news.vm_id: body, "notify_time": event_time()})
 
     def _devices_changed(self, news: DevicesChanged) -> None:
         """A VM_status event with the VM's status and its definition's new hash, as VDSM sends one

@@ -62,6 +62,18 @@ class AgentLifecycle(VmNews):
 
 
 @dataclass(frozen=True)
+class BlockJob(VmNews):
+    """libvirt's block job event (BLOCK_JOB_2): the job on the drive with target `drive` (vda)
+    changed; `job_type` is a VIR_DOMAIN_BLOCK_JOB_TYPE_*, `status` a VIR_DOMAIN_BLOCK_JOB_* value
+    (completed, failed, canceled, ready)."""
+
+    name: str
+    drive: str
+    job_type: int
+    status: int
+
+
+@dataclass(frozen=True)
 class DevicesChanged(VmNews):
     """A verb changed the VM's devices, memory, CPUs or tuning; `hash` is its definition's new hash."""
 

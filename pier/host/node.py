@@ -34,6 +34,7 @@ from pier.host.lldp import Lldp
 from pier.host.migration import DEFAULT_LIBVIRT_URI, Migrations
 from pier.host.network.host import HostWithNetwork
 from pier.host.network.service import Network
+from pier.host.news import BlockJob
 from pier.host.peer import PeerCredentials
 from pier.host.replicate import DiskReplications
 from pier.host.secrets import Secrets
@@ -98,7 +99,8 @@ class Node:
                                            on_vms_changed=self._vms_changed,
                                            published=self._published_statuses,
                                            on_agent=self._agent_changed,
-                                           on_device_removed=self._device_removed)
+                                           on_device_removed=self._device_removed,
+                                           on_block_job=self._block_job)
         self._connection = Connection(uri, self._dispatcher.put, on_connect=self._on_connect)
         self._guest = GuestAgents(self._connection, **(guest_options or {}))
         self.guest: GuestService = self._guest
@@ -132,7 +134,8 @@ class Node:
         self._snapshots = VmSnapshots(self._connection, self._vm_control.changed)
         self.snapshots: SnapshotService = self._snapshots
         self.memory: MemoryStateService = MemoryStates(self._connection, self._vms, self._dispatcher.put)
-        self.replications: ReplicationService = DiskReplications(self._connection, self._vm_control.changed)
+        self._replications = DiskReplications(self._connection, self._vm_control.changed)
+        self.replications: ReplicationService = self._replications
         self._backups = Backups(self._connection, Path(data_center),
                                 Path(backup_dir) if backup_dir else backup_run_dir("/var/lib/pier"))
         self.backups: BackupService = self._backups
@@ -213,6 +216,10 @@ class Node:
     def _device_removed(self, vm_id: str, alias: str) -> None:
         """Thread: libvirt-events."""
         self._vm_control.device_removed(vm_id, alias)
+
+    def _block_job(self, news: BlockJob) -> None:
+        """Thread: libvirt-events."""
+        self._replications.block_job(news.vm_id, news.drive, news.job_type, news.status)
 
     def _vms_changed(self) -> None:
         self._sampler.kick()

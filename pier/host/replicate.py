@@ -11,6 +11,12 @@ Nothing here is kept that libvirt does not keep: a copy in progress is the `<mir
 the live domain XML, so after a restart of the agent `replicas` finds it again and `finish` works
 as before. Only the list of VMs to ask about (for their stats' vmJobs) is held in memory; it is
 rebuilt from every running domain's XML the first time it is needed.
+
+libvirt's block job events come to `block_job` (on the event dispatcher's thread): the VM's cached
+definition is read again (a pivot or an abort done outside Pier shows in its devices at once), and a
+copy that ended other than by `finish` (libvirt failed it, e.g. its destination's filesystem is full,
+or `virsh blockjob --abort/--pivot`) is told to the `on_copy_ended` listeners as a `CopyEnded`, for
+the copy's last state seen (kept for that: the mirror is gone from the XML once the copy ended).
 """
 
 from __future__ import annotations
@@ -34,6 +40,8 @@ log = logging.getLogger(__name__)
 
 _COPY_FLAGS = (libvirt.VIR_DOMAIN_BLOCK_COPY_SHALLOW | libvirt.VIR_DOMAIN_BLOCK_COPY_REUSE_EXT
                | libvirt.VIR_DOMAIN_BLOCK_COPY_TRANSIENT_JOB)
+_ENDED = {libvirt.VIR_DOMAIN_BLOCK_JOB_COMPLETED: "completed", libvirt.VIR_DOMAIN_BLOCK_JOB_FAILED: "failed",
+          libvirt.VIR_DOMAIN_BLOCK_JOB_CANCELED: "canceled"}
 _JOB_IDS = uuid.UUID("6f1d3c58-2a57-4c1e-9a43-0c8e6f1b7d21")  # namespace of the copies' job ids
 
 
@@ -59,6 +67,17 @@ class Replica:
         return {"id": self.job_id(vm_id), "jobType": "block", "blockJobType": "copy", "bandwidth": 0,
                 "cur": str(self.cur), "end": str(self.end), "drive": self.drive, "ready": self.ready,
                 "source": self.source, "destination": self.dest}
+
+
+@dataclass(frozen=True)
+class CopyEnded:
+    """A copy that ended without `finish`: `status` is libvirt's (completed, failed, canceled);
+    `pivoted` when the drive now stands on the copy's destination."""
+
+    vm_id: str
+    replica: Replica
+    status: str
+    pivoted: bool
 
 
 def replicas_in(xml_text: str) -> dict[str, Replica]:
@@ -96,6 +115,12 @@ class DiskReplications:
         self._changed = changed
         self._lock = threading.Lock()
         self._copying: set[str] | None = None  # VMs with a copy; None until the first scan
+        self._seen: dict[tuple[str, str], Replica] = {}  # (vm, drive): each copy's last state seen running
+        self._listeners: list[Callable[[CopyEnded], None]] = []
+
+    def on_copy_ended(self, listener: Callable[[CopyEnded], None]) -> None:
+        """Call `listener` (on the event dispatcher's thread) for each copy that ends without `finish`."""
+        self._listeners.append(listener)
 
     # -- reading ------------------------------------------------------------------------------------
 
@@ -112,6 +137,7 @@ class DiskReplications:
                 info = dom.virdomain.blockJobInfo(name, 0)
             if info:
                 found[name] = replace(replica, cur=int(info.get("cur", 0)), end=int(info.get("end", 0)))
+        self._remember(dom.vm_id, found)
         return found
 
     def vm_jobs(self, vm_id: str) -> dict[str, dict[str, Any]]:
@@ -149,6 +175,7 @@ class DiskReplications:
         with self._lock:
             if self._copying is not None:
                 self._copying.add(dom.vm_id)
+            self._seen[(dom.vm_id, drive)] = Replica(drive, source, dest, fmt, False)
         self._changed(dom)
         return replicas_in(self._xml(dom)).get(drive) or Replica(drive, source, dest, fmt, False)
 
@@ -168,8 +195,15 @@ class DiskReplications:
                               f"{replica.end}); finish it again later", data={"vmId": vm_id, "drive": drive,
                                                                              "cur": replica.cur, "end": replica.end})
         flags = libvirt.VIR_DOMAIN_BLOCK_JOB_ABORT_PIVOT if pivot else 0
-        with dom.errors(f"{'pivot' if pivot else 'stop'} the copy of drive {drive} on", ReplicaError):
-            dom.virdomain.blockJobAbort(drive, flags)
+        with self._lock:  # ended here: its event is no news for the listeners
+            self._seen.pop((dom.vm_id, drive), None)
+        try:
+            with dom.errors(f"{'pivot' if pivot else 'stop'} the copy of drive {drive} on", ReplicaError):
+                dom.virdomain.blockJobAbort(drive, flags)
+        except PierError:
+            with self._lock:
+                self._seen[(dom.vm_id, drive)] = replica
+            raise
         self._changed(dom)
         now = self._xml(dom)
         leaf = (dict(disk_chains(now)).get(drive) or [""])[0]
@@ -181,7 +215,46 @@ class DiskReplications:
             self._forget(dom.vm_id)
         return replica
 
+    # -- libvirt's block job events -----------------------------------------------------------------
+
+    def block_job(self, vm_id: str, drive: str, job_type: int, status: int) -> None:
+        """A block job of the VM became ready or ended (thread: libvirt-events): read its definition
+        again, and tell the listeners of a copy that ended without `finish`."""
+        try:
+            dom = Domain.lookup(self._connection, vm_id)
+            self._changed(dom)
+            if job_type != libvirt.VIR_DOMAIN_BLOCK_JOB_TYPE_COPY or status not in _ENDED:
+                return
+            with self._lock:
+                replica = self._seen.pop((vm_id, drive), None)
+            if replica is None:  # ended by `finish`, or a copy Pier never saw
+                return
+            now = self._xml(dom)
+        except PierError as exc:  # the VM went meanwhile (its images go with it), or libvirtd is away
+            log.info("VM %s: cannot follow the block job event of drive %s: %s", vm_id, drive, exc)
+            return
+        running = replicas_in(now)
+        if drive in running:  # a late event: a new copy of the drive runs already
+            self._remember(vm_id, {drive: running[drive]})
+            return
+        if not running:
+            self._forget(vm_id)
+        leaf = (dict(disk_chains(now)).get(drive) or [""])[0]
+        ended = CopyEnded(vm_id, replica, _ENDED[status], pivoted=leaf == replica.dest)
+        log.warning("VM %s: the copy of drive %s to %s ended without Pier (%s); the drive is on %s",
+                    vm_id, drive, replica.dest, ended.status, leaf)
+        for listener in list(self._listeners):
+            try:
+                listener(ended)
+            except Exception:
+                log.exception("VM %s: cleaning up after the copy of drive %s failed", vm_id, drive)
+
     # -- helpers ------------------------------------------------------------------------------------
+
+    def _remember(self, vm_id: str, found: dict[str, Replica]) -> None:
+        with self._lock:
+            for name, replica in found.items():
+                self._seen[(vm_id, name)] = replica
 
     def _xml(self, dom: Domain) -> str:
         with dom.errors("read the XML of"):
@@ -200,8 +273,12 @@ class DiskReplications:
                 return set(self._copying)
         try:
             conn = self._connection.get()
-            found = {dom.UUIDString() for dom in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
-                     if replicas_in(dom.XMLDesc(0))}
+            found: set[str] = set()
+            for dom in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE):
+                copies = replicas_in(dom.XMLDesc(0))
+                if copies:
+                    found.add(dom.UUIDString())
+                    self._remember(dom.UUIDString(), copies)
         except (libvirt.libvirtError, PierError) as exc:  # libvirtd away: ask again next time
             log.debug("cannot look for block copies yet: %s", exc)
             return set()

@@ -679,6 +679,11 @@ class ReplicationService(Protocol):
         """VDSM's vmJobs entries of the VM's copies."""
         ...
 
+    def on_copy_ended(self, listener: Callable[[Any], None]) -> None:
+        """Call `listener` with a pier.host.replicate.CopyEnded for each copy that ends without
+        `finish` (libvirt failed it, or it was pivoted or aborted outside Pier)."""
+        ...
+
 
 class MemoryStateService(Protocol):
     """A running VM's memory state in a file (pier.host.hibernation): VM.hibernate saves it, VM.create

@@ -14,7 +14,7 @@ from pier.api.drives import Drives
 from pier.api.vm_replicate import VmReplicateApi, VmsWithCopies
 from pier.api.volume import VolumeApi
 from pier.host.devices import Disk
-from pier.host.replicate import Replica, mirror_xml, replicas_in
+from pier.host.replicate import CopyEnded, Replica, mirror_xml, replicas_in
 from pier.host.services import ReplicationService
 from pier.rpc.errors import (
     ImageDoesNotExistInSD,
@@ -76,6 +76,7 @@ class FakeReplications:
         self.chains_now = chains
         self.copies: dict[str, Replica] = {}
         self.ended: list[tuple[str, bool]] = []
+        self.listeners: list[Any] = []
 
     def chains(self, vm_id: str) -> dict[str, list[str]]:
         return {name: list(chain) for name, chain in self.chains_now.items()}
@@ -103,6 +104,17 @@ class FakeReplications:
 
     def vm_jobs(self, vm_id: str) -> dict[str, dict[str, Any]]:
         return {c.job_id(vm_id): c.vdsm(vm_id) for c in self.copies.values()} if vm_id == VM else {}
+
+    def on_copy_ended(self, listener: Any) -> None:
+        self.listeners.append(listener)
+
+    def libvirt_ends(self, drive: str, status: str, pivot: bool = False) -> None:
+        """libvirt ends the drive's copy on its own (failed, or pivoted/aborted by virsh) and tells."""
+        copy = self.copies.pop(drive)
+        if pivot:
+            self.chains_now[drive][0] = copy.dest
+        for listener in self.listeners:
+            listener(CopyEnded(VM, copy, status, pivot))
 
 
 def as_replication_service(fake: FakeReplications) -> ReplicationService:
@@ -237,3 +249,26 @@ def test_a_finish_asked_again_after_its_pivot_answers_it_again(world: Any) -> No
         api.finish(ctx(), VM, disk(SD), disk(SD))
     with pytest.raises(ReplicationNotInProgress):
         api.finish(ctx(), VM, disk(SD2), disk(SD))
+
+
+def test_a_copy_libvirt_failed_has_its_destination_torn_down_and_can_start_again(world: Any) -> None:
+    api, copies, volumes, _ = world
+    api.start(ctx(), VM, disk(SD), disk(SD2))
+    assert volumes.prepared == {(SD2, IMG, TOP)}
+    copies.libvirt_ends("vda", "failed")
+    assert volumes.prepared == set() and copies.chains_now["vda"][0] == f"/fake/{SD}/images/{IMG}/{TOP}"
+    with pytest.raises(ReplicationNotInProgress) as caught:
+        api.finish(ctx(), VM, disk(SD), disk(SD2))
+    assert "ended without Finish: failed" in caught.value.message and caught.value.data["ended"] == "failed"
+    assert api.start(ctx(), VM, disk(SD), disk(SD2)) is True
+    assert volumes.prepared == {(SD2, IMG, TOP)}
+
+
+def test_a_pivot_done_outside_pier_keeps_the_destination_and_tears_down_the_source(world: Any) -> None:
+    api, copies, volumes, _ = world
+    api.start(ctx(), VM, disk(SD), disk(SD2))
+    volumes.prepared.add((SD, IMG, TOP))  # the drive's image, prepared when the VM was made
+    copies.libvirt_ends("vda", "completed", pivot=True)
+    assert volumes.prepared == {(SD2, IMG, TOP)}
+    again = api.finish(ctx(), VM, disk(SD), disk(SD2))  # the engine's Finish after it: the pivot answered
+    assert again == {"drive": "vda", "pivoted": True, "path": f"/fake/{SD2}/images/{IMG}/{TOP}", "domainID": SD2}
