@@ -20,11 +20,9 @@ from typing import Any
 import libvirt
 import pytest
 
-from tests.integration.clients import HttpRpcClient, JsonRpcError
-from tests.integration.conftest import Pierd
-from tests.integration.guest import DISK_DIR, new_guest, remove_vm, skip_reason, start_default_network
+from tests.integration.clients import JsonRpcError
 from tests.integration.test_replicate import Lab, guest_read, guest_write, refused
-from tests.integration.test_volumes import Site, make_domain
+from tests.integration.volume_guests import guest_site
 
 pytestmark = pytest.mark.kvm
 MiB = 1 << 20
@@ -34,42 +32,15 @@ MARK, MARK_SECTOR = "pier-block-jobs", 4096
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory, system_libvirt: str) -> Iterator[Lab]:
-    reason = skip_reason()
-    if reason is not None:
-        pytest.skip(f"no tiny guest: {reason}")
     if shutil.which("mount") is None:
         pytest.skip("no mount(8) for the destination's tmpfs")
-    conn = libvirt.open(system_libvirt)
-    start_default_network(conn)
-    dc = DISK_DIR / f"pier-blockjobs-{uuid.uuid4().hex[:8]}"
-    pool, sd, sd2, vm_id = str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4())
-    small = dc / "mnt" / "_data" / sd2
-    small.mkdir(parents=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={LARGE},mode=0755", "pier-blockjobs", str(small)],
-                   check=True)
-    daemon = guest = None
-    try:
-        for domain in (sd, sd2):
-            make_domain(dc, domain, pool)
-        daemon = Pierd(tmp_path_factory.mktemp("blockjobs") / "state", system_libvirt, "--data-center", str(dc))
-        site = Site(daemon, HttpRpcClient(daemon.http), dc, pool, sd, sd2)
+    with guest_site(tmp_path_factory, system_libvirt, "blockjobs", sd2_tmpfs=LARGE) as made:
+        site = made.site
         img, base, top = str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4())
         site.create(img, base, size=64 * MiB)
         site.create(img, top, size=64 * MiB, parent=base)
-        console = {"deviceType": "console", "device": "console", "specParams": {"consoleType": "serial"}}
-        vda = {"deviceType": "disk", "device": "disk", "iface": "virtio", "poolID": pool, "domainID": sd,
-               "imageID": img, "volumeID": top}
-        guest = new_guest(daemon, conn, vm_id=vm_id, devices=[console, vda], nic=False)
-        yield Lab(site, guest, vm_id, img, base, top, "", "", conn)
-    finally:
-        if guest is not None:
-            guest.close()
-        if daemon is not None:
-            remove_vm(daemon, conn, vm_id)
-            assert daemon.stop() == 0
-        conn.close()
-        subprocess.run(["umount", "-l", str(small)], check=False)
-        shutil.rmtree(dc, ignore_errors=True)
+        vm_id = str(uuid.uuid4())
+        yield Lab(site, made.boot(vm_id, made.disk(img, top)), vm_id, img, base, top, "", "", made.conn)
 
 
 def remount(lab: Lab, size: str) -> None:

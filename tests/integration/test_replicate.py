@@ -11,7 +11,6 @@ copy cancelled leaves the guest on domain 1; a pierd killed during a copy finds 
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import time
 import uuid
@@ -25,10 +24,10 @@ import libvirt
 import pytest
 
 from pier import cli
-from tests.integration.clients import HttpRpcClient, JsonRpcError, http_request
-from tests.integration.conftest import Pierd
-from tests.integration.guest import DISK_DIR, Guest, new_guest, remove_vm, skip_reason, start_default_network
-from tests.integration.test_volumes import Site, make_domain, qemu_chain
+from tests.integration.clients import JsonRpcError, http_request
+from tests.integration.guest import Guest
+from tests.integration.test_volumes import Site, qemu_chain
+from tests.integration.volume_guests import guest_site, restart_pierd
 
 pytestmark = pytest.mark.kvm
 MiB = 1 << 20
@@ -68,47 +67,22 @@ class Lab:
         return found
 
     def restart_pierd(self) -> None:
-        self.site.daemon.kill()
-        again = Pierd(self.site.daemon.state_dir, self.site.daemon.uri, "--data-center", str(self.site.dc))
-        self.site.daemon, self.site.rpc, self.guest.pierd = again, HttpRpcClient(again.http), again
+        restart_pierd(self.site, self.guest)
 
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory, system_libvirt: str) -> Iterator[Lab]:
-    reason = skip_reason()
-    if reason is not None:
-        pytest.skip(f"no tiny guest: {reason}")
-    conn = libvirt.open(system_libvirt)
-    start_default_network(conn)
-    dc = DISK_DIR / f"pier-replicate-{uuid.uuid4().hex[:8]}"
-    pool, sd, sd2, vm_id = str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4())
-    daemon = None
-    guest = None
-    try:
-        for domain in (sd, sd2):
-            make_domain(dc, domain, pool)
-        daemon = Pierd(tmp_path_factory.mktemp("replicate") / "state", system_libvirt, "--data-center", str(dc))
-        site = Site(daemon, HttpRpcClient(daemon.http), dc, pool, sd, sd2)
+    with guest_site(tmp_path_factory, system_libvirt, "replicate") as made:
+        site = made.site
         img, base, top = str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4())
         site.create(img, base, size=64 * MiB)
-        qemu_write(site.domain_dir(sd) / "images" / img / base, BASE_SECTOR, IN_BASE)
+        qemu_write(site.domain_dir(site.sd) / "images" / img / base, BASE_SECTOR, IN_BASE)
         site.create(img, top, size=64 * MiB, parent=base)
         img_b, vol_b = str(uuid.uuid4()), str(uuid.uuid4())
         site.create(img_b, vol_b, size=16 * MiB)
-        console = {"deviceType": "console", "device": "console", "specParams": {"consoleType": "serial"}}
-        disks = [{"deviceType": "disk", "device": "disk", "iface": "virtio", "poolID": pool, "domainID": sd,
-                  "imageID": i, "volumeID": v} for i, v in ((img, top), (img_b, vol_b))]
-        guest = new_guest(daemon, conn, vm_id=vm_id, devices=[console, *disks], nic=False)
-        yield Lab(site, guest, vm_id, img, base, top, img_b, vol_b, conn)
-    finally:
-        if guest is not None:
-            guest.close()
-            daemon = guest.pierd  # the one running now (a test restarts it)
-        if daemon is not None:
-            remove_vm(daemon, conn, vm_id)
-            assert daemon.stop() == 0
-        conn.close()
-        shutil.rmtree(dc, ignore_errors=True)
+        vm_id = str(uuid.uuid4())
+        guest = made.boot(vm_id, made.disk(img, top), made.disk(img_b, vol_b))
+        yield Lab(site, guest, vm_id, img, base, top, img_b, vol_b, made.conn)
 
 
 def qemu_write(path: Path, sector: int, text: str) -> None:

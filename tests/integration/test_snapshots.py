@@ -10,7 +10,6 @@ A snapshot refused for one drive leaves both drives as they were.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import time
 import uuid
@@ -20,14 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import libvirt
 import pytest
 
 from pier import cli
-from tests.integration.clients import HttpRpcClient, JsonRpcError
-from tests.integration.conftest import Pierd
-from tests.integration.guest import DISK_DIR, Guest, new_guest, remove_vm, skip_reason, start_default_network
-from tests.integration.test_volumes import Site, make_domain, qemu_chain
+from tests.integration.clients import JsonRpcError
+from tests.integration.guest import Guest
+from tests.integration.test_volumes import Site, qemu_chain
+from tests.integration.volume_guests import guest_site, restart_pierd
 
 pytestmark = pytest.mark.kvm
 MiB = 1 << 20
@@ -71,40 +69,16 @@ class Lab:
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory, system_libvirt: str) -> Iterator[Lab]:
-    reason = skip_reason()
-    if reason is not None:
-        pytest.skip(f"no tiny guest: {reason}")
-    conn = libvirt.open(system_libvirt)
-    start_default_network(conn)
-    dc = DISK_DIR / f"pier-snapshots-{uuid.uuid4().hex[:8]}"
-    pool, sd, sd2 = str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4())
-    vm_id = str(uuid.uuid4())
-    daemon = None
-    guest = None
-    try:
-        for domain in (sd, sd2):
-            make_domain(dc, domain, pool)
-        daemon = Pierd(tmp_path_factory.mktemp("snapshots") / "state", system_libvirt, "--data-center", str(dc))
-        site = Site(daemon, HttpRpcClient(daemon.http), dc, pool, sd, sd2)
+    with guest_site(tmp_path_factory, system_libvirt, "snapshots") as made:
+        site = made.site
         img_a, base_a, top_a = str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4())
         img_b, base_b = str(uuid.uuid4()), str(uuid.uuid4())
         site.create(img_a, base_a, size=64 * MiB)
         site.create(img_a, top_a, size=64 * MiB, parent=base_a)
         site.create(img_b, base_b, size=16 * MiB)
-        console = {"deviceType": "console", "device": "console", "specParams": {"consoleType": "serial"}}
-        disks = [{"deviceType": "disk", "device": "disk", "iface": "virtio", "poolID": pool, "domainID": sd,
-                  "imageID": img, "volumeID": vol} for img, vol in ((img_a, top_a), (img_b, base_b))]
-        guest = new_guest(daemon, conn, vm_id=vm_id, devices=[console, *disks], nic=False)
+        vm_id = str(uuid.uuid4())
+        guest = made.boot(vm_id, made.disk(img_a, top_a), made.disk(img_b, base_b))
         yield Lab(site, guest, vm_id, img_a, img_b, [base_a, top_a], [base_b])
-    finally:
-        if guest is not None:
-            guest.close()
-            daemon = guest.pierd  # the one running now (a test may restart it)
-        if daemon is not None:
-            remove_vm(daemon, conn, vm_id)
-            assert daemon.stop() == 0
-        conn.close()
-        shutil.rmtree(dc, ignore_errors=True)
 
 
 def guest_read(lab: Lab, sector: int, length: int) -> str:
@@ -236,9 +210,7 @@ def test_a_merge_interrupted_by_a_restart_is_followed_to_its_end(lab: Lab) -> No
     listed = lab.site.rpc.call("Host.getJobs", job_ids=[job])[job]
     assert listed["status"] == "running" and listed["job_type"] == "virt", listed  # VDSM's type of VM jobs
 
-    lab.site.daemon.kill()
-    again = Pierd(lab.site.daemon.state_dir, lab.site.daemon.uri, "--data-center", str(lab.site.dc))
-    lab.site.daemon, lab.site.rpc, lab.guest.pierd = again, HttpRpcClient(again.http), again
+    restart_pierd(lab.site, lab.guest)
     reported = lab.site.rpc.call("Host.getJobs", job_ids=[job])[job]
     merged = lab.info(lab.img_a, filled)["legality"] == "ILLEGAL"
     assert reported["status"] == "failed" or merged, reported
