@@ -51,6 +51,7 @@ from pier.rpc.registry import CallContext, precheck, reconciler, verb
 log = logging.getLogger(__name__)
 BLANK_UUID = "00000000-0000-0000-0000-000000000000"
 RESTORE_KEYS = ("restoreState", "hiberVolHandle", "memoryDumpVolume")
+SAVE_SETTLE_SECONDS = 10.0  # how long the reconciler (at startup) waits for a save libvirt still runs
 
 
 @dataclass(frozen=True)
@@ -211,10 +212,15 @@ class VmHibernationApi:
 
     @reconciler("VM.hibernate")
     def hibernate_done(self, params: dict[str, Any], step: str | None) -> bool:
-        """After a restart: the hibernation took effect when the VM is Down (libvirt went on with
-        the save without pierd); a VM still running was not saved."""
+        """After a restart: libvirt goes on with a save without pierd, so its job is waited for
+        (up to SAVE_SETTLE_SECONDS); then the hibernation took effect when the VM is Down, and a VM
+        running again (the save failed, or was aborted) was not saved."""
         vm_id = params["vmID"]
         try:
+            if self._memory is not None and not self._memory.save_ended(vm_id, SAVE_SETTLE_SECONDS):
+                raise Recovering(f"the agent restarted during the hibernation of VM {vm_id} and libvirt is still "
+                                 f"saving it after {SAVE_SETTLE_SECONDS:.0f} s: see VM.getStats for how it ends",
+                                 data={"vmId": vm_id, "status": "Saving State"})
             status = self._vms.status(vm_id)
         except NoVM:
             raise NoVM(f"VM {vm_id} no longer exists; whether its state was saved is not known",

@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import threading
+import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from pathlib import Path
@@ -203,6 +204,24 @@ class MemoryStates:
             processed = int(stats.get("memory_processed") or stats.get("data_processed") or 0)
             if total:
                 progress(min(98, 5 + processed * 93 // total), f"saved {processed} of {total} bytes of memory")
+
+    def save_ended(self, vm_id: str, timeout: float) -> bool:
+        """Whether libvirt's job on the VM (after a restart: a save begun for a pierd that died) has
+        ended and the VM is reported Up or Down again, waiting up to `timeout` s."""
+        dom = Domain.lookup(self._connection, vm_id)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                running = dom.is_active() and dom.virdomain.jobStats(0).get("type", libvirt.VIR_DOMAIN_JOB_NONE) \
+                    not in (libvirt.VIR_DOMAIN_JOB_NONE, libvirt.VIR_DOMAIN_JOB_COMPLETED)
+            except libvirt.libvirtError as exc:  # the domain stopped meanwhile
+                log.debug("VM %s: no job to read: %s", vm_id, error_text(exc))
+                running = False
+            if not running:
+                return self._vms.wait_status(vm_id, {UP, DOWN}, max(0.0, deadline - time.monotonic())) is not None
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(self._poll)
 
     def saved_xml(self, path: str) -> str:
         """The domain XML libvirt wrote into a save image (or a memory snapshot)."""

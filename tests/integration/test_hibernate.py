@@ -106,8 +106,9 @@ def lab(tmp_path_factory: pytest.TempPathFactory, system_libvirt: str) -> Iterat
         lab = Lab(site, conn, guest, vm_id, img, [base])
         yield lab
     finally:
-        if lab is not None:
+        if lab is not None:  # a test may have restarted pierd, or opened a new libvirt connection
             lab.guest.close()
+            daemon, conn = lab.site.daemon, lab.conn
         if daemon is not None:
             remove_vm(daemon, conn, vm_id)
             assert daemon.stop() == 0

@@ -14,7 +14,7 @@ import pytest
 
 from pier.host.hibernation import DEVICE_STATE_ALLOWANCE, state_size_estimate
 from pier.host.services import MemoryStateService
-from pier.rpc.errors import InvalidParams, PierError, TaskCancelled
+from pier.rpc.errors import InvalidParams, PierError, Recovering, TaskCancelled
 from pier.rpc.schema import Schema
 from tests.unit.conftest import Stack, build_stack
 
@@ -55,6 +55,9 @@ class BlockingMemory:
                 raise TaskCancelled("cancelled; the VM runs on", data={"vmId": vm_id})
         self.vms.records[vm_id]["status"] = "Down"
         return {"vmId": vm_id, "stateBytes": self.state_bytes}
+
+    def save_ended(self, vm_id: str, timeout: float) -> bool:
+        return self.release.is_set()
 
     def saved_xml(self, path: str) -> str:
         return self.xml
@@ -121,7 +124,7 @@ def test_the_memory_volumes_of_a_running_hibernation_cannot_be_deleted_or_reused
     ended = stack.tasks.wait(task["taskID"], 10)
     assert ended["state"] == "succeeded", ended
     deleted = stack.call("Volume.delete", volumeID=DUMP_VOL, imageID=DUMP_IMG, **volume)
-    assert stack.tasks.wait(deleted["taskID"], 10)["state"] == "succeeded"  # type: ignore[index]
+    assert stack.tasks.wait(deleted["taskID"], 10)["state"] == "succeeded"
     assert (SD, DUMP_IMG, DUMP_VOL) not in stack.volumes.volumes
 
 
@@ -129,13 +132,13 @@ def test_a_cancelled_hibernation_lets_go_of_its_volumes(site: Any) -> None:
     stack, memory = site
     task = stack.call("VM.hibernate", vmID=VM, hibernationVolHandle=HANDLE)
     assert memory.saving.wait(5)
-    stack.call("Task.stop", taskID=task["taskID"])  # type: ignore[index]
-    ended = stack.tasks.wait(task["taskID"], 10)  # type: ignore[index]
+    stack.call("Task.stop", taskID=task["taskID"])
+    ended = stack.tasks.wait(task["taskID"], 10)
     assert ended["state"] in ("cancelled", "failed") and stack.vms.status(VM) == "Up", ended
     assert stack.volumes.prepared == set()
     refused_again = stack.call("Image.delete", imageID=CONF_IMG, storagepoolID=POOL, storagedomainID=SD,
                                postZero=False, force=False)
-    assert stack.tasks.wait(refused_again["taskID"], 10)["state"] == "succeeded"  # type: ignore[index]
+    assert stack.tasks.wait(refused_again["taskID"], 10)["state"] == "succeeded"
 
 
 def test_a_memory_volume_smaller_than_the_state_estimate_is_refused_before_saving(site: Any) -> None:
@@ -154,7 +157,7 @@ def test_a_state_that_outgrew_its_volume_has_its_size_recorded(site: Any) -> Non
     memory.state_bytes = 2 * GiB + 4096  # device state beyond the estimate grew the file
     memory.release.set()
     task = stack.call("VM.hibernate", vmID=VM, hibernationVolHandle=HANDLE)
-    assert stack.tasks.wait(task["taskID"], 10)["state"] == "succeeded"  # type: ignore[index]
+    assert stack.tasks.wait(task["taskID"], 10)["state"] == "succeeded"
     assert stack.volumes.volumes[(SD, DUMP_IMG, DUMP_VOL)]["capacity"] == str(2 * GiB + 4096)
 
 
@@ -176,3 +179,18 @@ def test_a_restore_naming_no_disk_tears_the_saved_disks_image_down_when_the_vm_g
     assert stack.volumes.prepared == {(SD, IMG, VOL)}
     stack.call("VM.destroy", vmID=VM)
     assert stack.volumes.prepared == set()
+
+
+def test_after_a_restart_the_verdict_waits_for_libvirts_save_and_then_follows_the_vm(site: Any) -> None:
+    stack, memory = site
+    settle = stack.registry.reconcilers["VM.hibernate"]
+    params = {"vmID": VM, "hibernationVolHandle": HANDLE}
+    with pytest.raises(Recovering) as still:  # libvirt still saves: no verdict on a paused VM
+        settle(params, "saving")
+    assert still.value.data["status"] == "Saving State"
+    memory.release.set()
+    with pytest.raises(Recovering) as running:  # the save failed: the VM runs on, unsaved
+        settle(params, "saving")
+    assert running.value.data["status"] == "Up" and "hibernate it again" in running.value.message
+    stack.vms.records[VM]["status"] = "Down"
+    assert settle(params, "saving") is True
