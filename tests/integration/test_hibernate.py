@@ -147,6 +147,11 @@ def test_a_missing_memory_volume_or_an_unknown_vm_is_refused_and_the_vm_runs_on(
     error = refused(lambda: lab.site.rpc.call("VM.hibernate", vmID=lab.vm_id,
                                               hibernationVolHandle=lab.handle((cow_img, cow_vol, conf_img, conf_vol))))
     assert "RAW" in error.message, error
+    small_img, small_vol = str(uuid.uuid4()), str(uuid.uuid4())
+    lab.site.create(small_img, small_vol, size=GUEST_MIB * MiB, fmt="RAW")  # the RAM, but no room for the rest
+    error = refused(lambda: lab.site.rpc.call("VM.hibernate", vmID=lab.vm_id, hibernationVolHandle=lab.handle(
+        (small_img, small_vol, conf_img, conf_vol))))
+    assert "refused before saving" in error.message and error.data["needed"] > GUEST_MIB * MiB, error
     error = refused(lambda: lab.site.rpc.call("VM.hibernate", vmID=str(uuid.uuid4()),
                                               hibernationVolHandle=lab.handle((dump_img, dump_vol, conf_img, conf_vol))))
     assert error.code == 1, error  # noVM
