@@ -16,7 +16,7 @@ from pier import cli_format as fmt
 
 BLANK_UUID = "00000000-0000-0000-0000-000000000000"
 MiB = 1 << 20
-STATE_OVERHEAD_MIB = 256  # a saved state is the guest's RAM plus device state; the volume is sparse
+STATE_OVERHEAD_MIB = 512  # beside the RAM: 200 MiB of device state and the video RAM VM.hibernate requires room for (sparse)
 _UUID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
 _VOLUME_PATH = re.compile(rf"/(?P<sd>{_UUID})/images/(?P<img>{_UUID})/(?P<vol>{_UUID})$")
 

@@ -109,7 +109,7 @@ def handlers(services: Services, served: Iterable[str]) -> list[object]:
     volume_api = VolumeApi(s.volumes, s.vms)
     # stats with each VM's block jobs (vmJobs): merges and snapshots' commits, and drive copies
     vms = cast(VmService, VmsWithCopies(cast(VmService, VmsWithJobs(s.vms, s.snapshots)), s.replications))
-    memory_volumes = MemoryVolumes(s.volumes, volume_api)
+    memory_volumes = MemoryVolumes(s.volumes, volume_api, s.memory)
     return [HostApi(s.host, vms, s.tasks, s.about, served),
             VmApi(vms, s.guest, drives, MemoryRestore(s.memory, memory_volumes)), TaskApi(s.tasks),
             EventsApi(s.events, s.credentials), SecurityApi(s.credentials, s.audit), NetworkApi(s.network, s.vms),

@@ -8,23 +8,39 @@ two drive specs (memoryDumpVolume, memoryConfVolume); `restoreState` names the m
 alone (a drive spec, or a path). Each volume is prepared for the step that uses it and torn down
 after it. The memory volume must be RAW: libvirt writes its own format over the whole file, which
 would destroy a qcow2 layer.
+
+While a hibernation or a memory snapshot writes its volumes (and a restore reads them) they are
+claimed: Volume.delete, Image.delete and the like, or another hibernation into them, answer
+VolumeIsBusy; the verbs also lock the volumes' and images' ids (the schema's `locks`), so a delete
+already running makes them wait. A memory volume smaller than the engine's estimate of a saved
+state (pier.host.hibernation.state_size_estimate) is refused before anything is saved: on a file
+domain the state would silently grow the file past the volume's declared size.
+
+A restore that does not name a disk of the saved VM runs it where it was saved; when that is a
+volume of a Pier domain, its image is prepared and recorded like a named disk's, so it is torn
+down when the VM goes.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pier.api.drives import Drives, names_volume
 from pier.api.volume import VolumeApi
-from pier.host.hibernation import file_disks, read_conf, repoint_disks, write_conf
+from pier.host.hibernation import file_disks, read_conf, repoint_disks, state_size_estimate, write_conf
 from pier.host.services import MemoryStateService, VmService, VolumeService
 from pier.rpc.errors import (
     ImageDoesNotExistInSD,
     InvalidParams,
     NoVM,
+    PierError,
     Recovering,
     Unavailable,
     VMDown,
@@ -32,8 +48,10 @@ from pier.rpc.errors import (
 )
 from pier.rpc.registry import CallContext, precheck, reconciler, verb
 
+log = logging.getLogger(__name__)
 BLANK_UUID = "00000000-0000-0000-0000-000000000000"
 RESTORE_KEYS = ("restoreState", "hiberVolHandle", "memoryDumpVolume")
+SAVE_SETTLE_SECONDS = 10.0  # how long the reconciler (at startup) waits for a save libvirt still runs
 
 
 @dataclass(frozen=True)
@@ -68,12 +86,14 @@ def memory_volumes(handle: str, field: str) -> tuple[VolumeName, VolumeName]:
 class MemoryVolumes:
     """Checks and prepares memory volumes on the volume service."""
 
-    def __init__(self, volumes: VolumeService, volume_api: VolumeApi) -> None:
+    def __init__(self, volumes: VolumeService, volume_api: VolumeApi, memory: MemoryStateService | None = None) -> None:
         self._volumes = volumes
         self._volume_api = volume_api
+        self._memory = memory
 
-    def check(self, name: VolumeName, raw: bool = False) -> None:
-        """Refuse, naming the field, a volume that is missing, in use by a VM, or (`raw`) not RAW."""
+    def check(self, name: VolumeName, raw: bool = False, state_of: str | None = None) -> None:
+        """Refuse, naming the field, a volume that is missing, in use by a VM or another memory
+        operation, (`raw`) not RAW, or (`state_of`: a running VM) too small for its saved state."""
         self._volumes.check_pool(name.pool)
         try:
             self._volumes.volume_path(name.sd, name.img, name.vol)
@@ -87,6 +107,46 @@ class MemoryVolumes:
                 raise InvalidParams(f"{name.field}: memory volume {name.vol} is {fmt}; a saved memory state needs "
                                     "a RAW volume", data={"field": name.field, "volUUID": name.vol})
         self._volume_api.refuse_busy(name.sd, name.img, name.vol)
+        if state_of is not None and self._memory is not None:
+            self.check_room(name, state_of)
+
+    def check_room(self, name: VolumeName, vm_id: str) -> None:
+        """Refuse a memory volume whose declared size is below the estimate of the VM's saved state."""
+        assert self._memory is not None
+        needed = state_size_estimate(self._memory.domain_xml(vm_id))
+        capacity = int(self._volumes.info(BLANK_UUID, name.sd, name.img, name.vol)["capacity"])
+        if capacity < needed:
+            raise InvalidParams(
+                f"{name.field}: memory volume {name.vol} holds {capacity} bytes; the saved state of VM {vm_id} may "
+                f"take {needed} (its memory, 200 MiB of device state and its video RAM, as the engine sizes it): "
+                "refused before saving, as the state would outgrow the volume; make one at least that large",
+                data={"field": name.field, "volUUID": name.vol, "capacity": capacity, "needed": needed})
+
+    def capacity(self, name: VolumeName) -> int:
+        return int(self._volumes.info(BLANK_UUID, name.sd, name.img, name.vol)["capacity"])
+
+    def record_capacity(self, name: VolumeName, size: int) -> None:
+        self._volumes.record_capacity(name.sd, name.img, name.vol, size)
+
+    @contextmanager
+    def claimed(self, names: list[VolumeName], by: str) -> Iterator[None]:
+        """Each volume in use by `by` for the `with` block (see the module docstring)."""
+        with ExitStack() as stack:
+            for name in names:
+                stack.enter_context(self._volume_api.claimed(name.sd, name.img, name.vol, by))
+            yield
+
+    def volume_of(self, path: str) -> tuple[str, str, str] | None:
+        """The (domain, image, volume) a file disk's path is, when it is a volume of a Pier domain."""
+        parts = Path(path).parts
+        if len(parts) < 4 or parts[-3] != "images":
+            return None
+        sd, img, vol = parts[-4], parts[-2], parts[-1]
+        try:
+            found = self._volumes.volume_path(sd, img, vol)
+        except PierError:
+            return None
+        return (sd, img, vol) if Path(found).resolve() == Path(path).resolve() else None
 
     def prepare(self, name: VolumeName) -> str:
         return str(self._volumes.prepare(name.sd, name.img, name.vol)["path"])
@@ -115,7 +175,7 @@ class VmHibernationApi:
         if self._vms.status(vmID) == "Down":
             raise VMDown(f"Virtual machine {vmID} is down: only a running VM can be hibernated", data={"vmId": vmID})
         dump, conf = memory_volumes(hibernationVolHandle, "hibernationVolHandle")
-        self._volumes.check(dump, raw=True)
+        self._volumes.check(dump, raw=True, state_of=vmID)
         self._volumes.check(conf)
 
     @verb("VM.hibernate")
@@ -124,27 +184,43 @@ class VmHibernationApi:
         service = self._service()
         dump, conf = memory_volumes(hibernationVolHandle, "hibernationVolHandle")
         task = ctx.task
-        task.step("preparing", 1, "preparing the memory volumes")
-        dump_path = self._volumes.prepare(dump)
-        try:
-            conf_path = self._volumes.prepare(conf)
+        with self._volumes.claimed([dump, conf], f"the hibernation of VM {vmID}"):
+            task.step("preparing", 1, "preparing the memory volumes")
+            dump_path = self._volumes.prepare(dump)
             try:
-                config = {"vmId": vmID, "_srcDomXML": service.domain_xml(vmID), "savedAt": time.time()}
-                task.step("saving", 5, f"saving the state of VM {vmID}")
-                saved = service.save(vmID, dump_path, task.progress, task.cancelled)
-                write_conf(conf_path, config)
+                conf_path = self._volumes.prepare(conf)
+                try:
+                    config = {"vmId": vmID, "_srcDomXML": service.domain_xml(vmID), "savedAt": time.time()}
+                    task.step("saving", 5, f"saving the state of VM {vmID}")
+                    saved = service.save(vmID, dump_path, task.progress, task.cancelled)
+                    write_conf(conf_path, config)
+                finally:
+                    self._volumes.teardown(conf)
             finally:
-                self._volumes.teardown(conf)
-        finally:
-            self._volumes.teardown(dump)
+                self._volumes.teardown(dump)
+            self._keep_declared_size_true(dump, int(saved.get("stateBytes") or 0))
         return {**saved, "status": "Down"}
+
+    def _keep_declared_size_true(self, dump: VolumeName, state_bytes: int) -> None:
+        """A state larger than the volume (its device state beyond the estimate) grew the file of a
+        file domain: the saved state is whole, so the volume's metadata is made to say its size."""
+        capacity = self._volumes.capacity(dump)
+        if state_bytes > capacity:
+            log.warning("the saved state (%d bytes) outgrew memory volume %s (%d bytes); its size is now recorded",
+                        state_bytes, dump.vol, capacity)
+            self._volumes.record_capacity(dump, state_bytes)
 
     @reconciler("VM.hibernate")
     def hibernate_done(self, params: dict[str, Any], step: str | None) -> bool:
-        """After a restart: the hibernation took effect when the VM is Down (libvirt went on with
-        the save without pierd); a VM still running was not saved."""
+        """After a restart: libvirt goes on with a save without pierd, so its job is waited for
+        (up to SAVE_SETTLE_SECONDS); then the hibernation took effect when the VM is Down, and a VM
+        running again (the save failed, or was aborted) was not saved."""
         vm_id = params["vmID"]
         try:
+            if self._memory is not None and not self._memory.save_ended(vm_id, SAVE_SETTLE_SECONDS):
+                raise Recovering(f"the agent restarted during the hibernation of VM {vm_id} and libvirt is still "
+                                 f"saving it after {SAVE_SETTLE_SECONDS:.0f} s: see VM.getStats for how it ends",
+                                 data={"vmId": vm_id, "status": "Saving State"})
             status = self._vms.status(vm_id)
         except NoVM:
             raise NoVM(f"VM {vm_id} no longer exists; whether its state was saved is not known",
@@ -190,6 +266,13 @@ class MemoryRestore:
             self._volumes.check(dump, raw=True)
         if conf is not None:
             self._volumes.check(conf)
+        named = [v for v in (dump, conf) if isinstance(v, VolumeName)]
+        with self._volumes.claimed(named, f"the restore of VM {vm_id or params.get('vmId') or '(unnamed)'}"):
+            return self._restore(vm_id, params, drives, dump, conf)
+
+    def _restore(self, vm_id: str | None, params: dict[str, Any], drives: Drives | None,
+                 dump: VolumeName | str, conf: VolumeName | None) -> dict[str, Any]:
+        assert self._memory is not None
         from_snapshot = bool(params.get("restoreFromSnapshot", False))
         config = None
         if conf is not None:
@@ -203,11 +286,14 @@ class MemoryRestore:
             xml = str(config["_srcDomXML"]) if config and config.get("_srcDomXML") else \
                 self._memory.saved_xml(dump_path)
             vm_id = vm_id or params.get("vmId") or (config or {}).get("vmId") or None
+            named = [d for d in params.get("devices") or [] if names_volume(d)]
+            if from_snapshot:
+                self._check_all_disks_given(xml, named)
+            if drives is not None:
+                params = {**params, "devices": [*(params.get("devices") or []), *self._saved_disks(xml, named)]}
             prepared = drives.prepare(params) if drives is not None else params
             try:
                 given = [d for d in prepared.get("devices") or [] if names_volume(d)]
-                if from_snapshot:
-                    self._check_all_disks_given(xml, given)
                 made = self._memory.restore(vm_id or _uuid_of(xml), repoint_disks(xml, given), dump_path)
             except BaseException:
                 if drives is not None:
@@ -219,6 +305,19 @@ class MemoryRestore:
         finally:
             if isinstance(dump, VolumeName):
                 self._volumes.teardown(dump)
+
+    def _saved_disks(self, xml: str, named: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Drive specs for the saved VM's disks on Pier volumes that the call did not name: they
+        are prepared (and torn down when the VM goes) like named ones, and stay where they were."""
+        images = {str(d.get("imageID")) for d in named}
+        found = []
+        for path in file_disks(xml).values():
+            volume = self._volumes.volume_of(path)
+            if volume is not None and volume[1] not in images:
+                sd, img, vol = volume
+                found.append({"deviceType": "disk", "device": "disk", "domainID": sd, "imageID": img, "volumeID": vol})
+                images.add(img)
+        return found
 
     @staticmethod
     def _check_all_disks_given(xml: str, given: list[dict[str, Any]]) -> None:

@@ -105,7 +105,7 @@ class VmSnapshotsApi:
                          snapMemory: str | None = None, frozen: bool = False, **ignored: Any) -> None:
         if snapMemory:
             volumes, dump, conf = self._memory(snapMemory)
-            volumes.check(dump, raw=True)
+            volumes.check(dump, raw=True, state_of=vmID)
             volumes.check(conf)
         self._snap_targets(vmID, snapDrives)
 
@@ -134,16 +134,17 @@ class VmSnapshotsApi:
         """The disks and the memory in one libvirt snapshot: the memory-config volume written first
         (as VDSM does), the memory volume prepared for the snapshot and torn down after it."""
         volumes, dump, conf = self._memory(snap_memory)
-        conf_path = volumes.prepare(conf)
-        try:
-            write_conf(conf_path, {"vmId": vm_id, "restoreFromSnapshot": True, "savedAt": time.time()})
-        finally:
-            volumes.teardown(conf)
-        dump_path = volumes.prepare(dump)
-        try:
-            result = self._service().snapshot(vm_id, targets, quiesce=False, memory_path=dump_path)
-        finally:
-            volumes.teardown(dump)
+        with volumes.claimed([dump, conf], f"the memory snapshot of VM {vm_id}"):
+            conf_path = volumes.prepare(conf)
+            try:
+                write_conf(conf_path, {"vmId": vm_id, "restoreFromSnapshot": True, "savedAt": time.time()})
+            finally:
+                volumes.teardown(conf)
+            dump_path = volumes.prepare(dump)
+            try:
+                result = self._service().snapshot(vm_id, targets, quiesce=False, memory_path=dump_path)
+            finally:
+                volumes.teardown(dump)
         return {**result, "memory": True}
 
     @reconciler("VM.snapshot")

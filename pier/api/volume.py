@@ -8,6 +8,9 @@ a task starts. After a restart their reconcilers remove what an interrupted task
 from __future__ import annotations
 
 import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from pier.host.services import VmService, VolumeService
@@ -30,6 +33,8 @@ class VolumeApi:
     def __init__(self, volumes: VolumeService, vms: VmService) -> None:
         self._volumes = volumes
         self._vms = vms
+        self._claims: dict[str, str] = {}  # a volume's path: what is writing it outside any VM's disks
+        self._claims_lock = threading.Lock()
 
     # -- refusing before a task starts --------------------------------------------------------
 
@@ -54,6 +59,11 @@ class VolumeApi:
         else:
             paths = [self._volumes.volume_path(sd, img, vol)]
         for path in paths:
+            with self._claims_lock:
+                claim = self._claims.get(path)
+            if claim is not None:
+                raise VolumeIsBusy(f"volume {os.path.basename(path)} is in use by {claim}; wait for it to end",
+                                   data={"volUUID": os.path.basename(path), "usedBy": claim})
             vm = self._used_by(path)
             if vm is not None:
                 raise VolumeIsBusy(f"volume {os.path.basename(path)} is used by running VM {vm}; stop it first",
@@ -62,6 +72,23 @@ class VolumeApi:
     def refuse_busy(self, sd: str, img: str, vol: str | None) -> None:
         """VolumeIsBusy when a running VM uses the volume (or, without `vol`, any of the image's)."""
         self._refuse_busy(sd, img, vol)
+
+    @contextmanager
+    def claimed(self, sd: str, img: str, vol: str, by: str) -> Iterator[None]:
+        """The volume is in use by `by` (a hibernation writing it, a restore reading it) for the
+        `with` block: deleting or moving it, or claiming it again, is refused as VolumeIsBusy."""
+        self._refuse_busy(sd, img, vol)
+        path = self._volumes.volume_path(sd, img, vol)
+        with self._claims_lock:
+            if path in self._claims:
+                raise VolumeIsBusy(f"volume {vol} is in use by {self._claims[path]}; wait for it to end",
+                                   data={"volUUID": vol, "usedBy": self._claims[path]})
+            self._claims[path] = by
+        try:
+            yield
+        finally:
+            with self._claims_lock:
+                self._claims.pop(path, None)
 
     @precheck("Volume.create")
     def create_allowed(self, ctx: CallContext, volumeID: str, storagepoolID: str, storagedomainID: str,

@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import threading
+import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from pathlib import Path
@@ -40,6 +41,10 @@ from pier.rpc.errors import CreateError, InvalidParams, MigrateError, TaskCancel
 log = logging.getLogger(__name__)
 
 CONF_VERSION = 1
+MiB = 1 << 20
+DEVICE_STATE_ALLOWANCE = 200 * MiB  # beside the guest's RAM, as oVirt's engine sizes a memory volume
+_UNITS = {"b": 1, "bytes": 1, "k": 1 << 10, "kib": 1 << 10, "kb": 1000, "m": MiB, "mib": MiB, "mb": 1000**2,
+          "g": 1 << 30, "gib": 1 << 30, "gb": 1000**3, "t": 1 << 40, "tib": 1 << 40, "tb": 1000**4}
 _ALIGN = 4096  # the config is padded to whole 4 KiB blocks, as VDSM pads it (qemu-img and block volumes)
 _POLL_SECONDS = 0.5
 
@@ -103,6 +108,23 @@ def repoint_disks(xml: str, disks: list[dict[str, Any]]) -> str:
             disk.remove(backing)
             disk.insert(list(disk).index(source) + 1, backing)
     return ET.tostring(root, encoding="unicode")
+
+
+def state_size_estimate(xml: str) -> int:
+    """The bytes a saved state of the domain may take, as oVirt's engine sizes a memory volume
+    (VmOverheadCalculator.getSnapshotMemorySizeInBytes): the guest's memory (libvirt's <memory>,
+    hot-plugged DIMMs included), 200 MiB for the device state, and the video devices' RAM."""
+    root = ET.fromstring(xml)
+    total = _bytes(root.find("memory")) + DEVICE_STATE_ALLOWANCE
+    for model in root.iterfind("devices/video/model"):  # ram, vram, vram64 and vgamem are in KiB
+        total += sum(int(model.get(attr) or 0) for attr in ("ram", "vram", "vram64", "vgamem")) << 10
+    return total
+
+
+def _bytes(element: ET.Element | None) -> int:
+    if element is None or not (element.text or "").strip():
+        return 0
+    return int(element.text or 0) * _UNITS.get((element.get("unit") or "KiB").lower(), 1 << 10)
 
 
 def file_disks(xml: str) -> dict[str, str]:
@@ -182,6 +204,24 @@ class MemoryStates:
             processed = int(stats.get("memory_processed") or stats.get("data_processed") or 0)
             if total:
                 progress(min(98, 5 + processed * 93 // total), f"saved {processed} of {total} bytes of memory")
+
+    def save_ended(self, vm_id: str, timeout: float) -> bool:
+        """Whether libvirt's job on the VM (after a restart: a save begun for a pierd that died) has
+        ended and the VM is reported Up or Down again, waiting up to `timeout` s."""
+        dom = Domain.lookup(self._connection, vm_id)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                running = dom.is_active() and dom.virdomain.jobStats(0).get("type", libvirt.VIR_DOMAIN_JOB_NONE) \
+                    not in (libvirt.VIR_DOMAIN_JOB_NONE, libvirt.VIR_DOMAIN_JOB_COMPLETED)
+            except libvirt.libvirtError as exc:  # the domain stopped meanwhile
+                log.debug("VM %s: no job to read: %s", vm_id, error_text(exc))
+                running = False
+            if not running:
+                return self._vms.wait_status(vm_id, {UP, DOWN}, max(0.0, deadline - time.monotonic())) is not None
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(self._poll)
 
     def saved_xml(self, path: str) -> str:
         """The domain XML libvirt wrote into a save image (or a memory snapshot)."""

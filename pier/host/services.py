@@ -699,6 +699,11 @@ class MemoryStateService(Protocol):
         "SaveState succeeded"); on failure or cancel it runs on as it was."""
         ...
 
+    def save_ended(self, vm_id: str, timeout: float) -> bool:
+        """Whether libvirt's save job on the VM has ended (the VM reported Up or Down), waiting up to
+        `timeout` s; NoVM when it is gone."""
+        ...
+
     def saved_xml(self, path: str) -> str:
         """The domain XML a saved state (or memory snapshot) in `path` was taken with."""
         ...

@@ -327,12 +327,22 @@ def reading_routes(verbs: Mapping[str, Verb]) -> dict[str, Route]:
     return found
 
 
+_ITEM = re.compile(r"^(?P<path>.+)\[(?P<index>\d+)\]$")
+
+
 def _first_given(paths: str | None, params: dict[str, Any]) -> str | None:
-    """The first non-empty text among params at `paths` ('vmID|vmParams.vmId'), or None."""
+    """The first non-empty text among params at `paths` ('vmID|vmParams.vmId'), or None. A path
+    ending in `[n]` names the n-th (from 0) of a comma-separated list of ids in that param (VDSM's
+    six-id memory handle), stripped and lowercased."""
     for path in (paths or "").split("|"):
+        item = _ITEM.match(path)
         value: Any = params
-        for key in path.split("."):
+        for key in (item.group("path") if item else path).split("."):
             value = value.get(key) if isinstance(value, dict) else None
+        if item and isinstance(value, str):
+            parts = value.split(",")
+            index = int(item.group("index"))
+            value = parts[index].strip().lower() if index < len(parts) else None
         if isinstance(value, str) and value:
             return value
     return None
@@ -641,7 +651,7 @@ class Schema:
         target = target or (locks[0] if locks else None)
         for entry in [target or "", *locks]:
             for path in entry.split("|"):
-                if path and path.split(".")[0] not in params:
+                if path and _ITEM.sub(r"\g<path>", path).split(".")[0] not in params:
                     raise ValueError(f"target or lock {path!r} is not a param")
         return Verb(
             name=name,

@@ -106,8 +106,9 @@ def lab(tmp_path_factory: pytest.TempPathFactory, system_libvirt: str) -> Iterat
         lab = Lab(site, conn, guest, vm_id, img, [base])
         yield lab
     finally:
-        if lab is not None:
+        if lab is not None:  # a test may have restarted pierd, or opened a new libvirt connection
             lab.guest.close()
+            daemon, conn = lab.site.daemon, lab.conn
         if daemon is not None:
             remove_vm(daemon, conn, vm_id)
             assert daemon.stop() == 0
@@ -146,6 +147,11 @@ def test_a_missing_memory_volume_or_an_unknown_vm_is_refused_and_the_vm_runs_on(
     error = refused(lambda: lab.site.rpc.call("VM.hibernate", vmID=lab.vm_id,
                                               hibernationVolHandle=lab.handle((cow_img, cow_vol, conf_img, conf_vol))))
     assert "RAW" in error.message, error
+    small_img, small_vol = str(uuid.uuid4()), str(uuid.uuid4())
+    lab.site.create(small_img, small_vol, size=GUEST_MIB * MiB, fmt="RAW")  # the RAM, but no room for the rest
+    error = refused(lambda: lab.site.rpc.call("VM.hibernate", vmID=lab.vm_id, hibernationVolHandle=lab.handle(
+        (small_img, small_vol, conf_img, conf_vol))))
+    assert "refused before saving" in error.message and error.data["needed"] > GUEST_MIB * MiB, error
     error = refused(lambda: lab.site.rpc.call("VM.hibernate", vmID=str(uuid.uuid4()),
                                               hibernationVolHandle=lab.handle((dump_img, dump_vol, conf_img, conf_vol))))
     assert error.code == 1, error  # noVM

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from pier.api import Services, handlers
+from pier.host.services import MemoryStateService
 from pier.host.storage.jobs import StorageJobs
 from pier.host.storage.nbd import NbdServers
 from pier.rpc.audit import AuditLog
@@ -91,8 +92,10 @@ def schema() -> Schema:
     return Schema.load()
 
 
-def build_stack(schema: Schema, db: Path, vms: dict[str, dict[str, object]] | None = None) -> Stack:
-    """The real rpc parts over fakes holding `vms`, with the task manager started."""
+def build_stack(schema: Schema, db: Path, vms: dict[str, dict[str, object]] | None = None,
+                memory: MemoryStateService | None = None) -> Stack:
+    """The real rpc parts over fakes holding `vms` (and `memory`, for hibernation), with the task
+    manager started."""
     events = EventLog(str(db))
     tasks = TaskManager(str(db), events.publish, workers=4)
     fake_vms = FakeVms(events.publish)
@@ -121,7 +124,7 @@ def build_stack(schema: Schema, db: Path, vms: dict[str, dict[str, object]] | No
                         nbd=NbdServers(db.parent / "nbd", db.parent / "data-center"),
                         transfers=as_transfer_service(transfers := FakeTransfers(volumes)),
                         sharing=as_sharing_service(sharing := FakeImageSharing(volumes)),
-                        backups=as_backup_service(backups := FakeBackups(fake_vms)))
+                        backups=as_backup_service(backups := FakeBackups(fake_vms)), memory=memory)
     registry = Registry(schema, handlers(services, schema.verbs), tasks, audit=audit)
     tasks.start(registry.reconcilers)
     return Stack(host, fake_vms, events, tasks, registry, JsonRpc(registry), db, credentials, audit, network, ksm,

@@ -130,6 +130,9 @@ class FakeMemory:
              down_timeout: float = 30.0) -> dict[str, Any]:
         return {"vmId": vm_id}
 
+    def save_ended(self, vm_id: str, timeout: float) -> bool:
+        return True
+
     def saved_xml(self, path: str) -> str:
         return self.xml
 
