@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from pier.host.convergence import allows_postcopy, parse
 from pier.host.services import MigrationService, VmService
 from pier.rpc.errors import NoVM, Recovering, UnsupportedOperation
 from pier.rpc.registry import CallContext, precheck, reconciler, verb
@@ -22,6 +23,7 @@ class VmMigrationApi:
 
     @precheck("VM.migrate")
     def migrate_allowed(self, ctx: CallContext, vmID: str, params: dict[str, Any]) -> None:
+        parse(params.get("convergenceSchedule"))  # an unknown action is refused before the task starts
         self._service().check_outgoing(vmID, params["dst"])
 
     @verb("VM.migrate")
@@ -43,7 +45,7 @@ class VmMigrationApi:
             return True
         wanted = params["params"]
         dst = str(wanted["dst"])
-        postcopy = bool(wanted.get("postcopy")) or "postcopy" in str(wanted.get("convergenceSchedule", ""))
+        postcopy = bool(wanted.get("postcopy")) or allows_postcopy(wanted.get("convergenceSchedule"))
         following = self._migrations.adopt(vm_id, dst, postcopy) if self._migrations is not None else None
         if following is not None:
             raise Recovering(f"the agent restarted during the migration of VM {vm_id}; libvirt goes on with it to "

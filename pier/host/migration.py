@@ -14,7 +14,11 @@ end. The guest's memory goes QEMU to QEMU over `tcp://<dstqemu or dst host>`. Th
 PERSIST_DEST, UNDEFINE_SOURCE (for a persistent VM: the source forgets it), and from the params
 ABORT_ON_ERROR, AUTO_CONVERGE, COMPRESSED, POSTCOPY (so that `change_params` may switch to
 post-copy later) and UNSAFE (disks on storage both hosts see that libvirt cannot recognise as
-shared, such as a local path exported otherwise).
+shared, such as a local path exported otherwise) and TUNNELLED for `tunneled` (the memory then goes
+through the libvirtd connection, not to `dstqemu`). With `outgoingLimit` N, it first waits (state
+'starting', cancellable) until fewer than N outgoing migrations run here. A `convergenceSchedule`
+(pier.host.convergence) acts on the samples below: it sets the downtime, switches to post-copy, or
+aborts (the migration fails; the VM stays Up here).
 
 While it runs, its progress is read from libvirt's job statistics every half second, reported to
 the task and published as `|virt|VM_migration_status|<vmId>` events; `cancel` aborts the libvirt
@@ -40,6 +44,7 @@ from typing import Any
 import libvirt
 
 from pier.host.connection import Connection
+from pier.host.convergence import ABORT, POSTCOPY, SET_DOWNTIME, Action, ConvergenceSchedule, allows_postcopy
 from pier.host.domain import Domain
 from pier.host.events import event_time, status_event
 from pier.host.news import News, StatusNews
@@ -84,6 +89,8 @@ class _Outgoing:
     message: str = "Migration in progress"
     abort: threading.Event = field(default_factory=threading.Event)
     stats: dict[str, Any] = field(default_factory=dict)
+    slot: bool = False  # counted against outgoingLimit: past the wait for a free slot
+    aborted_because: str = ""  # why the convergence schedule aborted it
 
     @property
     def running(self) -> bool:
@@ -117,6 +124,7 @@ class Migrations:
         self._libvirt_uri = libvirt_uri or DEFAULT_LIBVIRT_URI
         self._lock = threading.Lock()
         self._outgoing: dict[str, _Outgoing] = {}
+        self._slot_freed = threading.Condition(self._lock)
         self._incoming: dict[str, float] = {}  # vmId -> deadline
 
     # -- reads -----------------------------------------------------------------------------------
@@ -158,27 +166,57 @@ class Migrations:
         """Migrate VM `vm_id` live to `params["dst"]`; see the module docstring."""
         dst = params["dst"]
         self.check_outgoing(vm_id, dst)
+        schedule = ConvergenceSchedule(params.get("convergenceSchedule"))  # InvalidParams for a bad one
         peer = PeerClient(dst, self._credentials)
-        postcopy = bool(params.get("postcopy")) or "postcopy" in str(params.get("convergenceSchedule", ""))
+        postcopy = bool(params.get("postcopy")) or allows_postcopy(params.get("convergenceSchedule"))
         job = _Outgoing(vm_id, dst, postcopy)
         with self._lock:
             self._outgoing[vm_id] = job
         try:
-            return self._migrate(job, peer, definition, params, progress, cancelled)
+            return self._migrate(job, peer, definition, params, schedule, progress, cancelled)
         except BaseException as exc:
             job.state = "cancelled" if isinstance(exc, TaskCancelled) else "failed"
             job.message = "Migration canceled" if job.state == "cancelled" else str(
                 getattr(exc, "message", exc))
             raise
+        finally:
+            with self._slot_freed:
+                job.slot = False
+                self._slot_freed.notify_all()
+
+    def _take_slot(self, job: _Outgoing, limit: int | None, progress: Progress, cancelled: threading.Event) -> None:
+        """Wait (cancellably) until fewer than `limit` outgoing migrations run, as VDSM waits on its
+        semaphore; without a limit, take a slot at once (it still counts against others' limits)."""
+        waiting = False
+        while True:
+            with self._slot_freed:
+                busy = sum(1 for m in self._outgoing.values() if m.slot)
+                if limit is None or busy < limit:
+                    job.slot = True
+                    break
+                if cancelled.is_set() or job.abort.is_set():
+                    raise TaskCancelled(f"the migration of VM {job.vm_id} to {job.dst} was cancelled while "
+                                        "it waited for a free outgoing slot", data={"vmId": job.vm_id})
+                if not waiting:
+                    job.message = f"Waiting: {busy} outgoing migrations run, outgoingLimit is {limit}"
+                self._slot_freed.wait(POLL_INTERVAL)
+            if not waiting:
+                waiting = True
+                log.info("VM %s: %s", job.vm_id, job.message)
+                progress(1, f"waiting for a free outgoing migration slot ({busy} run, outgoingLimit {limit})")
+        if waiting:
+            job.message = "Migration in progress"
 
     def _migrate(self, job: _Outgoing, peer: PeerClient, definition: dict[str, Any], params: dict[str, Any],
-                 progress: Progress, cancelled: threading.Event) -> dict[str, Any]:
+                 schedule: ConvergenceSchedule, progress: Progress, cancelled: threading.Event) -> dict[str, Any]:
         vm_id = job.vm_id
         progress(1, f"asking {job.dst} who it is")
         about = peer.call("Host.getAgentInfo")
         if isinstance(about, dict) and about.get("hostId") == self._host_id():
             raise MigrateError(f"cannot migrate VM {vm_id} to {job.dst}: that is this host itself",
                                data={"vmId": vm_id, "dst": job.dst})
+        limit = params.get("outgoingLimit")
+        self._take_slot(job, int(limit) if limit else None, progress, cancelled)
         dom = Domain.lookup(self._connection, vm_id)
         if not dom.is_active():
             raise VMDown(f"Virtual machine {vm_id} is down")
@@ -188,7 +226,7 @@ class Migrations:
                   incomingLimit=int(params.get("incomingLimit", 2)))
         self._notify(StatusNews(vm_id, MIGRATION_SOURCE))
         try:
-            self._run_libvirt(job, dom, params, progress, cancelled)
+            self._run_libvirt(job, dom, params, schedule, progress, cancelled)
         except BaseException:
             self._notify(StatusNews(vm_id, UP))
             try:
@@ -212,18 +250,21 @@ class Migrations:
         for name, flag in (("abortOnError", libvirt.VIR_MIGRATE_ABORT_ON_ERROR),
                            ("autoConverge", libvirt.VIR_MIGRATE_AUTO_CONVERGE),
                            ("compressed", libvirt.VIR_MIGRATE_COMPRESSED),
-                           ("unsafe", libvirt.VIR_MIGRATE_UNSAFE)):
+                           ("unsafe", libvirt.VIR_MIGRATE_UNSAFE),
+                           ("tunneled", libvirt.VIR_MIGRATE_TUNNELLED)):
             if _truthy(params.get(name)):
                 flags |= flag
         if postcopy:
             flags |= libvirt.VIR_MIGRATE_POSTCOPY
         return flags
 
-    def _run_libvirt(self, job: _Outgoing, dom: Domain, params: dict[str, Any], progress: Progress,
-                     cancelled: threading.Event) -> None:
+    def _run_libvirt(self, job: _Outgoing, dom: Domain, params: dict[str, Any], schedule: ConvergenceSchedule,
+                     progress: Progress, cancelled: threading.Event) -> None:
         host = PeerClient(job.dst, self._credentials).host
-        qemu_host = str(params.get("dstqemu") or host)
-        typed: dict[str, Any] = {libvirt.VIR_MIGRATE_PARAM_URI: f"tcp://{_bracketed(qemu_host)}"}
+        typed: dict[str, Any] = {}
+        if not _truthy(params.get("tunneled")):  # tunnelled memory goes through libvirtd's connection
+            qemu_host = str(params.get("dstqemu") or host)
+            typed[libvirt.VIR_MIGRATE_PARAM_URI] = f"tcp://{_bracketed(qemu_host)}"
         if params.get("maxBandwidth"):
             typed[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = int(params["maxBandwidth"])
         flags = self._flags(dom, params, job.postcopy_allowed)
@@ -243,33 +284,43 @@ class Migrations:
         if params.get("migrationDowntime"):
             self._try(job, "set the downtime of", lambda d: d.migrateSetMaxDowntime(
                 int(params["migrationDowntime"]), 0))
+        for first in schedule.initial():
+            self._converge(job, schedule, first)
         while worker.is_alive():
             worker.join(POLL_INTERVAL)
             if cancelled.is_set() and not job.abort.is_set():
                 job.abort.set()
                 self._try(job, "abort the migration of", lambda d: d.abortJob())
             if worker.is_alive():
-                self._sample(job)
+                stats = self._sample(job)
+                action = schedule.observe(stats) if stats else None
+                if action is not None and not job.abort.is_set():
+                    self._converge(job, schedule, action)
                 progress(min(99, max(3, job.progress)), f"migrating to {job.dst}: {job.progress} %")
         if failure:
             exc = failure[0]
             if job.abort.is_set():
                 raise TaskCancelled(f"the migration of VM {job.vm_id} to {job.dst} was cancelled; "
                                     "the VM runs here as before", data={"vmId": job.vm_id})
+            if job.aborted_because:
+                raise MigrateError(f"cannot migrate VM {job.vm_id} to {job.dst}: {job.aborted_because}; "
+                                   "the VM runs here as before", data={"vmId": job.vm_id, "dst": job.dst,
+                                                                       "convergence": "abort"}) from None
             if isinstance(exc, libvirt.libvirtError):
                 raise MigrateError(f"cannot migrate VM {job.vm_id} to {job.dst}: {error_text(exc)}",
                                    data={"vmId": job.vm_id, "dst": job.dst,
                                          "libvirtCode": exc.get_error_code()}) from None
             raise exc
 
-    def _sample(self, job: _Outgoing) -> None:
+    def _sample(self, job: _Outgoing) -> dict[str, Any] | None:
+        """Read the job's statistics into `job` (and publish new progress); them, or None without a job."""
         assert job.dom is not None
         try:
             stats = job.dom.jobStats(0)
         except libvirt.libvirtError:
-            return
+            return None
         if stats.get("type", libvirt.VIR_DOMAIN_JOB_NONE) == libvirt.VIR_DOMAIN_JOB_NONE:
-            return
+            return None
         job.stats = stats
         total, remaining = stats.get("memory_total") or stats.get("data_total"), stats.get(
             "memory_remaining", stats.get("data_remaining"))
@@ -278,6 +329,28 @@ class Migrations:
             if percent != job.progress:
                 job.progress = percent
                 self._publish(job)
+        return stats
+
+    def _converge(self, job: _Outgoing, schedule: ConvergenceSchedule, action: Action) -> None:
+        """Perform one action of the convergence schedule (pier.host.convergence)."""
+        log.info("VM %s: convergence schedule: %s after %d stalling iterations", job.vm_id, action,
+                 schedule.stalling_iterations)
+        if action.name == SET_DOWNTIME:
+            self._try(job, "set the downtime of", lambda d: d.migrateSetMaxDowntime(action.downtime, 0))
+        elif action.name == ABORT:
+            job.aborted_because = (f"its convergence schedule aborted it, still stalling after "
+                                   f"{schedule.stalling_iterations} iterations")
+            self._try(job, "abort the migration of", lambda d: d.abortJob())
+        elif action.name == POSTCOPY:
+            assert job.dom is not None
+            try:
+                job.dom.migrateStartPostCopy(0)
+            except libvirt.libvirtError as exc:
+                log.warning("VM %s: cannot switch its migration to post-copy: %s", job.vm_id, error_text(exc))
+                schedule.postcopy_failed()
+                return
+            job.state = "postcopy"
+            self._publish(job)
 
     def _publish(self, job: _Outgoing) -> None:
         self._emit(f"{MIGRATION_EVENT_PREFIX}{job.vm_id}",
