@@ -337,3 +337,37 @@ def test_bad_destinations_are_refused_clearly_and_the_guest_stays_up(lab: Lab, g
     assert "Migration Source" not in statuses(lab.a, guest.vm_id)
     assert rpc(lab.a, "VM.getMigrationStatus", vmID=guest.vm_id)["state"] == "failed"
     assert "alive" in guest.shell.run("echo alive").split()  # the counter may print between
+
+
+def test_a_convergence_schedule_that_aborts_a_stalling_migration_leaves_the_guest_up_here(
+        lab: Lab, guest: Guest, b_context: ssl.SSLContext) -> None:
+    """At 1 MiB/s a pause of 1 ms never suffices, so every pass over memory stalls: the schedule's
+    abort ends the migration as failed, and the guest runs on here."""
+    assert lab.a is not None
+    schedule = {"init": [{"name": "setDowntime", "params": ["1"]}],
+                "stalling": [{"limit": -1, "action": {"name": "abort", "params": []}}]}
+    task = rpc(lab.a, "VM.migrate", vmID=guest.vm_id,
+               params={"dst": lab.dst, "unsafe": True, "maxBandwidth": 1, "convergenceSchedule": schedule})
+    ended = wait_task(lab.a, task["taskID"], 600)
+    assert ended["state"] == "failed", ended
+    assert "convergence schedule aborted it" in ended["error"]["message"], ended
+    assert guest.dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING
+    assert "alive" in guest.shell.run("echo alive").split()
+    assert rpc(lab.a, "VM.getInfo", vmID=guest.vm_id)["status"] == "Up"
+    assert rpc(lab.a, "VM.getMigrationStatus", vmID=guest.vm_id)["state"] == "failed"
+    b_conn = lab.b.connect()
+    try:
+        assert guest.vm_id not in [d.UUIDString() for d in b_conn.listAllDomains()]
+    finally:
+        b_conn.close()
+    assert rpc(lab.b_pierd, "Host.getStats", b_context)["incomingVmMigrations"] == 0
+
+
+def test_a_schedule_with_an_unknown_action_is_refused_before_any_task(lab: Lab, guest: Guest) -> None:
+    assert lab.a is not None
+    with pytest.raises(RpcError) as refused:
+        rpc(lab.a, "VM.migrate", vmID=guest.vm_id, params={
+            "dst": lab.dst, "unsafe": True,
+            "convergenceSchedule": {"stalling": [{"limit": 1, "action": {"name": "setBandwidth", "params": ["5"]}}]}})
+    assert refused.value.code == -32602 and "setBandwidth" in str(refused.value), refused.value.error
+    assert rpc(lab.a, "VM.getMigrationStatus", vmID=guest.vm_id)["state"] == "none"
