@@ -445,6 +445,14 @@ def cmd_task(client: PierClient, args: argparse.Namespace) -> int:
 # -- the command line --------------------------------------------------------------------------
 
 
+def vm_actions(sub: Any, common: argparse.ArgumentParser) -> Any:
+    """The `pier vm` parser's ACTION subparsers, made on first use: where the hand-written VM
+    commands (snapshot, hibernate, migrate, move-disk) add themselves."""
+    vm = sub.choices.get("vm") or sub.add_parser("vm", parents=[common], help="act on one VM")
+    found = next((action for action in vm._actions if isinstance(action, argparse._SubParsersAction)), None)
+    return found or vm.add_subparsers(dest="vm_command", metavar="ACTION", required=True)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from pier import cli_security, cli_transfer, cli_vm_snapshot, cli_volume
 

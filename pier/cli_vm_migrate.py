@@ -164,10 +164,7 @@ def cmd_vm_migrate(client: cli.PierClient, args: argparse.Namespace) -> int:
 
 def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     """`vm migrate` beside the other `vm` actions on the `pier` parser's subcommands."""
-    vm = sub.choices.get("vm") or sub.add_parser("vm", parents=[common], help="act on one VM")
-    vm_sub = next((action for action in vm._actions if isinstance(action, argparse._SubParsersAction)), None)
-    if vm_sub is None:
-        vm_sub = vm.add_subparsers(dest="vm_command", metavar="ACTION", required=True)
+    vm_sub = cli.vm_actions(sub, common)
     migrate = vm_sub.add_parser("migrate", parents=[common], help="migrate a running VM live to another host's pierd")
     migrate.add_argument("vm", help="the VM's id or name")
     migrate.add_argument("--to", required=True, metavar="HOST:PORT", help="the destination pierd's HTTPS listener")

@@ -115,10 +115,7 @@ def cmd_vm_hibernate(client: cli.PierClient, args: argparse.Namespace) -> int:
 
 def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     """`vm snapshot` beside the other `vm` actions on the `pier` parser's subcommands."""
-    vm = sub.choices.get("vm") or sub.add_parser("vm", parents=[common], help="act on one VM")
-    vm_sub = next((action for action in vm._actions if isinstance(action, argparse._SubParsersAction)), None)
-    if vm_sub is None:
-        vm_sub = vm.add_subparsers(dest="vm_command", metavar="ACTION", required=True)
+    vm_sub = cli.vm_actions(sub, common)
     snapshot = vm_sub.add_parser("snapshot", parents=[common],
                                  help="a live snapshot of the VM's volume disks onto new volumes (all or none)")
     snapshot.add_argument("vm", help="the VM's id or name")
