@@ -113,6 +113,21 @@ def counters(shell: SerialShell, timeout: float = 20, at_least: int = 2) -> list
         return [int(n) for n in COUNTER.findall(shell.buffer)]
 
 
+def start_slow_migration(lab: Lab, guest: Guest) -> dict[str, Any]:
+    """VM.migrate of the guest from A to B at 1 MiB/s, once libvirt moves its memory (state
+    running, progress above 0): the task."""
+    assert lab.a is not None
+    task: dict[str, Any] = rpc(lab.a, "VM.migrate", vmID=guest.vm_id,
+                               params={"dst": lab.dst, "unsafe": True, "maxBandwidth": 1})
+    deadline = time.monotonic() + 60
+    while True:
+        found = rpc(lab.a, "VM.getMigrationStatus", vmID=guest.vm_id)
+        if found["state"] == "running" and found["progress"] > 0:
+            return task
+        assert time.monotonic() < deadline, found
+        time.sleep(0.3)
+
+
 def test_a_running_guest_moves_to_the_other_host_and_keeps_counting(lab: Lab, guest: Guest,
                                                                     b_context: ssl.SSLContext) -> None:
     assert lab.a is not None
@@ -161,14 +176,7 @@ def test_a_running_guest_moves_to_the_other_host_and_keeps_counting(lab: Lab, gu
 def test_a_slow_migration_cancelled_half_way_leaves_the_guest_running_on_the_source(
         lab: Lab, guest: Guest, b_context: ssl.SSLContext) -> None:
     assert lab.a is not None
-    task = rpc(lab.a, "VM.migrate", vmID=guest.vm_id, params={"dst": lab.dst, "unsafe": True, "maxBandwidth": 1})
-    deadline = time.monotonic() + 60
-    while True:
-        found = rpc(lab.a, "VM.getMigrationStatus", vmID=guest.vm_id)
-        if found["state"] == "running" and found["progress"] > 0:
-            break
-        assert time.monotonic() < deadline, found
-        time.sleep(0.3)
+    task = start_slow_migration(lab, guest)
     assert rpc(lab.a, "Host.getStats")["outgoingVmMigrations"] == 1
     assert rpc(lab.b_pierd, "Host.getStats", b_context)["incomingVmMigrations"] == 1
     rpc(lab.a, "VM.migrateChangeParams", vmID=guest.vm_id, params={"maxBandwidth": 2, "downtime": 300})

@@ -16,7 +16,7 @@ import pytest
 
 from tests.integration.conftest import Pierd
 from tests.integration.guest import Guest
-from tests.integration.test_migration import rpc, wait_task
+from tests.integration.test_migration import rpc, start_slow_migration, wait_task
 from tests.integration.twohosts import Lab
 
 pytest_plugins = ["tests.integration.test_migration"]  # the lab, guest and b_context fixtures
@@ -43,14 +43,7 @@ def b_domains(lab: Lab) -> dict[str, int]:
 def test_a_migration_whose_source_pierd_restarts_is_followed_and_can_be_cancelled(
         lab: Lab, guest: Guest, b_context: ssl.SSLContext) -> None:
     assert lab.a is not None
-    task = rpc(lab.a, "VM.migrate", vmID=guest.vm_id, params={"dst": lab.dst, "unsafe": True, "maxBandwidth": 1})
-    deadline = time.monotonic() + 60
-    while True:
-        found = rpc(lab.a, "VM.getMigrationStatus", vmID=guest.vm_id)
-        if found["state"] == "running" and found["progress"] > 0:
-            break
-        assert time.monotonic() < deadline, found
-        time.sleep(0.3)
+    task = start_slow_migration(lab, guest)
 
     a = restart_a(lab)
     assert guest.dom.jobStats(0).get("type") != libvirt.VIR_DOMAIN_JOB_NONE  # libvirt went on without pierd
@@ -82,11 +75,7 @@ def test_a_migration_whose_source_pierd_restarts_is_followed_and_can_be_cancelle
 def test_a_migration_whose_source_pierd_restarts_ends_with_the_guest_on_the_destination_only(
         lab: Lab, guest: Guest, b_context: ssl.SSLContext) -> None:
     assert lab.a is not None
-    task = rpc(lab.a, "VM.migrate", vmID=guest.vm_id, params={"dst": lab.dst, "unsafe": True, "maxBandwidth": 1})
-    deadline = time.monotonic() + 60
-    while rpc(lab.a, "VM.getMigrationStatus", vmID=guest.vm_id)["state"] != "running":
-        assert time.monotonic() < deadline, "the migration did not start"
-        time.sleep(0.3)
+    task = start_slow_migration(lab, guest)
 
     a = restart_a(lab)
     assert wait_task(a, task["taskID"], 30)["state"] == "failed"  # said to go on, as above
